@@ -1,0 +1,158 @@
+"""The policy API: the read-only snapshots a policy sees and the plain decisions it returns.
+
+A policy file defines ``partition(replica, params)`` and/or ``route(request, cluster, params)``.
+Everything passed in is an immutable tuple of numbers; everything returned is checked here before
+the simulator acts on it. An illegal decision is never repaired: it raises ``PolicyError`` naming
+the decision and the rule it broke, and the simulation fails with that reason.
+
+When is ``partition`` called? Before every iteration of a replica that has prefill work waiting.
+An iteration with nothing waiting runs every decode and needs no decision, which is what lets the
+simulator advance over pure-decode stretches in one step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+# How many waiting requests a ReplicaView lists (oldest first). The counts cover all of them.
+MAX_WAITING_VIEW = 64
+
+
+class WaitingView(NamedTuple):
+    """A request on this replica with prefill tokens left to compute."""
+
+    id: int
+    arrival: float  # seconds
+    prompt_tokens: int  # tokens its prefill must cover (prompt, plus generated ones after a preemption)
+    prefilled: int  # tokens already in KV (computed chunks and prefix-cache hits)
+    remaining: int  # prompt_tokens - prefilled: the most a chunk for it may take this iteration
+    cached: int  # of ``prefilled``, tokens served by the prefix cache (0 until it starts)
+    started: bool  # it already holds KV (a chunk ran, or it was preempted and requeued)
+    preempted: int  # how many times it was preempted
+
+
+class ReplicaView(NamedTuple):
+    """One replica just before an iteration: what partition() decides on."""
+
+    replica: int
+    now: float  # seconds
+    decodes: int  # running requests that decode one token each in this iteration (always run)
+    decode_context: int  # sum of their context lengths (tokens of KV they read)
+    waiting: tuple[WaitingView, ...]  # oldest first, at most MAX_WAITING_VIEW
+    waiting_count: int  # all requests with prefill left (``waiting`` may list fewer)
+    waiting_tokens: int  # their prefill tokens left, in total
+    kv_free_tokens: int  # KV room left for chunks after this iteration's decodes (evictable
+    #                      prefix-cache entries count as free)
+    kv_capacity_tokens: int  # the replica's whole KV cache, in tokens
+    max_batch_tokens: int  # hard cap on decodes + chunk tokens in one iteration
+    last_iteration_s: float  # duration of this replica's previous iteration (0.0 before the first)
+
+
+class RequestView(NamedTuple):
+    """An arriving request, as route() sees it. Output length is unknown to a real router."""
+
+    id: int  # arrival index: 0, 1, 2, ...
+    arrival: float
+    prompt_tokens: int
+    prefix_blocks: int  # how many prefix-block ids it carries (0 when the workload has none)
+
+
+class ReplicaLoad(NamedTuple):
+    """One replica's load at the moment a request arrives."""
+
+    replica: int
+    running: int  # requests in decode
+    waiting: int  # requests with prefill left
+    waiting_tokens: int  # prefill tokens left on it
+    outstanding: int  # running + waiting
+    kv_free_tokens: int
+    kv_capacity_tokens: int
+    prefix_hit_tokens: int  # tokens of this request's prompt already in this replica's prefix cache
+
+
+class ClusterView(NamedTuple):
+    now: float
+    replicas: tuple[ReplicaLoad, ...]
+
+
+class Partition(NamedTuple):
+    """What one iteration runs: all decodes, plus the listed prefill chunks.
+
+    budget: the iteration's token budget. Decodes count against it first; chunk tokens must fit in
+        what is left (``budget - decodes``) and in ``max_batch_tokens``.
+    chunks: ``(request id, tokens)`` pairs for requests in ``waiting``, each at most ``remaining``
+        and together at most ``kv_free_tokens``.
+    """
+
+    budget: int
+    chunks: tuple[tuple[int, int], ...] = ()
+
+
+class PolicyError(Exception):
+    """An illegal decision, or a policy function that raised. ``str()`` is the full reason."""
+
+    def __init__(self, decision: str, rule: str):
+        self.decision = decision
+        self.rule = rule
+        super().__init__(f"{decision}: {rule}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_int(value: Any, what: str, decision: str) -> int:
+    """Accept Python ints and integral finite floats/numpy scalars; refuse bools, NaN, inf, others."""
+    if _is_int(value):
+        return value
+    if isinstance(value, bool) or not hasattr(value, "__index__") and not isinstance(value, float):
+        raise PolicyError(decision, f"{what} must be an integer, got {type(value).__name__}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise PolicyError(decision, f"{what} must be a whole number, got {value!r}")
+        return int(value)
+    try:
+        return int(value.__index__())
+    except Exception as exc:  # a numpy scalar that is not integral, or something odd
+        raise PolicyError(decision, f"{what} must be an integer, got {value!r}") from exc
+
+
+def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]]]:
+    """Turn a partition() return value into (budget, [(id, tokens), ...]); shape checks only.
+
+    Accepts a Partition or any 2-sequence ``(budget, chunks)``. The simulator checks the
+    rules that need its state (ids, remaining, budget, KV) itself.
+    """
+    if not isinstance(raw, (tuple, list)) or len(raw) != 2:
+        raise PolicyError(
+            decision, f"must return Partition(budget, chunks), got {type(raw).__name__}"
+        )
+    budget = _as_int(raw[0], "budget", decision)
+    if budget < 0:
+        raise PolicyError(decision, f"budget must be >= 0, got {budget}")
+    chunks_raw = raw[1]
+    if not isinstance(chunks_raw, (tuple, list)):
+        raise PolicyError(
+            decision, f"chunks must be a tuple of (request id, tokens), got {type(chunks_raw).__name__}"
+        )
+    if len(chunks_raw) > 100_000:
+        raise PolicyError(decision, f"too many chunks ({len(chunks_raw)})")
+    chunks: list[tuple[int, int]] = []
+    for pos, item in enumerate(chunks_raw):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise PolicyError(decision, f"chunks[{pos}] must be a (request id, tokens) pair")
+        rid = _as_int(item[0], f"chunks[{pos}] request id", decision)
+        tokens = _as_int(item[1], f"chunks[{pos}] tokens", decision)
+        chunks.append((rid, tokens))
+    return budget, chunks
+
+
+def coerce_route(raw: Any, num_replicas: int, decision: str) -> int:
+    """Check a route() return value: an existing replica index."""
+    replica = _as_int(raw, "replica", decision)
+    if not 0 <= replica < num_replicas:
+        raise PolicyError(
+            decision, f"replica {replica} does not exist (the cluster has 0..{num_replicas - 1})"
+        )
+    return replica
