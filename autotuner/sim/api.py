@@ -24,7 +24,7 @@ class WaitingView(NamedTuple):
 
     id: int
     arrival: float  # seconds
-    prompt_tokens: int  # tokens its prefill must cover (prompt, plus generated ones after a preemption)
+    prompt_tokens: int  # tokens its prefill covers (prompt, plus generated ones if preempted)
     prefilled: int  # tokens already in KV (computed chunks and prefix-cache hits)
     remaining: int  # prompt_tokens - prefilled: the most a chunk for it may take this iteration
     cached: int  # of ``prefilled``, tokens served by the prefix cache (0 until it starts)
@@ -103,7 +103,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _as_int(value: Any, what: str, decision: str) -> int:
-    """Accept Python ints and integral finite floats/numpy scalars; refuse bools, NaN, inf, others."""
+    """Accept ints and integral finite floats or numpy scalars; refuse bools, NaN, inf, others."""
     if _is_int(value):
         return value
     if isinstance(value, bool) or not hasattr(value, "__index__") and not isinstance(value, float):
@@ -134,7 +134,8 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
     chunks_raw = raw[1]
     if not isinstance(chunks_raw, (tuple, list)):
         raise PolicyError(
-            decision, f"chunks must be a tuple of (request id, tokens), got {type(chunks_raw).__name__}"
+            decision,
+            f"chunks must be a tuple of (request id, tokens), got {type(chunks_raw).__name__}",
         )
     if len(chunks_raw) > 100_000:
         raise PolicyError(decision, f"too many chunks ({len(chunks_raw)})")

@@ -1,0 +1,202 @@
+"""Policy files: reading their declared tunables without running them, and loading them.
+
+One Python file is one candidate, baselines and proposals alike. It declares ``TUNABLES`` as a
+dict literal (read here with ``ast.literal_eval``, so the tuner and the checker never execute
+untrusted code to learn the search space) and defines ``partition(replica, params)`` and/or
+``route(request, cluster, params)``. A decision point a file leaves out is taken from the
+fixed-chunk baseline with that baseline's defaults: the fallback is data (another policy file),
+not a special case in the simulator.
+
+``load_policy`` executes the file, so only call it on trusted files or inside the sandbox worker.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotuner.resources import baseline_path
+
+DECISION_POINTS = ("partition", "route")
+FALLBACK_BASELINE = "fixed_chunk"
+MAX_POLICY_BYTES = 64_000
+TUNABLE_TYPES = ("int", "float")
+
+
+class PolicyFileError(ValueError):
+    """A policy file that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """One declared numeric parameter: the tuner searches [low, high], log-scaled if ``log``."""
+
+    name: str
+    type: str  # "int" or "float"
+    low: float
+    high: float
+    default: float
+    log: bool = False
+
+    def clip(self, value: float) -> float | int:
+        value = min(max(value, self.low), self.high)
+        return int(round(value)) if self.type == "int" else float(value)
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """A policy file as text plus what can be known about it without running it."""
+
+    name: str
+    code: str
+    tunables: tuple[Tunable, ...]
+    defines: tuple[str, ...]  # which decision points the file itself implements
+
+    def defaults(self) -> dict[str, float | int]:
+        return {t.name: t.clip(t.default) for t in self.tunables}
+
+    def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, float | int]:
+        """Defaults overlaid with ``overrides``; unknown names and out-of-range values refused."""
+        params = self.defaults()
+        by_name = {t.name: t for t in self.tunables}
+        for key, value in (overrides or {}).items():
+            if key not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise PolicyFileError(f"{self.name}: no tunable named {key!r} (declared: {known})")
+            tunable = by_name[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PolicyFileError(f"{self.name}: tunable {key!r} must be a number")
+            if not math.isfinite(value) or not tunable.low <= value <= tunable.high:
+                raise PolicyFileError(
+                    f"{self.name}: tunable {key!r}={value!r} is outside "
+                    f"[{tunable.low}, {tunable.high}]"
+                )
+            params[key] = tunable.clip(value)
+        return params
+
+
+def _parse_tunable(name: Any, spec: Any, where: str) -> Tunable:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PolicyFileError(f"{where}: tunable names must be identifiers, got {name!r}")
+    if not isinstance(spec, dict):
+        raise PolicyFileError(f"{where}: TUNABLES[{name!r}] must be a dict")
+    unknown = set(spec) - {"type", "low", "high", "default", "log"}
+    if unknown:
+        raise PolicyFileError(f"{where}: TUNABLES[{name!r}] has unknown keys {sorted(unknown)}")
+    kind = spec.get("type")
+    if kind not in TUNABLE_TYPES:
+        raise PolicyFileError(f"{where}: TUNABLES[{name!r}]['type'] must be 'int' or 'float'")
+    values = {}
+    for key in ("low", "high", "default"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PolicyFileError(f"{where}: TUNABLES[{name!r}][{key!r}] must be a number")
+        if not math.isfinite(value) or abs(value) > 1e12:
+            raise PolicyFileError(f"{where}: TUNABLES[{name!r}][{key!r}] must be finite and sane")
+        if kind == "int" and value != int(value):
+            raise PolicyFileError(f"{where}: TUNABLES[{name!r}][{key!r}] must be whole for int")
+        values[key] = value
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise PolicyFileError(f"{where}: TUNABLES[{name!r}]['log'] must be True or False")
+    if not values["low"] < values["high"]:
+        raise PolicyFileError(f"{where}: TUNABLES[{name!r}] needs low < high")
+    if not values["low"] <= values["default"] <= values["high"]:
+        raise PolicyFileError(f"{where}: TUNABLES[{name!r}] default must lie in [low, high]")
+    if log and values["low"] <= 0:
+        raise PolicyFileError(f"{where}: TUNABLES[{name!r}] is log-scaled, so low must be > 0")
+    return Tunable(name, kind, values["low"], values["high"], values["default"], log)
+
+
+def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
+    """Parse a policy file's text: syntax, TUNABLES literal, decision functions. Never executes."""
+    if len(code.encode()) > MAX_POLICY_BYTES:
+        raise PolicyFileError(f"{name}: file is larger than {MAX_POLICY_BYTES} bytes")
+    try:
+        tree = ast.parse(code, filename=name)
+    except SyntaxError as exc:
+        raise PolicyFileError(f"{name} line {exc.lineno}: syntax error: {exc.msg}") from None
+    tunables_node = None
+    defines = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "TUNABLES" for t in node.targets
+        ):
+            tunables_node = node
+        elif isinstance(node, ast.FunctionDef) and node.name in DECISION_POINTS:
+            defines.append(node.name)
+    if tunables_node is None:
+        raise PolicyFileError(f"{name}: must declare TUNABLES = {{...}} (an empty dict is fine)")
+    where = f"{name} line {tunables_node.lineno}"
+    try:
+        raw = ast.literal_eval(tunables_node.value)
+    except (ValueError, SyntaxError):
+        raise PolicyFileError(f"{where}: TUNABLES must be a literal dict of dicts") from None
+    if not isinstance(raw, dict):
+        raise PolicyFileError(f"{where}: TUNABLES must be a dict")
+    tunables = tuple(_parse_tunable(k, v, where) for k, v in raw.items())
+    if not defines:
+        raise PolicyFileError(f"{name}: defines neither partition() nor route()")
+    return PolicySource(name, code, tunables, tuple(sorted(defines)))
+
+
+def read_policy_file(path: str | Path) -> PolicySource:
+    path = Path(path)
+    try:
+        code = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyFileError(f"{path}: no such policy file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyFileError(f"{path}: cannot read policy file: {exc}") from None
+    return read_policy_source(code, name=str(path))
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """Callables the simulator drives: ``partition(view)`` and ``route(request, cluster)``."""
+
+    partition: Callable[[Any], Any]
+    route: Callable[[Any, Any], Any]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _execute(source: PolicySource) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": f"policy_{abs(hash(source.name))}"}
+    module = types.ModuleType(namespace["__name__"])
+    module.__dict__.update(namespace)
+    exec(compile(source.code, source.name, "exec"), module.__dict__)  # noqa: S102 - trusted/sandboxed
+    return module.__dict__
+
+
+def _bind(func: Callable[..., Any], params: Mapping[str, Any]) -> Callable[..., Any]:
+    frozen = types.MappingProxyType(dict(params))
+    return lambda *args: func(*args, frozen)
+
+
+def load_policy(source: PolicySource, params: Mapping[str, Any] | None = None) -> LoadedPolicy:
+    """Execute a policy file in a fresh module (fresh module state per simulation).
+
+    Missing decision points come from the fixed-chunk baseline file with its own defaults.
+    """
+    resolved = source.resolve_params(params)
+    namespace = _execute(source)
+    bound: dict[str, Callable[..., Any]] = {}
+    fallback: dict[str, Any] | None = None
+    fallback_params: dict[str, Any] = {}
+    for point in DECISION_POINTS:
+        if point in source.defines:
+            func = namespace.get(point)
+            if not callable(func):
+                raise PolicyFileError(f"{source.name}: {point} is not a function once loaded")
+            bound[point] = _bind(func, resolved)
+            continue
+        if fallback is None:
+            base = read_policy_file(baseline_path(FALLBACK_BASELINE))
+            fallback, fallback_params = _execute(base), base.defaults()
+        bound[point] = _bind(fallback[point], fallback_params)
+    return LoadedPolicy(bound["partition"], bound["route"], types.MappingProxyType(resolved))
