@@ -1,0 +1,598 @@
+"""The cluster simulator: replicas with continuous batching, chunked prefill, a prefix cache, and
+recompute preemption, driven by a policy's ``partition`` and ``route`` decisions.
+
+Time advances from event to event: an arrival, or the end of a replica's iteration. An iteration
+with prefill waiting asks the policy for a partition (one decision, one validated record). An
+iteration with nothing waiting runs every decode, so a run of them is advanced in closed form up to
+the next finish, the next arrival, or the point where the KV cache fills: the hot loop does no
+per-token Python work.
+
+KV accounting is token-granular: a replica's cache holds ``kv_capacity_tokens`` (whole blocks of
+GPU memory), and paged attention's partial last block (under one block per request) is not
+modelled. When decodes outgrow the cache, evictable prefix-cache entries go first, then the most
+recently arrived running request is preempted and later recomputed, as vLLM and Sarathi-Serve do.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .api import (
+    MAX_WAITING_VIEW,
+    ClusterView,
+    PolicyError,
+    ReplicaLoad,
+    ReplicaView,
+    RequestView,
+    WaitingView,
+    coerce_partition,
+    coerce_route,
+)
+from .costmodel import CostModel
+from .hardware import get_gpu, get_model
+from .workload import Workload
+
+_WAITING, _DECODING, _DONE = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A homogeneous cluster of model replicas.
+
+    model, gpu: catalogue names (``autotuner.sim.hardware``); tp: tensor-parallel degree, GPUs per
+    replica; replicas: how many replicas the router spreads requests over;
+    gpu_memory_utilization: share of GPU memory the server may use (weights + KV), as vLLM's flag;
+    block_size: tokens per KV block (capacity is whole blocks); max_batch_tokens: hard cap on the
+    tokens of one iteration, whatever the policy asks (vLLM's max_num_batched_tokens).
+    """
+
+    model: str = "llama-3-8b"
+    gpu: str = "h100"
+    tp: int = 1
+    replicas: int = 4
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    max_batch_tokens: int = 16384
+
+    def cost_model(self) -> CostModel:
+        if self.tp < 1 or self.replicas < 1:
+            raise ValueError("tp and replicas must be at least 1")
+        return CostModel(get_model(self.model), get_gpu(self.gpu), self.tp)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.replicas
+
+
+class Policy(Protocol):
+    """What the simulator drives. ``autotuner.policy.load_policy`` builds one from a file."""
+
+    def partition(self, replica: ReplicaView) -> Any: ...
+
+    def route(self, request: RequestView, cluster: ClusterView) -> Any: ...
+
+
+@dataclass
+class SimResult:
+    """Per-request timestamps (NaN where it never happened) and run counters."""
+
+    first_token: np.ndarray
+    finish: np.ndarray
+    start: np.ndarray  # first time a chunk of it was scheduled (or its prefix cache hit it)
+    replica: np.ndarray  # int, -1 if never routed
+    preemptions: np.ndarray
+    cached_tokens: np.ndarray  # prompt tokens served by the prefix cache, summed over its starts
+    end_time: float
+    iterations: int
+    decode_stretches: int
+    policy_calls: int
+    busy_time: np.ndarray  # seconds each replica spent running iterations
+    tbt_samples: tuple[np.ndarray, np.ndarray]  # (iteration seconds, decode tokens it emitted)
+    error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class _Replica:
+    __slots__ = (
+        "idx", "waiting", "heap", "n", "ctx_off", "steps", "kv_used", "kv_cap", "cache", "lru",
+        "cache_tokens", "pinned_tokens", "busy", "pending", "last_iter", "busy_time", "running",
+    )
+
+    def __init__(self, idx: int, kv_cap: int):
+        self.idx = idx
+        self.waiting: list[int] = []  # request ids with prefill left, oldest first
+        self.heap: list[tuple[int, int, int]] = []  # (finishing decode step, request id, epoch)
+        self.running: set[int] = set()  # decoding request ids
+        self.n = 0  # decoding requests
+        self.ctx_off = 0  # sum of (context at join - step at join): context sum = ctx_off + n*steps
+        self.steps = 0  # decode iterations run so far
+        self.kv_used = 0  # KV tokens owned by requests (not counting shared prefix-cache blocks)
+        self.kv_cap = kv_cap
+        self.cache: dict[int, int] = {}  # prefix block id -> references by requests
+        self.lru: OrderedDict[int, None] = OrderedDict()  # unreferenced blocks, oldest first
+        self.cache_tokens = 0  # tokens held by cached blocks, referenced or not
+        self.pinned_tokens = 0  # tokens of referenced cached blocks
+        self.busy = False
+        self.pending: tuple | None = None
+        self.last_iter = 0.0
+        self.busy_time = 0.0
+
+
+class _Failure(Exception):
+    pass
+
+
+def simulate(
+    cluster: ClusterSpec,
+    workload: Workload,
+    policy: Policy,
+    *,
+    horizon: float | None = None,
+    cost_model: CostModel | None = None,
+    fast_forward: bool = True,
+) -> SimResult:
+    """Run ``workload`` on ``cluster`` under ``policy``. Deterministic: same inputs, same result.
+
+    horizon: stop at this simulated time (seconds); requests not finished by then count as
+    missed. None runs until all work drains. fast_forward=False steps decode-only iterations one
+    at a time: the slow reference that tests and the benchmark compare the closed form against.
+    An illegal decision stops the run: the result carries ``error`` (the decision and the rule).
+    """
+    sim = _Simulation(cluster, workload, policy, cost_model or cluster.cost_model())
+    sim.max_stretch = math.inf if fast_forward else 1
+    return sim.run(math.inf if horizon is None else float(horizon))
+
+
+class _Simulation:
+    def __init__(self, cluster: ClusterSpec, wl: Workload, policy: Policy, cost: CostModel):
+        self.cluster = cluster
+        self.wl = wl
+        self.policy = policy
+        self.cost = cost
+        n = len(wl)
+        self.arrival = wl.arrival.tolist()
+        self.prompt = wl.prompt.tolist()
+        self.output = wl.output.tolist()
+        self.prefix = wl.prefix
+        self.pbt = wl.prefix_block_tokens
+        kv_cap = cost.kv_capacity_tokens(cluster.gpu_memory_utilization, cluster.block_size)
+        self.reps = [_Replica(i, kv_cap) for i in range(cluster.replicas)]
+        # per-request mutable state, as flat lists (cheaper than objects in the hot loop)
+        self.phase = [0] * n
+        self.where = [-1] * n
+        self.target = self.prompt.copy()  # tokens the prefill must cover
+        self.prefilled = [0] * n
+        self.hit = [0] * n  # tokens of prefilled served by the cache at this start
+        self.generated = [0] * n
+        self.own_base = [0] * n  # own KV tokens = own_base + steps, while decoding
+        self.ctx_base = [0] * n  # context = ctx_base + steps, while decoding
+        self.pins: list[list[int] | None] = [None] * n  # cached block ids this request references
+        self.shared = [0] * n  # tokens of those blocks
+        self.first_token = [math.nan] * n
+        self.finish = [math.nan] * n
+        self.start = [math.nan] * n
+        self.preempt = [0] * n
+        self.cached_total = [0] * n
+        self.view_cache: list[WaitingView | None] = [None] * n
+        self.coeffs: dict[int, tuple[float, float]] = {}
+        self.events: list[tuple[float, int, int]] = []
+        self.seq = 0
+        self.iterations = 0
+        self.stretches = 0
+        self.policy_calls = 0
+        self.tbt_d: list[float] = []
+        self.tbt_n: list[int] = []
+        self.counters = {"preemptions": 0, "evicted_blocks": 0, "stalls": 0}
+        self.max_stretch: float = math.inf
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, horizon: float) -> SimResult:
+        error = None
+        now = 0.0
+        try:
+            now = self._loop(horizon)
+        except PolicyError as exc:
+            error = str(exc)
+        except _Failure as exc:
+            error = str(exc)
+        return self._result(now, error)
+
+    def _loop(self, horizon: float) -> float:
+        arrival = self.arrival
+        events = self.events
+        nreq = len(arrival)
+        nxt = 0
+        now = 0.0
+        while True:
+            t_arr = arrival[nxt] if nxt < nreq else math.inf
+            t_evt = events[0][0] if events else math.inf
+            if t_arr <= t_evt:
+                if t_arr == math.inf or t_arr > horizon:
+                    break
+                now = t_arr
+                self._arrive(nxt, now)
+                nxt += 1
+            else:
+                if t_evt > horizon:
+                    break
+                now, _, r = heapq.heappop(events)
+                rep = self.reps[r]
+                if rep.pending is not None:
+                    self._complete(rep, now)
+                self._plan(rep, now, arrival[nxt] if nxt < nreq else math.inf)
+        return now
+
+    def _push(self, t: float, r: int) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, r))
+
+    # ------------------------------------------------------------------ arrivals and routing
+    def _arrive(self, i: int, now: float) -> None:
+        ids = self.prefix[i] if self.prefix is not None else ()
+        loads = []
+        for rep in self.reps:
+            waiting = len(rep.waiting)
+            loads.append(
+                ReplicaLoad(
+                    rep.idx, rep.n, waiting, self._waiting_tokens(rep), rep.n + waiting,
+                    rep.kv_cap - rep.kv_used - rep.pinned_tokens, rep.kv_cap,
+                    self._hit_tokens(rep, ids, self.prompt[i]) if ids else 0,
+                )
+            )
+        view = RequestView(i, now, self.prompt[i], len(ids))
+        self.policy_calls += 1
+        decision = f"route(request {i} at t={now:.3f}s)"
+        try:
+            raw = self.policy.route(view, ClusterView(now, tuple(loads)))
+        except PolicyError:
+            raise
+        except Exception as exc:  # the policy's own bug: a result, not a crash
+            raise PolicyError(decision, f"raised {type(exc).__name__}: {exc}") from None
+        r = coerce_route(raw, len(self.reps), decision)
+        rep = self.reps[r]
+        self.where[i] = r
+        self._enqueue(rep, i, front=False)
+        if not rep.busy:
+            rep.busy = True
+            self._push(now, r)
+
+    def _waiting_tokens(self, rep: _Replica) -> int:
+        target, prefilled = self.target, self.prefilled
+        return sum(target[j] - prefilled[j] for j in rep.waiting)
+
+    def _hit_tokens(self, rep: _Replica, ids: tuple[int, ...], prompt: int) -> int:
+        cache = rep.cache
+        h = 0
+        for b in ids:
+            if b not in cache:
+                break
+            h += 1
+        return min(h * self.pbt, prompt - 1)
+
+    def _enqueue(self, rep: _Replica, i: int, front: bool) -> None:
+        """Queue request i for prefill on rep, pinning whatever prefix of it rep has cached."""
+        self.phase[i] = _WAITING
+        self.prefilled[i] = 0
+        self.hit[i] = 0
+        self.view_cache[i] = None
+        if self.prefix is not None and rep.cache:
+            ids = self.prefix[i]
+            tokens = self._hit_tokens(rep, ids, self.target[i])
+            if tokens > 0:
+                blocks = -(-tokens // self.pbt)
+                pins = list(ids[:blocks])
+                for b in pins:
+                    refs = rep.cache[b]
+                    if refs == 0:
+                        del rep.lru[b]
+                        rep.pinned_tokens += self.pbt
+                    rep.cache[b] = refs + 1
+                self.pins[i] = pins
+                self.shared[i] = blocks * self.pbt
+                self.prefilled[i] = self.hit[i] = tokens
+                self.cached_total[i] += tokens
+        if front:
+            rep.waiting.insert(0, i)
+        else:
+            rep.waiting.append(i)
+
+    # ------------------------------------------------------------------ planning an iteration
+    def _decode_coeffs(self, n: int) -> tuple[float, float]:
+        c = self.coeffs.get(n)
+        if c is None:
+            c = self.coeffs[n] = self.cost.decode_coeffs(n)
+        return c
+
+    def _free(self, rep: _Replica) -> int:
+        """KV tokens that can be allocated now (unreferenced cache blocks can be evicted)."""
+        return rep.kv_cap - rep.kv_used - rep.pinned_tokens
+
+    def _plan(self, rep: _Replica, now: float, next_arrival: float) -> None:
+        rep.pending = None
+        # Decodes need one KV token each this iteration; make room or preempt.
+        while rep.n and self._free(rep) < rep.n:
+            self._preempt_newest(rep)
+        if rep.waiting:
+            self._plan_partition(rep, now)
+        elif rep.n:
+            self._plan_stretch(rep, now, next_arrival)
+        else:
+            rep.busy = False
+
+    def _plan_partition(self, rep: _Replica, now: float) -> None:
+        n = rep.n
+        ctx = rep.ctx_off + n * rep.steps
+        free = self._free(rep) - n
+        view = ReplicaView(
+            rep.idx, now, n, ctx, self._waiting_views(rep), len(rep.waiting),
+            self._waiting_tokens(rep), free, rep.kv_cap, self.cluster.max_batch_tokens,
+            rep.last_iter,
+        )
+        decision = f"partition(replica {rep.idx} at t={now:.3f}s)"
+        self.policy_calls += 1
+        try:
+            raw = self.policy.partition(view)
+        except PolicyError:
+            raise
+        except Exception as exc:
+            raise PolicyError(decision, f"raised {type(exc).__name__}: {exc}") from None
+        budget, chunks = coerce_partition(raw, decision)
+        total = self._validate_chunks(rep, chunks, decision)
+        if total > budget - n:
+            raise PolicyError(
+                decision,
+                f"chunk tokens {total} exceed the budget {budget} minus {n} decodes",
+            )
+        if total + n > self.cluster.max_batch_tokens:
+            raise PolicyError(
+                decision,
+                f"{n} decodes + {total} chunk tokens exceed max_batch_tokens "
+                f"{self.cluster.max_batch_tokens}",
+            )
+        if total > free:
+            raise PolicyError(
+                decision, f"chunk tokens {total} exceed the free KV cache ({free} tokens)"
+            )
+        if not chunks and not n:
+            # Nothing to run: idle until the next arrival routed here wakes the replica.
+            self.counters["stalls"] += 1
+            rep.busy = False
+            return
+        pairs = 0.0
+        prefilled = self.prefilled
+        for rid, tokens in chunks:
+            pairs += tokens * (prefilled[rid] + (tokens + 1) * 0.5)
+            if math.isnan(self.start[rid]):
+                self.start[rid] = now
+        dur = self.cost.iteration_time(total, pairs, n, ctx)
+        self._evict(rep, total)
+        rep.kv_used += total
+        rep.pending = (1, chunks, dur)
+        self._push(now + dur, rep.idx)
+
+    def _validate_chunks(self, rep: _Replica, chunks: list[tuple[int, int]], decision: str) -> int:
+        seen = set()
+        total = 0
+        nreq = len(self.phase)
+        for rid, tokens in chunks:
+            if not 0 <= rid < nreq or self.where[rid] != rep.idx or self.phase[rid] != _WAITING:
+                raise PolicyError(decision, f"request {rid} is not waiting on this replica")
+            if rid in seen:
+                raise PolicyError(decision, f"request {rid} appears in two chunks")
+            seen.add(rid)
+            left = self.target[rid] - self.prefilled[rid]
+            if not 1 <= tokens <= left:
+                raise PolicyError(
+                    decision, f"chunk of {tokens} tokens for request {rid} (1..{left} allowed)"
+                )
+            total += tokens
+        return total
+
+    def _waiting_views(self, rep: _Replica) -> tuple[WaitingView, ...]:
+        views = self.view_cache
+        out = []
+        for i in rep.waiting[:MAX_WAITING_VIEW]:
+            v = views[i]
+            if v is None:
+                p = self.prefilled[i]
+                v = views[i] = WaitingView(
+                    i, self.arrival[i], self.target[i], p, self.target[i] - p, self.hit[i],
+                    p > self.hit[i] or self.preempt[i] > 0, self.preempt[i],
+                )
+            out.append(v)
+        return tuple(out)
+
+    def _plan_stretch(self, rep: _Replica, now: float, next_arrival: float) -> None:
+        n = rep.n
+        a, b = self._decode_coeffs(n)
+        ctx0 = rep.ctx_off + n * rep.steps
+        heap = rep.heap
+        while heap[0][2] != self.preempt[heap[0][1]]:
+            heapq.heappop(heap)  # preempted since it was pushed
+        k = heap[0][0] - rep.steps  # iterations until the next request finishes
+        k = min(k, self._free(rep) // n)  # until the KV cache is full
+        if next_arrival < math.inf:
+            k = min(k, self._iterations_until(a, b, ctx0, n, next_arrival - now))
+        k = max(min(k, self.max_stretch), 1)
+        bn = b * n
+        dur = k * (a + b * ctx0) + bn * k * (k - 1) * 0.5
+        rep.pending = (0, k, dur, a + b * ctx0, a + b * (ctx0 + (k - 1) * n))
+        self._push(now + dur, rep.idx)
+
+    @staticmethod
+    def _iterations_until(a: float, b: float, ctx0: int, n: int, dt: float) -> int:
+        """Fewest decode iterations whose total time reaches dt (at least 1)."""
+        if dt <= 0:
+            return 1
+        first = a + b * ctx0
+        half = 0.5 * b * n
+        if half <= 0:
+            return max(1, math.ceil(dt / first))
+        lin = first - half
+        k = math.ceil((-lin + math.sqrt(lin * lin + 4 * half * dt)) / (2 * half))
+        k = max(k, 1)
+        # guard against rounding at the boundary
+        while k > 1 and (k - 1) * first + half * (k - 1) * (k - 2) >= dt:
+            k -= 1
+        while k * first + half * k * (k - 1) < dt:
+            k += 1
+        return k
+
+    # ------------------------------------------------------------------ finishing an iteration
+    def _complete(self, rep: _Replica, now: float) -> None:
+        pending = rep.pending
+        rep.pending = None
+        n = rep.n
+        if pending[0] == 0:  # a stretch of k decode-only iterations
+            _, k, dur, d_first, d_last = pending
+            self.stretches += 1
+            self.iterations += k
+            rep.steps += k
+            rep.kv_used += n * k
+            rep.last_iter = d_last
+            self.tbt_d.append(0.5 * (d_first + d_last))
+            self.tbt_n.append(n * k)
+        else:
+            _, chunks, dur = pending
+            self.iterations += 1
+            rep.last_iter = dur
+            if n:
+                rep.steps += 1
+                rep.kv_used += n
+                self.tbt_d.append(dur)
+                self.tbt_n.append(n)
+        rep.busy_time += dur
+        if rep.cache_tokens + rep.kv_used > rep.kv_cap:
+            self._evict(rep, 0)
+        heap = rep.heap
+        steps = rep.steps
+        while heap and heap[0][0] <= steps:
+            _, i, epoch = heapq.heappop(heap)
+            if epoch == self.preempt[i]:  # else it was preempted since: a stale entry
+                self._retire(rep, i, now)
+        if pending[0] == 1:
+            for rid, tokens in chunks:
+                self.prefilled[rid] += tokens
+                self.view_cache[rid] = None
+                if self.prefilled[rid] == self.target[rid]:
+                    self._join_decode(rep, rid, now)
+
+    def _join_decode(self, rep: _Replica, i: int, now: float) -> None:
+        rep.waiting.remove(i)
+        if math.isnan(self.first_token[i]):
+            self.first_token[i] = now
+        self.generated[i] += 1  # the prefill's last position yields a token
+        self._insert_prefix(rep, i)
+        left = self.output[i] - self.generated[i]
+        ctx = self.target[i]
+        own = ctx - self.shared[i]
+        if left <= 0:
+            rep.kv_used -= own
+            self._unpin(rep, i)
+            self.phase[i] = _DONE
+            self.finish[i] = now
+            return
+        self.phase[i] = _DECODING
+        steps = rep.steps
+        self.ctx_base[i] = ctx - steps
+        self.own_base[i] = own - steps
+        rep.ctx_off += ctx - steps
+        rep.n += 1
+        rep.running.add(i)
+        heapq.heappush(rep.heap, (steps + left, i, self.preempt[i]))
+
+    def _leave_decode(self, rep: _Replica, i: int) -> None:
+        rep.n -= 1
+        rep.running.discard(i)
+        rep.ctx_off -= self.ctx_base[i]
+        rep.kv_used -= self.own_base[i] + rep.steps
+        self._unpin(rep, i)
+
+    def _retire(self, rep: _Replica, i: int, now: float) -> None:
+        self._leave_decode(rep, i)
+        self.generated[i] = self.output[i]
+        self.phase[i] = _DONE
+        self.finish[i] = now
+
+    def _preempt_newest(self, rep: _Replica) -> None:
+        """Free the KV of the most recently arrived decoding request; it is recomputed later."""
+        i = max(rep.running)
+        joined_at = self.target[i] - self.ctx_base[i]
+        self.generated[i] += rep.steps - joined_at
+        self._leave_decode(rep, i)
+        self.preempt[i] += 1
+        self.counters["preemptions"] += 1
+        # recompute: the prefill now covers the prompt and every token generated so far
+        self.target[i] = self.prompt[i] + self.generated[i]
+        self._enqueue(rep, i, front=True)
+
+    # ------------------------------------------------------------------ prefix cache
+    def _insert_prefix(self, rep: _Replica, i: int) -> None:
+        """After a prefill, its full prefix blocks become shared cache entries it references."""
+        if self.prefix is None:
+            return
+        ids = self.prefix[i]
+        full = min(len(ids), self.prompt[i] // self.pbt)
+        pins = self.pins[i] or []
+        cache = rep.cache
+        added = 0
+        for b in ids[len(pins):full]:
+            if b in cache:
+                continue  # another request cached an identical block meanwhile; keep our copy
+            cache[b] = 1
+            pins.append(b)
+            added += self.pbt
+        if added:
+            self.pins[i] = pins
+            self.shared[i] += added
+            rep.cache_tokens += added
+            rep.pinned_tokens += added
+            rep.kv_used -= added
+
+    def _unpin(self, rep: _Replica, i: int) -> None:
+        pins = self.pins[i]
+        if not pins:
+            return
+        cache, lru = rep.cache, rep.lru
+        for b in pins:
+            refs = cache[b] - 1
+            cache[b] = refs
+            if refs == 0:
+                lru[b] = None
+                rep.pinned_tokens -= self.pbt
+        self.pins[i] = None
+        self.shared[i] = 0
+
+    def _evict(self, rep: _Replica, need: int) -> None:
+        """Drop unreferenced cached blocks, oldest first, until ``need`` more tokens fit."""
+        lru, cache = rep.lru, rep.cache
+        while rep.cache_tokens + rep.kv_used + need > rep.kv_cap and lru:
+            b, _ = lru.popitem(last=False)
+            del cache[b]
+            rep.cache_tokens -= self.pbt
+            self.counters["evicted_blocks"] += 1
+
+    # ------------------------------------------------------------------ result
+    def _result(self, now: float, error: str | None) -> SimResult:
+        return SimResult(
+            first_token=np.array(self.first_token, dtype=np.float64),
+            finish=np.array(self.finish, dtype=np.float64),
+            start=np.array(self.start, dtype=np.float64),
+            replica=np.array(self.where, dtype=np.int64),
+            preemptions=np.array(self.preempt, dtype=np.int64),
+            cached_tokens=np.array(self.cached_total, dtype=np.int64),
+            end_time=now,
+            iterations=self.iterations,
+            decode_stretches=self.stretches,
+            policy_calls=self.policy_calls,
+            busy_time=np.array([r.busy_time for r in self.reps]),
+            tbt_samples=(np.array(self.tbt_d), np.array(self.tbt_n, dtype=np.int64)),
+            error=error,
+            counters=dict(self.counters),
+        )

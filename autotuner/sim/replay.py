@@ -1,0 +1,88 @@
+"""Recording a policy's decisions, and replaying them: the trust boundary's two halves.
+
+Inside the sandbox, ``RecordingPolicy`` wraps the untrusted policy and logs every decision as
+plain JSON-able data. Outside, the trusted side feeds that log to ``ReplayPolicy`` in its own
+simulator, which validates each decision against its own state and computes every metric itself.
+The simulator is deterministic and asks for decisions in a fixed order, so an honest log replays
+to exactly the same run; a forged or tampered log either fails validation or simply produces
+whatever the trusted simulator makes of it. Nothing else the worker says is believed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .api import ClusterView, PolicyError, ReplicaView, RequestView, coerce_partition
+
+# One log entry: ["p", budget, [[id, tokens], ...]] or ["r", replica]
+
+
+class RecordingPolicy:
+    """Wraps a policy; ``log`` grows by one plain entry per decision (as returned, unjudged)."""
+
+    def __init__(self, policy: Any, max_entries: int = 5_000_000):
+        self.policy = policy
+        self.log: list[list[Any]] = []
+        self.max_entries = max_entries
+
+    def _room(self, decision: str) -> None:
+        if len(self.log) >= self.max_entries:
+            raise PolicyError(decision, f"more than {self.max_entries} decisions in one run")
+
+    def partition(self, view: ReplicaView) -> Any:
+        raw = self.policy.partition(view)
+        decision = f"partition(replica {view.replica} at t={view.now:.3f}s)"
+        self._room(decision)
+        budget, chunks = coerce_partition(raw, decision)
+        self.log.append(["p", budget, [[rid, tokens] for rid, tokens in chunks]])
+        return raw
+
+    def route(self, request: RequestView, cluster: ClusterView) -> Any:
+        raw = self.policy.route(request, cluster)
+        self._room(f"route(request {request.id})")
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            try:
+                raw_int = int(raw)
+            except Exception:
+                raw_int = -1  # the simulator rejects it with the proper reason
+        else:
+            raw_int = raw
+        self.log.append(["r", raw_int])
+        return raw
+
+
+class ReplayPolicy:
+    """Answers each decision from a recorded log, in order, and refuses a log that does not fit."""
+
+    def __init__(self, log: list[Any]):
+        if not isinstance(log, list):
+            raise ValueError("decision log must be a list")
+        self.log = log
+        self.pos = 0
+
+    def _next(self, kind: str, decision: str) -> list[Any]:
+        if self.pos >= len(self.log):
+            raise PolicyError(decision, "the worker's decision log ended early")
+        entry = self.log[self.pos]
+        self.pos += 1
+        if not isinstance(entry, list) or not entry or entry[0] != kind:
+            raise PolicyError(
+                decision, f"the worker's decision log is out of step at entry {self.pos - 1}"
+            )
+        return entry
+
+    def partition(self, view: ReplicaView) -> Any:
+        entry = self._next("p", f"partition(replica {view.replica} at t={view.now:.3f}s)")
+        if len(entry) != 3:
+            raise PolicyError("partition", f"malformed log entry {self.pos - 1}")
+        return (entry[1], entry[2])
+
+    def route(self, request: RequestView, cluster: ClusterView) -> Any:
+        entry = self._next("r", f"route(request {request.id})")
+        if len(entry) != 2:
+            raise PolicyError("route", f"malformed log entry {self.pos - 1}")
+        return entry[1]
+
+    @property
+    def unused(self) -> int:
+        return len(self.log) - self.pos
