@@ -1,0 +1,76 @@
+"""Plain data passed between the campaign loop and a proposer, and the proposer interface.
+
+Kept small on purpose: the LLM proposer and the offline (mutation) proposer both fit it, and the
+loop needs to know nothing else about either. Everything here is immutable so a request can be
+handed to several threads and a proposal stored in the archive as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+# A static check: takes a policy file's text, returns the reasons it is refused (empty = passes).
+CheckFn = Callable[[str], list[str]]
+
+
+@dataclass(frozen=True)
+class ParentInfo:
+    """An archive member shown to the proposer: the parent, or an inspiration beside it.
+
+    ``scores`` are whatever the loop wants the model to see (objective, relative improvement over
+    the tuned baseline, SLO attainment, ...); ``failures`` are evaluation failures with their
+    reasons, which is often the most useful thing a model can read.
+    """
+
+    candidate_id: str
+    code: str
+    scores: Mapping[str, float] = field(default_factory=dict)
+    failures: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)  # tuned values of its TUNABLES
+
+
+@dataclass(frozen=True)
+class ProposalRequest:
+    """Everything one proposal needs; text fields are already phrased for a reader."""
+
+    parent: ParentInfo
+    inspirations: tuple[ParentInfo, ...]
+    objective: str
+    workloads: str
+    cluster: str
+    api_doc: str = ""  # empty: the proposer renders prompts/policy_api.md.j2 itself
+    notes: tuple[str, ...] = ()  # free-form hints from the loop (e.g. "explore routing")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What came back: a policy file that passed the check, or why there is none.
+
+    ``reason`` is "" when ``ok``; otherwise one line the archive records, such as
+    "no code in reply", "edit 2 did not apply: search text not found",
+    "check rejected after 3 attempts: ...", "budget exhausted ...", "endpoint error: ...".
+    ``fatal`` marks failures that the next request will hit too (budget spent, bad key, unknown
+    model): the loop should stop asking this proposer rather than burn through its queue.
+    """
+
+    code: str | None
+    ok: bool
+    reason: str
+    raw_replies: tuple[str, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    attempts: int = 0
+    model: str = ""
+    fatal: bool = False
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """Writes one new policy file per request. ``check`` must be safe to call from threads."""
+
+    name: str
+
+    def propose(self, request: ProposalRequest, check: CheckFn) -> Proposal: ...
