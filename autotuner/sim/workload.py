@@ -34,6 +34,18 @@ __all__ = [
     "make_workload",
 ]
 
+_FROM_TRACES = ("load_trace", "load_trace_info", "TraceError", "LoadedTrace")
+
+
+def __getattr__(name: str) -> Any:
+    """Trace replay lives in ``traces`` (which imports this module); re-export it lazily so
+    ``from autotuner.sim.workload import load_trace, TraceError`` works without an import cycle."""
+    if name in _FROM_TRACES:
+        from . import traces
+
+        return getattr(traces, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 Prefix = tuple[tuple[int, ...], ...]
 
 
@@ -201,9 +213,11 @@ class _Quantiles:
 
 @dataclass(frozen=True)
 class _JointLengths:
-    """Prompt marginal + output quantiles per prompt decile: keeps the prompt/output correlation."""
+    """Prompt marginal + output quantiles per prompt-quantile bin: keeps the prompt/output
+    correlation (arXiv summaries: long prompts get shorter outputs)."""
 
     prompt: _Quantiles
+    bin_levels: np.ndarray  # prompt quantile levels bounding the bins
     cond_levels: np.ndarray
     output: np.ndarray  # (bins, cond levels)
 
@@ -211,6 +225,7 @@ class _JointLengths:
     def of(cls, fig: dict) -> _JointLengths:
         return cls(
             _Quantiles.of(fitted.MARGINAL_LEVELS, fig["prompt_q"]),
+            np.asarray(fitted.PROMPT_BIN_LEVELS, dtype=np.float64),
             np.asarray(fitted.COND_LEVELS, dtype=np.float64),
             np.asarray(fig["output_q"], dtype=np.float64),
         )
@@ -218,8 +233,7 @@ class _JointLengths:
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         u = rng.random((2, n))
         prompt = self.prompt.at(u[0])
-        bins = self.output.shape[0]
-        row = np.minimum((u[0] * bins).astype(np.int64), bins - 1)
+        row, _ = _interp_table(u[0], self.bin_levels)
         pos, frac = _interp_table(u[1], self.cond_levels)
         lo = self.output[row, pos]
         out = lo + frac * (self.output[row, pos + 1] - lo)
