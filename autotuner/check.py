@@ -1,0 +1,1097 @@
+"""Static check of a policy file: the "check" stage, run on the text before anything executes.
+
+A proposal is untrusted code written by a model that will use any loophole, so the rules are an
+allow-list wherever one is practical: allowed AST node types, allowed imports and the members of
+each allowed module, allowed built-in names. What falls outside is refused with the line, the
+construct and words a proposer can act on. The sandbox worker still enforces time, memory and
+isolation limits; this check removes the routes a heuristic never needs (introspection,
+imports, dunder attributes, string-driven attribute lookup) so that the worker's limits are the
+second line of defence, not the only one.
+
+Why the main rules hold together:
+
+- Names. Every name a file reads is either bound in the file or an allowed built-in, and no file
+  may bind a built-in's name anywhere (not even as a local). So a built-in name always means the
+  built-in, and a forbidden one (``getattr``, ``eval``, ``type``...) can never be reached by name.
+- Modules. An imported module's name may appear only as ``module.member`` with ``member`` from
+  that module's allow-list, and may never be rebound. Allowed modules import others
+  (``statistics.sys``, ``typing.sys``), so allowing whole modules would let ``sys`` through.
+- Attributes. No attribute starting with ``_`` (so no dunders, no ``random._os``), and none of
+  the frame, code, generator and traceback introspection names (``gi_frame``, ``f_globals``,
+  ``tb_frame``, ``co_code``, ``mro``...). Attributes are only read, never set or deleted.
+- Strings that act as attribute paths: ``str.format`` only on a string literal whose fields have
+  no ``.attribute`` and no ``_`` in an index; ``format_map`` never. f-string expressions are
+  ordinary AST and get the same checks as any other code.
+- No classes (metaclasses, descriptors and dunder methods are the classic escape kit), no
+  ``async``, no ``with``, no bare ``except:`` / ``except BaseException`` (which would swallow the
+  worker's interrupts), no ``return``/``break``/``continue`` inside ``finally``.
+
+``check_policy`` never raises: any input, however large or malformed, gives a result.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import string
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from autotuner.policy import (
+    DECISION_POINTS,
+    MAX_POLICY_BYTES,
+    PolicyFileError,
+    PolicySource,
+    read_policy_source,
+)
+
+# --- limits -------------------------------------------------------------------------------------
+
+MAX_LINES = 2_000
+MAX_NODES = 20_000
+MAX_DEPTH = 100  # AST nesting; ordinary code stays under 30
+MAX_STR_LITERAL = 10_000  # characters (or bytes) in one string literal
+MAX_INT_BITS = 256  # an integer literal or constant expression larger than this is refused
+MAX_EXPONENT = 10_000  # a constant integer exponent above this is refused, whatever the base
+MAX_SHIFT = 4_096
+MAX_REPEAT_ITEMS = 100_000  # "ab" * N, [0] * N with constant N
+MAX_ISSUES = 25
+
+# --- allow-lists --------------------------------------------------------------------------------
+
+# Pure-computation modules, and of each only the members a heuristic needs. Members are listed
+# rather than taken whole because these modules import others (statistics.sys, typing.sys).
+# random: only the Random class, so randomness is always a seeded instance (scores must be
+# reproducible: the gate pairs runs by seed). statistics: no NormalDist (its samples() is
+# unseeded). typing: annotation helpers only (get_type_hints evaluates strings).
+ALLOWED_MODULES: dict[str, frozenset[str]] = {
+    "math": frozenset(
+        """acos acosh asin asinh atan atan2 atanh cbrt ceil comb copysign cos cosh degrees dist
+        e erf erfc exp exp2 expm1 fabs factorial floor fmod frexp fsum gamma gcd hypot inf isclose
+        isfinite isinf isnan isqrt lcm ldexp lgamma log log10 log1p log2 modf nan nextafter perm
+        pi pow prod radians remainder sin sinh sqrt tan tanh tau trunc ulp""".split()
+    ),
+    "random": frozenset({"Random"}),
+    "statistics": frozenset(
+        """fmean geometric_mean harmonic_mean mean median median_grouped median_high median_low
+        mode multimode pstdev pvariance quantiles stdev variance StatisticsError""".split()
+    ),
+    "collections": frozenset({"Counter", "OrderedDict", "defaultdict", "deque", "namedtuple"}),
+    "itertools": frozenset(
+        """accumulate batched chain combinations combinations_with_replacement compress count
+        cycle dropwhile filterfalse groupby islice pairwise permutations product repeat starmap
+        takewhile tee zip_longest""".split()
+    ),
+    "functools": frozenset({"cache", "cmp_to_key", "lru_cache", "partial", "reduce"}),
+    "heapq": frozenset(
+        """heapify heappop heappush heappushpop heapreplace merge nlargest nsmallest""".split()
+    ),
+    "bisect": frozenset(
+        """bisect bisect_left bisect_right insort insort_left insort_right""".split()
+    ),
+    "typing": frozenset(
+        """Any Callable Dict FrozenSet Iterable Iterator List Mapping Optional Sequence Set Tuple
+        Union""".split()
+    ),
+}
+ALLOWED_IMPORTS: tuple[str, ...] = tuple(ALLOWED_MODULES)
+
+# Built-ins a heuristic uses. Everything else in ``builtins`` (getattr, type, eval, open, print,
+# id, object, super, vars, globals, ...) is refused by name. print is out because the worker's
+# standard streams are not the policy's to write; id is out because it is not reproducible.
+ALLOWED_BUILTINS = frozenset(
+    """abs all any bin bool callable chr complex dict divmod enumerate filter float format
+    frozenset hash hex int isinstance iter len list map max min next oct ord pow range repr
+    reversed round set slice sorted str sum tuple zip
+    ArithmeticError AssertionError Exception IndexError KeyError LookupError NotImplementedError
+    OverflowError RuntimeError StopIteration TypeError ValueError ZeroDivisionError""".split()
+)
+BUILTIN_NAMES = frozenset(dir(builtins)) | {
+    "print",
+    "exit",
+    "quit",
+    "help",
+    "copyright",
+    "credits",
+    "license",
+    "breakpoint",
+    "input",
+}
+
+# Why some refused built-ins are refused, in the proposer's terms.
+_BUILTIN_HINTS = {
+    "getattr": "attributes must be written out (obj.field)",
+    "setattr": "policies may not set attributes",
+    "delattr": "policies may not delete attributes",
+    "hasattr": "read fields by name; the views' fields are documented",
+    "eval": "policies may not run code from strings",
+    "exec": "policies may not run code from strings",
+    "compile": "policies may not run code from strings",
+    "open": "policies have no file access",
+    "input": "policies have no input",
+    "print": "policies may not write output; return decisions only",
+    "type": "use isinstance(x, int) to test a type",
+    "object": "classes and object introspection are not allowed",
+    "super": "classes are not allowed",
+    "id": "object identities are not reproducible",
+    "vars": "introspection is not allowed",
+    "globals": "introspection is not allowed; name module-level variables directly",
+    "locals": "introspection is not allowed",
+    "dir": "introspection is not allowed",
+    "breakpoint": "policies may not debug interactively",
+    "memoryview": "not needed for arithmetic on the views",
+}
+
+# Attribute names of frames, code, generators, coroutines and tracebacks: introspection routes
+# to globals and builtins that need no dunder.
+_INTROSPECTION_PREFIXES = ("gi_", "cr_", "ag_", "f_", "co_", "tb_", "func_", "im_")
+_INTROSPECTION_NAMES = frozenset({"mro", "cell_contents", "format_map"})
+
+_RESERVED_TOP_LEVEL = ("TUNABLES", *DECISION_POINTS)
+_DECISION_ARGS = {"partition": ("replica", "params"), "route": ("request", "cluster", "params")}
+
+# AST node types a policy may contain. Anything else (ClassDef, With, async forms, Await,
+# TryStar, type parameters, ...) is refused.
+_ALLOWED_NODES: tuple[type, ...] = tuple(
+    getattr(ast, n)
+    for n in """Module FunctionDef Return Delete Assign AugAssign AnnAssign For While If Raise Try
+    Assert Import ImportFrom Global Nonlocal Expr Pass Break Continue
+    BoolOp NamedExpr BinOp UnaryOp Lambda IfExp Dict Set ListComp SetComp DictComp GeneratorExp
+    Yield YieldFrom Compare Call FormattedValue JoinedStr Constant Attribute Subscript Starred
+    Name List Tuple Slice Load Store Del And Or Add Sub Mult MatMult Div Mod Pow LShift RShift
+    BitOr BitXor BitAnd FloorDiv Invert Not UAdd USub Eq NotEq Lt LtE Gt GtE Is IsNot In NotIn
+    comprehension ExceptHandler arguments arg keyword alias
+    Match match_case MatchValue MatchSingleton MatchSequence MatchMapping MatchClass MatchStar
+    MatchAs MatchOr""".split()
+    if hasattr(ast, n)
+)
+
+_NODE_HINTS = {
+    "ClassDef": "classes are not allowed; use functions, tuples and dicts "
+    "(or collections.namedtuple)",
+    "AsyncFunctionDef": "async functions are not allowed; use a plain def",
+    "AsyncFor": "async loops are not allowed; use a plain for loop",
+    "AsyncWith": "'async with' is not allowed",
+    "Await": "'await' is not allowed; policies are plain synchronous functions",
+    "With": "'with' blocks are not allowed (no allowed object needs a context manager)",
+    "TryStar": "'except*' is not allowed; use a plain 'except SomeError:'",
+    "TypeAlias": "'type' aliases are not allowed",
+    "TypeVar": "type parameters are not allowed",
+    "ParamSpec": "type parameters are not allowed",
+    "TypeVarTuple": "type parameters are not allowed",
+}
+
+
+@dataclass(frozen=True)
+class CheckIssue:
+    """One refusal. ``line`` is 1-based; 0 means the whole file (size, missing functions)."""
+
+    line: int
+    col: int
+    construct: str  # a short stable tag, e.g. "import", "dunder", "builtin"
+    message: str  # complete sentence for the proposer, starting with "line N:" when line > 0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """``ok`` iff no issues; ``source`` is set when the file parsed and its TUNABLES read."""
+
+    ok: bool
+    issues: tuple[CheckIssue, ...]
+    source: PolicySource | None
+
+    def reasons(self) -> list[str]:
+        return [issue.message for issue in self.issues]
+
+
+def _allowed_modules_text() -> str:
+    return ", ".join(ALLOWED_IMPORTS)
+
+
+def _members_text(module: str) -> str:
+    return ", ".join(sorted(ALLOWED_MODULES[module]))
+
+
+def _is_dunder_like(name: str) -> bool:
+    return name.startswith("__")
+
+
+def _introspection_attr(name: str) -> bool:
+    return name.startswith(_INTROSPECTION_PREFIXES) or name in _INTROSPECTION_NAMES
+
+
+class _Checker:
+    """Walks one parsed module; collects issues instead of raising."""
+
+    def __init__(self, tree: ast.Module):
+        self.tree = tree
+        self.issues: list[CheckIssue] = []
+        self._seen: set[tuple[int, int, str]] = set()
+        self.module_aliases: dict[str, str] = {}  # local name -> allowed module
+        self.members: dict[str, tuple[str, str]] = {}  # from-imported name -> (module, member)
+        self.bound: set[str] = set()
+        self.parents: dict[int, ast.AST] = {}
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def add(self, node: ast.AST | None, construct: str, text: str) -> None:
+        line = getattr(node, "lineno", 0) or 0 if node is not None else 0
+        col = getattr(node, "col_offset", 0) or 0 if node is not None else 0
+        key = (line, col, construct)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        message = f"line {line}: {text}" if line else text
+        self.issues.append(CheckIssue(line, col, construct, message))
+
+    # -- driver -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for parent in ast.walk(self.tree):
+            for child in ast.iter_child_nodes(parent):
+                self.parents[id(child)] = parent
+        self.check_top_level()
+        self.collect_bindings()
+        for node in ast.walk(self.tree):
+            self.check_node(node)
+
+    # -- top level --------------------------------------------------------------------------
+
+    def check_top_level(self) -> None:
+        seen_defs: dict[str, ast.AST] = {}
+        for index, stmt in enumerate(self.tree.body):
+            if (
+                isinstance(stmt, ast.Expr)
+                and isinstance(stmt.value, ast.Constant)
+                and isinstance(stmt.value.value, str)
+            ):
+                continue  # docstring or a comment-like string
+            if isinstance(stmt, ast.Import):
+                self.check_import(stmt)
+            elif isinstance(stmt, ast.ImportFrom):
+                self.check_import_from(stmt, index)
+            elif isinstance(stmt, ast.FunctionDef):
+                if stmt.name in seen_defs:
+                    self.add(
+                        stmt,
+                        "reserved-name",
+                        f"'{stmt.name}' is defined twice; keep one definition",
+                    )
+                seen_defs[stmt.name] = stmt
+                if stmt.name in _DECISION_ARGS:
+                    self.check_decision_def(stmt)
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                self.check_top_assign(stmt, seen_defs)
+            else:
+                self.add(
+                    stmt,
+                    "top-level",
+                    f"{_describe(stmt)} at the top level is not allowed; the top level may hold "
+                    "only a docstring, imports, TUNABLES, constant assignments and function "
+                    "definitions, so move this code into a function",
+                )
+        if not any(name in seen_defs for name in DECISION_POINTS):
+            self.add(
+                None,
+                "decision-point",
+                "the file defines neither partition(replica, params) nor "
+                "route(request, cluster, params); define at least one of them with def",
+            )
+
+    def check_top_assign(self, stmt: ast.Assign | ast.AnnAssign, seen: dict[str, ast.AST]) -> None:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if isinstance(stmt, ast.AnnAssign) and stmt.value is None:
+            self.add(
+                stmt,
+                "top-level",
+                "a bare annotation at the top level does nothing; assign a value or remove it",
+            )
+        names: list[str] = []
+        for target in targets:
+            for node in ast.walk(target):
+                if isinstance(node, (ast.Attribute, ast.Subscript)):
+                    self.add(
+                        target,
+                        "top-level",
+                        "top-level assignments may only bind plain names (X = ...); set items "
+                        "or fields inside a function instead",
+                    )
+                    return
+                if isinstance(node, ast.Name):
+                    names.append(node.id)
+        if "TUNABLES" in names:
+            ok_shape = (
+                isinstance(stmt, ast.Assign)
+                and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(stmt.value, ast.Dict)
+            )
+            if not ok_shape:
+                self.add(
+                    stmt,
+                    "tunables",
+                    "declare TUNABLES exactly once as "
+                    "TUNABLES = {...} (a dict literal, one target, no annotation)",
+                )
+            if "TUNABLES" in seen:
+                self.add(stmt, "tunables", "TUNABLES is assigned more than once; keep one")
+            seen["TUNABLES"] = stmt
+        for name in names:
+            if name in DECISION_POINTS:
+                self.add(
+                    stmt,
+                    "reserved-name",
+                    f"'{name}' must be defined with def {name}(...): and not assigned",
+                )
+
+    def check_decision_def(self, fn: ast.FunctionDef) -> None:
+        want = _DECISION_ARGS[fn.name]
+        a = fn.args
+        plain = (
+            not a.posonlyargs
+            and not a.vararg
+            and not a.kwonlyargs
+            and not a.kwarg
+            and not a.defaults
+            and len(a.args) == len(want)
+        )
+        if not plain:
+            self.add(
+                fn,
+                "signature",
+                f"{fn.name} must take exactly the positional parameters "
+                f"({', '.join(want)}): def {fn.name}({', '.join(want)}): without defaults, "
+                "*args, **kwargs or keyword-only parameters",
+            )
+        if fn.decorator_list:
+            self.add(
+                fn.decorator_list[0],
+                "signature",
+                f"{fn.name} may not be decorated; remove the decorator",
+            )
+
+    def check_import(self, stmt: ast.Import) -> None:
+        for alias in stmt.names:
+            if "." in alias.name:
+                self.add(
+                    stmt,
+                    "import",
+                    f"import of '{alias.name}' is not allowed: submodules "
+                    f"cannot be imported; policies may import only: "
+                    f"{_allowed_modules_text()}",
+                )
+            elif alias.name not in ALLOWED_MODULES:
+                self.add(
+                    stmt,
+                    "import",
+                    f"import of '{alias.name}' is not allowed; policies "
+                    f"may import only: {_allowed_modules_text()}",
+                )
+            else:
+                self.module_aliases[alias.asname or alias.name] = alias.name
+
+    def check_import_from(self, stmt: ast.ImportFrom, index: int) -> None:
+        module = stmt.module or ""
+        if stmt.level:
+            self.add(
+                stmt,
+                "import",
+                "relative imports are not allowed; policies may import "
+                f"only: {_allowed_modules_text()}",
+            )
+            return
+        if module == "__future__" and [a.name for a in stmt.names] == ["annotations"]:
+            return
+        if module not in ALLOWED_MODULES:
+            what = "submodules cannot be imported" if "." in module else "it is not allowed"
+            self.add(
+                stmt,
+                "import",
+                f"import from '{module}': {what}; policies may import "
+                f"only: {_allowed_modules_text()}",
+            )
+            return
+        for alias in stmt.names:
+            if alias.name == "*":
+                self.add(
+                    stmt,
+                    "import",
+                    f"'from {module} import *' is not allowed; import the "
+                    f"names you use, e.g. 'from {module} import name'",
+                )
+            elif alias.name not in ALLOWED_MODULES[module]:
+                self.add(stmt, "module-member", self.member_message(module, alias.name))
+            else:
+                self.members[alias.asname or alias.name] = (module, alias.name)
+
+    def member_message(self, module: str, member: str) -> str:
+        if module == "random":
+            return (
+                f"'random.{member}' is not allowed: randomness must come from a seeded "
+                "generator, e.g. _rng = random.Random(seed) with the seed from a tunable, "
+                "then _rng.random() or _rng.choice(...)"
+            )
+        return (
+            f"'{module}.{member}' is not allowed; from {module} policies may use only: "
+            f"{_members_text(module)}"
+        )
+
+    # -- bindings ---------------------------------------------------------------------------
+
+    def _binding_sites(self) -> Iterator[tuple[ast.AST, str]]:
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+                yield node, node.id
+            elif isinstance(node, ast.arg):
+                yield node, node.arg
+            elif isinstance(node, ast.FunctionDef):
+                yield node, node.name
+            elif isinstance(node, ast.alias) and node.name != "*":
+                parent = self.parents.get(id(node))
+                if isinstance(parent, ast.ImportFrom) and parent.module == "__future__":
+                    continue
+                yield parent or node, node.asname or node.name.split(".")[0]
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                yield node, node.name
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                for name in node.names:
+                    yield node, name
+            elif isinstance(node, (getattr(ast, "MatchAs", ()), getattr(ast, "MatchStar", ()))):
+                if node.name:
+                    yield node, node.name
+            elif isinstance(node, getattr(ast, "MatchMapping", ())) and node.rest:
+                yield node, node.rest
+
+    def collect_bindings(self) -> None:
+        import_nodes = {id(s) for s in self.tree.body if isinstance(s, ast.Import)}
+        for node, name in self._binding_sites():
+            self.bound.add(name)
+            if _is_dunder_like(name):
+                self.add(
+                    node,
+                    "dunder",
+                    f"the name '{name}' is not allowed: names starting "
+                    "with '__' are reserved; rename it",
+                )
+            elif name in BUILTIN_NAMES:
+                self.add(
+                    node,
+                    "shadow-builtin",
+                    f"'{name}' is a built-in name and may not be "
+                    f"reused for a variable, parameter, function or import; rename it "
+                    f"(e.g. '{name}_' or a more specific name)",
+                )
+            elif name in self.module_aliases and id(node) not in import_nodes:
+                self.add(
+                    node,
+                    "module-name",
+                    f"'{name}' names the imported module "
+                    f"'{self.module_aliases[name]}' and may not be rebound; pick another "
+                    "name",
+                )
+            if isinstance(node, (ast.Global, ast.Nonlocal)) and name in _RESERVED_TOP_LEVEL:
+                self.add(
+                    node,
+                    "reserved-name",
+                    f"'{name}' may not be declared global or reassigned inside a function",
+                )
+
+    # -- per node ---------------------------------------------------------------------------
+
+    def check_node(self, node: ast.AST) -> None:
+        if not isinstance(node, _ALLOWED_NODES):
+            kind = type(node).__name__
+            hint = _NODE_HINTS.get(kind, "this construct is not allowed in policies")
+            self.add(
+                node,
+                "async"
+                if "Async" in kind or kind == "Await"
+                else "class"
+                if kind == "ClassDef"
+                else "node",
+                f"{kind}: {hint}",
+            )
+            return
+        if isinstance(node, ast.Name):
+            self.check_name(node)
+        elif isinstance(node, ast.Attribute):
+            self.check_attribute(node)
+        elif isinstance(node, ast.keyword) and node.arg and _is_dunder_like(node.arg):
+            self.add(
+                node,
+                "dunder",
+                f"keyword argument '{node.arg}': names starting with '__' are not allowed",
+            )
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if self.parents.get(id(node)) is not self.tree:
+                self.add(
+                    node,
+                    "import",
+                    "imports are allowed only at the top of the file, "
+                    "not inside functions or blocks",
+                )
+        elif isinstance(node, ast.comprehension) and node.is_async:
+            self.add(node.target, "async", "async comprehensions are not allowed")
+        elif isinstance(node, ast.ExceptHandler):
+            self.check_except(node)
+        elif isinstance(node, ast.Try):
+            self.check_finally(node)
+        elif isinstance(node, ast.Constant):
+            self.check_constant(node)
+        elif isinstance(node, ast.BinOp):
+            self.check_binop(node)
+        elif isinstance(node, ast.Call):
+            self.check_call(node)
+        elif isinstance(node, ast.FunctionDef) and getattr(node, "type_params", None):
+            self.add(node, "node", "type parameters (def f[T]) are not allowed")
+        elif isinstance(node, getattr(ast, "MatchClass", ())):
+            for attr in node.kwd_attrs:
+                if attr.startswith("_") or _introspection_attr(attr):
+                    self.add(
+                        node,
+                        "private-attribute",
+                        f"class pattern keyword '{attr}' reads "
+                        "an attribute that policies may not read; match on public "
+                        "fields only",
+                    )
+
+    def check_name(self, node: ast.Name) -> None:
+        name = node.id
+        if _is_dunder_like(name):
+            self.add(
+                node,
+                "dunder",
+                f"the name '{name}' is not allowed: names starting with "
+                "'__' give access to interpreter internals",
+            )
+            return
+        if name in self.module_aliases and isinstance(node.ctx, ast.Load):
+            parent = self.parents.get(id(node))
+            if not (isinstance(parent, ast.Attribute) and parent.value is node):
+                example = min(ALLOWED_MODULES[self.module_aliases[name]])
+                self.add(
+                    node,
+                    "module-name",
+                    f"the module '{name}' may only be used as "
+                    f"{name}.<name> (e.g. {name}.{example}); it may not be passed around "
+                    "or stored",
+                )
+            return
+        if isinstance(node.ctx, ast.Load) and name not in self.bound:
+            if name in BUILTIN_NAMES and name not in ALLOWED_BUILTINS:
+                hint = _BUILTIN_HINTS.get(name, "it is not needed by a heuristic")
+                self.add(
+                    node,
+                    "builtin",
+                    f"the built-in '{name}' is not allowed ({hint}); "
+                    "allowed built-ins are: " + ", ".join(sorted(ALLOWED_BUILTINS)),
+                )
+            elif name not in ALLOWED_BUILTINS:
+                self.add(
+                    node,
+                    "undefined-name",
+                    f"the name '{name}' is not defined in this "
+                    "file and is not an allowed built-in; define it, or import it from "
+                    f"an allowed module ({_allowed_modules_text()})",
+                )
+
+    def check_attribute(self, node: ast.Attribute) -> None:
+        attr = node.attr
+        if _is_dunder_like(attr):
+            self.add(
+                node,
+                "dunder",
+                f"the attribute '.{attr}' is not allowed: dunder "
+                "attributes give access to interpreter internals; read documented "
+                "fields only",
+            )
+            return
+        if attr.startswith("_"):
+            self.add(
+                node,
+                "private-attribute",
+                f"the attribute '.{attr}' is not allowed: "
+                "attributes starting with '_' are private; use public fields and "
+                "functions only",
+            )
+            return
+        if _introspection_attr(attr):
+            self.add(
+                node,
+                "introspection-attribute",
+                f"the attribute '.{attr}' is not "
+                "allowed: frame, code, generator, traceback and class introspection is "
+                "forbidden; a heuristic only needs the values passed in",
+            )
+            return
+        if not isinstance(node.ctx, ast.Load):
+            self.add(
+                node,
+                "attribute-assignment",
+                f"setting or deleting '.{attr}' is not "
+                "allowed; keep state in module-level variables or dicts instead",
+            )
+        if isinstance(node.value, ast.Name) and node.value.id in self.module_aliases:
+            module = self.module_aliases[node.value.id]
+            if attr not in ALLOWED_MODULES[module]:
+                self.add(node, "module-member", self.member_message(module, attr))
+        if attr == "format":
+            self.check_format_call(node)
+
+    def check_format_call(self, node: ast.Attribute) -> None:
+        receiver = node.value
+        if not (isinstance(receiver, ast.Constant) and isinstance(receiver.value, str)):
+            self.add(
+                node,
+                "format-string",
+                ".format may be used only directly on a string "
+                'literal ("{} tokens".format(n)); use an f-string instead',
+            )
+            return
+        problem = _format_fields_problem(receiver.value)
+        if problem:
+            self.add(node, "format-string", f"format string {receiver.value[:60]!r}: {problem}")
+
+    def check_except(self, node: ast.ExceptHandler) -> None:
+        if node.type is None:
+            self.add(
+                node,
+                "bare-except",
+                "bare 'except:' is not allowed (it would swallow the "
+                "worker's time limit); catch specific errors, e.g. "
+                "'except (ValueError, ZeroDivisionError):' or 'except Exception:'",
+            )
+            return
+        for sub in ast.walk(node.type):
+            if isinstance(sub, ast.Name) and sub.id in {
+                "BaseException",
+                "SystemExit",
+                "KeyboardInterrupt",
+                "GeneratorExit",
+            }:
+                self.add(
+                    node,
+                    "except-base-exception",
+                    f"'except {sub.id}' is not allowed "
+                    "(it would swallow the worker's interrupts); catch 'Exception' or "
+                    "specific errors instead",
+                )
+
+    def check_finally(self, node: ast.Try) -> None:
+        for stmt in node.finalbody:
+            for sub in _walk_same_function(stmt):
+                if isinstance(sub, (ast.Return, ast.Break, ast.Continue)):
+                    self.add(
+                        sub,
+                        "finally-control",
+                        f"'{_describe(sub)}' inside 'finally' is "
+                        "not allowed (it would swallow any exception, the worker's "
+                        "interrupts included); move it after the try statement",
+                    )
+
+    def check_constant(self, node: ast.Constant) -> None:
+        value = node.value
+        if isinstance(value, (str, bytes)) and len(value) > MAX_STR_LITERAL:
+            self.add(
+                node,
+                "literal-size",
+                f"a string literal of {len(value)} characters is "
+                f"too long (at most {MAX_STR_LITERAL})",
+            )
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > MAX_INT_BITS:
+                self.add(
+                    node,
+                    "literal-size",
+                    f"an integer literal of {value.bit_length()} "
+                    f"bits is too large (at most {MAX_INT_BITS}); use a float",
+                )
+
+    def check_binop(self, node: ast.BinOp) -> None:
+        if isinstance(node.op, ast.Pow):
+            self.check_exponent(node, node.right)
+        elif isinstance(node.op, ast.LShift):
+            amount = _const_value(node.right)
+            if isinstance(amount, int) and amount > MAX_SHIFT:
+                self.add(
+                    node,
+                    "constant-bomb",
+                    f"shifting by {amount} bits builds a huge "
+                    "number; use floats for large magnitudes",
+                )
+        elif isinstance(node.op, ast.Mult):
+            for seq, count in ((node.left, node.right), (node.right, node.left)):
+                n = _const_value(count)
+                size = _literal_len(seq)
+                if isinstance(n, int) and size is not None and size * n > MAX_REPEAT_ITEMS:
+                    self.add(
+                        node,
+                        "constant-bomb",
+                        f"repeating a literal {n} times builds a "
+                        f"huge object (at most {MAX_REPEAT_ITEMS} items)",
+                    )
+                    return
+        if _const_value(node) is _TOO_BIG:
+            self.add(
+                node,
+                "constant-bomb",
+                "this constant expression is huge (a number of more "
+                f"than {MAX_INT_BITS} bits); use floats or smaller numbers",
+            )
+
+    def check_exponent(self, node: ast.AST, exponent: ast.AST) -> None:
+        value = _const_value(exponent)
+        if value is _TOO_BIG or (
+            isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXPONENT
+        ):
+            self.add(
+                node,
+                "constant-bomb",
+                f"an integer exponent above {MAX_EXPONENT} is not "
+                "allowed (it would build a huge number); use floats, e.g. math.exp",
+            )
+
+    def check_call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "pow" and len(node.args) >= 2:
+            self.check_exponent(node, node.args[1])
+        is_random = (
+            isinstance(func, ast.Attribute)
+            and func.attr == "Random"
+            and isinstance(func.value, ast.Name)
+            and self.module_aliases.get(func.value.id) == "random"
+        ) or (isinstance(func, ast.Name) and self.members.get(func.id) == ("random", "Random"))
+        is_seed = isinstance(func, ast.Attribute) and func.attr == "seed"
+        if (is_random or is_seed) and not node.args and not node.keywords:
+            self.add(
+                node,
+                "unseeded-random",
+                "a random generator must be seeded for "
+                "reproducible scores: random.Random(seed) with the seed from a tunable, "
+                "e.g. random.Random(params['seed'])",
+            )
+
+
+def _describe(node: ast.AST) -> str:
+    return {
+        "Expr": "an expression statement",
+        "If": "an if statement",
+        "For": "a for loop",
+        "While": "a while loop",
+        "Try": "a try statement",
+        "AugAssign": "an augmented assignment",
+        "Global": "a global statement",
+        "Return": "return",
+        "Break": "break",
+        "Continue": "continue",
+    }.get(type(node).__name__, type(node).__name__)
+
+
+def _walk_same_function(node: ast.AST) -> Iterator[ast.AST]:
+    """Walk ``node`` without descending into nested functions or lambdas."""
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        yield cur
+        for child in ast.iter_child_nodes(cur):
+            if not isinstance(child, (ast.FunctionDef, ast.Lambda, ast.AsyncFunctionDef)):
+                stack.append(child)
+
+
+def _format_fields_problem(template: str, depth: int = 0) -> str | None:
+    """Why a str.format template is unsafe, or None: no attribute paths, no '_' in indexes."""
+    if depth > 2:
+        return "format specs nest too deeply"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except (ValueError, IndexError):
+        return "it is not a valid format string"
+    for _literal, field, spec, _conversion in parsed:
+        if field is None:
+            continue
+        if "." in field:
+            return (
+                "fields may not read attributes ('{0.name}'); pass the values themselves "
+                "or use an f-string"
+            )
+        if "[" in field and "_" in field:
+            return "fields may not index with names containing '_'"
+        if spec:
+            problem = _format_fields_problem(spec, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+class _TooBig:
+    """Marker: a constant expression whose value would be too large to build."""
+
+
+_TOO_BIG = _TooBig()
+
+
+def _const_value(node: ast.AST, depth: int = 0) -> object:
+    """Value of a small constant numeric expression, _TOO_BIG, or None when not constant."""
+    if depth > 20:
+        return None
+    if isinstance(node, ast.Constant):
+        v = node.value
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _const_value(node.operand, depth + 1)
+        if v is None or v is _TOO_BIG:
+            return v
+        return -v if isinstance(node.op, ast.USub) else v
+    if not isinstance(node, ast.BinOp):
+        return None
+    left = _const_value(node.left, depth + 1)
+    right = _const_value(node.right, depth + 1)
+    if left is _TOO_BIG or right is _TOO_BIG:
+        return _TOO_BIG
+    if left is None or right is None:
+        return None
+    try:
+        if isinstance(node.op, ast.Pow):
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+                if right * abs(left).bit_length() > MAX_INT_BITS * 4:
+                    return _TOO_BIG
+            elif isinstance(right, (int, float)) and abs(right) > 1e6:
+                return None  # float overflow is an ordinary runtime error, not a bomb
+            result = left**right
+        elif isinstance(node.op, ast.LShift):
+            if isinstance(right, int) and right > MAX_SHIFT:
+                return _TOO_BIG
+            result = left << right
+        elif isinstance(node.op, ast.Mult):
+            result = left * right
+        elif isinstance(node.op, ast.Add):
+            result = left + right
+        elif isinstance(node.op, ast.Sub):
+            result = left - right
+        else:
+            return None
+    except Exception:  # division by zero, overflow, types: not our concern here
+        return None
+    if isinstance(result, int) and result.bit_length() > MAX_INT_BITS * 4:
+        return _TOO_BIG
+    return result if isinstance(result, (int, float)) else None
+
+
+def _literal_len(node: ast.AST) -> int | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+        return len(node.value)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return len(node.elts)
+    return None
+
+
+def _depth_and_count(tree: ast.AST) -> tuple[int, int, ast.AST | None]:
+    """Deepest nesting, node count and the deepest node, without recursion."""
+    deepest, count, where = 0, 0, None
+    stack: list[tuple[ast.AST, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > deepest:
+            deepest, where = depth, node
+        if count > MAX_NODES:
+            break
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest, count, where
+
+
+def _result(issues: list[CheckIssue], source: PolicySource | None = None) -> CheckResult:
+    issues = sorted(issues, key=lambda i: (i.line, i.col))
+    if len(issues) > MAX_ISSUES:
+        extra = len(issues) - MAX_ISSUES
+        issues = issues[:MAX_ISSUES] + [
+            CheckIssue(0, 0, "too-many-issues", f"... and {extra} more issues of the same kinds")
+        ]
+    ok = not issues
+    return CheckResult(ok, tuple(issues), source)
+
+
+def _file_issue(construct: str, message: str, line: int = 0) -> CheckIssue:
+    return CheckIssue(line, 0, construct, f"line {line}: {message}" if line else message)
+
+
+def _precheck_text(code: object) -> tuple[str | None, list[CheckIssue]]:
+    """Size, encoding and null bytes, before the parser sees anything."""
+    if isinstance(code, (bytes, bytearray)):
+        if len(code) > MAX_POLICY_BYTES:
+            return None, [
+                _file_issue(
+                    "size", f"the file is larger than {MAX_POLICY_BYTES} bytes; make it shorter"
+                )
+            ]
+        try:
+            code = bytes(code).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, [_file_issue("encoding", "the file is not valid UTF-8 text")]
+    if not isinstance(code, str):
+        return None, [_file_issue("encoding", f"a policy must be text, got {type(code).__name__}")]
+    if len(code) > MAX_POLICY_BYTES:
+        return None, [
+            _file_issue(
+                "size", f"the file is larger than {MAX_POLICY_BYTES} bytes; make it shorter"
+            )
+        ]
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None, [
+            _file_issue(
+                "encoding",
+                "the file is not valid UTF-8 text (it contains an unpaired surrogate character)",
+            )
+        ]
+    if size > MAX_POLICY_BYTES:
+        return None, [
+            _file_issue(
+                "size", f"the file is larger than {MAX_POLICY_BYTES} bytes; make it shorter"
+            )
+        ]
+    lines = code.count("\n") + 1
+    if lines > MAX_LINES:
+        return None, [
+            _file_issue(
+                "size", f"the file has {lines} lines, more than {MAX_LINES}; make it shorter"
+            )
+        ]
+    if "\x00" in code:
+        line = code.count("\n", 0, code.index("\x00")) + 1
+        return None, [_file_issue("null-byte", "the file contains a null byte; remove it", line)]
+    return code, []
+
+
+def _parse(code: str, name: str) -> tuple[ast.Module | None, list[CheckIssue]]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(code, filename="<policy>"), []
+    except SyntaxError as exc:
+        line = exc.lineno or 0
+        msg = exc.msg or "invalid syntax"
+        return None, [
+            _file_issue(
+                "syntax",
+                f"syntax error: {msg}; the file must be valid "
+                f"Python {sys.version_info.major}.{sys.version_info.minor}",
+                line,
+            )
+        ]
+    except (ValueError, MemoryError, RecursionError, OverflowError) as exc:
+        return None, [
+            _file_issue(
+                "syntax",
+                f"the file cannot be parsed ({type(exc).__name__}); "
+                "simplify deeply nested expressions",
+            )
+        ]
+
+
+def _compile_issues(tree: ast.Module) -> list[CheckIssue]:
+    """Errors the parser leaves to the compiler ('return' outside function, bad nonlocal...)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(tree, "<policy>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return [_file_issue("syntax", f"syntax error: {exc.msg}", exc.lineno or 0)]
+    except Exception as exc:  # ValueError from odd trees, MemoryError, RecursionError
+        return [_file_issue("syntax", f"the file cannot be compiled ({type(exc).__name__})")]
+    return []
+
+
+def _read_tunables(
+    code: str, name: str, tree: ast.Module
+) -> tuple[PolicySource | None, list[CheckIssue]]:
+    line = next(
+        (
+            s.lineno
+            for s in tree.body
+            if isinstance(s, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in s.targets)
+        ),
+        0,
+    )
+    try:
+        return read_policy_source(code, name="<policy>"), []
+    except PolicyFileError as exc:
+        text = str(exc)
+        for prefix in ("<policy> line ", "<policy>: ", "<policy>"):
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+                if prefix == "<policy> line ":
+                    text = text.split(": ", 1)[-1]
+                break
+        construct = "decision-point" if "neither" in text else "tunables"
+        return None, [_file_issue(construct, text, line if construct == "tunables" else 0)]
+    except Exception as exc:  # unhashable keys, deep literals: refuse, never crash
+        return None, [
+            _file_issue(
+                "tunables",
+                "TUNABLES must be a literal dict of dicts of plain "
+                f"numbers and strings ({type(exc).__name__})",
+                line,
+            )
+        ]
+
+
+def check_policy(code: str, name: str = "<policy>") -> CheckResult:
+    """Statically check a policy file's text. Never executes it and never raises.
+
+    ``name`` is for callers' bookkeeping (it becomes ``source.name``); messages use line numbers
+    only, since the proposer knows which file it wrote.
+    """
+    try:
+        return _check(code, name)
+    except Exception as exc:  # a checker bug refuses the file rather than crashing the campaign
+        return _result(
+            [
+                _file_issue(
+                    "internal",
+                    f"the checker could not analyse this file ({type(exc).__name__}); simplify it",
+                )
+            ]
+        )
+
+
+def _check(code: object, name: str) -> CheckResult:
+    text, issues = _precheck_text(code)
+    if text is None:
+        return _result(issues)
+    tree, issues = _parse(text, name)
+    if tree is None:
+        return _result(issues)
+    depth, count, deepest = _depth_and_count(tree)
+    if count > MAX_NODES:
+        return _result(
+            [
+                _file_issue(
+                    "nodes", f"the file has more than {MAX_NODES} syntax nodes; make it shorter"
+                )
+            ]
+        )
+    if depth > MAX_DEPTH:
+        line = getattr(deepest, "lineno", 0) or 0
+        return _result(
+            [
+                _file_issue(
+                    "depth", f"code is nested more than {MAX_DEPTH} levels deep; flatten it", line
+                )
+            ]
+        )
+    checker = _Checker(tree)
+    checker.run()
+    issues = list(checker.issues)
+    if not issues:
+        issues.extend(_compile_issues(tree))
+    source, tunable_issues = _read_tunables(text, name, tree)
+    if not any(i.construct in ("tunables", "decision-point") for i in issues):
+        issues.extend(tunable_issues)
+    if source is not None and name != source.name:
+        source = PolicySource(name, source.code, source.tunables, source.defines)
+    return _result(issues, source)
