@@ -71,7 +71,7 @@ class Received:
     """A request as the server saw it."""
 
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: dict
     started: float  # time.monotonic() on arrival
     finished: float = 0.0  # when the answer was written (or abandoned)
@@ -207,7 +207,8 @@ class ChatServer:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                record = Received(self.path, dict(self.headers.items()), body, time.monotonic())
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                record = Received(self.path, headers, body, time.monotonic())
                 with server._lock:
                     server.requests.append(record)
                     server.in_flight += 1

@@ -23,6 +23,7 @@ _REPLACE_RE = re.compile(r"^[ \t]*>{5,9}[ \t]*REPLACE\b.*$")
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
 _POLICY_DEF_RE = re.compile(r"^def[ \t]+(partition|route)[ \t]*\(", re.MULTILINE)
 _TUNABLES_RE = re.compile(r"^TUNABLES[ \t]*(:[^=]*)?=", re.MULTILINE)
+UNCHANGED = "reply leaves the parent unchanged"
 
 
 @dataclass(frozen=True)
@@ -253,5 +254,5 @@ def parse_reply(reply: str, parent_code: str) -> tuple[str | None, str]:
         code = whole
     code = _normalize(code)
     if code.strip() == parent_code.strip():
-        return None, "reply leaves the parent unchanged"
+        return None, UNCHANGED
     return code, ""

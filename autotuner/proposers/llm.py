@@ -27,7 +27,7 @@ from typing import Any
 import jinja2
 
 from autotuner.proposers.base import CheckFn, Proposal, ProposalRequest
-from autotuner.proposers.edits import parse_reply
+from autotuner.proposers.edits import UNCHANGED, parse_reply
 from autotuner.resources import asset_dir
 from autotuner.sim.api import MAX_WAITING_VIEW
 
@@ -458,7 +458,8 @@ class LLMProposer:
             messages = self.render_messages(request)
         except jinja2.TemplateError as exc:
             return result(None, f"prompt error: {exc}", fatal=True)
-        base = request.parent.code
+        base = request.parent.code  # what edits apply to: the parent, then the last rejected file
+        rejected = False
         reasons: list[str] = []
         for _ in range(self.config.max_check_retries + 1):
             stop = self._budget_left()
@@ -477,10 +478,15 @@ class LLMProposer:
             totals["completion"] += reply.completion_tokens
             totals["cost"] += reply.cost_usd
             code, parse_reason = parse_reply(reply.text, base)
-            if code is None:
+            fix_reasons: list[str]
+            if code is None and parse_reason == UNCHANGED and rejected:
+                # The rejected file sent back as it was: the check would refuse it again.
+                code = base
+                fix_reasons = ["your reply repeated the rejected file unchanged", *reasons]
+            elif code is None:
                 if reply.finish_reason == "length":
                     parse_reason += " (the reply was cut off at max_tokens)"
-                reasons = [parse_reason]
+                reasons = fix_reasons = [parse_reason]
             else:
                 try:
                     reasons = [str(r) for r in check(code)]
@@ -489,11 +495,12 @@ class LLMProposer:
                     return result(None, f"check raised {type(exc).__name__}: {exc}")
                 if not reasons:
                     return result(code, "")
-                base = code
+                fix_reasons = reasons
+                base, rejected = code, True
             messages = [
                 *messages,
                 {"role": "assistant", "content": reply.text},
-                {"role": "user", "content": self.render_fix(reasons, code)},
+                {"role": "user", "content": self.render_fix(fix_reasons, code)},
             ]
         summary = "; ".join(reasons)
         if code is not None:

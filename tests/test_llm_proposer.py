@@ -1,0 +1,346 @@
+"""The LLM proposer against a local server speaking the real chat-completions protocol."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autotuner.policy import read_policy_source
+from autotuner.proposers import ParentInfo, ProposalRequest, Proposer
+from autotuner.proposers.llm import LLMConfig, LLMProposer, render_api_doc, retry_after_s
+from autotuner.resources import baseline_path
+from autotuner.sim import api
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chat_server import ChatServer, Reply, error, ok, rate_limited  # noqa: E402
+
+PARENT = baseline_path("fixed_chunk").read_text()
+NEW_FILE = PARENT.replace('"default": 512', '"default": 1024').replace(
+    "for req in replica.waiting:", "for req in sorted(replica.waiting, key=lambda r: r.remaining):"
+)
+EDITS = """Shortest first:
+<<<<<<< SEARCH
+    for req in replica.waiting:
+=======
+    for req in sorted(replica.waiting, key=lambda r: r.remaining):
+>>>>>>> REPLACE
+"""
+BAD_EDITS = """<<<<<<< SEARCH
+    for request in replica.queue:
+=======
+    for request in reversed(replica.queue):
+>>>>>>> REPLACE
+"""
+SECRET = "sk-test-SECRET-4242"
+
+
+def fenced(code: str) -> str:
+    return f"I changed the order.\n\n```python\n{code}```\n"
+
+
+def passes(code: str) -> list[str]:
+    read_policy_source(code)
+    return []
+
+
+def no_sorting(code: str) -> list[str]:
+    return ["line 17: sorted() is not allowed here"] if "sorted(" in code else []
+
+
+def request(parent_id: str = "c0007") -> ProposalRequest:
+    parent = ParentInfo(
+        candidate_id=parent_id,
+        code=PARENT,
+        scores={"goodput_gain": 0.0312, "p99_ttft_s": 1.875},
+        failures=("partition: chunks[0] tokens 900 exceed remaining 512",),
+        params={"chunk_size": 768},
+    )
+    other = ParentInfo(
+        "c0003", baseline_path("sarathi_shrinking").read_text(), {"goodput_gain": 0.02}
+    )
+    return ProposalRequest(
+        parent=parent,
+        inspirations=(other,),
+        objective="Maximise goodput under TTFT 2 s and TPOT 100 ms SLOs.",
+        workloads="Poisson arrivals at 8 req/s, ShareGPT-like lengths.",
+        cluster="4 replicas of Llama-3-8B on one H100 each.",
+        notes=("explore decode-aware budgets",),
+    )
+
+
+@pytest.fixture
+def server():
+    with ChatServer() as srv:
+        yield srv
+
+
+def proposer(server: ChatServer, **overrides) -> LLMProposer:
+    settings = dict(model="gpt-4o-mini", base_url=server.base_url, timeout_s=5.0, backoff_s=0.01,
+                    max_backoff_s=2.0, max_retries=3)
+    settings.update(overrides)
+    return LLMProposer(LLMConfig(**settings), env={"OPENAI_API_KEY": SECRET})
+
+
+def test_whole_file_reply_and_what_the_model_was_shown(server):
+    server.push(ok(fenced(NEW_FILE), prompt_tokens=2000, completion_tokens=1000))
+    llm = proposer(server)
+    assert isinstance(llm, Proposer)
+    result = llm.propose(request(), passes)
+    assert result.ok and result.reason == "" and result.code == NEW_FILE
+    assert result.attempts == 1 and result.model == "gpt-4o-mini"
+    assert (result.prompt_tokens, result.completion_tokens) == (2000, 1000)
+    # gpt-4o-mini: $0.15 / 1M prompt, $0.60 / 1M completion.
+    assert result.cost_usd == pytest.approx((2000 * 0.15 + 1000 * 0.60) / 1e6)
+    assert llm.spent.cost_usd == pytest.approx(result.cost_usd)
+
+    (got,) = server.requests
+    assert got.path == "/v1/chat/completions"
+    assert got.headers["authorization"] == f"Bearer {SECRET}"
+    assert got.body["model"] == "gpt-4o-mini" and got.body["max_tokens"] == 4096
+    prompt = got.user_text
+    assert PARENT.strip() in prompt  # the parent's code
+    assert "goodput_gain: 0.0312" in prompt and "p99_ttft_s: 1.875" in prompt  # its scores
+    assert "chunks[0] tokens 900 exceed remaining 512" in prompt  # its failures
+    assert "chunk_size = 768" in prompt  # its tuned parameters
+    assert "c0003" in prompt and "max_chunk" in prompt  # an inspiration
+    assert "Maximise goodput" in prompt and "4 replicas" in prompt and "Poisson" in prompt
+    assert "explore decode-aware budgets" in prompt
+    system = got.system_text
+    assert "kv_free_tokens" in system and "SEARCH" in system and "heapq" in system
+
+
+def test_edit_reply_is_applied_to_the_parent(server):
+    server.push(ok(EDITS))
+    result = proposer(server).propose(request(), passes)
+    assert result.ok, result.reason
+    assert "sorted(replica.waiting" in result.code and result.code != PARENT
+    read_policy_source(result.code)
+
+
+def test_edits_that_do_not_apply_are_recorded_with_the_reason(server):
+    server.push(ok(BAD_EDITS))
+    result = proposer(server, max_check_retries=0).propose(request(), passes)
+    assert not result.ok and result.code is None
+    assert result.reason.startswith("edit 1 did not apply: search text not found")
+    assert result.raw_replies == (BAD_EDITS,) and not result.fatal
+    assert len(server.requests) == 1
+
+
+def test_unusable_reply_goes_back_to_the_model(server):
+    server.push(ok(BAD_EDITS), ok(EDITS))
+    result = proposer(server).propose(request(), passes)
+    assert result.ok and result.attempts == 2 and len(result.raw_replies) == 2
+    second = server.requests[1]
+    assert second.messages[-2] == {"role": "assistant", "content": BAD_EDITS}
+    assert "edit 1 did not apply" in second.messages[-1]["content"]
+
+
+def test_prose_without_code(server):
+    server.push(ok("You could shrink the chunk when many requests decode."))
+    result = proposer(server, max_check_retries=0).propose(request(), passes)
+    assert not result.ok and result.reason == "no code in reply"
+
+
+def test_check_rejection_is_sent_back_and_fixed(server):
+    fixed = NEW_FILE.replace("sorted(replica.waiting, key=lambda r: r.remaining)", "replica")
+    fixed = fixed.replace("1024", "2048")
+    server.push(ok(fenced(NEW_FILE)), ok(fenced(fixed)))
+    result = proposer(server).propose(request(), no_sorting)
+    assert result.ok and result.code == fixed and result.attempts == 2
+    assert result.prompt_tokens == 200 and result.completion_tokens == 100  # both calls counted
+    fix = server.requests[1].messages[-1]["content"]
+    assert "line 17: sorted() is not allowed here" in fix
+    assert "sorted(replica.waiting" in fix  # the rejected file is shown
+
+
+def test_check_rejection_gives_up_after_the_bound(server):
+    server.push(*[ok(fenced(NEW_FILE))] * 3)
+    result = proposer(server, max_check_retries=2).propose(request(), no_sorting)
+    assert not result.ok and result.attempts == 3
+    assert result.reason.startswith("check rejected after 3 attempts: line 17: sorted()")
+    assert len(server.requests) == 3 and server.remaining == 0
+
+
+def test_check_that_raises_does_not_escape(server):
+    def broken(code: str) -> list[str]:
+        raise RuntimeError("checker bug")
+
+    server.push(ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), broken)
+    assert not result.ok and "checker bug" in result.reason
+
+
+def test_429_waits_for_retry_after(server):
+    server.push(rate_limited(retry_after_s=0.3), ok(fenced(NEW_FILE)))
+    # A backoff of its own would be far longer: the wait seen must be the server's 0.3 s.
+    result = proposer(server, backoff_s=5.0, max_backoff_s=10.0).propose(request(), passes)
+    assert result.ok
+    first, second = server.requests
+    gap = second.started - first.finished
+    assert 0.28 <= gap < 1.5
+
+
+def test_429_honours_retry_after_ms(server):
+    server.push(rate_limited(retry_after_ms=200), ok(fenced(NEW_FILE)))
+    result = proposer(server, backoff_s=5.0, max_backoff_s=10.0).propose(request(), passes)
+    assert result.ok
+    gap = server.requests[1].started - server.requests[0].finished
+    assert 0.18 <= gap < 1.5
+
+
+def test_500_then_success(server):
+    server.push(error(500, "upstream exploded"), error(503), ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), passes)
+    assert result.ok and len(server.requests) == 3
+    assert result.attempts == 1  # transport retries are not dialogue attempts
+
+
+def test_persistent_500_gives_up_with_a_reason(server):
+    server.push(*[error(500, "upstream exploded")] * 3)
+    result = proposer(server, max_retries=2).propose(request(), passes)
+    assert not result.ok and len(server.requests) == 3
+    assert result.reason.startswith("endpoint error:")
+    assert "500" in result.reason and "upstream exploded" in result.reason
+    assert server.base_url in result.reason
+
+
+def test_reply_slower_than_timeout_is_retried(server):
+    server.push(Reply(fenced(NEW_FILE), delay_s=2.0), ok(fenced(NEW_FILE)))
+    start = time.monotonic()
+    result = proposer(server, timeout_s=0.5).propose(request(), passes)
+    assert result.ok and len(server.requests) == 2
+    assert 0.45 < time.monotonic() - start < 1.9  # did not wait for the slow reply
+
+
+def test_timeout_without_retries_is_reported(server):
+    server.push(Reply(fenced(NEW_FILE), delay_s=2.0))
+    result = proposer(server, timeout_s=0.5, max_retries=0).propose(request(), passes)
+    assert not result.ok and "did not answer within 0.5 s" in result.reason
+
+
+def test_401_is_not_retried_and_the_key_never_shows(server):
+    server.push(error(401, f"Incorrect API key provided: {SECRET}"), ok(fenced(NEW_FILE)))
+    llm = proposer(server)
+    result = llm.propose(request(), passes)
+    assert not result.ok and result.fatal and len(server.requests) == 1
+    assert "401" in result.reason and server.base_url in result.reason
+    assert SECRET not in result.reason
+    assert SECRET not in repr(llm) and SECRET not in repr(llm.config)
+
+
+def test_404_unknown_model(server):
+    server.push(error(404, "model 'nope' not found"))
+    result = proposer(server, model="nope").propose(request(), passes)
+    assert not result.ok and result.fatal and "404" in result.reason and "nope" in result.reason
+
+
+def test_token_budget_stops_further_calls(server):
+    server.push(*[ok(fenced(NEW_FILE), prompt_tokens=100, completion_tokens=50)] * 3)
+    llm = proposer(server, token_budget=150)
+    assert llm.propose(request(), passes).ok
+    stopped = llm.propose(request(), passes)
+    assert not stopped.ok and stopped.fatal and stopped.reason.startswith("budget exhausted")
+    assert len(server.requests) == 1 and stopped.attempts == 0
+
+
+def test_dollar_budget_stops_further_calls(server):
+    server.push(*[ok(fenced(NEW_FILE), prompt_tokens=1000, completion_tokens=1000)] * 3)
+    # Custom price for a local model name: $1 + $3 per 1M tokens -> $0.004 a call.
+    llm = proposer(server, model="local-coder", prices={"local-coder": (1.0, 3.0)},
+                   usd_budget=0.006)
+    results = [llm.propose(request(), passes) for _ in range(3)]
+    assert [r.ok for r in results] == [True, True, False]
+    assert results[0].cost_usd == pytest.approx(0.004)
+    assert "$0.0080 of $0.0060" in results[2].reason
+    assert len(server.requests) == 2
+
+
+def test_budget_counts_check_retries_mid_dialogue(server):
+    server.push(*[ok(fenced(NEW_FILE), prompt_tokens=100, completion_tokens=50)] * 3)
+    result = proposer(server, token_budget=300).propose(request(), no_sorting)
+    assert not result.ok and result.reason.startswith("budget exhausted")
+    assert len(server.requests) == 2 and len(result.raw_replies) == 2
+
+
+def test_missing_usage_is_estimated_and_unknown_model_is_free(server):
+    server.push(ok(fenced(NEW_FILE), prompt_tokens=None, completion_tokens=None))
+    result = proposer(server, model="qwen2.5-coder:7b").propose(request(), passes)
+    assert result.ok and result.completion_tokens > 0 and result.cost_usd == 0.0
+
+
+def test_several_proposals_in_flight(server):
+    def echo_parent(body: dict) -> Reply:
+        # Answer with a file naming the parent the prompt was about, slowly.
+        prompt = body["messages"][-1]["content"]
+        parent_id = prompt.split("## Parent policy `", 1)[1].split("`", 1)[0]
+        return Reply(fenced(NEW_FILE + f"# from {parent_id}\n"), delay_s=0.4)
+
+    server.push(*[echo_parent] * 4)
+    llm = proposer(server, concurrency=4)
+    start = time.monotonic()
+    results = llm.propose_many([request(f"c{i}") for i in range(4)], passes)
+    elapsed = time.monotonic() - start
+    assert all(r.ok for r in results) and len(server.requests) == 4
+    assert server.max_in_flight >= 2 and elapsed < 1.4  # one at a time would take 1.6 s
+    assert [r.code.splitlines()[-1] for r in results] == [f"# from c{i}" for i in range(4)]
+    assert llm.spent.calls == 4 and llm.spent.prompt_tokens == 400
+
+
+def test_local_endpoint_needs_no_key(server):
+    server.push(ok(fenced(NEW_FILE)))
+    llm = LLMProposer(env={"OPENAI_BASE_URL": server.base_url, "OPENAI_MODEL": "llama3"})
+    assert llm.propose(request(), passes).ok
+    assert server.requests[0].body["model"] == "llama3"
+
+
+def test_config_resolution_and_prices():
+    cfg = LLMConfig()
+    assert not cfg.endpoint_configured({})
+    assert cfg.endpoint_configured({"OPENAI_MODEL": "m", "OPENAI_BASE_URL": "http://x/v1"})
+    assert cfg.endpoint_configured({"OPENAI_MODEL": "m", "OPENAI_API_KEY": "k"})
+    assert not cfg.endpoint_configured({"OPENAI_API_KEY": "k"})  # no model named
+    assert cfg.price("gpt-4o-mini-2024-07-18") == (0.15, 0.60)  # longest prefix wins
+    assert cfg.price("gpt-4o-2024-08-06") == (2.50, 10.00)
+    assert cfg.price("llama3") == (0.0, 0.0)
+    parsed = LLMConfig.from_mapping(
+        {"model": "m", "prices": {"m": {"prompt": 1, "completion": 2}, "n": [3, 4]}}
+    )
+    assert parsed.price("m") == (1.0, 2.0) and parsed.price("n") == (3.0, 4.0)
+    with pytest.raises(ValueError, match="tmeout_s"):
+        LLMConfig.from_mapping({"tmeout_s": 3})
+    with pytest.raises(ValueError, match="no API key"):
+        LLMProposer(LLMConfig(model="gpt-4o"), env={})
+    with pytest.raises(ValueError, match="no model"):
+        LLMProposer(LLMConfig(base_url="http://127.0.0.1:9/v1"), env={})
+
+
+def test_retry_after_parsing():
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    assert retry_after_s({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
+
+
+def test_api_doc_covers_every_field_of_the_policy_api():
+    doc = render_api_doc()
+    for view in (api.ReplicaView, api.WaitingView, api.RequestView, api.ReplicaLoad,
+                 api.ClusterView):
+        for name in view._fields:
+            assert f"`{name}`" in doc, f"{view.__name__}.{name} is not documented"
+    assert str(api.MAX_WAITING_VIEW) in doc
+    for rule in ("budget - replica.decodes", "max_batch_tokens - replica.decodes",
+                 "kv_free_tokens", "remaining", "0 <= i < len(cluster.replicas)"):
+        assert rule in doc
+
+
+def test_request_api_doc_overrides_the_template(server):
+    server.push(ok(fenced(NEW_FILE)))
+    req = request()
+    req = ProposalRequest(req.parent, (), req.objective, req.workloads, req.cluster,
+                          api_doc="CUSTOM API DOC")
+    assert proposer(server).propose(req, passes).ok
+    assert "CUSTOM API DOC" in server.requests[0].system_text
+    assert "| `decode_context` |" not in server.requests[0].system_text
