@@ -199,20 +199,14 @@ def fmt(name: str, value, indent: int = 0) -> str:
     return f"{pad}{name}{text}" + ("," if indent else "")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--write", action="store_true", help=f"rewrite {OUT.relative_to(REPO)}")
-    ap.add_argument("--data", type=Path, default=None, help="shared data folder")
-    args = ap.parse_args(argv)
-    traces = (args.data or data_dir()) / "traces"
+def render(traces: Path) -> tuple[str, dict]:
+    """The text of fitted.py and the traces' headline figures, from the trace folder."""
     azure = traces / "azure_conv_2023.csv"
     arxiv = traces / "arxiv_summarization_lengths.csv"
     moon = traces / "mooncake_conversation.jsonl"
     for p in (azure, arxiv, moon):
         if not p.is_file():
-            print(f"missing trace {p}", file=sys.stderr)
-            return 2
-
+            raise FileNotFoundError(f"missing trace {p}")
     ap_, ao, aa = fit_csv_lengths(azure)
     assert aa is not None
     gaps = np.diff(aa)
@@ -270,7 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         fmt("SOURCES = ", sources),
         "",
     ]
-    text = "\n".join(parts)
+    return "\n".join(parts), trace_stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--write", action="store_true", help=f"rewrite {OUT.relative_to(REPO)}")
+    ap.add_argument("--data", type=Path, default=None, help="shared data folder")
+    args = ap.parse_args(argv)
+    try:
+        text, trace_stats = render((args.data or data_dir()) / "traces")
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     print(json.dumps(trace_stats, indent=1))
     print(f"fitted.py: {len(text)} bytes")
     if args.write:

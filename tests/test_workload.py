@@ -239,3 +239,24 @@ def test_fitted_figures_are_small_and_consistent():
         assert all(len(row) == len(fitted.COND_LEVELS) for row in table["output_q"])
         assert list(table["prompt_q"]) == sorted(table["prompt_q"])
     assert sum(fitted.MULTITURN["turns_pmf"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_fitted_figures_reproduce_from_the_traces():
+    """fitted.py is exactly what scripts/fit_workloads.py derives from the shared traces."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = os.environ.get("AUTOTUNER_SHARED_DATA")
+    traces = (Path(env) if env else repo / ".." / "shared" / "data") / "traces"
+    if not (traces / "mooncake_conversation.jsonl").is_file():
+        pytest.skip(f"shared traces absent at {traces} (set AUTOTUNER_SHARED_DATA)")
+    script = repo / "scripts" / "fit_workloads.py"
+    if not script.is_file():
+        pytest.skip(f"{script} absent (not a checkout)")
+    spec = importlib.util.spec_from_file_location("fit_workloads", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text, _ = mod.render(traces)
+    assert text == Path(fitted.__file__).read_text()

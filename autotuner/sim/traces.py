@@ -192,7 +192,6 @@ def _detect(name: str, suffix: str, text: str) -> str:
 
 def _int_value(name: str, line: int, field: str, raw: object, allow_zero: bool) -> int:
     """A token count: an integer (or integral float/string); positive, or >= 0 if allowed."""
-    want = "a non-negative integer" if allow_zero else "a positive integer"
     value: int | None = None
     if isinstance(raw, bool):
         value = None
@@ -211,7 +210,9 @@ def _int_value(name: str, line: int, field: str, raw: object, allow_zero: bool) 
             except ValueError:
                 value = None
     if value is None or value < (0 if allow_zero else 1):
-        raise TraceError(name, line, field, f"expected {want}, got {raw!r}")
+        # Output lengths accept 0 (replayed as 1); say so only when a number was given.
+        note = " (0 is replayed as 1)" if allow_zero and value is not None else ""
+        raise TraceError(name, line, field, f"expected a positive integer{note}, got {raw!r}")
     return value
 
 
