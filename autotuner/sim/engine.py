@@ -188,7 +188,8 @@ class _Simulation:
         self.policy_calls = 0
         self.tbt_d: list[float] = []
         self.tbt_n: list[int] = []
-        self.counters = {"preemptions": 0, "evicted_blocks": 0, "stalls": 0}
+        self.counters = {"preemptions": 0, "evicted_blocks": 0, "stalls": 0,
+                         "refused_too_long": 0}
         self.max_stretch: float = math.inf
 
     # ------------------------------------------------------------------ main loop
@@ -277,6 +278,12 @@ class _Simulation:
 
     def _enqueue(self, rep: _Replica, i: int, front: bool) -> None:
         """Queue request i for prefill on rep, pinning whatever prefix of it rep has cached."""
+        if self.target[i] + 1 > rep.kv_cap:
+            # It can never fit, as a server refuses a prompt over its KV capacity: it is never
+            # served, so it counts as a missed SLO.
+            self.phase[i] = _DONE
+            self.counters["refused_too_long"] += 1
+            return
         self.phase[i] = _WAITING
         self.prefilled[i] = 0
         self.hit[i] = 0
@@ -318,6 +325,8 @@ class _Simulation:
         # Decodes need one KV token each this iteration; make room or preempt.
         while rep.n and self._free(rep) < rep.n:
             self._preempt_newest(rep)
+        if not rep.n and rep.waiting:
+            self._unblock_oldest(rep)
         if rep.waiting:
             self._plan_partition(rep, now)
         elif rep.n:
@@ -531,6 +540,24 @@ class _Simulation:
         # recompute: the prefill now covers the prompt and every token generated so far
         self.target[i] = self.prompt[i] + self.generated[i]
         self._enqueue(rep, i, front=True)
+
+    def _unblock_oldest(self, rep: _Replica) -> None:
+        """With nothing decoding, partial prefills could hold all the KV and wait on each other
+        forever. Release the newest ones until the oldest waiting request can finish its prefill.
+        """
+        head = rep.waiting[0]
+        need = self.target[head] - self.prefilled[head]
+        for j in reversed(rep.waiting[1:]):
+            if self._free(rep) >= need:
+                return
+            own = self.prefilled[j] - self.hit[j]
+            if own > 0:
+                rep.kv_used -= own
+                self._unpin(rep, j)
+                self.preempt[j] += 1
+                self.counters["preemptions"] += 1
+                self.prefilled[j] = self.hit[j] = 0
+                self.view_cache[j] = None
 
     # ------------------------------------------------------------------ prefix cache
     def _insert_prefix(self, rep: _Replica, i: int) -> None:
