@@ -44,10 +44,12 @@ class Reply:
     raw_body: str | None = None  # sent verbatim instead of the generated JSON
 
 
-def ok(content: str, prompt_tokens: int | None = 100, completion_tokens: int | None = 50,
-       **kwargs: Any) -> Reply:
-    return Reply(content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                 **kwargs)
+def ok(
+    content: str, prompt_tokens: int | None = 100, completion_tokens: int | None = 50, **kwargs: Any
+) -> Reply:
+    return Reply(
+        content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, **kwargs
+    )
 
 
 def error(status: int, message: str = "scripted error", **kwargs: Any) -> Reply:
@@ -81,9 +83,7 @@ class Received:
         return list(self.body.get("messages", []))
 
     def text(self, role: str) -> str:
-        return "\n".join(
-            str(m.get("content", "")) for m in self.messages if m.get("role") == role
-        )
+        return "\n".join(str(m.get("content", "")) for m in self.messages if m.get("role") == role)
 
     @property
     def user_text(self) -> str:
@@ -178,8 +178,13 @@ class ChatServer:
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass
 
-            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None,
-                      raw: str | None = None) -> None:
+            def _send(
+                self,
+                status: int,
+                payload: Any,
+                headers: dict[str, str] | None = None,
+                raw: str | None = None,
+            ) -> None:
                 data = (raw if raw is not None else json.dumps(payload)).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -191,9 +196,20 @@ class ChatServer:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [
-                        {"id": "scripted", "object": "model", "created": 0, "owned_by": "test"}
-                    ]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {
+                                    "id": "scripted",
+                                    "object": "model",
+                                    "created": 0,
+                                    "owned_by": "test",
+                                }
+                            ],
+                        },
+                    )
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -230,23 +246,31 @@ class ChatServer:
                     self._send(reply.status, None, reply.headers, raw=reply.raw_body)
                     return
                 if reply.status != 200:
-                    self._send(reply.status, {"error": {
-                        "message": reply.error_message,
-                        "type": "scripted_error",
-                        "code": reply.status,
-                    }}, reply.headers)
+                    self._send(
+                        reply.status,
+                        {
+                            "error": {
+                                "message": reply.error_message,
+                                "type": "scripted_error",
+                                "code": reply.status,
+                            }
+                        },
+                        reply.headers,
+                    )
                     return
                 payload: dict[str, Any] = {
                     "id": f"chatcmpl-{len(server.requests)}",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "scripted"),
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": reply.content},
-                        "finish_reason": reply.finish_reason,
-                        "logprobs": None,
-                    }],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply.content},
+                            "finish_reason": reply.finish_reason,
+                            "logprobs": None,
+                        }
+                    ],
                 }
                 if reply.prompt_tokens is not None and reply.completion_tokens is not None:
                     payload["usage"] = {

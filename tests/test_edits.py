@@ -17,7 +17,7 @@ from autotuner.resources import baseline_path
 
 PARENT = baseline_path("fixed_chunk").read_text()
 
-NEW_FILE = '''TUNABLES = {
+NEW_FILE = """TUNABLES = {
     "chunk_size": {"type": "int", "low": 32, "high": 8192, "log": True, "default": 1024},
 }
 
@@ -33,7 +33,7 @@ def partition(replica, params):
         chunks.append((req.id, take))
         room -= take
     return (budget, tuple(chunks))
-'''
+"""
 
 
 def fenced(code: str, lang: str = "python") -> str:
@@ -50,8 +50,14 @@ def test_whole_file_in_fence():
 def test_last_complete_policy_block_wins_over_draft_and_snippets():
     draft = NEW_FILE.replace("1024", "2048")
     reply = (
-        "Draft:\n" + fenced(draft) + "Helper idea:\n" + fenced("x = 1\n")
-        + "Final:\n" + fenced(NEW_FILE) + "Usage:\n" + fenced("partition(view, params)\n")
+        "Draft:\n"
+        + fenced(draft)
+        + "Helper idea:\n"
+        + fenced("x = 1\n")
+        + "Final:\n"
+        + fenced(NEW_FILE)
+        + "Usage:\n"
+        + fenced("partition(view, params)\n")
     )
     code, reason = parse_reply(reply, PARENT)
     assert reason == "" and code == NEW_FILE
@@ -64,8 +70,8 @@ def test_block_that_does_not_parse_loses_to_one_that_does():
 
 
 def test_reasoning_section_is_ignored():
-    reply = "<think>\nmaybe\n" + fenced(NEW_FILE.replace("1024", "7")) + "</think>\n" + fenced(
-        NEW_FILE
+    reply = (
+        "<think>\nmaybe\n" + fenced(NEW_FILE.replace("1024", "7")) + "</think>\n" + fenced(NEW_FILE)
     )
     code, _ = parse_reply(reply, PARENT)
     assert code == NEW_FILE
@@ -116,9 +122,10 @@ and the tunables:
     source = read_policy_source(code)
     assert {t.name for t in source.tunables} == {"chunk_size", "small", "busy"}
     # Everything else is untouched.
-    assert code.replace(
-        'if replica.decodes < params["busy"] else params["small"]', ""
-    ).count("\n") == PARENT.count("\n") + 2
+    assert (
+        code.replace('if replica.decodes < params["busy"] else params["small"]', "").count("\n")
+        == PARENT.count("\n") + 2
+    )
 
 
 def test_edit_with_wrong_indentation_and_trailing_spaces_applies_consistently():

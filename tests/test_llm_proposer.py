@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from autotuner.check import check_policy
 from autotuner.policy import read_policy_source
 from autotuner.proposers import ParentInfo, ProposalRequest, Proposer
 from autotuner.proposers.llm import LLMConfig, LLMProposer, render_api_doc, retry_after_s
@@ -42,8 +43,8 @@ def fenced(code: str) -> str:
 
 
 def passes(code: str) -> list[str]:
-    read_policy_source(code)
-    return []
+    """The real static check."""
+    return check_policy(code).reasons()
 
 
 def no_sorting(code: str) -> list[str]:
@@ -78,8 +79,14 @@ def server():
 
 
 def proposer(server: ChatServer, **overrides) -> LLMProposer:
-    settings = dict(model="gpt-4o-mini", base_url=server.base_url, timeout_s=5.0, backoff_s=0.01,
-                    max_backoff_s=2.0, max_retries=3)
+    settings = dict(
+        model="gpt-4o-mini",
+        base_url=server.base_url,
+        timeout_s=5.0,
+        backoff_s=0.01,
+        max_backoff_s=2.0,
+        max_retries=3,
+    )
     settings.update(overrides)
     return LLMProposer(LLMConfig(**settings), env={"OPENAI_API_KEY": SECRET})
 
@@ -154,6 +161,16 @@ def test_check_rejection_is_sent_back_and_fixed(server):
     fix = server.requests[1].messages[-1]["content"]
     assert "line 17: sorted() is not allowed here" in fix
     assert "sorted(replica.waiting" in fix  # the rejected file is shown
+
+
+def test_real_checker_refusal_goes_back_to_the_model(server):
+    sneaky = NEW_FILE.replace("TUNABLES = {", "import os\n\nTUNABLES = {", 1)
+    assert check_policy(sneaky).reasons() and not check_policy(NEW_FILE).reasons()
+    server.push(ok(fenced(sneaky)), ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), passes)
+    assert result.ok and result.code == NEW_FILE and result.attempts == 2
+    fix = server.requests[1].messages[-1]["content"]
+    assert "os" in fix and check_policy(sneaky).reasons()[0] in fix
 
 
 def test_check_rejection_gives_up_after_the_bound(server):
@@ -249,8 +266,9 @@ def test_token_budget_stops_further_calls(server):
 def test_dollar_budget_stops_further_calls(server):
     server.push(*[ok(fenced(NEW_FILE), prompt_tokens=1000, completion_tokens=1000)] * 3)
     # Custom price for a local model name: $1 + $3 per 1M tokens -> $0.004 a call.
-    llm = proposer(server, model="local-coder", prices={"local-coder": (1.0, 3.0)},
-                   usd_budget=0.006)
+    llm = proposer(
+        server, model="local-coder", prices={"local-coder": (1.0, 3.0)}, usd_budget=0.006
+    )
     results = [llm.propose(request(), passes) for _ in range(3)]
     assert [r.ok for r in results] == [True, True, False]
     assert results[0].cost_usd == pytest.approx(0.004)
@@ -326,21 +344,32 @@ def test_retry_after_parsing():
 
 def test_api_doc_covers_every_field_of_the_policy_api():
     doc = render_api_doc()
-    for view in (api.ReplicaView, api.WaitingView, api.RequestView, api.ReplicaLoad,
-                 api.ClusterView):
+    for view in (
+        api.ReplicaView,
+        api.WaitingView,
+        api.RequestView,
+        api.ReplicaLoad,
+        api.ClusterView,
+    ):
         for name in view._fields:
             assert f"`{name}`" in doc, f"{view.__name__}.{name} is not documented"
     assert str(api.MAX_WAITING_VIEW) in doc
-    for rule in ("budget - replica.decodes", "max_batch_tokens - replica.decodes",
-                 "kv_free_tokens", "remaining", "0 <= i < len(cluster.replicas)"):
+    for rule in (
+        "budget - replica.decodes",
+        "max_batch_tokens - replica.decodes",
+        "kv_free_tokens",
+        "remaining",
+        "0 <= i < len(cluster.replicas)",
+    ):
         assert rule in doc
 
 
 def test_request_api_doc_overrides_the_template(server):
     server.push(ok(fenced(NEW_FILE)))
     req = request()
-    req = ProposalRequest(req.parent, (), req.objective, req.workloads, req.cluster,
-                          api_doc="CUSTOM API DOC")
+    req = ProposalRequest(
+        req.parent, (), req.objective, req.workloads, req.cluster, api_doc="CUSTOM API DOC"
+    )
     assert proposer(server).propose(req, passes).ok
     assert "CUSTOM API DOC" in server.requests[0].system_text
     assert "| `decode_context` |" not in server.requests[0].system_text

@@ -26,6 +26,7 @@ from typing import Any
 
 import jinja2
 
+from autotuner.check import ALLOWED_BUILTINS, ALLOWED_MODULES
 from autotuner.proposers.base import CheckFn, Proposal, ProposalRequest
 from autotuner.proposers.edits import UNCHANGED, parse_reply
 from autotuner.resources import asset_dir
@@ -49,18 +50,6 @@ DEFAULT_PRICES: Mapping[str, tuple[float, float]] = {
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
 }
-
-# What a policy may import; the prompt states it. Keep in step with the static checker.
-DEFAULT_ALLOWED_IMPORTS = (
-    "math",
-    "random",
-    "statistics",
-    "collections",
-    "itertools",
-    "functools",
-    "heapq",
-    "bisect",
-)
 
 # Statuses worth another try: rate limits, overload, timeouts on the server's side, 5xx.
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -95,7 +84,6 @@ class LLMConfig:
         token_budget: total prompt + completion tokens this proposer may spend; None = no cap.
         usd_budget: total dollars it may spend; None = no cap. Both are checked before every
             call (a hard stop); calls already in flight may overshoot by at most their own size.
-        allowed_imports: modules the prompt tells the model it may import.
         seed: seeds the backoff jitter (and is sent to endpoints that accept a seed).
         extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
     """
@@ -114,7 +102,6 @@ class LLMConfig:
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     token_budget: int | None = None
     usd_budget: float | None = None
-    allowed_imports: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS
     seed: int = 0
     extra_body: Mapping[str, Any] = field(default_factory=dict)
 
@@ -151,8 +138,6 @@ class LLMConfig:
                     prompt, completion = price
                     prices[model] = (float(prompt), float(completion))
             values["prices"] = prices
-        if "allowed_imports" in values:
-            values["allowed_imports"] = tuple(values["allowed_imports"])
         return cls(**values)
 
     def resolved_model(self, env: Mapping[str, str] | None = None) -> str | None:
@@ -417,7 +402,9 @@ class LLMProposer:
         """The opening system + user messages for a request."""
         system = self._templates.get_template("system.j2").render(
             api_doc=(request.api_doc or self.api_doc()).strip(),
-            allowed_imports=self.config.allowed_imports,
+            # The checker's own allow-lists, so the prompt can never drift from what it accepts.
+            allowed_modules=ALLOWED_MODULES,
+            allowed_builtins=ALLOWED_BUILTINS,
         )
         user = self._templates.get_template("propose.j2").render(
             objective=request.objective.strip(),
