@@ -18,6 +18,7 @@ turn's arrival, whatever the simulated service time (as in the trace the gap is 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,8 +138,7 @@ class Workload:
         arrival order and relative spacing agree; a larger rate gives earlier arrivals, which is
         what capacity bisection relies on.
         """
-        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-            raise ValueError(f"rate must be a positive finite number, got {rate!r}")
+        rate = _check_rate(rate)
         current = self.rate
         if len(self) == 0:
             return self
@@ -296,7 +296,8 @@ def _blocks(prompt: np.ndarray, block: int) -> np.ndarray:
 
 
 def _check_rate(rate: float) -> float:
-    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+    ok = isinstance(rate, numbers.Real) and not isinstance(rate, bool)
+    if not (ok and math.isfinite(rate) and rate > 0):
         raise ValueError(f"rate must be a positive finite number, got {rate!r}")
     return float(rate)
 
@@ -499,6 +500,7 @@ SCENARIOS: dict[str, Scenario] = {
             "that extend the previous prompt and output (prefix ids shared), fitted think times "
             "and lengths; prompts are long (mean ~12k tokens, as in the trace).",
             1.0,
+            {"warmup_s": MULTITURN_WARMUP_S},
         ),
         Scenario(
             "bursty",
@@ -544,7 +546,7 @@ def make_workload(
         raise TypeError(f"num_requests must be an integer, got {num_requests!r}")
     if num_requests < 1:
         raise ValueError(f"num_requests must be >= 1, got {num_requests}")
-    bad = set(options) - set(scenario.options) - ({"warmup_s"} if name == "multiturn" else set())
+    bad = set(options) - set(scenario.options)
     if bad:
         raise TypeError(
             f"workload {name!r} takes no option(s) {sorted(bad)}; "
