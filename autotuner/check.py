@@ -51,7 +51,7 @@ from autotuner.policy import (
 
 MAX_LINES = 2_000
 MAX_NODES = 20_000
-MAX_DEPTH = 100  # AST nesting; ordinary code stays under 30
+MAX_DEPTH = 150  # AST nesting; ordinary code stays under 30
 MAX_STR_LITERAL = 10_000  # characters (or bytes) in one string literal
 MAX_INT_BITS = 256  # an integer literal or constant expression larger than this is refused
 MAX_EXPONENT = 10_000  # a constant integer exponent above this is refused, whatever the base
@@ -105,20 +105,17 @@ ALLOWED_BUILTINS = frozenset(
     """abs all any bin bool callable chr complex dict divmod enumerate filter float format
     frozenset hash hex int isinstance iter len list map max min next oct ord pow range repr
     reversed round set slice sorted str sum tuple zip
-    ArithmeticError AssertionError Exception IndexError KeyError LookupError NotImplementedError
-    OverflowError RuntimeError StopIteration TypeError ValueError ZeroDivisionError""".split()
+    ArithmeticError AssertionError AttributeError Exception IndexError KeyError LookupError
+    NotImplementedError OverflowError RuntimeError StopIteration TypeError ValueError
+    ZeroDivisionError""".split()
 )
-BUILTIN_NAMES = frozenset(dir(builtins)) | {
-    "print",
-    "exit",
-    "quit",
-    "help",
-    "copyright",
-    "credits",
-    "license",
-    "breakpoint",
-    "input",
-}
+
+# Names that mean a built-in when unbound. Underscore names are left out (``_`` exists only in
+# interactive sessions; dunders have their own rule); the site helpers are added by hand because
+# they are missing from builtins when Python runs with -S.
+BUILTIN_NAMES = frozenset(n for n in dir(builtins) if not n.startswith("_")) | frozenset(
+    "print exit quit help copyright credits license breakpoint input".split()
+)
 
 # Why some refused built-ins are refused, in the proposer's terms.
 _BUILTIN_HINTS = {
@@ -181,6 +178,15 @@ _NODE_HINTS = {
     "TypeVar": "type parameters are not allowed",
     "ParamSpec": "type parameters are not allowed",
     "TypeVarTuple": "type parameters are not allowed",
+}
+
+_NODE_CONSTRUCTS = {
+    "ClassDef": "class",
+    "AsyncFunctionDef": "async",
+    "AsyncFor": "async",
+    "AsyncWith": "async",
+    "Await": "async",
+    "With": "with",
 }
 
 
@@ -504,15 +510,7 @@ class _Checker:
         if not isinstance(node, _ALLOWED_NODES):
             kind = type(node).__name__
             hint = _NODE_HINTS.get(kind, "this construct is not allowed in policies")
-            self.add(
-                node,
-                "async"
-                if "Async" in kind or kind == "Await"
-                else "class"
-                if kind == "ClassDef"
-                else "node",
-                f"{kind}: {hint}",
-            )
+            self.add(node, _NODE_CONSTRUCTS.get(kind, "node"), f"{kind}: {hint}")
             return
         if isinstance(node, ast.Name):
             self.check_name(node)
@@ -551,7 +549,7 @@ class _Checker:
                 if attr.startswith("_") or _introspection_attr(attr):
                     self.add(
                         node,
-                        "private-attribute",
+                        "dunder" if _is_dunder_like(attr) else "private-attribute",
                         f"class pattern keyword '{attr}' reads "
                         "an attribute that policies may not read; match on public "
                         "fields only",
@@ -615,6 +613,13 @@ class _Checker:
                 f"the attribute '.{attr}' is not allowed: "
                 "attributes starting with '_' are private; use public fields and "
                 "functions only",
+            )
+            return
+        if attr == "format_map":
+            self.add(
+                node,
+                "format-string",
+                "'.format_map' is not allowed (its fields can read attributes); use an f-string",
             )
             return
         if _introspection_attr(attr):
@@ -1090,8 +1095,8 @@ def _check(code: object, name: str) -> CheckResult:
     if not issues:
         issues.extend(_compile_issues(tree))
     source, tunable_issues = _read_tunables(text, name, tree)
-    if not any(i.construct in ("tunables", "decision-point") for i in issues):
-        issues.extend(tunable_issues)
+    constructs = {i.construct for i in issues}
+    issues.extend(i for i in tunable_issues if i.construct not in constructs)
     if source is not None and name != source.name:
         source = PolicySource(name, source.code, source.tunables, source.defines)
     return _result(issues, source)
