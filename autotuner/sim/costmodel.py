@@ -4,7 +4,7 @@ One serving iteration runs every decode plus the chosen prefill chunks through a
 batch of ``T = prefill_tokens + decodes`` tokens. Each operator class is timed as a roofline,
 
     time(op) = max(flops / (peak_flops * compute_eff), bytes / (hbm_bandwidth * mem_eff))
-               + op_overhead_s
+               (+ op_overhead_s for a linear layer's GEMM)
 
 with the work of one GPU, i.e. the replica's work divided by the tensor-parallel degree where
 Megatron-style TP splits it. Per layer:
@@ -26,8 +26,11 @@ Megatron-style TP splits it. Per layer:
   minimal read+write (``ELEMENTWISE_PASSES``, fitted once on all four profiles, GPU-independent).
 - tensor-parallel all-reduce, 2 per layer when ``tp > 1`` (after attention and after the MLP):
   ``latency + 2*(tp-1)/tp * T*hidden*dtype / (nvlink_bandwidth * COMM_EFF)`` (ring all-reduce).
-- fixed per-layer overhead ``layer_overhead_s`` for what the operator profile does not see
-  (attention kernel launches, KV-cache writes).
+- fixed costs: ``op_overhead_s`` per GEMM (launch, ramp-up and tail wave) and
+  ``layer_overhead_s`` per layer for what the operator profile does not see (attention kernel
+  launches, KV-cache writes). Elementwise kernels get no fixed cost: fitted per operator, theirs
+  comes out at 0-2 us, and charging them one shared constant made their per-operator error
+  several times worse without improving the layer total.
 
 Once per iteration: the embedding lookup (T tokens) and the LM head, a GEMM over the tokens that
 produce logits: every decode plus one per prefill batch (the caller does not say how many
@@ -62,6 +65,10 @@ PROFILE_OPS: tuple[str, ...] = (
     "add",
 )
 LAYER_OPS: tuple[str, ...] = PROFILE_OPS[1:]
+# The linear layers: the only operators charged the fixed ``op_overhead_s``.
+GEMM_OPS: frozenset[str] = frozenset(
+    ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+)
 
 # Bytes each elementwise operator moves, as a multiple of the minimal read+write, in the profiled
 # (PyTorch, unfused) implementation: RMSNorm upcasts to fp32 and reduces in several passes, the
@@ -167,8 +174,8 @@ class CostModel:
             self._ar_fixed = 0.0
             self._ar_per_token = 0.0
 
-        # Per layer, independent of the batch: profiled-op launches plus the unprofiled rest.
-        self._layer_fixed = 9 * ovh + g.layer_overhead_s + self._ar_fixed
+        # Per layer, independent of the batch: the four GEMMs' fixed cost plus the unprofiled rest.
+        self._layer_fixed = 4 * ovh + g.layer_overhead_s + self._ar_fixed
         self._layers = m.num_layers
         # LM head over the tokens that produce logits, plus the final norm.
         self._lm_head = lin(h, m.vocab / tp)
@@ -241,7 +248,7 @@ class CostModel:
         once = (
             (ct if ct > mt else mt)
             + (self._emb_per_token + self._final_norm_per_token) * T
-            + 3 * self._ovh
+            + self._ovh
         )
         return self._layers * layer + once
 
@@ -299,8 +306,9 @@ class CostModel:
 
     def op_times(self, num_tokens: int) -> dict[str, float]:
         """Seconds per profiled operator for one layer (and the embedding), as Vidur measures
-        them: the roofline of ``op_work`` plus one kernel's fixed overhead each."""
+        them: the roofline of ``op_work``, plus the fixed overhead for the four GEMMs."""
         pc, bm, ovh = self._pc, self._bm, self._ovh
         return {
-            name: max(f / pc, b / bm) + ovh for name, (f, b) in self.op_work(num_tokens).items()
+            name: max(f / pc, b / bm) + (ovh if name in GEMM_OPS else 0.0)
+            for name, (f, b) in self.op_work(num_tokens).items()
         }

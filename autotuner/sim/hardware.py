@@ -31,10 +31,11 @@ class GPU:
     """One accelerator type and the constants the roofline needs for it.
 
     The efficiency constants are what one replica of the profiled serving stack achieves, not the
-    silicon's limit: dense GEMMs reach ``compute_eff`` of peak, large streaming kernels
-    ``mem_eff`` of HBM bandwidth, and every kernel launch costs at least ``op_overhead_s``.
-    ``layer_overhead_s`` is the per-layer cost of what the operator profile does not see
-    (attention kernel launches, KV-cache writes, framework glue).
+    silicon's limit: dense GEMMs reach ``compute_eff`` of peak, weight and KV streaming
+    ``mem_eff`` of HBM bandwidth, and each linear layer's GEMM costs ``op_overhead_s`` on top
+    (launch, ramp-up, tail wave). ``layer_overhead_s`` is the per-layer cost of what the operator
+    profile does not see (attention kernel launches, KV-cache writes); it is an estimate, not
+    fitted, since no public profile here isolates it.
     """
 
     name: str
@@ -141,7 +142,7 @@ class Model:
 # (H100: Llama-2-7B and Llama-2-70B; A100: Llama-3-8B and Llama-3-70B), one set per GPU shared
 # by all models. H200 and B200 have no public profile here: they reuse the H100 constants (same
 # software stack and a similar memory system), which is an assumption, not a measurement.
-_H100_EFF = dict(compute_eff=0.72, mem_eff=0.85, op_overhead_s=4.0e-6, layer_overhead_s=20e-6)
+_H100_EFF = dict(compute_eff=0.69, mem_eff=0.88, op_overhead_s=10e-6, layer_overhead_s=10e-6)
 
 GPUS: dict[str, GPU] = {
     g.name: g
@@ -155,9 +156,9 @@ GPUS: dict[str, GPU] = {
             allreduce_latency_s=30e-6,
             price_per_hour=1.80,
             compute_eff=0.72,
-            mem_eff=0.80,
-            op_overhead_s=4.0e-6,
-            layer_overhead_s=25e-6,
+            mem_eff=0.79,
+            op_overhead_s=12.5e-6,
+            layer_overhead_s=12e-6,
             aliases=("a100", "a100-80g", "a100-sxm", "a100-sxm4-80gb", "a100_80gb"),
         ),
         GPU(

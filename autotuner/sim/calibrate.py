@@ -1,0 +1,489 @@
+"""`autotuner calibrate`: check and re-fit a GPU's cost-model constants on a measured profile.
+
+Input is Vidur's operator profile format (``mlp.csv``): one row per (``num_tokens``,
+``num_tensor_parallel_workers``) with ``time_stats.<op>.median`` in milliseconds for the ten
+operators in ``costmodel.PROFILE_OPS``, and the model's shape in the columns ``n_head``,
+``n_kv_head``, ``n_embd``, ``n_expanded_embd``, ``vocab_size``, ``use_gated_mlp``. The model comes
+from those columns, so a user's own model needs no catalogue entry; the GPU comes from ``--gpu``
+or the folder name (``h100_...``, ``a100_...``).
+
+Error measure ("overall"): for each row, the sum of the nine per-layer operators (all but
+``emb``, which runs once per forward pass) as predicted, against the same sum measured (medians);
+the overall figure is the mean absolute percentage error of that sum over all rows, i.e. every
+token count and TP degree in the file counts once. Per-operator MAPEs are reported alongside;
+small elementwise operators take a few microseconds, where timer resolution and launch jitter
+make their relative errors large without mattering to an iteration's time.
+
+The fit minimises the mean squared relative error of the per-row layer sum over ``compute_eff``,
+``mem_eff`` and ``op_overhead_s`` (the fixed cost per GEMM) with a coarse grid, then a shrinking
+coordinate search: three parameters, no scipy. ``layer_overhead_s`` covers work the profile does
+not contain, so it is reported but not fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .costmodel import GEMM_OPS, LAYER_OPS, PROFILE_OPS, CostModel
+from .hardware import GPU, GPUS, Model, UnknownNameError, get_gpu
+
+SHAPE_COLUMNS = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp")
+ROW_COLUMNS = ("num_tokens", "num_tensor_parallel_workers")
+FIT_PARAMS = ("compute_eff", "mem_eff", "op_overhead_s")
+# Search box for the fit; the upper memory bound allows for L2-cache hits on small weights.
+_BOUNDS = {"compute_eff": (0.2, 1.0), "mem_eff": (0.2, 1.2), "op_overhead_s": (0.0, 50e-6)}
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used; the message names the file, line and column."""
+
+
+def median_column(op: str) -> str:
+    return f"time_stats.{op}.median"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One parsed profile: the model shape and, per row, token count, TP degree and the measured
+    median time of each operator in seconds (columns in ``PROFILE_OPS`` order)."""
+
+    path: str
+    model: Model
+    num_tokens: np.ndarray  # int, per row
+    tp: np.ndarray  # int, per row
+    measured: np.ndarray  # seconds, shape (rows, len(PROFILE_OPS))
+
+
+def _parse_bool(text: str) -> bool | None:
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    return None
+
+
+def _parse_row(
+    path: str, line: int, row: list[str], col: dict[str, int]
+) -> tuple[list[float], tuple, int, int]:
+    """One data row: operator medians in seconds, model shape, num_tokens, TP degree."""
+
+    def where(name: str) -> str:
+        return f"{path}:{line}: column {col[name] + 1} ({name})"
+
+    def number(name: str) -> float:
+        raw = row[col[name]].strip()
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ProfileError(f"{where(name)}: expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ProfileError(f"{where(name)}: expected a finite number, got {raw!r}")
+        return value
+
+    def count(name: str) -> int:
+        value = number(name)
+        if value < 1 or value != int(value):
+            raise ProfileError(f"{where(name)}: expected a positive integer, got {value:g}")
+        return int(value)
+
+    vals = []
+    for op in PROFILE_OPS:
+        name = median_column(op)
+        v = number(name)
+        if v <= 0:
+            raise ProfileError(f"{where(name)}: expected a positive time in ms, got {v:g}")
+        vals.append(v * 1e-3)
+    gated = _parse_bool(row[col["use_gated_mlp"]])
+    if gated is None:
+        raw = row[col["use_gated_mlp"]]
+        raise ProfileError(f"{where('use_gated_mlp')}: expected True or False, got {raw!r}")
+    row_shape = tuple(count(c) for c in SHAPE_COLUMNS[:-1]) + (gated,)
+    return vals, row_shape, count("num_tokens"), count("num_tensor_parallel_workers")
+
+
+def load_profile(path: str | os.PathLike) -> Profile:
+    """Parse a Vidur mlp.csv; anything unusable raises ProfileError naming line and column."""
+    path = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+
+    reader = csv.reader(text.splitlines())
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ProfileError(f"{path}:1: empty file, expected a CSV header row") from None
+    except csv.Error as exc:
+        raise ProfileError(f"{path}:1: malformed CSV header: {exc}") from None
+    header = [h.strip() for h in header]
+    col = {name: i for i, name in enumerate(header)}
+    needed = [median_column(op) for op in PROFILE_OPS] + list(SHAPE_COLUMNS) + list(ROW_COLUMNS)
+    for name in needed:
+        if name not in col:
+            raise ProfileError(
+                f"{path}:1: missing column {name!r} (a Vidur mlp.csv profile needs "
+                f"time_stats.<op>.median for {', '.join(PROFILE_OPS)} and the columns "
+                f"{', '.join(SHAPE_COLUMNS + ROW_COLUMNS)})"
+            )
+
+    shape: tuple | None = None
+    shape_line = 0
+    tokens: list[int] = []
+    tps: list[int] = []
+    times: list[list[float]] = []
+    line = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise ProfileError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise ProfileError(
+                f"{path}:{line}: expected {len(header)} fields like the header, got {len(row)}"
+            )
+
+        vals, row_shape, n_tok, n_tp = _parse_row(path, line, row, col)
+        if shape is None:
+            shape, shape_line = row_shape, line
+        elif row_shape != shape:
+            raise ProfileError(
+                f"{path}:{line}: model shape columns differ from line {shape_line}; "
+                "a profile holds one model"
+            )
+        tokens.append(n_tok)
+        tps.append(n_tp)
+        times.append(vals)
+
+    if shape is None:
+        raise ProfileError(f"{path}:{line}: no data rows after the header")
+    n_head, n_kv, hidden, inter, vocab, gated = shape
+    where0 = f"{path}:{shape_line}"
+    if hidden % n_head:
+        raise ProfileError(f"{where0}: n_embd {hidden} is not a multiple of n_head {n_head}")
+    if n_head % n_kv:
+        raise ProfileError(f"{where0}: n_head {n_head} is not a multiple of n_kv_head {n_kv}")
+    bad_tp = sorted({t for t in tps if n_head % t})
+    if bad_tp:
+        raise ProfileError(f"{path}: num_tensor_parallel_workers {bad_tp} do not divide n_head")
+    model = Model(
+        name=Path(path).parent.name or Path(path).stem,
+        num_layers=1,
+        hidden=hidden,
+        heads=n_head,
+        kv_heads=n_kv,
+        head_dim=hidden // n_head,
+        intermediate=inter,
+        vocab=vocab,
+        gated_mlp=gated,
+    )
+    return Profile(
+        path=path,
+        model=model,
+        num_tokens=np.array(tokens, dtype=np.int64),
+        tp=np.array(tps, dtype=np.int64),
+        measured=np.array(times, dtype=np.float64),
+    )
+
+
+def guess_gpu(path: str) -> GPU | None:
+    """The GPU a profile's folder (or file) name starts with, as Vidur names them."""
+    p = Path(path)
+    for name in (p.parent.name, p.name):
+        low = name.lower()
+        for key in ("a100", "h100", "h200", "b200"):
+            if low.startswith(key):
+                return get_gpu(key)
+    return None
+
+
+class Evaluator:
+    """Per-row operator work of a profile, so predictions for many constant sets are cheap.
+
+    ``predict`` is ``CostModel.op_times`` vectorised over rows (the tests check they agree).
+    """
+
+    def __init__(self, profile: Profile, gpu: GPU):
+        self.profile = profile
+        self.gpu = gpu
+        n = len(profile.num_tokens)
+        self.flops = np.zeros((n, len(PROFILE_OPS)))
+        self.bytes = np.zeros((n, len(PROFILE_OPS)))
+        models: dict[int, CostModel] = {}
+        for i, (tokens, tp) in enumerate(zip(profile.num_tokens, profile.tp, strict=True)):
+            cm = models.get(int(tp))
+            if cm is None:
+                cm = models[int(tp)] = CostModel(profile.model, gpu, int(tp))
+            work = cm.op_work(int(tokens))
+            for j, op in enumerate(PROFILE_OPS):
+                self.flops[i, j], self.bytes[i, j] = work[op]
+        self.gemm_mask = np.array([1.0 if op in GEMM_OPS else 0.0 for op in PROFILE_OPS])
+        self.layer_cols = np.array([PROFILE_OPS.index(op) for op in LAYER_OPS])
+        self.measured_layer = profile.measured[:, self.layer_cols].sum(axis=1)
+
+    def predict(self, compute_eff: float, mem_eff: float, op_overhead_s: float) -> np.ndarray:
+        g = self.gpu
+        t_c = self.flops / (g.peak_flops * compute_eff)
+        t_m = self.bytes / (g.hbm_bandwidth * mem_eff)
+        return np.maximum(t_c, t_m) + op_overhead_s * self.gemm_mask
+
+    def layer_rel_error(self, pred: np.ndarray) -> np.ndarray:
+        return pred[:, self.layer_cols].sum(axis=1) / self.measured_layer - 1.0
+
+    def report(self, params: dict[str, float]) -> dict:
+        pred = self.predict(*(params[k] for k in FIT_PARAMS))
+        rel = pred / self.profile.measured - 1.0
+        layer = self.layer_rel_error(pred)
+        by_tp = {
+            int(tp): float(np.mean(np.abs(layer[self.profile.tp == tp])))
+            for tp in np.unique(self.profile.tp)
+        }
+        return {
+            "overall_mape": float(np.mean(np.abs(layer))),
+            "overall_bias": float(np.mean(layer)),
+            "per_op_mape": {
+                op: float(np.mean(np.abs(rel[:, j]))) for j, op in enumerate(PROFILE_OPS)
+            },
+            "overall_mape_by_tp": by_tp,
+        }
+
+
+def _objective(evals: list[Evaluator], params: dict[str, float]) -> float:
+    """Mean over profiles of the mean squared relative error of the per-row layer sum."""
+    total = 0.0
+    for ev in evals:
+        r = ev.layer_rel_error(ev.predict(*(params[k] for k in FIT_PARAMS)))
+        total += float(np.mean(r * r))
+    return total / len(evals)
+
+
+def fit_constants(evals: list[Evaluator]) -> dict[str, float]:
+    """Least squares on relative error: coarse grid, then coordinate search with halving steps."""
+    grids = {
+        "compute_eff": np.linspace(0.3, 1.0, 15),
+        "mem_eff": np.linspace(0.3, 1.2, 19),
+        "op_overhead_s": np.linspace(0.0, 30e-6, 16),
+    }
+    best, best_val = None, math.inf
+    for ce in grids["compute_eff"]:
+        for me in grids["mem_eff"]:
+            for ov in grids["op_overhead_s"]:
+                p = {"compute_eff": float(ce), "mem_eff": float(me), "op_overhead_s": float(ov)}
+                v = _objective(evals, p)
+                if v < best_val:
+                    best, best_val = p, v
+    assert best is not None
+    step = {k: float(g[1] - g[0]) for k, g in grids.items()}
+    for _ in range(12):
+        improved = True
+        while improved:
+            improved = False
+            for k in FIT_PARAMS:
+                for sign in (-1.0, 1.0):
+                    lo, hi = _BOUNDS[k]
+                    cand = dict(best)
+                    cand[k] = min(hi, max(lo, best[k] + sign * step[k]))
+                    v = _objective(evals, cand)
+                    if v < best_val - 1e-15:
+                        best, best_val, improved = cand, v, True
+        step = {k: s / 2 for k, s in step.items()}
+    return {
+        "compute_eff": round(best["compute_eff"], 3),
+        "mem_eff": round(best["mem_eff"], 3),
+        "op_overhead_s": float(f"{best['op_overhead_s']:.3g}"),
+    }
+
+
+def calibrate(paths: list[str], gpu: GPU | None = None) -> dict:
+    """Load the profiles, score the shipped constants, fit new ones, score those.
+
+    All profiles must be from one GPU (one set of constants is fitted across them)."""
+    profiles = [load_profile(p) for p in paths]
+    gpus = []
+    for prof in profiles:
+        g = gpu or guess_gpu(prof.path)
+        if g is None:
+            raise ValueError(
+                f"cannot tell the GPU of {prof.path} from its folder name; pass --gpu "
+                f"(one of {', '.join(GPUS)})"
+            )
+        gpus.append(g)
+    if len({g.name for g in gpus}) > 1:
+        raise ValueError(
+            "profiles from different GPUs ("
+            + ", ".join(sorted({g.name for g in gpus}))
+            + "): calibrate one GPU at a time"
+        )
+    g = gpus[0]
+    evals = [Evaluator(p, g) for p in profiles]
+    shipped = {k: getattr(g, k) for k in FIT_PARAMS}
+    fitted = fit_constants(evals)
+    out_profiles = []
+    for prof, ev in zip(profiles, evals, strict=True):
+        m = prof.model
+        out_profiles.append(
+            {
+                "path": prof.path,
+                "rows": len(prof.num_tokens),
+                "tokens": [int(prof.num_tokens.min()), int(prof.num_tokens.max())],
+                "tp": sorted({int(t) for t in prof.tp}),
+                "shape": {
+                    "hidden": m.hidden,
+                    "heads": m.heads,
+                    "kv_heads": m.kv_heads,
+                    "intermediate": m.intermediate,
+                    "vocab": m.vocab,
+                    "gated_mlp": m.gated_mlp,
+                },
+                "shipped": ev.report(shipped),
+                "fitted": ev.report(fitted),
+            }
+        )
+    return {
+        "gpu": g.name,
+        "error_definition": (
+            "overall = mean over rows of |predicted - measured| / measured of the per-layer sum "
+            "of the nine profiled layer operators (all but emb), using median times; per-op = "
+            "the same for each operator alone"
+        ),
+        "shipped": {**shipped, "layer_overhead_s": g.layer_overhead_s},
+        "fitted": {**fitted, "layer_overhead_s": g.layer_overhead_s},
+        "profiles": out_profiles,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="Vidur-format operator profile (mlp.csv); repeat to fit one constant set over "
+        "several models on the same GPU",
+    )
+    parser.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help=f"GPU the profile was measured on ({', '.join(GPUS)}); default: guessed from the "
+        "folder name (h100_..., a100_...)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="label for the report only; the shape always comes from the profile's columns",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:6.1f}"
+
+
+def format_report(result: dict, model_label: str | None = None) -> str:
+    lines = []
+    for prof in result["profiles"]:
+        s = prof["shape"]
+        label = model_label or Path(prof["path"]).parent.name
+        lines.append(f"Profile  {prof['path']}")
+        lines.append(
+            f"  model {label}: hidden {s['hidden']}, heads {s['heads']} ({s['kv_heads']} KV), "
+            f"intermediate {s['intermediate']}{' gated' if s['gated_mlp'] else ''}, "
+            f"vocab {s['vocab']}"
+        )
+        lines.append(
+            f"  {prof['rows']} rows, tokens {prof['tokens'][0]}-{prof['tokens'][1]}, "
+            f"TP {', '.join(map(str, prof['tp']))}; GPU {result['gpu']}"
+        )
+        lines.append("")
+        lines.append(f"  {'MAPE, %':<28}{'shipped':>9}{'fitted':>9}")
+        for op in PROFILE_OPS:
+            a, b = prof["shipped"]["per_op_mape"][op], prof["fitted"]["per_op_mape"][op]
+            lines.append(f"  {op:<28}{_pct(a):>9}{_pct(b):>9}")
+        for tp in prof["tp"]:
+            a = prof["shipped"]["overall_mape_by_tp"][tp]
+            b = prof["fitted"]["overall_mape_by_tp"][tp]
+            lines.append(f"  {f'layer sum, TP {tp}':<28}{_pct(a):>9}{_pct(b):>9}")
+        a, b = prof["shipped"]["overall_mape"], prof["fitted"]["overall_mape"]
+        lines.append(f"  {'OVERALL (layer sum)':<28}{_pct(a):>9}{_pct(b):>9}")
+        a, b = prof["shipped"]["overall_bias"], prof["fitted"]["overall_bias"]
+        lines.append(f"  {'  bias (mean signed error)':<28}{_pct(a):>9}{_pct(b):>9}")
+        lines.append("")
+    lines.append("Overall = " + result["error_definition"] + ".")
+    lines.append("")
+    sh, ft = result["shipped"], result["fitted"]
+    lines.append(f"  {'constant':<28}{'shipped':>11}{'fitted':>11}")
+    for k in FIT_PARAMS:
+        lines.append(f"  {k:<28}{sh[k]:>11.4g}{ft[k]:>11.4g}")
+    lines.append(
+        f"  {'layer_overhead_s (not fitted)':<28}{sh['layer_overhead_s']:>11.4g}"
+        f"{ft['layer_overhead_s']:>11.4g}"
+    )
+    lines.append("")
+    lines.append("Fitted constants, to paste:")
+    args = ", ".join(f"{k}={ft[k]!r}" for k in FIT_PARAMS)
+    lines.append(f'  dataclasses.replace(get_gpu("{result["gpu"]}"), {args})')
+    return "\n".join(lines)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Entry point behind `autotuner calibrate`: 0 on success, 2 with one error line."""
+    try:
+        gpu = get_gpu(args.gpu) if args.gpu else None
+        result = calibrate(list(args.profile), gpu)
+    except (ValueError, UnknownNameError) as exc:
+        print(f"autotuner calibrate: error: {exc}", file=sys.stderr)
+        return 2
+    if args.model:
+        result["model"] = args.model
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result, args.model))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone use: ``python -m autotuner.sim.calibrate --profile FILE``."""
+    parser = argparse.ArgumentParser(prog="autotuner calibrate", description=__doc__.split("\n")[0])
+    add_calibrate_arguments(parser)
+    return run_calibrate(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = [
+    "Evaluator",
+    "Profile",
+    "ProfileError",
+    "add_calibrate_arguments",
+    "calibrate",
+    "fit_constants",
+    "format_report",
+    "guess_gpu",
+    "load_profile",
+    "main",
+    "run_calibrate",
+]
