@@ -95,7 +95,7 @@ HOSTILE = [
         5,
     ),
     ("def f(x, y):\n    return f'{x:{y.__class__}}'", "dunder", 2),
-    ("def f(x):\n    return x.\uff3f\uff3fclass\uff3f\uff3f", "dunder", 2),
+    ("def f(x):\n    return x._\uff3fclass\uff3f\uff3f", "dunder", 2),
     # private and introspection attributes
     ("import random\ndef f():\n    return random._os", "private-attribute", 3),
     ("def f(r):\n    return r._asdict()", "private-attribute", 2),
