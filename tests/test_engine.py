@@ -108,6 +108,8 @@ class KVWatch:
 
     def partition(self, view):
         self.min_free = min(self.min_free, view.kv_free_tokens)
+        if view.waiting_count <= len(view.waiting):
+            assert view.waiting_tokens == sum(w.remaining for w in view.waiting)
         assert view.kv_free_tokens <= view.kv_capacity_tokens
         return self.inner.partition(view)
 

@@ -124,6 +124,16 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
     Accepts a Partition or any 2-sequence ``(budget, chunks)``. The simulator checks the
     rules that need its state (ids, remaining, budget, KV) itself.
     """
+    if isinstance(raw, tuple) and len(raw) == 2:  # the common, well-formed case, checked fast
+        budget, chunks = raw
+        if type(budget) is int and budget >= 0 and type(chunks) is tuple:
+            for c in chunks:
+                if type(c) is not tuple or len(c) != 2 or type(c[0]) is not int or type(
+                    c[1]
+                ) is not int:
+                    break
+            else:
+                return budget, chunks  # type: ignore[return-value]
     if not isinstance(raw, (tuple, list)) or len(raw) != 2:
         raise PolicyError(
             decision, f"must return Partition(budget, chunks), got {type(raw).__name__}"

@@ -100,13 +100,30 @@ class SimResult:
 
 class _Replica:
     __slots__ = (
-        "idx", "waiting", "heap", "n", "ctx_off", "steps", "kv_used", "kv_cap", "cache", "lru",
-        "cache_tokens", "pinned_tokens", "busy", "pending", "last_iter", "busy_time", "running",
+        "idx",
+        "wtok",
+        "waiting",
+        "heap",
+        "n",
+        "ctx_off",
+        "steps",
+        "kv_used",
+        "kv_cap",
+        "cache",
+        "lru",
+        "cache_tokens",
+        "pinned_tokens",
+        "busy",
+        "pending",
+        "last_iter",
+        "busy_time",
+        "running",
     )
 
     def __init__(self, idx: int, kv_cap: int):
         self.idx = idx
         self.waiting: list[int] = []  # request ids with prefill left, oldest first
+        self.wtok = 0  # their prefill tokens left, in total
         self.heap: list[tuple[int, int, int]] = []  # (finishing decode step, request id, epoch)
         self.running: set[int] = set()  # decoding request ids
         self.n = 0  # decoding requests
@@ -188,8 +205,7 @@ class _Simulation:
         self.policy_calls = 0
         self.tbt_d: list[float] = []
         self.tbt_n: list[int] = []
-        self.counters = {"preemptions": 0, "evicted_blocks": 0, "stalls": 0,
-                         "refused_too_long": 0}
+        self.counters = {"preemptions": 0, "evicted_blocks": 0, "stalls": 0, "refused_too_long": 0}
         self.max_stretch: float = math.inf
 
     # ------------------------------------------------------------------ main loop
@@ -241,8 +257,13 @@ class _Simulation:
             waiting = len(rep.waiting)
             loads.append(
                 ReplicaLoad(
-                    rep.idx, rep.n, waiting, self._waiting_tokens(rep), rep.n + waiting,
-                    rep.kv_cap - rep.kv_used - rep.pinned_tokens, rep.kv_cap,
+                    rep.idx,
+                    rep.n,
+                    waiting,
+                    rep.wtok,
+                    rep.n + waiting,
+                    rep.kv_cap - rep.kv_used - rep.pinned_tokens,
+                    rep.kv_cap,
                     self._hit_tokens(rep, ids, self.prompt[i]) if ids else 0,
                 )
             )
@@ -262,10 +283,6 @@ class _Simulation:
         if not rep.busy:
             rep.busy = True
             self._push(now, r)
-
-    def _waiting_tokens(self, rep: _Replica) -> int:
-        target, prefilled = self.target, self.prefilled
-        return sum(target[j] - prefilled[j] for j in rep.waiting)
 
     def _hit_tokens(self, rep: _Replica, ids: tuple[int, ...], prompt: int) -> int:
         cache = rep.cache
@@ -304,6 +321,7 @@ class _Simulation:
                 self.shared[i] = blocks * self.pbt
                 self.prefilled[i] = self.hit[i] = tokens
                 self.cached_total[i] += tokens
+        rep.wtok += self.target[i] - self.prefilled[i]
         if front:
             rep.waiting.insert(0, i)
         else:
@@ -339,8 +357,16 @@ class _Simulation:
         ctx = rep.ctx_off + n * rep.steps
         free = self._free(rep) - n
         view = ReplicaView(
-            rep.idx, now, n, ctx, self._waiting_views(rep), len(rep.waiting),
-            self._waiting_tokens(rep), free, rep.kv_cap, self.cluster.max_batch_tokens,
+            rep.idx,
+            now,
+            n,
+            ctx,
+            self._waiting_views(rep),
+            len(rep.waiting),
+            rep.wtok,
+            free,
+            rep.kv_cap,
+            self.cluster.max_batch_tokens,
             rep.last_iter,
         )
         decision = f"partition(replica {rep.idx} at t={now:.3f}s)"
@@ -411,8 +437,14 @@ class _Simulation:
             if v is None:
                 p = self.prefilled[i]
                 v = views[i] = WaitingView(
-                    i, self.arrival[i], self.target[i], p, self.target[i] - p, self.hit[i],
-                    p > self.hit[i] or self.preempt[i] > 0, self.preempt[i],
+                    i,
+                    self.arrival[i],
+                    self.target[i],
+                    p,
+                    self.target[i] - p,
+                    self.hit[i],
+                    p > self.hit[i] or self.preempt[i] > 0,
+                    self.preempt[i],
                 )
             out.append(v)
         return tuple(out)
@@ -487,6 +519,7 @@ class _Simulation:
                 self._retire(rep, i, now)
         if pending[0] == 1:
             for rid, tokens in chunks:
+                rep.wtok -= tokens
                 self.prefilled[rid] += tokens
                 self.view_cache[rid] = None
                 if self.prefilled[rid] == self.target[rid]:
@@ -553,6 +586,7 @@ class _Simulation:
             own = self.prefilled[j] - self.hit[j]
             if own > 0:
                 rep.kv_used -= own
+                rep.wtok += own
                 self._unpin(rep, j)
                 self.preempt[j] += 1
                 self.counters["preemptions"] += 1
@@ -569,7 +603,7 @@ class _Simulation:
         pins = self.pins[i] or []
         cache = rep.cache
         added = 0
-        for b in ids[len(pins):full]:
+        for b in ids[len(pins) : full]:
             if b in cache:
                 continue  # another request cached an identical block meanwhile; keep our copy
             cache[b] = 1
