@@ -224,6 +224,13 @@ def test_persistent_500_gives_up_with_a_reason(server):
     assert server.base_url in result.reason
 
 
+def test_body_that_is_not_a_chat_completion(server):
+    server.push(Reply(raw_body="<html>proxy error</html>"), Reply(raw_body="<html>again</html>"))
+    result = proposer(server, max_retries=1).propose(request(), passes)
+    assert not result.ok and len(server.requests) == 2
+    assert "not a chat completion" in result.reason and not result.fatal
+
+
 def test_reply_slower_than_timeout_is_retried(server):
     server.push(Reply(fenced(NEW_FILE), delay_s=2.0), ok(fenced(NEW_FILE)))
     start = time.monotonic()
@@ -246,6 +253,34 @@ def test_401_is_not_retried_and_the_key_never_shows(server):
     assert "401" in result.reason and server.base_url in result.reason
     assert SECRET not in result.reason
     assert SECRET not in repr(llm) and SECRET not in repr(llm.config)
+
+
+def test_reasoning_model_parameters_are_learned(server):
+    server.push(
+        error(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+        ),
+        error(400, "Unsupported value: 'temperature' does not support 0.8 with this model."),
+        ok(fenced(NEW_FILE)),
+        ok(fenced(NEW_FILE)),
+    )
+    llm = proposer(server, model="o4-mini", max_retries=0)
+    assert llm.propose(request(), passes).ok
+    assert llm.propose(request(), passes).ok
+    first, _, third, fourth = (r.body for r in server.requests)
+    assert first["max_tokens"] == 4096 and first["temperature"] == 0.8
+    for body in (third, fourth):
+        assert body["max_completion_tokens"] == 4096
+        assert "max_tokens" not in body and "temperature" not in body
+
+
+def test_other_400_is_not_retried(server):
+    server.push(error(400, "messages: too long"), ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), passes)
+    assert not result.ok and not result.fatal and len(server.requests) == 1
+    assert "400" in result.reason and "too long" in result.reason
 
 
 def test_404_unknown_model(server):

@@ -73,9 +73,10 @@ class LLMConfig:
         backoff_s: first backoff wait; it doubles per retry, with seeded jitter, up to
             ``max_backoff_s``.
         max_backoff_s: cap on one backoff wait, and on a wait a ``retry-after`` header asks for.
-        temperature: sampling temperature; None leaves it to the endpoint (some reasoning models
-            refuse any value).
-        max_tokens: cap on one reply's length; None leaves it to the endpoint.
+        temperature: sampling temperature; None leaves it to the endpoint. A model that refuses
+            it (OpenAI's reasoning models) is asked again without it, once, and remembered.
+        max_tokens: cap on one reply's length; None leaves it to the endpoint. Sent as
+            ``max_completion_tokens`` once a model says it wants that name.
         concurrency: proposals in flight at once in ``propose_many``.
         max_check_retries: how many times a reply that is unusable (no code, an edit that does
             not apply) or whose code the check refuses goes back to the model with the reasons.
@@ -84,7 +85,7 @@ class LLMConfig:
         token_budget: total prompt + completion tokens this proposer may spend; None = no cap.
         usd_budget: total dollars it may spend; None = no cap. Both are checked before every
             call (a hard stop); calls already in flight may overshoot by at most their own size.
-        seed: seeds the backoff jitter (and is sent to endpoints that accept a seed).
+        seed: seeds the backoff jitter.
         extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
     """
 
@@ -294,6 +295,8 @@ class LLMProposer:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._rng = random.Random(self.config.seed)
+        self._token_param = "max_tokens"
+        self._drop_temperature = False
         self.spent = spent or Spend()
         self._templates = template_env()
         self._api_doc: str | None = None
@@ -341,25 +344,23 @@ class LLMProposer:
         import openai
 
         cfg = self.config
-        kwargs: dict[str, Any] = {"model": self.model, "messages": list(messages)}
-        if cfg.temperature is not None:
-            kwargs["temperature"] = cfg.temperature
-        if cfg.max_tokens is not None:
-            kwargs["max_tokens"] = cfg.max_tokens
-        if cfg.extra_body:
-            kwargs["extra_body"] = dict(cfg.extra_body)
         last = ""
-        for attempt in range(cfg.max_retries + 1):
+        adapted = 0  # 400s answered by changing a parameter (reasoning models)
+        attempt = 0  # retries used on retryable failures
+        while True:
             stop = self._budget_left()
             if stop:
                 raise EndpointError(stop, fatal=True)
             wait: float | None = None
             try:
-                response = self._client.chat.completions.create(**kwargs)
+                response = self._client.chat.completions.create(**self._request_args(messages))
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 detail = self._scrub(_error_message(exc))
                 last = f"{self.endpoint} answered {status}: {detail}"
+                if status == 400 and adapted < 2 and self._adapt(detail):
+                    adapted += 1  # resend at once with the parameter the model wants
+                    continue
                 if status not in _RETRY_STATUSES:
                     fatal = status in (401, 403, 404)
                     raise EndpointError(f"{last} (not retried)", fatal=fatal) from None
@@ -368,14 +369,45 @@ class LLMProposer:
                 last = f"{self.endpoint} did not answer within {cfg.timeout_s:g} s"
             except openai.APIConnectionError as exc:
                 last = f"cannot reach {self.endpoint}: {self._scrub(str(exc.__cause__ or exc))}"
+            except Exception as exc:  # a body that is not a chat completion (proxy page, ...)
+                detail = self._scrub(f"{type(exc).__name__}: {exc}")[:300]
+                last = f"{self.endpoint} sent something that is not a chat completion ({detail})"
             else:
                 return self._read(response)
             if attempt == cfg.max_retries:
                 break
             delay = self._backoff(attempt) if wait is None else min(wait, cfg.max_backoff_s)
-            log.warning("LLM call failed (%s); retry %d in %.2f s", last, attempt + 1, delay)
+            attempt += 1
+            log.warning("LLM call failed (%s); retry %d in %.2f s", last, attempt, delay)
             self._sleep(delay)
         raise EndpointError(f"{last} (gave up after {cfg.max_retries + 1} tries)")
+
+    def _request_args(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+        cfg = self.config
+        kwargs: dict[str, Any] = {"model": self.model, "messages": list(messages)}
+        with self._lock:
+            drop_temperature, token_param = self._drop_temperature, self._token_param
+        if cfg.temperature is not None and not drop_temperature:
+            kwargs["temperature"] = cfg.temperature
+        if cfg.max_tokens is not None:
+            kwargs[token_param] = cfg.max_tokens
+        if cfg.extra_body:
+            kwargs["extra_body"] = dict(cfg.extra_body)
+        return kwargs
+
+    def _adapt(self, detail: str) -> bool:
+        """Reasoning models (o-series, gpt-5) refuse ``max_tokens`` and any temperature but the
+        default, with a 400 that says so; learn that once and ask again instead of failing
+        every proposal. True when something changed."""
+        text = detail.lower()
+        with self._lock:
+            if "max_completion_tokens" in text and self._token_param == "max_tokens":
+                self._token_param = "max_completion_tokens"
+                return True
+            if "temperature" in text and not self._drop_temperature:
+                self._drop_temperature = True
+                return True
+        return False
 
     def _read(self, response: Any) -> _Reply:
         choices = getattr(response, "choices", None) or []
@@ -422,7 +454,18 @@ class LLMProposer:
     # -- the dialogue ------------------------------------------------------------------------
 
     def propose(self, request: ProposalRequest, check: CheckFn) -> Proposal:
-        """Ask, parse, check; on a refusal send the reasons back, up to max_check_retries times."""
+        """Ask, parse, check; on a refusal send the reasons back, up to max_check_retries times.
+
+        Never raises: whatever goes wrong becomes a Proposal with ``ok=False`` and the reason.
+        """
+        try:
+            return self._propose(request, check)
+        except Exception as exc:  # a bug here must cost one proposal, not the campaign
+            log.exception("LLM proposer failed")
+            reason = self._scrub(f"internal error: {type(exc).__name__}: {exc}")
+            return Proposal(None, False, reason, model=self.model)
+
+    def _propose(self, request: ProposalRequest, check: CheckFn) -> Proposal:
         replies: list[str] = []
         totals = {"prompt": 0, "completion": 0, "cost": 0.0}
         attempts = 0
