@@ -1,0 +1,122 @@
+"""The command line: readable output, --json, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotuner.cli import main
+
+SHARED = Path(os.environ.get("AUTOTUNER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".."
+                              / "shared" / "data"))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_simulate_prints_a_metrics_table(capsys):
+    code, out, err = run(capsys, "simulate", "--workload", "chat", "--requests", "300")
+    assert code == 0, err
+    for word in ("TTFT", "TPOT", "throughput", "SLO attainment", "goodput", "cost", "p99"):
+        assert word in out
+
+
+def test_simulate_json_has_every_metric(capsys):
+    code, out, _ = run(capsys, "simulate", "--policy", "prefix_aware", "--workload", "multiturn",
+                       "--requests", "200", "--replicas", "2", "--json", "--ttft-slo", "5")
+    assert code == 0
+    data = json.loads(out)
+    m = data["metrics"]
+    for key in ("ttft_s", "tpot_s", "e2e_s", "queue_s", "throughput_tok_s", "slo_attainment",
+                "goodput_tok_s", "cost_per_mtok_usd"):
+        assert key in m
+    assert m["slo"]["ttft_s"] == 5.0 and data["cluster"]["replicas"] == 2
+    assert set(m["queue_s"]) == {"mean", "p50", "p90", "p99"}
+
+
+def test_simulate_capacity(capsys):
+    code, out, _ = run(capsys, "simulate", "--workload", "chat", "--requests", "300",
+                       "--replicas", "1", "--capacity", "--json")
+    assert code == 0
+    cap = json.loads(out)["capacity"]
+    assert cap["rate"] > 0 and len(cap["probes"]) >= 3
+
+
+def test_workloads_lists_the_scenarios(capsys):
+    code, out, _ = run(capsys, "workloads")
+    assert code == 0
+    for name in ("chat", "summarize", "multiturn", "bursty", "mixed"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["simulate", "--workload", "nope"], "nope"),
+        (["simulate", "--gpu", "tpu9"], "tpu9"),
+        (["simulate", "--model", "gpt-17"], "gpt-17"),
+        (["simulate", "--replicas", "0"], "--replicas"),
+        (["simulate", "--requests", "0"], "requests"),
+        (["simulate", "--rate", "-3"], "rate"),
+        (["simulate", "--policy", "missing_policy.py"], "missing_policy.py"),
+        (["simulate", "--policy", "no_such_baseline"], "no_such_baseline"),
+        (["simulate", "--param", "chunk_size=abc"], "not a number"),
+        (["simulate", "--param", "chunky=5"], "chunky"),
+        (["simulate", "--param", "chunk_size=1"], "outside"),
+        (["simulate", "--trace", "/nonexistent/trace.csv"], "trace.csv"),
+        (["simulate", "--window", "0:10"], "--window"),
+        (["simulate", "--model", "llama-3-70b", "--gpu", "a100"], "fit"),
+        (["simulate", "--ttft-slo", "0"], "SLO"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("autotuner simulate: error:"), err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_malformed_trace_names_line_and_field(capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n1.0,x,5\n")
+    code, _, err = run(capsys, "simulate", "--trace", str(bad))
+    assert code == 2 and "line 3" in err and "num_prefill_tokens" in err
+
+
+def test_bad_policy_file_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "p.py"
+    bad.write_text("def partition(replica, params)\n    return 1\n")
+    code, _, err = run(capsys, "simulate", "--policy", str(bad), "--requests", "10")
+    assert code == 2 and "syntax error" in err and len(err.strip().splitlines()) == 1
+
+
+def test_illegal_decision_exits_failed_with_reason(capsys, tmp_path):
+    pol = tmp_path / "p.py"
+    pol.write_text("TUNABLES = {}\n\ndef route(request, cluster, params):\n    return 99\n")
+    code, _, err = run(capsys, "simulate", "--policy", str(pol), "--requests", "10")
+    assert code == 1 and "route(request 0" in err and "does not exist" in err
+
+
+@pytest.mark.skipif(not (SHARED / "traces").is_dir(), reason="../shared/data is absent")
+@pytest.mark.parametrize("trace", ["azure_conv_2023.csv", "mooncake_conversation.jsonl"])
+def test_simulate_real_traces(capsys, trace):
+    code, out, err = run(capsys, "simulate", "--trace", str(SHARED / "traces" / trace),
+                         "--requests", "300", "--rate-scale", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["requests"] == 300
+
+
+def test_console_script_runs():
+    proc = subprocess.run([sys.executable, "-m", "autotuner.cli", "workloads"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "chat" in proc.stdout
