@@ -221,3 +221,40 @@ def test_unclosed_fence_is_used_only_if_it_parses():
 def test_code_blocks_handles_tildes_and_languages():
     text = "~~~py\na = 1\n~~~\n```text\nnot code\n```\n"
     assert code_blocks(text) == [("py", "a = 1\n", True), ("text", "not code\n", True)]
+
+
+def test_failed_edits_beside_a_whole_file_fall_back_to_the_file():
+    reply = (
+        "I considered an edit:\n<<<<<<< SEARCH\n    nothing like this\n=======\n    x\n"
+        ">>>>>>> REPLACE\nbut here is the whole file instead:\n" + fenced(NEW_FILE)
+    )
+    assert parse_reply(reply, PARENT) == (NEW_FILE, "")
+
+
+def test_parse_reply_never_raises_on_mangled_replies():
+    import random
+
+    rng = random.Random(7)
+    pieces = [
+        "```python",
+        "```",
+        "~~~",
+        "<<<<<<< SEARCH",
+        "=======",
+        ">>>>>>> REPLACE",
+        "<think>",
+        "</think>",
+        "TUNABLES = {}",
+        "def partition(replica, params):",
+        "    return (1, ())",
+        '    budget = params["chunk_size"]',
+        "",
+        "prose",
+        "\t\tx",
+        "def route(request, cluster,",
+    ]
+    parent_lines = PARENT.splitlines()
+    for _ in range(400):
+        lines = [rng.choice(pieces + parent_lines) for _ in range(rng.randint(0, 30))]
+        code, reason = parse_reply("\n".join(lines), PARENT)
+        assert (code is None) == bool(reason)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 # must not be mistaken for the answer.
 _THINK_RE = re.compile(r"<(think|thinking|reasoning)>.*?(</\1>|\Z)", re.DOTALL | re.IGNORECASE)
 _FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+-]*)[^\n]*$", re.MULTILINE)
-_SEARCH_RE = re.compile(r"^[ \t]*<{5,9}[ \t]*SEARCH\b.*$")
+_SEARCH_RE = re.compile(r"^[ \t]*<{5,9}[ \t]*SEARCH\b.*$", re.MULTILINE)
 _DIVIDER_RE = re.compile(r"^[ \t]*={5,9}[ \t]*$")
 _REPLACE_RE = re.compile(r"^[ \t]*>{5,9}[ \t]*REPLACE\b.*$")
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
@@ -234,14 +234,16 @@ def parse_reply(reply: str, parent_code: str) -> tuple[str | None, str]:
     text = strip_reasoning(reply or "")
     if not text.strip():
         return None, "empty reply"
-    if any(_SEARCH_RE.match(line) for line in text.splitlines()):
+    if _SEARCH_RE.search(text):
         try:
             edits = parse_edits(text)
             code = apply_edits(parent_code, edits)
         except EditError as exc:
-            return None, str(exc)
-        if not edits:
-            return None, "no SEARCH/REPLACE edit found in reply"
+            # Edits that fail beside a whole file (say, markers quoted in prose): use the file.
+            whole = _whole_file(text)
+            if whole is None or _SEARCH_RE.search(whole):
+                return None, str(exc)
+            code = whole
     else:
         whole = _whole_file(text)
         if whole is None:
