@@ -232,11 +232,11 @@ def test_body_that_is_not_a_chat_completion(server):
 
 
 def test_reply_slower_than_timeout_is_retried(server):
-    server.push(Reply(fenced(NEW_FILE), delay_s=2.0), ok(fenced(NEW_FILE)))
+    server.push(Reply(fenced(NEW_FILE), delay_s=3.0), ok(fenced(NEW_FILE)))
     start = time.monotonic()
     result = proposer(server, timeout_s=0.5).propose(request(), passes)
     assert result.ok and len(server.requests) == 2
-    assert 0.45 < time.monotonic() - start < 1.9  # did not wait for the slow reply
+    assert 0.45 < time.monotonic() - start < 2.8  # did not wait for the slow reply
 
 
 def test_timeout_without_retries_is_reported(server):
@@ -333,11 +333,9 @@ def test_several_proposals_in_flight(server):
 
     server.push(*[echo_parent] * 4)
     llm = proposer(server, concurrency=4)
-    start = time.monotonic()
     results = llm.propose_many([request(f"c{i}") for i in range(4)], passes)
-    elapsed = time.monotonic() - start
     assert all(r.ok for r in results) and len(server.requests) == 4
-    assert server.max_in_flight >= 2 and elapsed < 1.4  # one at a time would take 1.6 s
+    assert server.max_in_flight >= 2  # the server held several requests at once
     assert [r.code.splitlines()[-1] for r in results] == [f"# from c{i}" for i in range(4)]
     assert llm.spent.calls == 4 and llm.spent.prompt_tokens == 400
 
