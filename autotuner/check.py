@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import builtins
 import string
+import symtable
 import sys
 import warnings
 from collections.abc import Iterator
@@ -245,10 +246,12 @@ class _Checker:
     def add(self, node: ast.AST | None, construct: str, text: str) -> None:
         line = getattr(node, "lineno", 0) or 0 if node is not None else 0
         col = getattr(node, "col_offset", 0) or 0 if node is not None else 0
-        key = (line, col, construct)
-        if key in self._seen:
+        # One report per position and construct, and one per identical sentence on a line
+        # (a chain like 2**2**2**... would otherwise repeat itself).
+        keys = ((line, col, construct), (line, -1, text))
+        if any(k in self._seen for k in keys):
             return
-        self._seen.add(key)
+        self._seen.update(keys)
         message = f"line {line}: {text}" if line else text
         self.issues.append(CheckIssue(line, col, construct, message))
 
@@ -716,7 +719,8 @@ class _Checker:
 
     def check_binop(self, node: ast.BinOp) -> None:
         if isinstance(node.op, ast.Pow):
-            self.check_exponent(node, node.right)
+            if self.check_exponent(node, node.right):
+                return
         elif isinstance(node.op, ast.LShift):
             amount = _const_value(node.right)
             if isinstance(amount, int) and amount > MAX_SHIFT:
@@ -746,7 +750,7 @@ class _Checker:
                 f"than {MAX_INT_BITS} bits); use floats or smaller numbers",
             )
 
-    def check_exponent(self, node: ast.AST, exponent: ast.AST) -> None:
+    def check_exponent(self, node: ast.AST, exponent: ast.AST) -> bool:
         value = _const_value(exponent)
         if value is _TOO_BIG or (
             isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXPONENT
@@ -757,6 +761,8 @@ class _Checker:
                 f"an integer exponent above {MAX_EXPONENT} is not "
                 "allowed (it would build a huge number); use floats, e.g. math.exp",
             )
+            return True
+        return False
 
     def check_call(self, node: ast.Call) -> None:
         func = node.func
@@ -1010,6 +1016,53 @@ def _compile_issues(tree: ast.Module) -> list[CheckIssue]:
     return []
 
 
+def _scope_issues(text: str, tree: ast.Module) -> list[CheckIssue]:
+    """Second opinion on names, from the compiler's own scope analysis (``symtable``).
+
+    The AST rules accept a name when it is bound anywhere in the file; Python resolves a name
+    that its scope does not bind through the module and then builtins. Here every free global
+    reference must be bound at module level or be an allowed built-in, exactly as Python sees it.
+    """
+    try:
+        top = symtable.symtable(text, "<policy>", "exec")
+    except Exception as exc:  # the compile step reports syntax problems with lines
+        return [_file_issue("syntax", f"the file cannot be analysed ({type(exc).__name__})")]
+    module_bound = {
+        sym.get_name()
+        for sym in top.get_symbols()
+        if sym.is_assigned() or sym.is_imported() or sym.is_namespace()
+    }
+    bad: set[str] = set()
+    stack = [top]
+    while stack:
+        table = stack.pop()
+        stack.extend(table.get_children())
+        for sym in table.get_symbols():
+            name = sym.get_name()
+            if not sym.is_referenced() or name in module_bound or name in ALLOWED_BUILTINS:
+                continue
+            if table is top or sym.is_global():
+                bad.add(name)
+    issues = []
+    for name in sorted(bad):
+        loads = (
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)
+        )
+        node = min(loads, key=lambda n: (n.lineno, n.col_offset), default=None)
+        line = getattr(node, "lineno", 0)
+        issues.append(
+            _file_issue(
+                "undefined-name",
+                f"the name '{name}' is used where it is neither a module-level name of this "
+                "file nor an allowed built-in; define it at module level or pass it in",
+                line,
+            )
+        )
+    return issues
+
+
 def _read_tunables(
     code: str, name: str, tree: ast.Module
 ) -> tuple[PolicySource | None, list[CheckIssue]]:
@@ -1094,6 +1147,8 @@ def _check(code: object, name: str) -> CheckResult:
     issues = list(checker.issues)
     if not issues:
         issues.extend(_compile_issues(tree))
+    if not issues:
+        issues.extend(_scope_issues(text, tree))
     source, tunable_issues = _read_tunables(text, name, tree)
     constructs = {i.construct for i in issues}
     issues.extend(i for i in tunable_issues if i.construct not in constructs)

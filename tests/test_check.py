@@ -143,6 +143,10 @@ HOSTILE = [
     ("import functools\ndef f(xs):\n    return functools.reduce(getattr, xs)", "builtin", 3),
     ("@print\ndef f():\n    return 1", "builtin", 1),
     ("def f():\n    return sys.modules", "undefined-name", 2),
+    # names Python would resolve to builtins: a local elsewhere does not count, globals must be
+    # bound at module level
+    ("def f():\n    foo = 1\ndef g():\n    return foo", "undefined-name", 4),
+    ("def f():\n    global Y\n    Y = 1\ndef g():\n    return Y", "undefined-name", 5),
     # built-in names may not be rebound, so a built-in name always means the built-in
     ("len = 3", "shadow-builtin", 1),
     ("def f(type):\n    return type", "shadow-builtin", 1),
@@ -249,6 +253,11 @@ def test_hostile_snippet_refused(snippet, construct, line):
     _assert_refused(result, construct, HEAD_LINES + line)
     issue = next(i for i in result.issues if i.construct == construct)
     assert issue.message.startswith(f"line {issue.line}: ")
+
+
+def test_repeated_problem_reported_once_per_line():
+    result = _check_snippet("X = " + " ** ".join(["2"] * 30))
+    assert [i.construct for i in result.issues] == ["constant-bomb"]
 
 
 def test_messages_say_what_to_do():
