@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,9 +361,9 @@ def calibrate(paths: list[str], gpu: GPU | None = None) -> dict:
     return {
         "gpu": g.name,
         "error_definition": (
-            "overall = mean over rows of |predicted - measured| / measured of the per-layer sum "
-            "of the nine profiled layer operators (all but emb), using median times; per-op = "
-            "the same for each operator alone"
+            "mean over all rows of |predicted - measured| / measured, where a row's value is "
+            "the sum of its nine per-layer operators (all but emb), median times; per-operator "
+            "MAPE: the same for each operator alone"
         ),
         "shipped": {**shipped, "layer_overhead_s": g.layer_overhead_s},
         "fitted": {**fitted, "layer_overhead_s": g.layer_overhead_s},
@@ -430,7 +431,7 @@ def format_report(result: dict, model_label: str | None = None) -> str:
         a, b = prof["shipped"]["overall_bias"], prof["fitted"]["overall_bias"]
         lines.append(f"  {'  bias (mean signed error)':<28}{_pct(a):>9}{_pct(b):>9}")
         lines.append("")
-    lines.append("Overall = " + result["error_definition"] + ".")
+    lines.extend(textwrap.wrap("OVERALL = " + result["error_definition"] + ".", 98))
     lines.append("")
     sh, ft = result["shipped"], result["fitted"]
     lines.append(f"  {'constant':<28}{'shipped':>11}{'fitted':>11}")

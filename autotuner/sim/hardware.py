@@ -131,7 +131,7 @@ class Model:
 # NVLink bandwidth is per direction (A100 NVLink3 600 GB/s, H100/H200 NVLink4 900 GB/s,
 # B200 NVLink5 1.8 TB/s, all quoted bidirectional). All-reduce latency and the ~75 % bus
 # efficiency the cost model applies come from Vidur's H100 DGX all_reduce profile (about 25 us
-# for small messages).
+# for small messages; its "size" column read as bytes).
 #
 # Prices: approximate 2025 on-demand list prices per GPU-hour at specialised GPU clouds
 # (Lambda, RunPod, CoreWeave list A100 80GB SXM near $1.8, H100 SXM near $3, B200 near $5;
@@ -140,8 +140,10 @@ class Model:
 #
 # Efficiency constants: fitted with `autotuner calibrate` on Vidur's operator profiles
 # (H100: Llama-2-7B and Llama-2-70B; A100: Llama-3-8B and Llama-3-70B), one set per GPU shared
-# by all models. H200 and B200 have no public profile here: they reuse the H100 constants (same
-# software stack and a similar memory system), which is an assumption, not a measurement.
+# by all models; reproduce with `autotuner calibrate --profile A --profile B` on both files of
+# a GPU. layer_overhead_s is an estimate (see GPU). H200 and B200 have no public profile here:
+# they reuse the H100 constants (same software stack, similar memory system), an assumption,
+# not a measurement.
 _H100_EFF = dict(compute_eff=0.69, mem_eff=0.88, op_overhead_s=10e-6, layer_overhead_s=10e-6)
 
 GPUS: dict[str, GPU] = {
