@@ -36,6 +36,7 @@ import builtins
 import string
 import symtable
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ MAX_EXPONENT = 10_000  # a constant integer exponent above this is refused, what
 MAX_SHIFT = 4_096
 MAX_REPEAT_ITEMS = 100_000  # "ab" * N, [0] * N with constant N
 MAX_ISSUES = 25
+
+# warnings.catch_warnings swaps process-wide state; proposers call the check from threads, so
+# the parse and compile steps that silence SyntaxWarnings ("\\d" escapes) take turns.
+_WARNINGS_LOCK = threading.Lock()
 
 # --- allow-lists --------------------------------------------------------------------------------
 
@@ -979,7 +984,7 @@ def _precheck_text(code: object) -> tuple[str | None, list[CheckIssue]]:
 
 def _parse(code: str, name: str) -> tuple[ast.Module | None, list[CheckIssue]]:
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return ast.parse(code, filename="<policy>"), []
     except SyntaxError as exc:
@@ -1006,7 +1011,7 @@ def _parse(code: str, name: str) -> tuple[ast.Module | None, list[CheckIssue]]:
 def _compile_issues(tree: ast.Module) -> list[CheckIssue]:
     """Errors the parser leaves to the compiler ('return' outside function, bad nonlocal...)."""
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compile(tree, "<policy>", "exec", dont_inherit=True)
     except SyntaxError as exc:
@@ -1024,7 +1029,9 @@ def _scope_issues(text: str, tree: ast.Module) -> list[CheckIssue]:
     reference must be bound at module level or be an allowed built-in, exactly as Python sees it.
     """
     try:
-        top = symtable.symtable(text, "<policy>", "exec")
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            top = symtable.symtable(text, "<policy>", "exec")
     except Exception as exc:  # the compile step reports syntax problems with lines
         return [_file_issue("syntax", f"the file cannot be analysed ({type(exc).__name__})")]
     module_bound = {
@@ -1076,7 +1083,9 @@ def _read_tunables(
         0,
     )
     try:
-        return read_policy_source(code, name="<policy>"), []
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it parses again, with the same escape warnings
+            return read_policy_source(code, name="<policy>"), []
     except PolicyFileError as exc:
         text = str(exc)
         for prefix in ("<policy> line ", "<policy>: ", "<policy>"):
@@ -1115,6 +1124,11 @@ def check_policy(code: str, name: str = "<policy>") -> CheckResult:
                 )
             ]
         )
+
+
+def check_reasons(code: str) -> list[str]:
+    """The proposers' ``CheckFn``: the reasons a file is refused, empty when it passes."""
+    return check_policy(code).reasons()
 
 
 def _check(code: object, name: str) -> CheckResult:

@@ -9,9 +9,11 @@ import pytest
 
 from autotuner.check import (
     ALLOWED_IMPORTS,
+    ALLOWED_MODULES,
     MAX_DEPTH,
     CheckResult,
     check_policy,
+    check_reasons,
 )
 from autotuner.policy import MAX_POLICY_BYTES
 from autotuner.resources import baseline_path
@@ -498,3 +500,30 @@ def test_source_is_returned_even_when_refused():
     result = _check_snippet("import os")
     assert not result.ok
     assert result.source is not None and result.source.defines == ("route",)
+
+
+def test_allowed_members_exist_and_are_no_modules():
+    """A typo would be a dead entry; a module among the members would reopen the import rule."""
+    import importlib
+    import types
+
+    newer = {("itertools", "batched"), ("math", "cbrt"), ("math", "exp2")}  # 3.11/3.12 names
+    for module_name, members in ALLOWED_MODULES.items():
+        module = importlib.import_module(module_name)
+        for member in members:
+            assert not member.startswith("_")
+            if (module_name, member) in newer and not hasattr(module, member):
+                continue
+            assert hasattr(module, member), f"{module_name}.{member}"
+            assert not isinstance(getattr(module, member), types.ModuleType)
+
+
+def test_no_warnings_and_same_answers_from_threads(recwarn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    codes = [HEAD + "X = '\\d'\n", HEAD + "import os\n", HEAD] * 20
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(check_reasons, codes))
+    assert results == [check_reasons(c) for c in codes]
+    assert results[0] == [] and results[1] and results[2] == []
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning | DeprecationWarning)]
