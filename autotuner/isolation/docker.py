@@ -1,0 +1,236 @@
+"""Docker, through the docker SDK, with an image built locally by ``sandbox/build_image.sh``.
+
+Each evaluation is one fresh container: no network (``network_mode=none``), read-only root, tmpfs
+``/scratch`` and ``/tmp``, cgroup limits on memory (swap included), pids and CPU, rlimits on CPU
+seconds, file size and open files, every capability dropped, ``no-new-privileges``, uid/gid
+65534, no log driver (output goes only through the attach stream, which is read with a byte
+cap), and gVisor's ``runsc`` runtime when the engine has it registered and it passes the
+self-test. The autotuner package, the baselines and ``worker.py`` are bind-mounted read-only from
+this installation, so the image (Debian's python3 and numpy only) never goes stale. The container
+is removed, whatever happened, before ``close()`` returns; containers carry the label
+``org.autotuner.sandbox=1`` so that anything left by a killed parent can be found.
+
+The image's Python and numpy are Debian's, not this process's, so the trusted side sends the
+workload as data rather than letting the worker regenerate it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+from typing import Any
+
+from .base import (
+    WORKER_ENV,
+    Backend,
+    ExitInfo,
+    HostLayout,
+    Limits,
+    WorkerHandle,
+    describe_exit,
+)
+
+IMAGE = os.environ.get("AUTOTUNER_SANDBOX_IMAGE", "autotuner-sandbox:latest")
+LABEL = "org.autotuner.sandbox"
+_DIST = "/usr/lib/python3/dist-packages"  # Debian's numpy in the image
+
+
+def _client(timeout: int = 30) -> Any:
+    import docker
+
+    return docker.from_env(timeout=timeout)
+
+
+class DockerWorker(WorkerHandle):
+    def __init__(self, client: Any, container_id: str, sock: Any, request: bytes,
+                 limits: Limits):
+        super().__init__(limits)
+        self.client = client
+        self.cid = container_id
+        self._resp = sock  # keep the HTTP response alive while its socket is in use
+        self.sock = sock._sock if hasattr(sock, "_sock") else sock
+        self._frame = bytearray()
+        self._todo = memoryview(request)
+        self.sock.setblocking(False)
+        self._eof = False
+        self._oom = False
+
+    def _send_some(self) -> None:
+        while self._todo:
+            try:
+                n = self.sock.send(self._todo[: 1 << 16])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._todo = memoryview(b"")
+                break
+            self._todo = self._todo[n:]
+        if not self._todo:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)  # the worker sees EOF on stdin
+            except OSError:
+                pass
+            self._todo = None  # type: ignore[assignment]
+
+    def _poll(self, timeout: float) -> list[tuple[str, bytes]]:
+        if self._eof:
+            return [("out", b""), ("err", b"")]
+        want_write = self._todo is not None
+        if want_write:
+            self._send_some()
+            want_write = self._todo is not None
+        r, _, _ = select.select([self.sock], [self.sock] if want_write else [], [], timeout)
+        chunks: list[tuple[str, bytes]] = []
+        if not r:
+            return chunks
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return chunks
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+            return [("out", b""), ("err", b"")]
+        self._frame += data
+        # Multiplexed attach stream: 8-byte header (stream, 0, 0, 0, big-endian length), payload.
+        while len(self._frame) >= 8:
+            kind, size = self._frame[0], struct.unpack(">I", self._frame[4:8])[0]
+            if len(self._frame) < 8 + size:
+                break
+            payload = bytes(self._frame[8: 8 + size])
+            del self._frame[: 8 + size]
+            chunks.append(("out" if kind == 1 else "err", payload))
+        return chunks
+
+    def _kill(self) -> None:
+        try:
+            self.client.api.kill(self.cid)
+        except Exception:  # noqa: BLE001 - it may have exited already
+            pass
+
+    def _exit_info(self, timeout: float) -> ExitInfo:
+        try:
+            status = self.client.api.wait(self.cid, timeout=max(1, int(timeout)))["StatusCode"]
+        except Exception:  # noqa: BLE001 - a wait that times out
+            return ExitInfo(None, "", False)
+        try:
+            self._oom = bool(self.client.api.inspect_container(self.cid)["State"]["OOMKilled"])
+        except Exception:  # noqa: BLE001
+            self._oom = False
+        if status == 0 and not self._oom:
+            return ExitInfo(0, "", True)
+        return ExitInfo(status, describe_exit(status, signal_offset=True, limits=self.limits,
+                                              oom_killed=self._oom), False)
+
+    def _cleanup(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self._resp.close()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.client.api.remove_container(self.cid, force=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+class DockerBackend(Backend):
+    def __init__(self) -> None:
+        super().__init__(
+            name="docker",
+            strength="docker: no network, read-only root, cgroup limits, no capabilities, "
+                     "non-root",
+            weaker=False,
+            same_runtime=False,
+        )
+        self._layout: HostLayout | None = None
+        self.runtime: str | None = None
+        self._client: Any = None
+
+    def probe(self) -> tuple[bool, str]:
+        try:
+            import docker  # noqa: F401
+        except ImportError:
+            return False, "the docker SDK is not installed (pip install docker)"
+        try:
+            client = _client(10)
+            info = client.info()
+        except Exception as exc:  # noqa: BLE001 - no engine, no socket, no permission
+            return False, f"no docker engine answers ({type(exc).__name__})"
+        try:
+            client.images.get(IMAGE)
+        except Exception:  # noqa: BLE001
+            return False, f"image {IMAGE} is not built here (run sandbox/build_image.sh)"
+        self._client = client
+        runtimes = list((info.get("Runtimes") or {}).keys())
+        tried = []
+        for runtime in (["runsc"] if "runsc" in runtimes else []) + [None]:
+            self.runtime = runtime
+            self.detail = f"runtime {runtime or info.get('DefaultRuntime') or 'runc'}"
+            ok, why = self._selftest()
+            if ok:
+                if tried:
+                    self.detail += f"; runsc failed its self-test: {tried[0]}"
+                return True, ""
+            tried.append(why)
+        return False, "; ".join(tried)
+
+    def start(self, request: bytes, limits: Limits) -> WorkerHandle:
+        from docker.types import LogConfig, Mount, Ulimit
+
+        if self._layout is None:
+            self._layout = HostLayout.of_this_process()
+        client = self._client or _client()
+        self._client = client
+        mounts = [Mount(f"/sandbox/lib/{name}", host, type="bind", read_only=True)
+                  for host, name in self._layout.lib_binds if not name.startswith("numpy")]
+        mounts.append(Mount("/sandbox/worker.py", self._layout.worker, type="bind",
+                            read_only=True))
+        cpu = max(1, int(limits.cpu_s))
+        host_config = client.api.create_host_config(
+            network_mode="none", read_only=True,
+            tmpfs={"/scratch": f"size={limits.scratch_bytes},mode=1777",
+                   "/tmp": "size=1048576,mode=1777"},
+            mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes,
+            pids_limit=limits.processes, nano_cpus=1_000_000_000,
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], ipc_mode="none",
+            ulimits=[Ulimit(name="cpu", soft=cpu, hard=cpu + 1),
+                     Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes),
+                     Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
+                     Ulimit(name="core", soft=0, hard=0)],
+            log_config=LogConfig(type="none"), mounts=mounts, runtime=self.runtime,
+        )
+        container = client.api.create_container(
+            IMAGE,
+            command=["python3", "-I", "-S", "-B", "/sandbox/worker.py", "/sandbox/lib", _DIST],
+            user="65534:65534", environment=dict(WORKER_ENV), working_dir="/scratch",
+            hostname="sandbox", stdin_open=True, detach=False, tty=False,
+            network_disabled=True, labels={LABEL: "1"}, host_config=host_config,
+        )
+        cid = container["Id"]
+        try:
+            sock = client.api.attach_socket(
+                cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            client.api.start(cid)
+        except BaseException:
+            try:
+                client.api.remove_container(cid, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+        return DockerWorker(client, cid, sock, request, limits)
+
+
+def leftover_containers() -> list[str]:
+    """Ids of sandbox containers that still exist (for tests and for cleaning up by hand)."""
+    try:
+        client = _client(10)
+        return [c["Id"] for c in client.api.containers(all=True, filters={"label": LABEL})]
+    except Exception:  # noqa: BLE001
+        return []

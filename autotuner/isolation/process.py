@@ -1,0 +1,123 @@
+"""The last resort: a plain child process with rlimits, a scrubbed environment, isolated Python.
+
+WEAKER than bwrap and docker, and the CLI says so: the worker sees the whole filesystem with the
+rights of the user it runs as, so it can read (and, outside its scratch directory, write) what
+that user can. What it still gets, strongest variant first, whichever passes the self-test:
+
+- ``unshare-nobody`` (root only): new net, pid, ipc, uts and mount namespaces (no network; it
+  sees only its own processes, and all of them die with it) and uid/gid 65534 (nobody), so the
+  user's private files are out of reach. Needs the Python installation readable by nobody.
+- ``unshare``: the same namespaces (a user namespace when not root), same uid; as root, every
+  capability is dropped (empty bounding set, no-new-privs) before Python starts.
+- ``plain``: no namespaces at all (network reachable!), only rlimits and no-new-privs.
+
+Always: ``python -I -S -B``, an environment of only PATH/LANG/HOME/TMPDIR and BLAS thread counts,
+a private scratch directory as cwd, HOME and TMPDIR (removed afterwards), rlimits on CPU, address
+space, file size and open files, RLIMIT_NPROC set by the worker itself, wall time and output
+caps enforced by the parent, and the process group killed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .base import (
+    WORKER_ENV,
+    Backend,
+    HostLayout,
+    Limits,
+    PopenWorker,
+    WorkerHandle,
+    rlimit_preexec,
+)
+
+NOBODY = 65534
+_NS = ["--net", "--pid", "--fork", "--kill-child", "--ipc", "--uts", "--mount-proc"]
+
+
+def _variants() -> list[tuple[str, list[str]]]:
+    """(name, command prefix) in order of strength; the self-test keeps the first that works."""
+    unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
+    out: list[tuple[str, list[str]]] = []
+    root = os.geteuid() == 0
+    drop = [setpriv, "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs"] \
+        if setpriv else []
+    if unshare and root:
+        out.append(("unshare-nobody", [unshare, *_NS, "--setgid", str(NOBODY), "--setuid",
+                                       str(NOBODY), "--"]))
+        out.append(("unshare", [unshare, *_NS, "--", *drop]))
+    elif unshare:
+        out.append(("unshare", [unshare, "--user", *_NS, "--", *drop]))
+    out.append(("plain", [*drop]))
+    return out
+
+
+class ProcessBackend(Backend):
+    def __init__(self) -> None:
+        super().__init__(
+            name="process",
+            strength="a plain child process: the worker can read (and write outside its scratch "
+                     "directory) whatever your user can; prefer bwrap or docker",
+            weaker=True,
+            same_runtime=True,
+        )
+        self._layout: HostLayout | None = None
+        self._prefix: list[str] | None = None
+        self.variant = ""
+
+    def probe(self) -> tuple[bool, str]:
+        reasons = []
+        for name, prefix in _variants():
+            self._prefix, self.variant, self.detail = prefix, name, name
+            ok, why = self._selftest()
+            if ok:
+                if name == "plain":
+                    self.strength += "; no namespaces either: the network is reachable"
+                return True, ""
+            reasons.append(f"{name}: {why}")
+        self._prefix = None
+        return False, "; ".join(reasons)
+
+    def start(self, request: bytes, limits: Limits) -> WorkerHandle:
+        if self._layout is None:
+            self._layout = HostLayout.of_this_process()
+        if self._prefix is None:
+            raise RuntimeError("process backend used before its self-test")
+        layout = self._layout
+        top = Path(tempfile.mkdtemp(prefix="autotuner-sandbox-"))
+        try:
+            lib, scratch = top / "lib", top / "scratch"
+            lib.mkdir()
+            scratch.mkdir(mode=0o700)
+            for host, name in layout.lib_binds:
+                (lib / name).symlink_to(host)
+            worker = lib / "worker.py"
+            worker.symlink_to(layout.worker)
+            if self.variant == "unshare-nobody":
+                os.chown(scratch, NOBODY, NOBODY)
+            os.chmod(lib, 0o555)
+            os.chmod(top, 0o711)
+        except BaseException:
+            shutil.rmtree(top, ignore_errors=True)
+            raise
+        env = dict(WORKER_ENV, HOME=str(scratch), TMPDIR=str(scratch))
+        argv = [*self._prefix, layout.python, "-I", "-S", "-B", str(worker), str(lib)]
+
+        def cleanup() -> None:
+            try:
+                os.chmod(lib, 0o755)
+            except OSError:
+                pass
+            shutil.rmtree(top, ignore_errors=True)
+            if top.exists():  # files the worker made read-only: make them writable, try again
+                subprocess.run(["chmod", "-R", "u+rwX", str(top)], capture_output=True)
+                shutil.rmtree(top, ignore_errors=True)
+
+        return PopenWorker(
+            argv, request, limits, env=env, cwd=str(scratch), preexec=rlimit_preexec(limits),
+            signal_offset=self.variant != "plain", cleanup=cleanup,
+        )

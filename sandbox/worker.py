@@ -1,0 +1,183 @@
+"""The sandbox worker: runs one untrusted policy against its own simulator, in-process.
+
+Started by an isolation backend as ``python -I -S -B worker.py LIBDIR...`` (no site-packages, no
+PYTHON* variables, no cwd on the path): the LIBDIRs hold ``autotuner`` and ``numpy`` and nothing
+else. It reads ONE JSON request on stdin, then:
+
+1. tightens its own limits (RLIMIT_NPROC here, inside the backend's user namespace, where it
+   counts only the worker's own tasks) before any policy code exists;
+2. moves the result channel off fd 1, so anything the policy prints lands on stderr (noise);
+3. builds the workload itself (from a scenario spec) or takes it as data, and the cluster;
+4. loads the policy and simulates with every decision recorded (``RecordingPolicy``), streaming
+   the log as JSON lines ``{"d": [...]}`` while it runs, so the trusted side can replay them on
+   another core at the same time; then one ``{"end": {...}}`` line and ``os._exit``.
+
+The trusted side believes none of it but the decisions, which it replays and validates in its own
+simulator. Everything else here (the error text, the workload fingerprint) only helps explain a
+failure. Request keys: ``code``, ``name``, ``params``, ``cluster`` (ClusterSpec fields),
+``workload`` (``{"spec": {...}}`` or ``{"data": {...}}``), ``horizon``, ``limits``, ``batch``;
+or ``{"selftest": true}``.
+"""
+
+import json
+import os
+import sys
+
+sys.path[0:0] = [lib for lib in sys.argv[1:] if lib not in sys.path]
+
+MAX_REQUEST = 256 << 20
+
+
+def _emit(fd, obj):
+    data = (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _limit_self(limits):
+    import resource
+
+    nproc = int(limits.get("processes", 16))
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    except (ValueError, OSError):
+        pass
+
+
+def _describe(exc):
+    try:
+        text = str(exc)[:2000]
+        kind = type(exc).__name__
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        return "an exception that cannot be described"
+    return f"{kind}: {text}" if text else kind
+
+
+def _workload(spec_or_data):
+    import numpy as np
+
+    from autotuner.sim.workload import Workload
+
+    if "data" in spec_or_data:
+        d = spec_or_data["data"]
+        prefix = d.get("prefix")
+        return Workload(
+            d["name"], np.asarray(d["arrival"], dtype=np.float64),
+            np.asarray(d["prompt"], dtype=np.int64), np.asarray(d["output"], dtype=np.int64),
+            None if prefix is None else tuple(tuple(p) for p in prefix),
+            int(d.get("prefix_block_tokens", 512)),
+        )
+    from autotuner.simulation import WorkloadSpec
+
+    return WorkloadSpec(**spec_or_data["spec"]).build()
+
+
+def fingerprint(wl):
+    """A digest of the workload's content, so a mismatch is named rather than mis-replayed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for arr in (wl.arrival, wl.prompt, wl.output):
+        h.update(arr.tobytes())
+    h.update(repr(wl.prefix).encode())
+    h.update(str(wl.prefix_block_tokens).encode())
+    return h.hexdigest()[:32]
+
+
+def main():
+    out = os.dup(1)  # the result channel; fd 1 and sys.stdout become stderr from here on
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    raw = sys.stdin.buffer.read(MAX_REQUEST)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    request = json.loads(raw)
+
+    if request.get("selftest"):
+        import numpy
+
+        import autotuner.sim.engine  # noqa: F401 - the simulator must import here
+
+        _emit(out, {"selftest": "ok", "python": sys.version.split()[0],
+                    "numpy": numpy.__version__})
+        sys.stderr.flush()
+        os._exit(0)
+
+    _limit_self(request.get("limits") or {})
+
+    from autotuner.policy import load_policy, read_policy_source
+    from autotuner.sim.engine import ClusterSpec, simulate
+    from autotuner.sim.replay import RecordingPolicy
+
+    batch = max(1, int(request.get("batch", 2048)))
+
+    class StreamingRecorder(RecordingPolicy):
+        """RecordingPolicy that ships its log in batches instead of keeping it."""
+
+        def __init__(self, policy):
+            super().__init__(policy)
+            self.sent = 0
+
+        def _room(self, decision):
+            if self.sent + len(self.log) >= self.max_entries:
+                from autotuner.sim.api import PolicyError
+
+                raise PolicyError(decision, f"more than {self.max_entries} decisions in one run")
+
+        def flush(self):
+            if self.log:
+                _emit(out, {"d": self.log})
+                self.sent += len(self.log)
+                self.log = []
+
+        def partition(self, view):
+            raw = super().partition(view)
+            if len(self.log) >= batch:
+                self.flush()
+            return raw
+
+        def route(self, request, cluster):
+            raw = super().route(request, cluster)
+            if len(self.log) >= batch:
+                self.flush()
+            return raw
+
+    cluster = ClusterSpec(**request["cluster"])
+    wl = _workload(request["workload"])
+    _emit(out, {"hello": {"workload": fingerprint(wl), "requests": len(wl)}})
+
+    end = {"error": None, "phase": "load", "decisions": 0}
+    recorder = None
+    try:
+        source = read_policy_source(request["code"], request.get("name") or "<policy>")
+        policy = load_policy(source, request.get("params") or {})
+        recorder = StreamingRecorder(policy)
+        end["phase"] = "simulate"
+        result = simulate(cluster, wl, recorder, horizon=request.get("horizon"))
+        if result.error:
+            end["error"] = result.error
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are results too
+        where = "while loading" if end["phase"] == "load" else "during the simulation"
+        end["error"] = f"the policy raised {_describe(exc)} {where}"
+    try:
+        if recorder is not None:
+            recorder.flush()
+            end["decisions"] = recorder.sent
+        _emit(out, {"end": end})
+    except BaseException:  # noqa: BLE001 - a log we cannot send is a missing result
+        os._exit(3)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException as exc:  # noqa: BLE001 - anything here is the worker's own failure
+        try:
+            sys.stderr.write(f"worker: {_describe(exc)}\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(2)
