@@ -275,17 +275,19 @@ class _Checker:
 
     def check_top_level(self) -> None:
         seen_defs: dict[str, ast.AST] = {}
-        for index, stmt in enumerate(self.tree.body):
+        for stmt in self.tree.body:
             if (
                 isinstance(stmt, ast.Expr)
                 and isinstance(stmt.value, ast.Constant)
                 and isinstance(stmt.value.value, str)
             ):
                 continue  # docstring or a comment-like string
+            if not isinstance(stmt, ast.FunctionDef):
+                self.check_module_rebinding(stmt)
             if isinstance(stmt, ast.Import):
                 self.check_import(stmt)
             elif isinstance(stmt, ast.ImportFrom):
-                self.check_import_from(stmt, index)
+                self.check_import_from(stmt)
             elif isinstance(stmt, ast.FunctionDef):
                 if stmt.name in seen_defs:
                     self.add(
@@ -313,6 +315,22 @@ class _Checker:
                 "the file defines neither partition(replica, params) nor "
                 "route(request, cluster, params); define at least one of them with def",
             )
+
+    def check_module_rebinding(self, stmt: ast.stmt) -> None:
+        """TUNABLES, partition and route are read statically; nothing else may rebind them."""
+        for node in _walk_same_function(stmt):
+            name = None
+            if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
+                name = node.target.id
+            elif isinstance(node, ast.alias):
+                name = node.asname or node.name
+            if name in _RESERVED_TOP_LEVEL:
+                self.add(
+                    stmt,
+                    "reserved-name",
+                    f"'{name}' may only be bound by its own definition "
+                    f"({'TUNABLES = {...}' if name == 'TUNABLES' else f'def {name}(...)'})",
+                )
 
     def check_top_assign(self, stmt: ast.Assign | ast.AnnAssign, seen: dict[str, ast.AST]) -> None:
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
@@ -406,7 +424,7 @@ class _Checker:
             else:
                 self.module_aliases[alias.asname or alias.name] = alias.name
 
-    def check_import_from(self, stmt: ast.ImportFrom, index: int) -> None:
+    def check_import_from(self, stmt: ast.ImportFrom) -> None:
         module = stmt.module or ""
         if stmt.level:
             self.add(

@@ -226,6 +226,8 @@ HOSTILE = [
     ("def f():\n    global TUNABLES", "reserved-name", 2),
     ("route = lambda request, cluster, params: 0", "reserved-name", 1),
     ("def route(request, cluster, params):\n    return 1", "reserved-name", 1),
+    ("from math import floor as route", "reserved-name", 1),
+    ("X = [(route := 1)]", "reserved-name", 1),
     # decision points must have the documented shape
     ("def partition(*args):\n    return (0, ())", "signature", 1),
     ("def partition(replica, params, extra=1):\n    return (0, ())", "signature", 1),
