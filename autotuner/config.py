@@ -1,0 +1,590 @@
+"""Campaign configuration: frozen dataclasses, loaded from TOML, written back as run.
+
+Every field has a default, so ``autotuner run`` works with no file at all: an offline proposer, a
+realistic cluster (4 replicas of Llama-3-8B on H100), the built-in workload mix, and a budget that
+finishes in minutes on two cores. A campaign file only names what it changes. Unknown keys and
+values of the wrong type are refused with one message naming the key, because a typo silently
+ignored would run a different experiment than the one the user wrote down.
+
+The config as run is written to ``results/<name>/config.toml``; ``autotuner resume`` reads it back
+from there, so a resumed campaign cannot drift from the one it continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from autotuner.proposers.llm import LLMConfig
+from autotuner.sim.engine import ClusterSpec
+from autotuner.sim.metrics import SLO
+
+SCENARIO_NAMES = ("chat", "summarize", "multiturn", "bursty", "mixed")
+
+
+class ConfigError(ValueError):
+    """A campaign file that cannot be used; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The simulated cluster every policy is scored on.
+
+    Fields:
+        model: model name from the simulator's catalogue (``autotuner.sim.hardware``).
+        gpu: GPU type from the catalogue (``h100``, ``a100``, ...).
+        tp: tensor-parallel degree: GPUs per replica.
+        replicas: model replicas behind the router.
+        gpu_memory_utilization: share of GPU memory the server may use for weights and KV cache
+            (vLLM's flag of the same name).
+        block_size: tokens per KV-cache block.
+        max_batch_tokens: hard cap on the tokens of one iteration, whatever a policy asks
+            (vLLM's ``max_num_batched_tokens``).
+    """
+
+    model: str = "llama-3-8b"
+    gpu: str = "h100"
+    tp: int = 1
+    replicas: int = 4
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    max_batch_tokens: int = 16384
+
+    def spec(self) -> ClusterSpec:
+        return ClusterSpec(
+            model=self.model, gpu=self.gpu, tp=self.tp, replicas=self.replicas,
+            gpu_memory_utilization=self.gpu_memory_utilization, block_size=self.block_size,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class SLOConfig:
+    """Latency targets, and the share of requests that must meet them for a rate to count.
+
+    Fields:
+        ttft_s: time-to-first-token target, seconds.
+        tpot_s: time-per-output-token target (mean gap after the first token), seconds.
+        share: capacity is the highest request rate at which at least this share of requests
+            meet both targets (0.9, as Sarathi-Serve, Vidur and DistServe report it).
+    """
+
+    ttft_s: float = SLO.ttft_s
+    tpot_s: float = SLO.tpot_s
+    share: float = 0.9
+
+    def slo(self) -> SLO:
+        return SLO(ttft_s=self.ttft_s, tpot_s=self.tpot_s)
+
+
+@dataclass(frozen=True)
+class WorkloadsConfig:
+    """Which workloads the campaign searches, ranks and gates on, and how they are split.
+
+    A workload instance is a scenario (or trace) with a seed; training, validation and held-out
+    instances never share a seed, and a trace is split by time window, never shuffled.
+
+    Fields:
+        scenarios: built-in scenarios (``autotuner workloads`` lists them) used in every split.
+        traces: trace files (Azure CSV or Mooncake JSONL) also used; each is cut into the three
+            time windows below. Empty by default, so real traces stay unseen for replay.
+        requests: requests per simulated workload instance (a trace window gives at most this).
+        train_seeds: seeds of the training instances (search and tuning).
+        validation_seeds: seeds of the validation instances (re-ranking the finalists).
+        heldout_seeds: seeds of the held-out instances (the gate; several per scenario so the
+            gate's bootstrap has pairs to resample).
+        train_window: [start, end) of a trace's duration, as fractions, used for training.
+        validation_window: the same for validation.
+        heldout_window: the same for the gate.
+        screen: scenarios of the cascade's cheap first stage (first training seed only): a
+            candidate is tuned on the full training set only if it does well enough here.
+    """
+
+    scenarios: tuple[str, ...] = SCENARIO_NAMES
+    traces: tuple[str, ...] = ()
+    requests: int = 800
+    train_seeds: tuple[int, ...] = (1,)
+    validation_seeds: tuple[int, ...] = (101,)
+    heldout_seeds: tuple[int, ...] = (1001, 1002, 1003)
+    train_window: tuple[float, ...] = (0.0, 0.6)
+    validation_window: tuple[float, ...] = (0.6, 0.8)
+    heldout_window: tuple[float, ...] = (0.8, 1.0)
+    screen: tuple[str, ...] = ("mixed",)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What the search maximises: a cheap, smooth stand-in for capacity under SLO.
+
+    For each training instance, the tuned baseline's capacity C is found once; a policy is then
+    run at the rates ``factor * C`` for each ladder factor, and its goodput summed over the
+    ladder is divided by the tuned baseline's on the same instances (paired). The objective is
+    the mean over instances of that ratio minus one: 0.0 is the baseline, 0.10 is 10 % better.
+    Near C a policy can gain at most ~11 % goodput; the rungs above C are where a policy with
+    more capacity shows it. The gate and reports state capacity itself.
+
+    Fields:
+        baseline: the policy every score is relative to (a file in ``baselines/`` or a path).
+            It is tuned first, with the same trial budget a candidate gets.
+        ladder: load factors relative to the tuned baseline's capacity on each instance.
+        goodput: ``"requests"`` (requests/s meeting both SLOs) or ``"tokens"`` (output tokens/s
+            of those requests).
+    """
+
+    baseline: str = "fixed_chunk"
+    ladder: tuple[float, ...] = (0.8, 1.0, 1.25, 1.5, 1.75)
+    goodput: str = "requests"
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """The built-in offline proposer (program mutation and recombination).
+
+    Fields:
+        seed: seeds its random choices; None derives it from the campaign seed.
+    """
+
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ProposerConfig:
+    """Who writes the proposals.
+
+    Fields:
+        kind: ``"auto"`` uses the LLM when an endpoint is configured (a model and a base URL or
+            API key, here or in ``$OPENAI_MODEL``/``$OPENAI_BASE_URL``/``$OPENAI_API_KEY``) and
+            the offline proposer otherwise; ``"llm"`` insists on the LLM; ``"offline"`` never
+            calls one.
+        llm: the ``[proposer.llm]`` table: endpoint, model, timeouts, retries, prices (see
+            ``autotuner.proposers.llm.LLMConfig``; every key is documented in
+            ``campaign.example.toml``). Token and dollar budgets belong in ``[budget]``.
+        offline: the ``[proposer.offline]`` table.
+    """
+
+    kind: str = "auto"
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """When the campaign stops searching. The first limit reached ends the search phase; the
+    finalists are then validated and gated.
+
+    Fields:
+        proposals: proposals asked of the proposer (failed ones count: they cost too).
+        trials: Optuna trials per candidate; the baseline gets exactly the same number.
+        wall_time_s: wall-clock seconds for the whole campaign; the search stops early enough to
+            leave ``finalize_reserve_s`` for validation and the gate.
+        finalize_reserve_s: seconds kept back from ``wall_time_s`` for validation and the gate.
+        tokens: LLM tokens (prompt + completion) the campaign may spend; None = no cap.
+        usd: dollars the campaign may spend on the LLM; None = no cap.
+    """
+
+    proposals: int = 24
+    trials: int = 10
+    wall_time_s: float = 840.0
+    finalize_reserve_s: float = 150.0
+    tokens: int | None = None
+    usd: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How parents are chosen and candidates filtered.
+
+    Fields:
+        islands: independent sub-populations; a parent is drawn from one island (in turn) and
+            its child joins that island, so one lineage cannot take over the whole search.
+        seeds: reference policies (from ``baselines/``) that start islands beside the baseline.
+            They are tuned and scored like proposals, but are never promoted themselves.
+        in_flight: proposals requested at once (an LLM answers slowly; evaluation overlaps).
+        migration_every: every this many proposals, each island's best is offered to the next
+            island as an inspiration and as a possible parent.
+        tournament: parents are the best of this many members drawn at random from the island.
+        inspirations: other strong archive members shown to the proposer beside the parent.
+        screen_threshold: minimum objective on the cascade's cheap stage (relative to the tuned
+            baseline, e.g. -0.02 = at most 2 % worse) for a candidate to be tuned.
+        finalists: candidates re-ranked on the validation workloads and offered to the gate.
+    """
+
+    islands: int = 3
+    seeds: tuple[str, ...] = ("least_outstanding", "sarathi_shrinking")
+    in_flight: int = 2
+    migration_every: int = 6
+    tournament: int = 3
+    inspirations: int = 2
+    screen_threshold: float = -0.02
+    finalists: int = 3
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Promotion: a paired capacity comparison on the held-out instances.
+
+    Fields:
+        margin: the one-sided lower confidence bound of the mean relative capacity gain over the
+            tuned baseline (and over the promoted policy, if any) must reach this.
+        confidence: level of that one-sided bound (0.95: the 5th percentile of the bootstrap).
+        bootstrap: bootstrap resamples of the per-instance relative gains.
+        slo_tolerance: no SLO metric (share of requests meeting the TTFT target, the TPOT target,
+            and both) may fall by more than this, on average over the held-out instances, at the
+            tuned baseline's capacity.
+        capacity_rel_tol: bisection stops when the capacity bracket is this tight (relative).
+    """
+
+    margin: float = 0.05
+    confidence: float = 0.95
+    bootstrap: int = 10000
+    slo_tolerance: float = 0.02
+    capacity_rel_tol: float = 0.02
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Where untrusted policy code runs.
+
+    Fields:
+        backend: ``"auto"`` (strongest available: bubblewrap, Docker, then a plain child process
+            with rlimits, which is weaker and said so), or one of ``"bwrap"``, ``"docker"``,
+            ``"process"``.
+        timeout_s: wall-clock seconds one evaluation may take before it fails.
+        memory_mb: memory limit of one evaluation's worker.
+    """
+
+    backend: str = "auto"
+    timeout_s: float = 300.0
+    memory_mb: int = 2048
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """One campaign. Sections are TOML tables of the same names.
+
+    Fields:
+        name: the campaign's name; its folder is ``<results_dir>/<name>``.
+        results_dir: where campaign folders live.
+        seed: seeds everything random in the campaign (proposer, Optuna, bootstrap, parent
+            choice); the workloads are seeded by the ``[workloads]`` seeds.
+        parallelism: evaluations run at once (worker processes); 2 suits a 2-core machine.
+    """
+
+    name: str = "default"
+    results_dir: str = "results"
+    seed: int = 0
+    parallelism: int = 2
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    slo: SLOConfig = field(default_factory=SLOConfig)
+    workloads: WorkloadsConfig = field(default_factory=WorkloadsConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    proposer: ProposerConfig = field(default_factory=ProposerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+    @property
+    def campaign_dir(self) -> Path:
+        return Path(self.results_dir) / self.name
+
+    def validate(self) -> CampaignConfig:
+        """Semantic checks beyond types; returns self so it chains."""
+        _validate(self)
+        return self
+
+
+# ------------------------------------------------------------------------------- validation
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _validate(cfg: CampaignConfig) -> None:
+    name = cfg.name
+    _require(bool(name) and all(c.isalnum() or c in "-_." for c in name) and name[0] != ".",
+             "name", f"must be letters, digits, '-', '_' or '.', got {name!r}")
+    _require(cfg.parallelism >= 1, "parallelism", "must be at least 1")
+    c = cfg.cluster
+    for key in ("tp", "replicas", "block_size", "max_batch_tokens"):
+        _require(getattr(c, key) >= 1, f"cluster.{key}", "must be at least 1")
+    _require(0 < c.gpu_memory_utilization <= 1, "cluster.gpu_memory_utilization",
+             "must be in (0, 1]")
+    try:
+        c.spec().cost_model()
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"cluster: {exc.args[0] if exc.args else exc}") from None
+    s = cfg.slo
+    _require(s.ttft_s > 0, "slo.ttft_s", "must be > 0")
+    _require(s.tpot_s > 0, "slo.tpot_s", "must be > 0")
+    _require(0 < s.share < 1, "slo.share", "must be between 0 and 1")
+    w = cfg.workloads
+    for scen in w.scenarios + w.screen:
+        _require(scen in SCENARIO_NAMES, "workloads.scenarios",
+                 f"unknown scenario {scen!r} (known: {', '.join(SCENARIO_NAMES)})")
+    _require(bool(w.scenarios or w.traces), "workloads.scenarios", "no scenarios and no traces")
+    _require(set(w.screen) <= set(w.scenarios), "workloads.screen",
+             "must be a subset of workloads.scenarios")
+    _require(w.requests >= 10, "workloads.requests", "must be at least 10")
+    for key in ("train_seeds", "validation_seeds", "heldout_seeds"):
+        _require(len(getattr(w, key)) >= 1, f"workloads.{key}", "needs at least one seed")
+    splits = [set(w.train_seeds), set(w.validation_seeds), set(w.heldout_seeds)]
+    _require(not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]),
+             "workloads", "train, validation and held-out seeds must differ")
+    for key in ("train_window", "validation_window", "heldout_window"):
+        win = getattr(w, key)
+        _require(len(win) == 2 and 0 <= win[0] < win[1] <= 1, f"workloads.{key}",
+                 "must be [start, end] fractions with 0 <= start < end <= 1")
+    for trace in w.traces:
+        _require(Path(trace).is_file(), "workloads.traces", f"no such trace file {trace!r}")
+    o = cfg.objective
+    _require(len(o.ladder) >= 1 and all(f > 0 and math.isfinite(f) for f in o.ladder),
+             "objective.ladder", "needs at least one positive load factor")
+    _require(o.goodput in ("requests", "tokens"), "objective.goodput",
+             "must be 'requests' or 'tokens'")
+    _require(cfg.proposer.kind in ("auto", "offline", "llm"), "proposer.kind",
+             "must be 'auto', 'offline' or 'llm'")
+    b = cfg.budget
+    _require(b.proposals >= 0, "budget.proposals", "must be >= 0")
+    _require(b.trials >= 1, "budget.trials", "must be at least 1")
+    _require(b.wall_time_s > 0, "budget.wall_time_s", "must be > 0")
+    _require(b.finalize_reserve_s >= 0, "budget.finalize_reserve_s", "must be >= 0")
+    _require(b.tokens is None or b.tokens >= 0, "budget.tokens", "must be >= 0")
+    _require(b.usd is None or b.usd >= 0, "budget.usd", "must be >= 0")
+    se = cfg.search
+    _require(se.islands >= 1, "search.islands", "must be at least 1")
+    _require(se.in_flight >= 1, "search.in_flight", "must be at least 1")
+    _require(se.migration_every >= 1, "search.migration_every", "must be at least 1")
+    _require(se.tournament >= 1, "search.tournament", "must be at least 1")
+    _require(se.inspirations >= 0, "search.inspirations", "must be >= 0")
+    _require(se.finalists >= 1, "search.finalists", "must be at least 1")
+    g = cfg.gate
+    _require(0 <= g.margin < 10, "gate.margin", "must be >= 0")
+    _require(0.5 <= g.confidence < 1, "gate.confidence", "must be in [0.5, 1)")
+    _require(g.bootstrap >= 100, "gate.bootstrap", "must be at least 100")
+    _require(0 <= g.slo_tolerance <= 1, "gate.slo_tolerance", "must be in [0, 1]")
+    _require(0 < g.capacity_rel_tol < 0.5, "gate.capacity_rel_tol", "must be in (0, 0.5)")
+    _require(cfg.sandbox.backend in ("auto", "bwrap", "docker", "process", "inprocess"),
+             "sandbox.backend", "must be 'auto', 'bwrap', 'docker' or 'process'")
+    _require(cfg.sandbox.timeout_s > 0, "sandbox.timeout_s", "must be > 0")
+    _require(cfg.sandbox.memory_mb >= 64, "sandbox.memory_mb", "must be at least 64")
+
+
+# ------------------------------------------------------------------------------- loading
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or left out)"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; lists become tuples (the dataclasses are
+    frozen and hashable). Ints are accepted where floats are expected, never the reverse."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad  # pragma: no cover - an annotation this loader does not know
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if cls is LLMConfig:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{prefix}: expected a table")
+        try:
+            return LLMConfig.from_mapping(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{prefix}: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            where = f"[{prefix}]" if prefix else "the top level"
+            raise ConfigError(f"unknown key {full!r} (known in {where}: {', '.join(known)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            values[key] = _build(tp, value, full)
+        else:
+            values[key] = _coerce(value, tp, full)
+    return cls(**values)
+
+
+def config_from_mapping(raw: Mapping[str, Any]) -> CampaignConfig:
+    """Build and validate a config from a parsed TOML document."""
+    return _build(CampaignConfig, raw, "").validate()
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> CampaignConfig:
+    """Read a campaign file (None: all defaults), then apply dotted-key ``overrides``
+    (``{"budget.proposals": 4}``), then validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such campaign file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = list(value) if isinstance(value, tuple) else value
+    try:
+        return config_from_mapping(raw)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+# ------------------------------------------------------------------------------- writing
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass config as nested plain dicts and lists (None values kept)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, Mapping):
+            out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def dumps(cfg: CampaignConfig) -> str:
+    """TOML text that ``load_config`` reads back to an equal config. Unset optional values are
+    written as comments, since TOML has no null."""
+    lines: list[str] = ["# The campaign config as run (autotuner resume reads it back).", ""]
+
+    def table(name: str, data: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in data.items() if not isinstance(v, Mapping) or k in ("prices",
+                   "extra_body")}
+        subs = {k: v for k, v in data.items() if k not in scalars}
+        if name:
+            lines.append(f"[{name}]")
+        for key, value in scalars.items():
+            if value is None:
+                lines.append(f"# {key} = (not set)")
+            else:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        lines.append("")
+        for key, value in subs.items():
+            table(f"{name}.{key}" if name else key, value)
+
+    table("", to_dict(cfg))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_config(cfg: CampaignConfig, path: str | Path) -> Path:
+    """Write atomically (temp file + rename), so a crash never leaves half a config behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps(cfg), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its description, parsed from the class docstring's ``Fields:`` section
+    (the example file and ``--help`` use it, so the docs live in one place)."""
+    doc = cls.__doc__ or ""
+    if "Fields:" not in doc:
+        return {}
+    body = doc.split("Fields:", 1)[1]
+    out: dict[str, str] = {}
+    current = None
+    for line in body.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        head, sep, rest = stripped.partition(":")
+        indent = len(line) - len(line.lstrip())
+        if sep and head.isidentifier() and indent <= 8:
+            current = head
+            out[current] = rest.strip()
+        elif current:
+            out[current] += " " + stripped
+    return out
