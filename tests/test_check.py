@@ -168,6 +168,10 @@ HOSTILE = [
     ("class M(type):\n    pass", "class", 1),
     ("async def f():\n    pass", "async", 1),
     ("def f():\n    with g() as h:\n        pass", "with", 2),
+    ("def f():\n    try:\n        pass\n    except* ValueError:\n        pass", "node", 2),
+    ("import math\n@math\ndef f():\n    return 1", "module-name", 2),
+    ("def f(*, key=getattr):\n    return key", "builtin", 1),
+    ("def f():\n    raise SystemExit", "builtin", 2),
     # except and finally that would swallow the worker's interrupts
     ("def f():\n    try:\n        pass\n    except:\n        pass", "bare-except", 4),
     (
