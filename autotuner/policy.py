@@ -13,8 +13,10 @@ not a special case in the simulator.
 from __future__ import annotations
 
 import ast
+import builtins
 import math
 import types
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +117,20 @@ def _parse_tunable(name: Any, spec: Any, where: str) -> Tunable:
 
 def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
     """Parse a policy file's text: syntax, TUNABLES literal, decision functions. Never executes."""
-    if len(code.encode()) > MAX_POLICY_BYTES:
+    try:
+        size = len(code.encode())
+    except UnicodeEncodeError:
+        raise PolicyFileError(f"{name}: file is not valid UTF-8 text") from None
+    if size > MAX_POLICY_BYTES:
         raise PolicyFileError(f"{name}: file is larger than {MAX_POLICY_BYTES} bytes")
     try:
-        tree = ast.parse(code, filename=name)
-    except SyntaxError as exc:
-        raise PolicyFileError(f"{name} line {exc.lineno}: syntax error: {exc.msg}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(code, filename=name)
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", None)
+        msg = getattr(exc, "msg", str(exc))
+        raise PolicyFileError(f"{name} line {line}: syntax error: {msg}") from None
     tunables_node = None
     defines = []
     for node in tree.body:
@@ -133,9 +143,15 @@ def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
     if tunables_node is None:
         raise PolicyFileError(f"{name}: must declare TUNABLES = {{...}} (an empty dict is fine)")
     where = f"{name} line {tunables_node.lineno}"
+    value = tunables_node.value
+    if isinstance(value, ast.Dict):
+        keys = [k.value for k in value.keys if isinstance(k, ast.Constant)]
+        dup = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if dup:
+            raise PolicyFileError(f"{where}: TUNABLES declares {', '.join(dup)} twice")
     try:
-        raw = ast.literal_eval(tunables_node.value)
-    except (ValueError, SyntaxError):
+        raw = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise PolicyFileError(f"{where}: TUNABLES must be a literal dict of dicts") from None
     if not isinstance(raw, dict):
         raise PolicyFileError(f"{where}: TUNABLES must be a dict")
@@ -165,10 +181,26 @@ class LoadedPolicy:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _policy_builtins() -> dict[str, Any]:
+    """Only the built-ins and imports the static check allows: a second fence behind it."""
+    from autotuner.check import ALLOWED_BUILTINS, ALLOWED_IMPORTS
+
+    allowed = set(ALLOWED_IMPORTS) | {"__future__"}
+    real_import = builtins.__import__
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+        if level != 0 or name not in allowed:
+            raise ImportError(f"import of {name!r} is not allowed in a policy")
+        return real_import(name, globals, locals, fromlist, level)
+
+    table = {n: getattr(builtins, n) for n in ALLOWED_BUILTINS if hasattr(builtins, n)}
+    table["__import__"] = guarded_import
+    return table
+
+
 def _execute(source: PolicySource) -> dict[str, Any]:
-    namespace: dict[str, Any] = {"__name__": f"policy_{abs(hash(source.name))}"}
-    module = types.ModuleType(namespace["__name__"])
-    module.__dict__.update(namespace)
+    module = types.ModuleType("policy")
+    module.__dict__["__builtins__"] = _policy_builtins()
     exec(compile(source.code, source.name, "exec"), module.__dict__)  # noqa: S102 - trusted/sandboxed
     return module.__dict__
 

@@ -1,0 +1,94 @@
+"""Policy files: tunables read without running the file, loading, fallback, the runtime fence."""
+
+from __future__ import annotations
+
+import pytest
+
+from autotuner.policy import (
+    PolicyFileError,
+    load_policy,
+    read_policy_file,
+    read_policy_source,
+)
+from autotuner.resources import asset_dir
+
+ROUTE_ONLY = "TUNABLES = {}\n\ndef route(request, cluster, params):\n    return 0\n"
+
+
+def test_every_baseline_reads_and_loads():
+    for path in sorted(asset_dir("baselines").glob("*.py")):
+        source = read_policy_file(path)
+        policy = load_policy(source)
+        assert callable(policy.partition) and callable(policy.route)
+
+
+def test_tunables_are_read_without_execution(tmp_path):
+    code = ("raise SystemExit('executed!')\n"
+            "TUNABLES = {'k': {'type': 'float', 'low': 0.5, 'high': 2.0, 'default': 1.0,"
+            " 'log': True}}\n"
+            "def route(request, cluster, params):\n    return 0\n")
+    source = read_policy_source(code)
+    (t,) = source.tunables
+    assert (t.name, t.type, t.low, t.high, t.default, t.log) == ("k", "float", 0.5, 2.0, 1.0, True)
+
+
+@pytest.mark.parametrize(
+    "tunables,needle",
+    [
+        ("TUNABLES = 5", "must be a dict"),
+        ("TUNABLES = {'a': {'type': 'int', 'low': 1, 'high': 0, 'default': 1}}", "low < high"),
+        ("TUNABLES = {'a': {'type': 'int', 'low': 0, 'high': 9, 'default': 10}}", "default"),
+        ("TUNABLES = {'a': {'type': 'str', 'low': 0, 'high': 9, 'default': 1}}", "'type'"),
+        ("TUNABLES = {'a': {'type': 'int', 'low': 0, 'high': 9, 'default': 1, 'log': True}}",
+         "low must be > 0"),
+        ("TUNABLES = {'a': {'type': 'int', 'low': 0.5, 'high': 9, 'default': 1}}", "whole"),
+        ("TUNABLES = {'a': {'type': 'int', 'low': 0, 'high': 9, 'default': 1, 'x': 1}}",
+         "unknown keys"),
+        ("TUNABLES = {'a': {'type': 'int', 'low': 0, 'high': 9, 'default': 1},"
+         " 'a': {'type': 'int', 'low': 0, 'high': 9, 'default': 1}}", "twice"),
+        ("TUNABLES = {[1]: 2}", "literal"),
+        ("TUNABLES = dict()", "literal"),
+        ("X = 1", "must declare TUNABLES"),
+    ],
+)
+def test_bad_tunables_are_refused_with_reason(tunables, needle):
+    code = tunables + "\n\ndef route(request, cluster, params):\n    return 0\n"
+    with pytest.raises(PolicyFileError, match=needle):
+        read_policy_source(code)
+
+
+def test_no_decision_point_and_syntax_errors():
+    with pytest.raises(PolicyFileError, match="neither"):
+        read_policy_source("TUNABLES = {}\n")
+    with pytest.raises(PolicyFileError, match="line 2: syntax error"):
+        read_policy_source("TUNABLES = {}\ndef route(:\n")
+    with pytest.raises(PolicyFileError, match="UTF-8"):
+        read_policy_source("TUNABLES = {}  # \udc80\n")
+
+
+def test_params_resolution():
+    source = read_policy_source(
+        "TUNABLES = {'c': {'type': 'int', 'low': 1, 'high': 10, 'default': 3}}\n" + ROUTE_ONLY[14:]
+    )
+    assert source.resolve_params({}) == {"c": 3}
+    assert source.resolve_params({"c": 7.0}) == {"c": 7}
+    with pytest.raises(PolicyFileError, match="outside"):
+        source.resolve_params({"c": 11})
+    with pytest.raises(PolicyFileError, match="no tunable named 'd'"):
+        source.resolve_params({"d": 1})
+
+
+def test_missing_decision_point_falls_back_to_the_baseline_file():
+    policy = load_policy(read_policy_source(ROUTE_ONLY))
+    assert policy.route(None, None) == 0
+    assert policy.partition.__name__ == "<lambda>"  # the fixed-chunk file's partition, bound
+
+
+def test_runtime_fence_refuses_what_the_check_refuses():
+    code = ("TUNABLES = {}\n\ndef route(request, cluster, params):\n"
+            "    return open('/etc/passwd')\n")
+    policy = load_policy(read_policy_source(code))
+    with pytest.raises(NameError):
+        policy.route(None, None)
+    with pytest.raises(ImportError, match="not allowed"):
+        load_policy(read_policy_source("import os\n" + ROUTE_ONLY))
