@@ -102,6 +102,7 @@ class _Replica:
     __slots__ = (
         "idx",
         "wtok",
+        "event_seq",
         "waiting",
         "heap",
         "n",
@@ -124,6 +125,7 @@ class _Replica:
         self.idx = idx
         self.waiting: list[int] = []  # request ids with prefill left, oldest first
         self.wtok = 0  # their prefill tokens left, in total
+        self.event_seq = 0  # the sequence number of this replica's one live event
         self.heap: list[tuple[int, int, int]] = []  # (finishing decode step, request id, epoch)
         self.running: set[int] = set()  # decoding request ids
         self.n = 0  # decoding requests
@@ -238,16 +240,26 @@ class _Simulation:
             else:
                 if t_evt > horizon:
                     break
-                now, _, r = heapq.heappop(events)
+                now, seq, r = heapq.heappop(events)
                 rep = self.reps[r]
+                if seq != rep.event_seq:
+                    continue  # superseded: its stretch was cut short by an arrival
                 if rep.pending is not None:
                     self._complete(rep, now)
-                self._plan(rep, now, arrival[nxt] if nxt < nreq else math.inf)
+                self._plan(rep, now)
         return now
 
     def _push(self, t: float, r: int) -> None:
         self.seq += 1
+        self.reps[r].event_seq = self.seq
         heapq.heappush(self.events, (t, self.seq, r))
+
+    def _stretch_progress(self, rep: _Replica, now: float) -> tuple[int, int]:
+        """For a replica in a decode stretch at time ``now``: (iterations finished strictly
+        before now, iterations until the first boundary at or after now)."""
+        _, k, _, _, _, t0, ctx0, a, b = rep.pending
+        reach = self._iterations_until(a, b, ctx0, rep.n, now - t0)
+        return reach - 1, min(reach, k)
 
     # ------------------------------------------------------------------ arrivals and routing
     def _arrive(self, i: int, now: float) -> None:
@@ -255,6 +267,10 @@ class _Simulation:
         loads = []
         for rep in self.reps:
             waiting = len(rep.waiting)
+            kv_used = rep.kv_used
+            pending = rep.pending
+            if pending is not None and pending[0] == 0 and pending[1] > 1:
+                kv_used += rep.n * self._stretch_progress(rep, now)[0]
             loads.append(
                 ReplicaLoad(
                     rep.idx,
@@ -262,7 +278,7 @@ class _Simulation:
                     waiting,
                     rep.wtok,
                     rep.n + waiting,
-                    rep.kv_cap - rep.kv_used - rep.pinned_tokens,
+                    rep.kv_cap - kv_used - rep.pinned_tokens,
                     rep.kv_cap,
                     self._hit_tokens(rep, ids, self.prompt[i]) if ids else 0,
                 )
@@ -283,6 +299,19 @@ class _Simulation:
         if not rep.busy:
             rep.busy = True
             self._push(now, r)
+        elif rep.pending is not None and rep.pending[0] == 0 and rep.pending[1] > 1:
+            self._cut_stretch(rep, now)
+
+    def _cut_stretch(self, rep: _Replica, now: float) -> None:
+        """End rep's decode stretch at the first iteration boundary at or after ``now``, so the
+        request that just arrived is considered there, exactly as stepping would."""
+        _, k, _, d_first, _, t0, ctx0, a, b = rep.pending
+        m = self._stretch_progress(rep, now)[1]
+        if m >= k:
+            return
+        dur = m * d_first + b * rep.n * m * (m - 1) * 0.5
+        rep.pending = (0, m, dur, d_first, a + b * (ctx0 + (m - 1) * rep.n), t0, ctx0, a, b)
+        self._push(t0 + dur, rep.idx)
 
     def _hit_tokens(self, rep: _Replica, ids: tuple[int, ...], prompt: int) -> int:
         cache = rep.cache
@@ -338,7 +367,7 @@ class _Simulation:
         """KV tokens that can be allocated now (unreferenced cache blocks can be evicted)."""
         return rep.kv_cap - rep.kv_used - rep.pinned_tokens
 
-    def _plan(self, rep: _Replica, now: float, next_arrival: float) -> None:
+    def _plan(self, rep: _Replica, now: float) -> None:
         rep.pending = None
         # Decodes need one KV token each this iteration; make room or preempt.
         while rep.n and self._free(rep) < rep.n:
@@ -348,7 +377,7 @@ class _Simulation:
         if rep.waiting:
             self._plan_partition(rep, now)
         elif rep.n:
-            self._plan_stretch(rep, now, next_arrival)
+            self._plan_stretch(rep, now)
         else:
             rep.busy = False
 
@@ -449,7 +478,7 @@ class _Simulation:
             out.append(v)
         return tuple(out)
 
-    def _plan_stretch(self, rep: _Replica, now: float, next_arrival: float) -> None:
+    def _plan_stretch(self, rep: _Replica, now: float) -> None:
         n = rep.n
         a, b = self._decode_coeffs(n)
         ctx0 = rep.ctx_off + n * rep.steps
@@ -458,12 +487,10 @@ class _Simulation:
             heapq.heappop(heap)  # preempted since it was pushed
         k = heap[0][0] - rep.steps  # iterations until the next request finishes
         k = min(k, self._free(rep) // n)  # until the KV cache is full
-        if next_arrival < math.inf:
-            k = min(k, self._iterations_until(a, b, ctx0, n, next_arrival - now))
         k = max(min(k, self.max_stretch), 1)
-        bn = b * n
-        dur = k * (a + b * ctx0) + bn * k * (k - 1) * 0.5
-        rep.pending = (0, k, dur, a + b * ctx0, a + b * (ctx0 + (k - 1) * n))
+        first = a + b * ctx0
+        dur = k * first + b * n * k * (k - 1) * 0.5
+        rep.pending = (0, k, dur, first, a + b * (ctx0 + (k - 1) * n), now, ctx0, a, b)
         self._push(now + dur, rep.idx)
 
     @staticmethod
@@ -491,7 +518,7 @@ class _Simulation:
         rep.pending = None
         n = rep.n
         if pending[0] == 0:  # a stretch of k decode-only iterations
-            _, k, dur, d_first, d_last = pending
+            _, k, dur, d_first, d_last = pending[:5]
             self.stretches += 1
             self.iterations += k
             rep.steps += k
