@@ -16,6 +16,7 @@ them). ``detect_backend()`` runs the worker's self-test under each and keeps the
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import selectors
@@ -120,6 +121,92 @@ def rlimit_preexec(limits: Limits, *, nproc: bool = False) -> Callable[[], None]
     return apply
 
 
+_PIDS_ROOT: list[Path | None] = []
+
+
+def pids_cgroup_root() -> Path | None:
+    """Where this process may create pids cgroups (root only; v1 or v2), or None.
+
+    Needed because the kernel never applies RLIMIT_NPROC to root's processes, not even inside
+    a user namespace that root created, so for root the process limit must be a cgroup.
+    """
+    if _PIDS_ROOT:
+        return _PIDS_ROOT[0]
+    found = None
+    if sys.platform == "linux" and os.geteuid() == 0:
+        v1 = Path("/sys/fs/cgroup/pids")
+        v2 = Path("/sys/fs/cgroup")
+        try:
+            if (v1 / "cgroup.procs").exists() and os.access(v1, os.W_OK):
+                found = v1
+            elif "pids" in (v2 / "cgroup.subtree_control").read_text().split() and \
+                    os.access(v2, os.W_OK):
+                found = v2
+        except OSError:
+            found = None
+    _PIDS_ROOT.append(found)
+    return found
+
+
+class PidsCgroup:
+    """A throw-away pids cgroup holding one worker: the process limit when running as root."""
+
+    _seq = 0
+
+    def __init__(self, max_pids: int):
+        root = pids_cgroup_root()
+        if root is None:
+            raise OSError("no writable pids cgroup")
+        PidsCgroup._seq += 1
+        self.path = root / f"autotuner-sandbox-{os.getpid()}-{PidsCgroup._seq}-{time.time_ns()}"
+        self.path.mkdir()
+        try:
+            (self.path / "pids.max").write_text(str(max_pids))
+        except OSError:
+            self.remove()
+            raise
+        self._procs = str(self.path / "cgroup.procs")
+
+    def join(self) -> None:
+        """Run in the child before exec: move it (and so all it starts) into the cgroup."""
+        fd = os.open(self._procs, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+    def remove(self) -> None:
+        for _ in range(200):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                try:
+                    for pid in (self.path / "cgroup.procs").read_text().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except (ProcessLookupError, PermissionError, ValueError):
+                            pass
+                except OSError:
+                    pass
+                time.sleep(0.01)
+
+
+def child_setup(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
+    """``preexec_fn``: join the pids cgroup (if any), then apply the rlimits."""
+    apply = rlimit_preexec(limits)
+    if cgroup is None:
+        return apply
+
+    def setup() -> None:
+        cgroup.join()
+        apply()
+
+    return setup
+
+
 def signal_name(num: int) -> str:
     try:
         return signal.Signals(num).name
@@ -173,7 +260,8 @@ class WorkerHandle:
     def __init__(self, limits: Limits):
         self.limits = limits
         self.started = time.monotonic()
-        self.deadline = self.started + limits.wall_s
+        self.deadline = self.started + limits.wall_s + 60.0  # reset by send()
+        self.sent = False
         self.out_bytes = 0
         self.err_bytes = 0
         self.err_tail = b""  # for AUTOTUNER_SANDBOX_DEBUG only; never shown otherwise
@@ -185,6 +273,14 @@ class WorkerHandle:
         self._closed = False
 
     # -- to implement
+    def _send(self, request: bytes) -> None:
+        """Start delivering the request on the worker's stdin (then close it)."""
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        """Whether a spare worker is still waiting for its request."""
+        return True
+
     def _poll(self, timeout: float) -> list[tuple[str, bytes]]:
         """Wait up to ``timeout`` s; return ("out"|"err", data) chunks, b"" meaning EOF."""
         raise NotImplementedError
@@ -197,6 +293,15 @@ class WorkerHandle:
 
     def _cleanup(self) -> None:
         """Remove whatever the run left (scratch, container). Called once, after the kill."""
+
+    def send(self, request: bytes) -> None:
+        """Hand the worker its one request; the wall-time limit counts from here."""
+        if self.sent:
+            raise RuntimeError("a worker takes exactly one request")
+        self.sent = True
+        self.started = time.monotonic()
+        self.deadline = self.started + self.limits.wall_s
+        self._send(request)
 
     # -- reading
     def _fault(self, reason: str) -> WorkerFault:
@@ -294,7 +399,7 @@ class WorkerHandle:
 class PopenWorker(WorkerHandle):
     """A worker run as a local child (bwrap, unshare, or plain): pipes and a process group."""
 
-    def __init__(self, argv: Sequence[str], request: bytes, limits: Limits, *,
+    def __init__(self, argv: Sequence[str], limits: Limits, *,
                  env: dict[str, str], cwd: str | None = None,
                  preexec: Callable[[], None] | None = None, signal_offset: bool = False,
                  cleanup: Callable[[], None] | None = None):
@@ -316,10 +421,16 @@ class PopenWorker(WorkerHandle):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
             self._sel.register(pipe.fileno(), selectors.EVENT_READ, stream)
-        # The request is written by a thread: it may exceed the pipe buffer, and the worker only
-        # reads stdin once at start, so a thread cannot deadlock with our reading of stdout.
+        self._writer: threading.Thread | None = None
+
+    def _send(self, request: bytes) -> None:
+        # Written by a thread: it may exceed the pipe buffer, and the worker reads all of stdin
+        # before it writes anything, so the thread cannot deadlock with our reading of stdout.
         self._writer = threading.Thread(target=self._write, args=(request,), daemon=True)
         self._writer.start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def _write(self, request: bytes) -> None:
         stdin = self.proc.stdin
@@ -378,7 +489,8 @@ class PopenWorker(WorkerHandle):
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-        self._writer.join(1)
+        if self._writer is not None:
+            self._writer.join(1)
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 if pipe:
@@ -437,9 +549,69 @@ class Backend:
     same_runtime: bool = True  # the worker runs this process's Python and numpy
     detail: str = ""  # filled in by available(): variant, runtime, versions
     _status: tuple[bool, str] | None = field(default=None, repr=False)
+    _spare: WorkerHandle | None = field(default=None, repr=False)
+    _spare_thread: threading.Thread | None = field(default=None, repr=False)
+    _spare_lock: Any = field(default_factory=threading.Lock, repr=False)
 
-    def start(self, request: bytes, limits: Limits) -> WorkerHandle:
+    def spawn(self, limits: Limits) -> WorkerHandle:
+        """Start a worker that imports its code and then waits for its request."""
         raise NotImplementedError
+
+    def start(self, request: bytes, limits: Limits, *, warm: bool = False) -> WorkerHandle:
+        """A worker running ``request``. ``warm``: use (and afterwards prepare) a spare worker.
+
+        A spare is a fresh worker started ahead of time, so that its interpreter and imports
+        overlap other work; it still serves exactly one request. ``release_spares()`` (also run
+        at exit) stops any that are left.
+        """
+        handle = self._take_spare(limits) if warm else None
+        if handle is None:
+            handle = self.spawn(limits)
+        try:
+            handle.send(request)
+        except BaseException:
+            handle.close()
+            raise
+        if warm:
+            self._prepare_spare(limits)
+        return handle
+
+    def _take_spare(self, limits: Limits) -> WorkerHandle | None:
+        thread = self._spare_thread
+        if thread is not None:
+            thread.join()
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.limits == limits and spare.alive():
+            return spare
+        spare.close()
+        return None
+
+    def _prepare_spare(self, limits: Limits) -> None:
+        def make() -> None:
+            try:
+                spare = self.spawn(limits)
+            except Exception:  # noqa: BLE001 - no spare; the next start() spawns one
+                return
+            with self._spare_lock:
+                old, self._spare = self._spare, spare
+            if old is not None:
+                old.close()
+
+        self._spare_thread = threading.Thread(target=make, daemon=True)
+        self._spare_thread.start()
+
+    def release_spare(self) -> None:
+        thread = self._spare_thread
+        if thread is not None:
+            thread.join()
+            self._spare_thread = None
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
 
     def probe(self) -> tuple[bool, str]:
         """Whether this backend can run here, with the reason if not. Not cached."""
@@ -552,6 +724,16 @@ def get_backend(name: str | None = None, *, warn: bool = True) -> Backend:
         print(f"autotuner: warning: using the {backend.name!r} sandbox, which is weaker: "
               f"{backend.strength}", file=sys.stderr)
     return backend
+
+
+def release_spares() -> None:
+    """Stop every spare worker this process keeps (tests call it before counting children)."""
+    for (pid, _), backend in list(_CACHE.items()):
+        if pid == os.getpid():
+            backend.release_spare()
+
+
+atexit.register(release_spares)
 
 
 def available_backends() -> list[tuple[str, bool, str]]:

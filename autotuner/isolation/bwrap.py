@@ -24,9 +24,11 @@ from .base import (
     Backend,
     HostLayout,
     Limits,
+    PidsCgroup,
     PopenWorker,
     WorkerHandle,
-    rlimit_preexec,
+    child_setup,
+    pids_cgroup_root,
 )
 
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
@@ -102,13 +104,20 @@ class BwrapBackend(Backend):
         version = _bwrap_help()
         self.detail = "bubblewrap" + (", userns disabled inside" if "--disable-userns" in version
                                       else "")
+        if os.geteuid() == 0:
+            # The kernel exempts root's processes from RLIMIT_NPROC, even in a user namespace.
+            self.detail += ", pids cgroup" if pids_cgroup_root() else \
+                ", NO process limit (root without a writable pids cgroup)"
         return self._selftest()
 
-    def start(self, request: bytes, limits: Limits) -> WorkerHandle:
+    def spawn(self, limits: Limits) -> WorkerHandle:
         if self._layout is None:
             self._layout = HostLayout.of_this_process()
         argv = bwrap_argv(self._layout, limits, shutil.which("bwrap") or "bwrap")
+        # bwrap itself and its pid 1 count too.
+        cgroup = PidsCgroup(limits.processes + 2) if pids_cgroup_root() else None
         return PopenWorker(
-            argv, request, limits, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            cwd="/", preexec=rlimit_preexec(limits), signal_offset=True,
+            argv, limits, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            cwd="/", preexec=child_setup(limits, cgroup), signal_offset=True,
+            cleanup=cgroup.remove if cgroup else None,
         )

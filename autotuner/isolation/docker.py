@@ -44,35 +44,43 @@ def _client(timeout: int = 30) -> Any:
 
 
 class DockerWorker(WorkerHandle):
-    def __init__(self, client: Any, container_id: str, sock: Any, request: bytes,
-                 limits: Limits):
+    def __init__(self, client: Any, container_id: str, sock: Any, limits: Limits):
         super().__init__(limits)
         self.client = client
         self.cid = container_id
         self._resp = sock  # keep the HTTP response alive while its socket is in use
         self.sock = sock._sock if hasattr(sock, "_sock") else sock
         self._frame = bytearray()
-        self._todo = memoryview(request)
+        self._todo: memoryview | None = None  # request bytes not yet written
         self.sock.setblocking(False)
         self._eof = False
         self._oom = False
 
+    def _send(self, request: bytes) -> None:
+        self._todo = memoryview(request)
+        self._send_some()
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.client.api.inspect_container(self.cid)["State"]["Running"])
+        except Exception:  # noqa: BLE001
+            return False
+
     def _send_some(self) -> None:
-        while self._todo:
+        """Write what the socket takes now; at the end, half-close so the worker sees EOF."""
+        while self._todo is not None and len(self._todo):
             try:
                 n = self.sock.send(self._todo[: 1 << 16])
             except BlockingIOError:
                 return
             except OSError:
-                self._todo = memoryview(b"")
                 break
             self._todo = self._todo[n:]
-        if not self._todo:
-            try:
-                self.sock.shutdown(socket.SHUT_WR)  # the worker sees EOF on stdin
-            except OSError:
-                pass
-            self._todo = None  # type: ignore[assignment]
+        self._todo = None
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def _poll(self, timeout: float) -> list[tuple[str, bytes]]:
         if self._eof:
@@ -95,6 +103,9 @@ class DockerWorker(WorkerHandle):
             self._eof = True
             return [("out", b""), ("err", b"")]
         self._frame += data
+        if len(self._frame) > self.limits.output_bytes + self.limits.stderr_bytes + 1024:
+            raise self._fault(f"output limit: the worker wrote more than "
+                              f"{self.limits.output_bytes >> 20} MiB")
         # Multiplexed attach stream: 8-byte header (stream, 0, 0, 0, big-endian length), payload.
         while len(self._frame) >= 8:
             kind, size = self._frame[0], struct.unpack(">I", self._frame[4:8])[0]
@@ -181,7 +192,7 @@ class DockerBackend(Backend):
             tried.append(why)
         return False, "; ".join(tried)
 
-    def start(self, request: bytes, limits: Limits) -> WorkerHandle:
+    def spawn(self, limits: Limits) -> WorkerHandle:
         from docker.types import LogConfig, Mount, Ulimit
 
         if self._layout is None:
@@ -224,7 +235,7 @@ class DockerBackend(Backend):
             except Exception:  # noqa: BLE001
                 pass
             raise
-        return DockerWorker(client, cid, sock, request, limits)
+        return DockerWorker(client, cid, sock, limits)
 
 
 def leftover_containers() -> list[str]:

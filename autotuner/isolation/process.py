@@ -7,9 +7,11 @@ that user can. What it still gets, strongest variant first, whichever passes the
 - ``unshare-nobody`` (root only): new net, pid, ipc, uts and mount namespaces (no network; it
   sees only its own processes, and all of them die with it) and uid/gid 65534 (nobody), so the
   user's private files are out of reach. Needs the Python installation readable by nobody.
-- ``unshare``: the same namespaces (a user namespace when not root), same uid; as root, every
-  capability is dropped (empty bounding set, no-new-privs) before Python starts.
-- ``plain``: no namespaces at all (network reachable!), only rlimits and no-new-privs.
+- ``unshare``: the same namespaces plus a user namespace (so RLIMIT_NPROC counts only the
+  worker's tasks), same owner on the host; every capability dropped (empty bounding set,
+  no-new-privs) before Python starts.
+- ``plain``: no namespaces at all (network reachable, and for root no process limit), only
+  rlimits and no-new-privs.
 
 Always: ``python -I -S -B``, an environment of only PATH/LANG/HOME/TMPDIR and BLAS thread counts,
 a private scratch directory as cwd, HOME and TMPDIR (removed afterwards), rlimits on CPU, address
@@ -30,9 +32,11 @@ from .base import (
     Backend,
     HostLayout,
     Limits,
+    PidsCgroup,
     PopenWorker,
     WorkerHandle,
-    rlimit_preexec,
+    child_setup,
+    pids_cgroup_root,
 )
 
 NOBODY = 65534
@@ -49,8 +53,9 @@ def _variants() -> list[tuple[str, list[str]]]:
     if unshare and root:
         out.append(("unshare-nobody", [unshare, *_NS, "--setgid", str(NOBODY), "--setuid",
                                        str(NOBODY), "--"]))
-        out.append(("unshare", [unshare, *_NS, "--", *drop]))
-    elif unshare:
+    if unshare:
+        # A user namespace even for root: RLIMIT_NPROC is then counted per namespace, which is
+        # what makes the worker's process limit hold (root is exempt from it otherwise).
         out.append(("unshare", [unshare, "--user", *_NS, "--", *drop]))
     out.append(("plain", [*drop]))
     return out
@@ -73,6 +78,8 @@ class ProcessBackend(Backend):
         reasons = []
         for name, prefix in _variants():
             self._prefix, self.variant, self.detail = prefix, name, name
+            if os.geteuid() == 0:
+                self.detail += ", pids cgroup" if pids_cgroup_root() else ", NO process limit"
             ok, why = self._selftest()
             if ok:
                 if name == "plain":
@@ -82,7 +89,7 @@ class ProcessBackend(Backend):
         self._prefix = None
         return False, "; ".join(reasons)
 
-    def start(self, request: bytes, limits: Limits) -> WorkerHandle:
+    def spawn(self, limits: Limits) -> WorkerHandle:
         if self._layout is None:
             self._layout = HostLayout.of_this_process()
         if self._prefix is None:
@@ -107,7 +114,11 @@ class ProcessBackend(Backend):
         env = dict(WORKER_ENV, HOME=str(scratch), TMPDIR=str(scratch))
         argv = [*self._prefix, layout.python, "-I", "-S", "-B", str(worker), str(lib)]
 
+        cgroup = PidsCgroup(limits.processes + 2) if pids_cgroup_root() else None
+
         def cleanup() -> None:
+            if cgroup is not None:
+                cgroup.remove()
             try:
                 os.chmod(lib, 0o755)
             except OSError:
@@ -118,6 +129,6 @@ class ProcessBackend(Backend):
                 shutil.rmtree(top, ignore_errors=True)
 
         return PopenWorker(
-            argv, request, limits, env=env, cwd=str(scratch), preexec=rlimit_preexec(limits),
+            argv, limits, env=env, cwd=str(scratch), preexec=child_setup(limits, cgroup),
             signal_offset=self.variant != "plain", cleanup=cleanup,
         )

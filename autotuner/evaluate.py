@@ -1,0 +1,474 @@
+"""The evaluate stage: static check, sandboxed run, trusted replay and metrics, one plain record.
+
+    check ──► sandboxed worker (policy + its own simulator) ──► decision log ──► trusted replay
+                                                                               (our simulator,
+                                                                                our metrics)
+
+The worker streams its decision log while it runs; the trusted side replays each decision in its
+own simulator as it arrives (on the other core), validates it against its own state, and computes
+every metric itself. Nothing else the worker says is believed: a forged log either fails
+validation or scores as exactly the decisions it contains; a log with entries left over, or too
+few, is a failure. The worker's own error text is used only to explain a failure, and only after
+it is made printable, cut short and scrubbed of the parent's environment values.
+
+``evaluate`` never raises for a bad proposal: every fault (crash, timeout, exception, garbage or
+oversized output, a killed worker, an illegal decision) is a ``failed`` Evaluation with a reason.
+It raises only for the caller's own mistakes (an unknown sandbox, a bad workload spec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotuner.isolation import Backend, Limits, WorkerFault, get_backend
+from autotuner.isolation.base import available_backends
+
+OK, REJECTED, FAILED = "ok", "rejected", "failed"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+MAX_REASON_CHARS = 400
+
+# Environment variables whose values are harmless to show (everything else is scrubbed from
+# worker-provided text, in case a weaker backend let a policy see it).
+_BENIGN_ENV = {
+    "PATH", "HOME", "PWD", "OLDPWD", "SHELL", "TERM", "LANG", "LANGUAGE", "USER", "LOGNAME",
+    "HOSTNAME", "SHLVL", "TMPDIR", "TZ", "COLUMNS", "LINES", "_", "VIRTUAL_ENV", "PYTHONPATH",
+    "CI", "DISPLAY",
+}
+
+
+@dataclass
+class Evaluation:
+    """The outcome of one evaluation: what the campaign archives and the CLI prints.
+
+    verdict: ``ok`` (metrics are the trusted replay's), ``rejected`` (by the static check; nothing
+    ran) or ``failed`` (it ran and broke something). reasons: sentences for the user and the
+    proposer. constructs: the check's tags for a rejection. decisions: decisions the trusted
+    replay accepted. phase: where it ended (``check``, ``sandbox``, ``replay``, ``done``).
+    """
+
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    decisions: int = 0
+    wall_s: float = 0.0
+    backend: str | None = None
+    policy: str = "<policy>"
+    params: dict[str, Any] = field(default_factory=dict)
+    constructs: list[str] = field(default_factory=list)
+    phase: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------ helpers
+def workload_fingerprint(wl: Any) -> str:
+    """Same digest as ``sandbox/worker.py``'s ``fingerprint`` (tests keep the two in step)."""
+    h = hashlib.sha256()
+    for arr in (wl.arrival, wl.prompt, wl.output):
+        h.update(arr.tobytes())
+    h.update(repr(wl.prefix).encode())
+    h.update(str(wl.prefix_block_tokens).encode())
+    return h.hexdigest()[:32]
+
+
+def _workload_data(wl: Any) -> dict[str, Any]:
+    return {
+        "name": wl.name, "arrival": wl.arrival.tolist(), "prompt": wl.prompt.tolist(),
+        "output": wl.output.tolist(),
+        "prefix": None if wl.prefix is None else [list(p) for p in wl.prefix],
+        "prefix_block_tokens": int(wl.prefix_block_tokens),
+    }
+
+
+def _secret_values() -> list[str]:
+    values = []
+    for key, value in os.environ.items():
+        if key in _BENIGN_ENV or key.startswith("LC_") or len(value) < 6:
+            continue
+        values.append(value)
+    return sorted(set(values), key=len, reverse=True)
+
+
+def untrusted_text(text: Any, limit: int = MAX_REASON_CHARS) -> str:
+    """Worker-provided text made safe to show: printable, short, no parent env values in it."""
+    if not isinstance(text, str) or not text.strip():
+        return "(the worker gave no reason)"
+    text = "".join(ch if ch.isprintable() else " " for ch in text[: limit * 4])
+    for secret in _secret_values():
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _replay_class() -> type:
+    from autotuner.sim.api import PolicyError
+    from autotuner.sim.replay import ReplayPolicy
+
+    class StreamReplay(ReplayPolicy):
+        """ReplayPolicy fed from the worker's stdout while the worker is still running."""
+
+        def __init__(self, handle: Any, fingerprint: str):
+            super().__init__([])
+            self.handle = handle
+            self.fingerprint = fingerprint
+            self.state = "hello"  # -> "decisions" -> "end" -> "eof"
+            self.end: dict[str, Any] | None = None
+            self.fault: str | None = None
+            self.ran_out = False
+
+        def pull(self) -> None:
+            line = self.handle.next_line()
+            if line is None:
+                self.state = "eof"
+                return
+            try:
+                msg = json.loads(line)
+            except Exception:  # noqa: BLE001 - ValueError, RecursionError, anything
+                raise WorkerFault("garbage output: the worker's result is not valid JSON "
+                                  "(only its decision log is read)") from None
+            if not isinstance(msg, dict) or len(msg) != 1:
+                raise WorkerFault("garbage output: not a message of the worker protocol")
+            kind, body = next(iter(msg.items()))
+            if self.state == "hello" and kind == "hello" and isinstance(body, dict):
+                if body.get("workload") != self.fingerprint:
+                    raise WorkerFault("the worker built a different workload than the trusted "
+                                      "side (fingerprints differ): results would not replay")
+                self.state = "decisions"
+            elif self.state == "decisions" and kind == "d" and isinstance(body, list):
+                self.log.extend(body)
+            elif self.state == "decisions" and kind == "end" and isinstance(body, dict):
+                self.end = body
+                self.state = "end"
+            elif self.state == "end":
+                raise WorkerFault("garbage output: the worker wrote more after its result")
+            else:
+                raise WorkerFault(f"garbage output: unexpected {kind!r} message from the worker")
+
+        def drain(self) -> None:
+            while self.state != "eof":
+                self.pull()
+
+        def _next(self, kind: str, decision: str) -> list[Any]:
+            while self.pos >= len(self.log) and self.state in ("hello", "decisions"):
+                try:
+                    self.pull()
+                except WorkerFault as exc:
+                    self.fault = str(exc)
+                    raise PolicyError(decision, "the sandbox worker failed") from None
+            if self.pos >= len(self.log):
+                self.ran_out = True
+            return super()._next(kind, decision)
+
+    return StreamReplay
+
+
+def _rejected(reasons: list[str], name: str, t0: float, constructs: list[str] | None = None,
+              params: Mapping[str, Any] | None = None) -> Evaluation:
+    return Evaluation(REJECTED, reasons, policy=name, wall_s=time.perf_counter() - t0,
+                      constructs=constructs or [], phase="check", params=dict(params or {}))
+
+
+# ------------------------------------------------------------------------------ evaluate
+def evaluate(
+    code: str,
+    *,
+    name: str = "<policy>",
+    params: Mapping[str, Any] | None = None,
+    cluster: Any = None,
+    workload: Any = None,
+    slo: Any = None,
+    horizon: float | None = None,
+    sandbox: str | Backend | None = None,
+    limits: Limits | None = None,
+    skip_check: bool = False,
+    batch: int = 2048,
+    warm: bool = False,
+) -> Evaluation:
+    """Check, run in the sandbox, replay and score one policy file's text.
+
+    workload: a ``WorkloadSpec`` (default: its defaults) or a built ``Workload``. sandbox: a
+    backend name, a Backend, or None to detect. skip_check: run without the static check (tests
+    of the sandbox's own defences only; never for real proposals).
+    """
+    from autotuner.policy import PolicyFileError, read_policy_source
+    from autotuner.sim.engine import ClusterSpec, simulate
+    from autotuner.sim.metrics import SLO
+    from autotuner.sim.workload import Workload
+    from autotuner.simulation import WorkloadSpec, metrics_of
+
+    t0 = time.perf_counter()
+    cluster = cluster or ClusterSpec()
+    slo = slo or SLO()
+    limits = limits or Limits()
+    if workload is None:
+        workload = WorkloadSpec()
+    backend = sandbox if isinstance(sandbox, Backend) else get_backend(sandbox)
+
+    # 1. static check
+    if not isinstance(code, str):
+        return _rejected(["the policy file is not text"], name, t0)
+    if skip_check:
+        try:
+            source = read_policy_source(code, name)
+        except PolicyFileError as exc:
+            return _rejected([str(exc)], name, t0, ["file"])
+    else:
+        from autotuner.check import check_policy
+
+        checked = check_policy(code, name)
+        if not checked.ok or checked.source is None:
+            return _rejected(checked.reasons() or ["the static check refused the file"], name,
+                             t0, [i.construct for i in checked.issues])
+        source = checked.source
+    try:
+        resolved = source.resolve_params(params)
+    except PolicyFileError as exc:
+        return _rejected([str(exc)], name, t0, ["params"], params)
+
+    # 2. the request; the worker rebuilds a scenario itself where it runs our Python and numpy
+    wl = workload if isinstance(workload, Workload) else None
+    if wl is None and backend.same_runtime and not workload.trace:
+        send: dict[str, Any] = {"spec": asdict(workload)}  # we build ours while it starts
+    else:
+        wl = wl if wl is not None else workload.build()  # a bad spec raises: caller's error
+        send = {"data": _workload_data(wl)}
+    request = {
+        "code": code, "name": name, "params": resolved, "cluster": asdict(cluster),
+        "workload": send, "horizon": horizon, "limits": limits.as_dict(), "batch": batch,
+        "unfenced": bool(skip_check),
+    }
+    payload = (json.dumps(request, allow_nan=False) + "\n").encode()
+
+    def failed(reason: str, phase: str, decisions: int = 0) -> Evaluation:
+        return Evaluation(FAILED, [reason], None, decisions, time.perf_counter() - t0,
+                          backend.name, name, dict(resolved), [], phase)
+
+    # 3. the sandboxed run, replayed as it streams
+    try:
+        handle = backend.start(payload, limits, warm=warm)
+    except Exception as exc:  # noqa: BLE001 - the backend could not even start
+        return failed(f"the {backend.name} sandbox could not start the worker: "
+                      f"{type(exc).__name__}: {exc}", "sandbox")
+    try:
+        if wl is None:
+            wl = workload.build()
+        replay = _replay_class()(handle, workload_fingerprint(wl))
+        result = simulate(cluster, wl, replay, horizon=horizon)
+        if replay.fault:
+            return failed(replay.fault, "sandbox", replay.pos)
+        if result.error:
+            if not replay.ran_out:  # an illegal decision, judged by the trusted simulator
+                return failed(f"illegal decision: {result.error}", "replay", replay.pos - 1)
+            if replay.end is not None:
+                if replay.end.get("error"):
+                    return failed(f"policy error: {untrusted_text(replay.end['error'])}",
+                                  "sandbox", replay.pos)
+                return failed("the worker's decision log ended before the simulation did",
+                              "replay", replay.pos)
+            info = handle.finish()
+            return failed(info.reason or "the worker stopped without sending its result",
+                          "sandbox", replay.pos)
+        replay.drain()
+        if replay.end is None:
+            info = handle.finish()
+            return failed(info.reason or "the worker stopped without sending its result",
+                          "sandbox", replay.pos)
+        if replay.unused:
+            return failed(f"the worker's decision log has {replay.unused} more entries than "
+                          "the simulation asked for", "replay", replay.pos)
+        if replay.end.get("error"):
+            return failed(f"policy error: {untrusted_text(replay.end['error'])}", "sandbox",
+                          replay.pos)
+        info = handle.finish()
+        if not info.ok:
+            return failed(info.reason, "sandbox", replay.pos)
+        metrics = metrics_of(cluster, wl, result, slo)
+        return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0, backend.name,
+                          name, dict(resolved), [], "done")
+    except WorkerFault as exc:
+        return failed(str(exc), "sandbox")
+    finally:
+        handle.close()
+
+
+def evaluate_file(path: str | Path, **kwargs: Any) -> Evaluation:
+    """``evaluate`` on a file's text; an unreadable file is a rejection, not an exception."""
+    path = Path(path)
+    t0 = time.perf_counter()
+    try:
+        code = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return _rejected([f"{path}: the file is not UTF-8 text"], str(path), t0, ["file"])
+    return evaluate(code, name=kwargs.pop("name", str(path)), **kwargs)
+
+
+# ------------------------------------------------------------------------------ CLI
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``autotuner evaluate`` (the lead wires it in autotuner/cli.py)."""
+    from autotuner.cli import add_cluster_options, add_slo_options, add_workload_options
+
+    p.add_argument("--policy", required=True, help="policy file (or a shipped baseline's name)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a declared tunable (repeatable)")
+    add_cluster_options(p)
+    add_workload_options(p)
+    add_slo_options(p)
+    p.add_argument("--horizon", type=float, help="stop at this simulated time (s)")
+    g = p.add_argument_group("sandbox")
+    g.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "docker", "process"],
+                   help="isolation backend (default: the strongest that works here)")
+    g.add_argument("--timeout", type=float, default=Limits.wall_s,
+                   help=f"wall-time limit, seconds (default {Limits.wall_s:g})")
+    g.add_argument("--cpu-limit", type=int, default=Limits.cpu_s,
+                   help=f"CPU-time limit, seconds (default {Limits.cpu_s})")
+    g.add_argument("--memory-limit", type=int, default=Limits.memory_bytes >> 20,
+                   help=f"memory limit, MiB (default {Limits.memory_bytes >> 20})")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``autotuner evaluate``: exit 0 ok, 1 failed, 3 rejected, 2 usage or setup error."""
+    from autotuner.cli import (
+        CLIError,
+        cluster_from,
+        format_metrics,
+        parse_params,
+        print_json,
+        resolve_policy_path,
+        slo_from,
+        workload_spec_from,
+    )
+    from autotuner.isolation import SandboxUnavailable
+
+    path = resolve_policy_path(args.policy)
+    if not path.is_file():
+        raise CLIError(f"{args.policy}: no such policy file")
+    if not (args.timeout > 0 and args.cpu_limit > 0 and args.memory_limit >= 64):
+        raise CLIError("--timeout and --cpu-limit must be positive, --memory-limit >= 64 MiB")
+    limits = Limits(wall_s=args.timeout, cpu_s=args.cpu_limit,
+                    memory_bytes=args.memory_limit << 20)
+    params = parse_params(args.param)
+    cluster, spec, slo = cluster_from(args), workload_spec_from(args), slo_from(args)
+    try:
+        backend = get_backend(args.sandbox)
+    except SandboxUnavailable as exc:
+        raise CLIError(str(exc)) from None
+    ev = evaluate_file(path, params=params, cluster=cluster, workload=spec, slo=slo,
+                       horizon=args.horizon, sandbox=backend, limits=limits)
+    if args.json:
+        report = ev.to_dict()
+        report["sandbox"] = backend.describe()
+        report["workload"] = spec.label()
+        print_json(report)
+    else:
+        print(f"policy    {ev.policy}  {ev.params}")
+        print(f"sandbox   {backend.describe()}" + ("  [WEAKER]" if backend.weaker else ""))
+        print(f"workload  {spec.label()}: {spec.requests:,} requests"
+              + (f" at {spec.rate:g} req/s" if spec.rate else ""))
+        print(f"verdict   {ev.verdict}  ({ev.wall_s:.2f} s, {ev.decisions:,} decisions replayed)")
+        for reason in ev.reasons:
+            print(f"  - {reason}")
+        if ev.metrics:
+            print(format_metrics(ev.metrics))
+    sys.stdout.flush()
+    return {OK: EXIT_OK, FAILED: EXIT_FAILED, REJECTED: EXIT_REJECTED}[ev.verdict]
+
+
+# ------------------------------------------------------------------------------ benchmark
+def bench_sandbox(args: argparse.Namespace) -> int:
+    """``autotuner bench --sandbox``: each backend's fixed cost, and sandboxed/in-process ratio.
+
+    The in-process figure is what ``autotuner simulate`` does (load, simulate, metrics); the
+    sandboxed one is a whole ``evaluate`` (check, worker, streamed trusted replay, metrics) of
+    the same file on the same workload. Best of ``--repeat`` each.
+    """
+    from autotuner.policy import load_policy, read_policy_file
+    from autotuner.resources import baseline_path
+    from autotuner.sim.engine import ClusterSpec, simulate
+    from autotuner.sim.metrics import SLO
+    from autotuner.simulation import WorkloadSpec, metrics_of
+
+    requests = int(getattr(args, "requests", 10_000) or 10_000)
+    rate = float(getattr(args, "rate", 8.0) or 8.0)
+    repeat = max(1, int(getattr(args, "repeat", 3) or 3))
+    cluster = ClusterSpec(model="llama-3-8b", gpu="h100", tp=1, replicas=4)
+    slo = SLO()
+    path = baseline_path("fixed_chunk")
+    code = path.read_text()
+    spec = WorkloadSpec(scenario="chat", requests=requests, rate=rate, seed=0)
+    tiny = WorkloadSpec(scenario="chat", requests=10, rate=rate, seed=0)
+
+    def in_process(s: WorkloadSpec) -> tuple[float, dict[str, Any]]:
+        best, metrics = math.inf, {}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            wl = s.build()
+            result = simulate(cluster, wl, load_policy(read_policy_file(path)))
+            metrics = metrics_of(cluster, wl, result, slo)
+            best = min(best, time.perf_counter() - t0)
+        return best, metrics
+
+    base_s, base_metrics = in_process(spec)
+    tiny_s, _ = in_process(tiny)
+    out: dict[str, Any] = {
+        "scenario": f"chat, Poisson {rate:g} req/s, 4 x llama-3-8b on h100, {requests:,} "
+                    "requests, fixed_chunk",
+        "in_process_s": base_s, "target_ratio": 1.5, "backends": {},
+    }
+    for name, ok, why in available_backends():
+        if not ok:
+            out["backends"][name] = {"available": False, "reason": why}
+            continue
+        backend = get_backend(name, warn=False)
+        fixed, full, same = math.inf, math.inf, True
+        for _ in range(repeat):
+            ev = evaluate(code, name=str(path), cluster=cluster, workload=tiny, slo=slo,
+                          sandbox=backend)
+            fixed = min(fixed, ev.wall_s - tiny_s)
+            ev = evaluate(code, name=str(path), cluster=cluster, workload=spec, slo=slo,
+                          sandbox=backend)
+            if not ev.ok:
+                out["backends"][name] = {"available": True, "error": "; ".join(ev.reasons)}
+                break
+            full = min(full, ev.wall_s)
+            same = same and ev.metrics == base_metrics
+        else:
+            out["backends"][name] = {
+                "available": True, "detail": backend.describe(), "fixed_cost_s": fixed,
+                "sandboxed_s": full, "ratio": full / base_s, "metrics_identical": same,
+            }
+    if getattr(args, "json", False):
+        from autotuner.cli import print_json
+
+        print_json(out)
+        return 0
+    print(out["scenario"])
+    print(f"  in-process (load, simulate, metrics)  {base_s:.3f} s (best of {repeat})")
+    for name, row in out["backends"].items():
+        if not row.get("available"):
+            print(f"  {name:<8} unavailable: {row['reason']}")
+        elif "error" in row:
+            print(f"  {name:<8} failed: {row['error']}")
+        else:
+            flag = "within" if row["ratio"] < 1.5 else "OVER"
+            print(f"  {name:<8} fixed cost {row['fixed_cost_s'] * 1000:6.0f} ms   sandboxed "
+                  f"{row['sandboxed_s']:.3f} s   ratio {row['ratio']:.2f}x ({flag} the 1.5x "
+                  f"target)   metrics identical: {'yes' if row['metrics_identical'] else 'NO'}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,16 @@
+# Runs shell commands to look for credentials.
+# expect: rejected import
+# sandbox: contained
+# ruff: noqa  (hostile on purpose: the code style is part of the attack)
+
+import subprocess
+
+TUNABLES = {}
+
+
+def route(request, cluster, params):
+    out = subprocess.run(
+        ["sh", "-c", "cat ~/.ssh/* ~/.aws/credentials ~/.netrc /tmp/autotuner_canary; env"],
+        capture_output=True, text=True,
+    )
+    raise RuntimeError("shell said: " + out.stdout + out.stderr)
