@@ -12,6 +12,7 @@ from there, so a resumed campaign cannot drift from the one it continues.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import types
@@ -99,7 +100,12 @@ class WorkloadsConfig:
         scenarios: built-in scenarios (``autotuner workloads`` lists them) used in every split.
         traces: trace files (Azure CSV or Mooncake JSONL) also used; each is cut into the three
             time windows below. Empty by default, so real traces stay unseen for replay.
-        requests: requests per simulated workload instance (a trace window gives at most this).
+        requests: requests per workload instance, for scenarios not in ``scenario_requests``
+            and as the cap on a trace window.
+        scenario_requests: requests per instance by scenario. A run at capacity should last long
+            enough for queues to settle (tens of seconds), so high-rate scenarios get more
+            requests: too short a run measures how big a burst the cluster absorbs, not what
+            it sustains.
         train_seeds: seeds of the training instances (search and tuning).
         validation_seeds: seeds of the validation instances (re-ranking the finalists).
         heldout_seeds: seeds of the held-out instances (the gate; several per scenario so the
@@ -113,7 +119,9 @@ class WorkloadsConfig:
 
     scenarios: tuple[str, ...] = SCENARIO_NAMES
     traces: tuple[str, ...] = ()
-    requests: int = 800
+    requests: int = 1000
+    scenario_requests: Mapping[str, int] = field(default_factory=lambda: {
+        "chat": 2000, "bursty": 2000, "summarize": 1000, "multiturn": 600, "mixed": 1000})
     train_seeds: tuple[int, ...] = (1,)
     validation_seeds: tuple[int, ...] = (101,)
     heldout_seeds: tuple[int, ...] = (1001, 1002, 1003)
@@ -121,6 +129,10 @@ class WorkloadsConfig:
     validation_window: tuple[float, ...] = (0.6, 0.8)
     heldout_window: tuple[float, ...] = (0.8, 1.0)
     screen: tuple[str, ...] = ("mixed",)
+
+    def requests_for(self, scenario: str | None) -> int:
+        return int(self.scenario_requests.get(scenario, self.requests)) if scenario else \
+            self.requests
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,7 @@ class ObjectiveConfig:
     """
 
     baseline: str = "fixed_chunk"
-    ladder: tuple[float, ...] = (0.8, 1.0, 1.25, 1.5, 1.75)
+    ladder: tuple[float, ...] = (0.8, 1.0, 1.25, 1.5)
     goodput: str = "requests"
 
 
@@ -337,6 +349,10 @@ def _validate(cfg: CampaignConfig) -> None:
     _require(set(w.screen) <= set(w.scenarios), "workloads.screen",
              "must be a subset of workloads.scenarios")
     _require(w.requests >= 10, "workloads.requests", "must be at least 10")
+    for scen, n in w.scenario_requests.items():
+        _require(scen in SCENARIO_NAMES, "workloads.scenario_requests",
+                 f"unknown scenario {scen!r} (known: {', '.join(SCENARIO_NAMES)})")
+        _require(n >= 10, f"workloads.scenario_requests.{scen}", "must be at least 10")
     for key in ("train_seeds", "validation_seeds", "heldout_seeds"):
         _require(len(getattr(w, key)) >= 1, f"workloads.{key}", "needs at least one seed")
     splits = [set(w.train_seeds), set(w.validation_seeds), set(w.heldout_seeds)]
@@ -389,6 +405,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in args) + " (or left out)"
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    if origin in (dict, Mapping, collections.abc.Mapping):
+        return f"a table of {_type_name(typing.get_args(tp)[1])}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -404,6 +422,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return None
         return _coerce(value, args[0], key)
+    if origin in (dict, Mapping, collections.abc.Mapping):
+        if not isinstance(value, Mapping):
+            raise bad
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}")
+                for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -533,14 +557,17 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
+_INLINE_TABLES = ("prices", "extra_body", "scenario_requests")
+
+
 def dumps(cfg: CampaignConfig) -> str:
     """TOML text that ``load_config`` reads back to an equal config. Unset optional values are
     written as comments, since TOML has no null."""
     lines: list[str] = ["# The campaign config as run (autotuner resume reads it back).", ""]
 
     def table(name: str, data: Mapping[str, Any]) -> None:
-        scalars = {k: v for k, v in data.items() if not isinstance(v, Mapping) or k in ("prices",
-                   "extra_body")}
+        scalars = {k: v for k, v in data.items()
+                   if not isinstance(v, Mapping) or k in _INLINE_TABLES}
         subs = {k: v for k, v in data.items() if k not in scalars}
         if name:
             lines.append(f"[{name}]")

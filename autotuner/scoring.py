@@ -1,0 +1,525 @@
+"""Scoring policies on workload instances: single runs, capacity, and the ladder objective.
+
+The unit of work is a ``Job``: one policy (code + parameter values) on one workload instance,
+either at one arrival rate (``run``) or searched for its capacity (``capacity``: the highest rate
+at which ``share`` of requests meet both SLOs, by bisection over the instance's time-scaled
+arrivals). Jobs are plain picklable data, so a process pool runs them; every job goes through
+``autotuner.evaluate`` (the sandbox with trusted replay) when it is available, for the baseline
+exactly as for a proposal. Results are small JSON-able dicts, cached in the archive by
+``Job.key()`` so nothing finished is ever run twice.
+
+The objective (``ladder_scores``) is a cheap, smooth stand-in for capacity: for each instance, a
+policy's goodput summed over a ladder of rates (factors of the tuned baseline's capacity on that
+instance) divided by the tuned baseline's, paired on the same instance, minus one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotuner.archive import canonical, evaluation_key, sha256
+from autotuner.config import CampaignConfig, ClusterConfig, SandboxConfig, SLOConfig
+from autotuner.sim.engine import ClusterSpec, SimResult
+from autotuner.sim.metrics import SLO, per_request
+from autotuner.sim.workload import Workload, load_trace, make_workload
+
+
+# ------------------------------------------------------------------------------- instances
+@dataclass(frozen=True)
+class Instance:
+    """One workload instance: a scenario with a seed, or a time window of a trace.
+
+    ``window`` is a [start, end) pair of fractions of the trace's duration; a trace instance's
+    ``seed`` is unused (kept 0). ``requests`` caps the instance's size.
+    """
+
+    scenario: str | None
+    seed: int
+    requests: int
+    trace: str | None = None
+    window: tuple[float, float] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.trace:
+            lo, hi = self.window or (0.0, 1.0)
+            return f"{Path(self.trace).name}[{lo:g}:{hi:g}]"
+        return f"{self.scenario}@{self.seed}"
+
+    @property
+    def family(self) -> str:
+        """What the instance is a sample of: the scenario or trace name (for per-workload
+        summaries across seeds)."""
+        return Path(self.trace).name if self.trace else str(self.scenario)
+
+    def key(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"scenario": self.scenario, "seed": self.seed,
+                             "requests": self.requests}
+        if self.trace:
+            d["trace"] = os.path.abspath(self.trace)
+            d["window"] = list(self.window or (0.0, 1.0))
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "seed": self.seed, "requests": self.requests,
+                "trace": self.trace, "window": list(self.window) if self.window else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Instance:
+        window = d.get("window")
+        return cls(d.get("scenario"), int(d.get("seed", 0)), int(d["requests"]), d.get("trace"),
+                   tuple(window) if window else None)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=8)
+def _trace_duration(path: str) -> float:
+    wl = load_trace(path)
+    return float(wl.arrival[-1]) if len(wl) else 0.0
+
+
+@functools.lru_cache(maxsize=64)
+def _build_cached(inst: Instance) -> Workload:
+    if inst.trace:
+        duration = _trace_duration(inst.trace)
+        lo, hi = inst.window or (0.0, 1.0)
+        wl = load_trace(inst.trace, start=lo * duration, end=hi * duration + (1e-9 if hi >= 1
+                        else 0.0), limit=inst.requests)
+        if len(wl) < 2:
+            raise ValueError(f"{inst.label}: the window holds fewer than 2 requests")
+        return wl
+    return make_workload(str(inst.scenario), inst.requests, seed=inst.seed)
+
+
+def build_workload(inst: Instance) -> Workload:
+    """The instance's requests at their own (generated or recorded) rate. Cached per process."""
+    return _build_cached(inst)
+
+
+def split_instances(cfg: CampaignConfig) -> dict[str, list[Instance]]:
+    """Training, validation and held-out instances, plus the cascade's screening ones."""
+    w = cfg.workloads
+    out: dict[str, list[Instance]] = {}
+    for split, seeds, window in (
+        ("train", w.train_seeds, w.train_window),
+        ("validation", w.validation_seeds, w.validation_window),
+        ("heldout", w.heldout_seeds, w.heldout_window),
+    ):
+        insts = [Instance(s, seed, w.requests_for(s)) for seed in seeds for s in w.scenarios]
+        insts += [Instance(None, 0, w.requests, trace, tuple(window))  # type: ignore[arg-type]
+                  for trace in w.traces]
+        out[split] = insts
+    out["screen"] = [Instance(s, w.train_seeds[0], w.requests_for(s)) for s in w.screen]
+    return out
+
+
+# ------------------------------------------------------------------------------- jobs
+@dataclass(frozen=True)
+class Job:
+    """One unit of evaluation. ``kind`` is ``"run"`` (at ``rate``; None = the instance's own)
+    or ``"capacity"`` (bisection; ``rate`` is a hint for the first bracket)."""
+
+    code: str
+    params: Mapping[str, Any]
+    instance: Instance
+    kind: str = "run"
+    rate: float | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    slo: SLOConfig = field(default_factory=SLOConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    rel_tol: float = 0.02
+    name: str = "<policy>"
+
+    def key(self) -> str:
+        """Identity for the evaluation cache: everything that changes the result, and nothing
+        that does not (the sandbox backend and the display name do not)."""
+        context = {"kind": self.kind, "cluster": asdict(self.cluster),
+                   "slo": asdict(self.slo)}
+        if self.kind == "capacity":
+            context["rel_tol"] = self.rel_tol
+            context["hint"] = None if self.rate is None else round(float(self.rate), 6)
+        return evaluation_key(sha256(self.code), dict(self.params), self.instance.key(),
+                              self.rate if self.kind == "run" else None, context)
+
+
+def horizon_for(wl: Workload, slo: SLO) -> float:
+    """Stop an overloaded run after a generous drain (as ``autotuner.sim.metrics`` does for
+    capacity probes): past that nothing changes a verdict, and it bounds the cost of a probe."""
+    span = float(wl.arrival[-1] - wl.arrival[0]) if len(wl) else 0.0
+    return float(wl.arrival[-1]) + max(60.0, 0.5 * span) + 20 * slo.ttft_s
+
+
+# The function that runs one policy on one workload and returns trusted metrics (``_metrics``
+# keys). It is the sandbox (``autotuner.evaluate``) for every policy; tests may swap in the
+# in-process path for trusted files.
+Simulator = Callable[[str, Mapping[str, Any], ClusterSpec, Workload, SLO, float, SandboxConfig,
+                      str], dict[str, Any]]
+
+
+@functools.lru_cache(maxsize=4)
+def _backend(name: str) -> Any:
+    from autotuner.isolation import get_backend
+
+    return get_backend(None if name == "auto" else name)
+
+
+def sandbox_description(name: str) -> tuple[str, bool]:
+    """(one line naming the backend in use, whether it is the weaker last resort)."""
+    backend = _backend(name)
+    return backend.describe(), bool(backend.weaker)
+
+
+def _sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
+               slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> dict[str, Any]:
+    from autotuner.evaluate import evaluate
+    from autotuner.isolation import Limits
+
+    limits = Limits(wall_s=sandbox.timeout_s, cpu_s=max(1, int(sandbox.timeout_s)),
+                    memory_bytes=int(sandbox.memory_mb) << 20)
+    ev = evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
+                  horizon=horizon, sandbox=_backend(sandbox.backend), limits=limits, warm=True)
+    if not ev.ok:
+        return _failure(wl, "; ".join(ev.reasons) or ev.verdict)
+    result = getattr(ev, "result", None)  # the trusted SimResult, where evaluate exposes it
+    if result is not None:
+        return _metrics(wl, result, slo)
+    return _from_summary(wl, ev.metrics or {})
+
+
+def _in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
+                slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> dict[str, Any]:
+    """Trusted files only (tests): runs the policy in this process, no sandbox."""
+    from autotuner.policy import PolicyFileError, read_policy_source
+    from autotuner.simulation import run_policy
+
+    try:
+        source = read_policy_source(code, name)
+        result = run_policy(source, cluster, wl, params=params, horizon=horizon)
+    except PolicyFileError as exc:
+        return _failure(wl, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the policy raised while loading
+        return _failure(wl, f"policy error: {type(exc).__name__}: {exc}")
+    return _metrics(wl, result, slo)
+
+
+def simulator_for(backend: str) -> Simulator:
+    return _in_process if backend == "inprocess" else _sandboxed
+
+
+def _failure(wl: Workload, reason: str) -> dict[str, Any]:
+    return {"error": reason, "requests": len(wl), "rate": wl.rate, "attainment": 0.0,
+            "goodput_rps": 0.0, "goodput_tok_s": 0.0}
+
+
+def _from_summary(wl: Workload, m: Mapping[str, Any]) -> dict[str, Any]:
+    """Our metrics from ``summarize``'s (the sandbox's trusted replay); the TTFT-only and
+    TPOT-only shares are not in a summary, so they are left out."""
+    def q(group: str, key: str) -> float | None:
+        v = (m.get(group) or {}).get(key)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    return {
+        "error": m.get("error"), "requests": len(wl), "rate": wl.rate,
+        "finished": m.get("finished"), "attainment": float(m.get("slo_attainment") or 0.0),
+        "goodput_rps": float(m.get("goodput_rps") or 0.0),
+        "goodput_tok_s": float(m.get("goodput_tok_s") or 0.0),
+        "throughput_tok_s": float(m.get("throughput_tok_s") or 0.0),
+        "ttft_p50": q("ttft_s", "p50"), "ttft_p90": q("ttft_s", "p90"),
+        "ttft_p99": q("ttft_s", "p99"), "tpot_p50": q("tpot_s", "p50"),
+        "tpot_p90": q("tpot_s", "p90"), "tpot_p99": q("tpot_s", "p99"),
+    }
+
+
+def _metrics(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
+    """Trusted metrics from a trusted SimResult (every arrival counts)."""
+    r = per_request(wl, result)
+    with np.errstate(invalid="ignore"):
+        ttft_ok = r["ttft"] <= slo.ttft_s
+        tpot_ok = r["tpot"] <= slo.tpot_s
+    met = ttft_ok & tpot_ok
+    n = len(wl)
+    finished = ~np.isnan(result.finish)
+    t0 = float(wl.arrival[0]) if n else 0.0
+    t_end = float(np.nanmax(result.finish)) if finished.any() else result.end_time
+    if not finished.all():
+        t_end = max(t_end, result.end_time)
+    span = max(t_end - t0, 1e-9)
+
+    def p(values: np.ndarray, q: float) -> float | None:
+        values = values[~np.isnan(values)]
+        return float(np.percentile(values, q)) if values.size else None
+
+    return {
+        "error": result.error,
+        "requests": n,
+        "rate": wl.rate,
+        "finished": int(finished.sum()),
+        "attainment": float(met.mean()) if n else 0.0,
+        "ttft_ok": float(ttft_ok.mean()) if n else 0.0,
+        "tpot_ok": float(tpot_ok.mean()) if n else 0.0,
+        "goodput_rps": float(met.sum()) / span,
+        "goodput_tok_s": float(wl.output[met].sum()) / span,
+        "throughput_tok_s": float(wl.output[finished].sum()) / span,
+        "ttft_p50": p(r["ttft"], 50), "ttft_p90": p(r["ttft"], 90), "ttft_p99": p(r["ttft"], 99),
+        "tpot_p50": p(r["tpot"], 50), "tpot_p90": p(r["tpot"], 90), "tpot_p99": p(r["tpot"], 99),
+    }
+
+
+def run_at(job: Job, rate: float | None, simulator: Simulator) -> dict[str, Any]:
+    base = build_workload(job.instance)
+    wl = base if rate is None else base.with_rate(rate)
+    slo = job.slo.slo()
+    return simulator(job.code, job.params, job.cluster.spec(), wl, slo, horizon_for(wl, slo),
+                     job.sandbox, job.name)
+
+
+def capacity_search(attainment: Callable[[float], tuple[float, str | None]], start: float,
+                    share: float, rel_tol: float, max_probes: int = 24
+                    ) -> tuple[float, list[tuple[float, float]], str | None]:
+    """Bisection (geometric) for the highest rate with attainment >= share.
+
+    Starts from a bracket around ``start`` (a good hint, such as the baseline's capacity, saves
+    probes). Returns (capacity, probes, error). Assumes attainment falls as the rate rises.
+    """
+    probes: list[tuple[float, float]] = []
+
+    def ok(rate: float) -> bool:
+        att, err = attainment(rate)
+        probes.append((rate, att))
+        if err:
+            raise _ProbeError(err)
+        return att >= share
+
+    step = 1.0 + max(4 * rel_tol, 0.1)
+    try:
+        lo, hi = start / step, start * step
+        if ok(start):
+            lo = start
+            while ok(hi):
+                lo, hi = hi, hi * 2
+                if len(probes) >= max_probes:
+                    return lo, probes, None
+        else:
+            hi = start
+            while not ok(lo):
+                hi, lo = lo, lo / 2
+                if lo < 1e-4 or len(probes) >= max_probes:
+                    return 0.0, probes, None
+        while hi - lo > rel_tol * lo and len(probes) < max_probes:
+            mid = math.sqrt(lo * hi)
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+    except _ProbeError as exc:
+        return 0.0, probes, str(exc)
+    return lo, probes, None
+
+
+class _ProbeError(Exception):
+    pass
+
+
+def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
+    """Run one job (in a pool worker). Never raises for a policy's failure: the reason is the
+    result's ``error``. Infrastructure failures (the sandbox itself broken) do raise."""
+    simulator = simulator or simulator_for(job.sandbox.backend)
+    t0 = time.perf_counter()
+    if job.kind == "run":
+        out = run_at(job, job.rate, simulator)
+    elif job.kind == "capacity":
+        probe_metrics: dict[float, dict[str, Any]] = {}
+
+        def attainment(rate: float) -> tuple[float, str | None]:
+            m = run_at(job, rate, simulator)
+            probe_metrics[rate] = m
+            return m["attainment"], m["error"]
+
+        start = job.rate or build_workload(job.instance).rate
+        cap, probes, error = capacity_search(attainment, start, job.slo.share, job.rel_tol)
+        at_cap = probe_metrics.get(cap)
+        out = {"error": error, "capacity": cap, "probes": probes,
+               "at_capacity": {k: v for k, v in (at_cap or {}).items() if k != "error"}}
+    else:
+        raise ValueError(f"unknown job kind {job.kind!r}")
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _execute_in_worker(job: Job) -> dict[str, Any]:
+    return execute_job(job)
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the campaign loop, which stops them in order."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ------------------------------------------------------------------------------- the evaluator
+class Evaluator:
+    """Runs jobs on a process pool, through the archive's evaluation cache.
+
+    ``evaluate(jobs)`` returns results in order; cached results come back without running, new
+    ones are stored (one transaction each) as soon as they finish, so a kill loses at most the
+    jobs in flight.
+    """
+
+    def __init__(self, archive: Any, parallelism: int = 2,
+                 simulator: Simulator | None = None):
+        self.archive = archive
+        self.parallelism = max(1, parallelism)
+        self.simulator = simulator
+        self._pool: Any = None
+        self.ran = 0
+        self.cached = 0
+        self.seconds = 0.0
+
+    def _get_pool(self) -> Any:
+        if self._pool is None and self.parallelism > 1 and self.simulator is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.parallelism, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_sigint,
+            )
+        return self._pool
+
+    def start(self) -> None:
+        """Start the workers now (before any threads exist in this process)."""
+        self._get_pool()
+
+    def close(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self._pool = None
+
+    def evaluate(self, jobs: Sequence[Job], candidate_id: str | None = None,
+                 on_result: Callable[[int, dict[str, Any]], None] | None = None
+                 ) -> list[dict[str, Any]]:
+        keys = [job.key() for job in jobs]
+        found = self.archive.get_evaluations(keys)
+        results: list[dict[str, Any] | None] = [found.get(k) for k in keys]
+        todo = [i for i, r in enumerate(results) if r is None]
+        self.cached += len(jobs) - len(todo)
+        # first occurrence runs; duplicates within one call share its result
+        first: dict[str, int] = {}
+        run = []
+        for i in todo:
+            if keys[i] not in first:
+                first[keys[i]] = i
+                run.append(i)
+
+        def store(i: int, result: dict[str, Any]) -> None:
+            job = jobs[i]
+            self.archive.put_evaluation(
+                keys[i], candidate_id=candidate_id, code_sha=sha256(job.code),
+                params=dict(job.params), workload=job.instance.label,
+                rate=job.rate, result=result, seconds=float(result.get("seconds", 0.0)),
+            )
+            self.ran += 1
+            self.seconds += float(result.get("seconds", 0.0))
+            results[i] = result
+            if on_result:
+                on_result(i, result)
+
+        pool = self._get_pool()
+        if pool is None or len(run) <= 1:
+            for i in run:
+                store(i, execute_job(jobs[i], self.simulator))
+        else:
+            from concurrent.futures import FIRST_COMPLETED, wait
+
+            # longest first (capacity jobs, then by size) so the pool's tail is short
+            order = sorted(run, key=lambda i: (jobs[i].kind != "capacity",
+                                               -(jobs[i].rate or 0.0)))
+            futures = {pool.submit(_execute_in_worker, jobs[i]): i for i in order}
+            try:
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        store(futures[fut], fut.result())
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+        for i in todo:
+            if results[i] is None:
+                results[i] = results[first[keys[i]]]
+        return [r if r is not None else {} for r in results]
+
+
+# ------------------------------------------------------------------------------- objective
+def goodput_of(result: Mapping[str, Any], kind: str) -> float:
+    return float(result["goodput_rps" if kind == "requests" else "goodput_tok_s"])
+
+
+def ladder_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instance],
+                capacities: Mapping[str, float], cfg: CampaignConfig, name: str = "<policy>"
+                ) -> list[Job]:
+    """One ``run`` job per instance and ladder rung, at ``factor * capacity[instance]``."""
+    return [
+        Job(code, dict(params), inst, "run", capacities[inst.label] * f, cfg.cluster, cfg.slo,
+            cfg.sandbox, name=name)
+        for inst in instances for f in cfg.objective.ladder
+    ]
+
+
+def capacity_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instance],
+                  cfg: CampaignConfig, hints: Mapping[str, float] | None = None,
+                  name: str = "<policy>") -> list[Job]:
+    return [
+        Job(code, dict(params), inst, "capacity", (hints or {}).get(inst.label), cfg.cluster,
+            cfg.slo, cfg.sandbox, rel_tol=cfg.gate.capacity_rel_tol, name=name)
+        for inst in instances
+    ]
+
+
+@dataclass
+class LadderScore:
+    """The objective on a set of instances, with its evidence."""
+
+    objective: float  # mean over instances of (policy ladder goodput / reference) - 1
+    per_instance: dict[str, float]
+    detail: dict[str, dict[str, Any]]
+    error: str | None = None
+
+
+def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Instance],
+                  reference: Mapping[str, Sequence[float]], cfg: CampaignConfig) -> LadderScore:
+    """Score ladder results (as ``ladder_jobs`` ordered them) against reference goodputs per
+    instance and rung. An error anywhere fails the whole score with that reason."""
+    rungs = len(cfg.objective.ladder)
+    per: dict[str, float] = {}
+    detail: dict[str, dict[str, Any]] = {}
+    for n, inst in enumerate(instances):
+        chunk = results[n * rungs:(n + 1) * rungs]
+        for r in chunk:
+            if r.get("error"):
+                return LadderScore(-1.0, per, detail, f"{inst.label}: {r['error']}")
+        good = [goodput_of(r, cfg.objective.goodput) for r in chunk]
+        ref = list(reference[inst.label])
+        total_ref = sum(ref)
+        per[inst.label] = (sum(good) / total_ref - 1.0) if total_ref > 0 else 0.0
+        detail[inst.label] = {
+            "goodput": good, "reference": ref,
+            "attainment": [r["attainment"] for r in chunk],
+            "rates": [r["rate"] for r in chunk],
+        }
+    objective = float(np.mean(list(per.values()))) if per else 0.0
+    return LadderScore(objective, per, detail)
+
+
+def describe_params(params: Mapping[str, Any]) -> str:
+    return canonical(params)
