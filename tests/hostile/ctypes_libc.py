@@ -1,6 +1,7 @@
 # Calls libc's system() through ctypes.
 # expect: rejected import
 # sandbox: contained
+# weaker: process it runs as your user, so it reads and writes what you can
 # ruff: noqa  (hostile on purpose: the code style is part of the attack)
 
 import ctypes

@@ -1,6 +1,7 @@
 # __import__ to get os without an import statement.
 # expect: rejected dunder
 # sandbox: contained
+# weaker: process it runs as your user, so it reads and writes what you can
 # ruff: noqa  (hostile on purpose: the code style is part of the attack)
 
 TUNABLES = {}

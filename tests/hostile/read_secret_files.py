@@ -1,6 +1,7 @@
 # Reads credential files and the planted canary, and puts them in its error message.
 # expect: rejected builtin
 # sandbox: contained
+# weaker: process it runs as your user, so it reads and writes what you can
 # ruff: noqa  (hostile on purpose: the code style is part of the attack)
 
 TUNABLES = {}

@@ -1,6 +1,7 @@
 # The classic escape: object.__subclasses__() -> a class whose __init__.__globals__ has os.
 # expect: rejected dunder
 # sandbox: contained
+# weaker: process it runs as your user, so it reads and writes what you can
 # ruff: noqa  (hostile on purpose: the code style is part of the attack)
 
 TUNABLES = {}

@@ -1,6 +1,7 @@
 # Runs shell commands to look for credentials.
 # expect: rejected import
 # sandbox: contained
+# weaker: process it runs as your user, so it reads and writes what you can
 # ruff: noqa  (hostile on purpose: the code style is part of the attack)
 
 import subprocess

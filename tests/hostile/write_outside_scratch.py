@@ -1,6 +1,7 @@
 # Tries to write files outside its scratch directory: /tmp, the home, the package itself.
 # expect: rejected builtin
 # sandbox: contained
+# weaker: process it runs as your user, so it reads and writes what you can
 # ruff: noqa  (hostile on purpose: the code style is part of the attack)
 
 TUNABLES = {}
