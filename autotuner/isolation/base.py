@@ -470,12 +470,31 @@ class PopenWorker(WorkerHandle):
                 self.proc.kill()
 
     def _exit_info(self, timeout: float) -> ExitInfo:
-        try:
-            status = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return ExitInfo(None, "", False)
+        # wait4, not wait: its rusage covers the whole reaped tree, which tells a CPU-limit kill
+        # apart even where a wrapper (unshare) reports its child's signal as a plain status.
+        end = time.monotonic() + timeout
+        while True:
+            if self.proc.returncode is not None:
+                status, cpu = self.proc.returncode, 0.0
+                break
+            try:
+                pid, raw, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                status, cpu = self.proc.wait(1), 0.0
+                break
+            if pid:
+                status = os.waitstatus_to_exitcode(raw)
+                self.proc.returncode = status
+                cpu = usage.ru_utime + usage.ru_stime
+                break
+            if time.monotonic() > end:
+                return ExitInfo(None, "", False)
+            time.sleep(0.005)
         if status == 0:
             return ExitInfo(0, "", True)
+        if cpu >= self.limits.cpu_s - 0.05:
+            return ExitInfo(status, f"the CPU time limit ({self.limits.cpu_s} s) was exceeded",
+                            False)
         return ExitInfo(status, describe_exit(status, signal_offset=self.signal_offset,
                                               limits=self.limits), False)
 

@@ -1,0 +1,203 @@
+"""The isolation backends themselves: detection, forcing, what the worker can see, and limits.
+
+Every behavioural test runs on every backend that passes its self-test here; the others skip
+with the self-test's reason. The policies below run with the static check and the loader's
+fence bypassed, so only the isolation stands between them and the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from sandbox_support import Canaries, assert_no_leftovers, backend_params, make_subreaper
+
+from autotuner.evaluate import evaluate
+from autotuner.isolation import (
+    BACKEND_ORDER,
+    Limits,
+    SandboxUnavailable,
+    detect_backend,
+    get_backend,
+)
+from autotuner.isolation import base as iso
+from autotuner.isolation.base import WORKER_ENV, HostLayout, describe_exit
+from autotuner.simulation import WorkloadSpec
+
+SPEC = WorkloadSpec(scenario="chat", requests=50, seed=0)
+LIMITS = Limits(wall_s=8.0, cpu_s=6, memory_bytes=1 << 30, output_bytes=8 << 20,
+                stderr_bytes=64 << 10)
+
+# Reports what the worker can see as short codes in its exception (failure reasons are cut to
+# 400 characters): probe("name", fn) -> "name=ok" or "name=ErrorType".
+PROBE = '''
+import os, socket
+
+TUNABLES = {}
+WRITE_SYSTEM = True
+
+
+def _try(name, fn):
+    try:
+        fn()
+        return name + "=ok"
+    except BaseException as exc:
+        return name + "=" + type(exc).__name__
+
+
+def _write(path):
+    with open(path, "w") as f:
+        f.write("x")
+
+
+def route(request, cluster, params):
+    items = [
+        _try("scratch", lambda: _write(os.path.join(os.getcwd(), "probe.txt"))),
+        _try("tmp", lambda: _write("/tmp/autotuner_probe_" + str(os.getpid()))),
+        _try("usr", lambda: _write("/usr/autotuner_probe") if WRITE_SYSTEM else None),
+        _try("pkg", lambda: _write(os.path.join(os.path.dirname(os.__file__), "x.py"))
+             if WRITE_SYSTEM else None),
+        _try("net", lambda: socket.create_connection(("1.1.1.1", 53), timeout=1)),
+        _try("uid0", lambda: None if os.getuid() != 0 else 1 / 0),
+        "env=" + ",".join(sorted(os.environ)),
+    ]
+    raise RuntimeError("PROBE " + " ".join(items))
+'''
+
+
+def _probe(backend: str) -> dict[str, str]:
+    # The process backend really can write there (documented as weaker): never try it.
+    code = PROBE.replace("WRITE_SYSTEM = True", f"WRITE_SYSTEM = {backend != 'process'}")
+    ev = evaluate(code, name="probe.py", workload=SPEC, sandbox=backend, limits=LIMITS,
+                  skip_check=True)
+    assert ev.verdict == "failed"
+    text = ev.reasons[0].split("PROBE ", 1)[1]
+    return dict(item.split("=", 1) for item in text.split())
+
+
+# ------------------------------------------------------------------------------ detection
+def test_detect_picks_the_strongest_working_backend_and_caches_it():
+    first = detect_backend()
+    assert detect_backend() is first
+    for name in BACKEND_ORDER:
+        ok, _ = iso.backend_status(name)
+        if ok:
+            assert first.name == name
+            break
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(SandboxUnavailable, match="no sandbox backend named 'nope'"):
+        get_backend("nope")
+
+
+def test_forced_unavailable_backend_is_a_clear_error(monkeypatch):
+    backend = iso._cached("docker")
+    monkeypatch.setattr(backend, "_status", (False, "no docker engine answers"))
+    with pytest.raises(SandboxUnavailable, match="'docker' is not available here: no docker"):
+        get_backend("docker")
+
+
+def test_process_backend_warns_once(capsys, monkeypatch):
+    ok, why = iso.backend_status("process")
+    if not ok:
+        pytest.skip(why)
+    monkeypatch.setattr(iso, "_WARNED", set())
+    get_backend("process")
+    get_backend("process")
+    err = capsys.readouterr().err
+    assert err.count("weaker") == 1
+
+
+def test_exit_statuses_become_reasons():
+    lim = Limits(cpu_s=7, memory_bytes=512 << 20)
+    assert "CPU time limit (7 s)" in describe_exit(-24, signal_offset=False, limits=lim)
+    assert "SIGKILL" in describe_exit(137, signal_offset=True, limits=lim)
+    assert "SIGSEGV" in describe_exit(-11, signal_offset=False, limits=lim)
+    assert "memory limit (512 MiB)" in describe_exit(137, signal_offset=True, limits=lim,
+                                                      oom_killed=True)
+    assert "status 3" in describe_exit(3, signal_offset=True, limits=lim)
+
+
+def test_bwrap_binds_only_what_the_worker_needs():
+    from autotuner.isolation.bwrap import bwrap_argv
+
+    argv = bwrap_argv(HostLayout.of_this_process(), LIMITS)
+    sources = [argv[i + 1] for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
+    for path in sources:
+        assert not path.startswith(("/home", "/etc/", "/tmp", "/var", "/run")) or \
+            path.startswith("/etc/ld.so"), path
+        assert path not in ("/", "/root", os.path.expanduser("~"))
+    assert "--unshare-all" in argv and "--unshare-user" in argv and "--clearenv" in argv
+    assert "--die-with-parent" in argv and "--remount-ro" in argv
+    assert "--bind" not in argv  # nothing host-side is writable
+
+
+# ------------------------------------------------------------------------------ behaviour
+@pytest.fixture()
+def scratch_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    make_subreaper()
+    return tmp_path
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_what_the_worker_can_see(backend, scratch_root):
+    canaries = Canaries()
+    canaries.plant()
+    try:
+        seen = _probe(backend)
+    finally:
+        canaries.remove()
+    assert seen["scratch"] == "ok", "the private scratch directory must be writable"
+    assert seen["net"] != "ok", "no network"
+    assert set(seen["env"].split(",")) <= set(WORKER_ENV) | {"PWD", "HOSTNAME",
+                                                            "PYTHONDONTWRITEBYTECODE",
+                                                            "PYTHONHASHSEED"}
+    if backend != "process":  # it runs as the user, with the user's rights (documented)
+        assert seen["usr"] != "ok" and seen["pkg"] != "ok", "the system must be read-only"
+        assert seen["uid0"] == "ok", "the worker must not be root"
+        assert not list(Path("/tmp").glob("autotuner_probe_*")), "its /tmp must be private"
+    assert_no_leftovers(scratch_root, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_cpu_limit_stops_a_spinning_worker_before_the_wall_limit(backend, scratch_root):
+    code = "TUNABLES = {}\n\ndef route(request, cluster, params):\n    while True:\n        pass\n"
+    ev = evaluate(code, workload=SPEC, sandbox=backend, skip_check=True,
+                  limits=LIMITS.with_(wall_s=20.0, cpu_s=1))
+    assert ev.verdict == "failed"
+    assert "CPU time limit" in ev.reasons[0] or "SIGKILL" in ev.reasons[0], ev.reasons
+    assert ev.wall_s < 15
+    assert_no_leftovers(scratch_root, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_output_cap_on_stdout(backend, scratch_root):
+    # Writes a flood straight to the result channel (whichever fd it is), not through print().
+    code = (
+        "import os\nTUNABLES = {}\n\ndef route(request, cluster, params):\n"
+        "    while True:\n        for fd in range(3, 10):\n            try:\n"
+        "                os.write(fd, b'[' * 65536)\n"
+        "            except OSError:\n                pass\n"
+    )
+    ev = evaluate(code, workload=SPEC, sandbox=backend, skip_check=True,
+                  limits=LIMITS.with_(output_bytes=1 << 20))
+    assert ev.verdict == "failed"
+    assert "output limit" in ev.reasons[0] or "garbage" in ev.reasons[0], ev.reasons
+    assert_no_leftovers(scratch_root, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_spare_workers_serve_one_request_each_and_are_released(backend, scratch_root):
+    from autotuner.resources import baseline_path
+
+    code = baseline_path("fixed_chunk").read_text()
+    first = evaluate(code, workload=SPEC, sandbox=backend, limits=LIMITS, warm=True)
+    second = evaluate(code, workload=SPEC, sandbox=backend, limits=LIMITS, warm=True)
+    assert first.ok and second.ok
+    assert json.dumps(first.metrics) == json.dumps(second.metrics)
+    assert_no_leftovers(scratch_root, backend)
