@@ -23,8 +23,6 @@ import json
 import os
 import sys
 
-sys.path[0:0] = [lib for lib in sys.argv[1:] if lib not in sys.path]
-
 MAX_REQUEST = 256 << 20
 
 
@@ -180,6 +178,7 @@ def main():
 
 
 if __name__ == "__main__":
+    sys.path[0:0] = [lib for lib in sys.argv[1:] if lib not in sys.path]
     try:
         main()
     except BaseException as exc:  # noqa: BLE001 - anything here is the worker's own failure

@@ -1,0 +1,229 @@
+"""The evaluate stage: benign policies score exactly as in-process; forged logs never score.
+
+Scores come only from the trusted replay, so a benign policy's metrics through any sandbox must
+equal ``autotuner simulate``'s to the last bit, and a worker that lies about its decisions (too
+many, too few, out of order, garbage, another workload) gets a failed evaluation, never a score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from sandbox_support import assert_no_leftovers, backend_params, make_subreaper
+
+from autotuner.evaluate import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    add_evaluate_arguments,
+    evaluate,
+    run_evaluate,
+    untrusted_text,
+    workload_fingerprint,
+)
+from autotuner.isolation import Limits
+from autotuner.isolation.base import WORKER_ENV, Backend, PopenWorker
+from autotuner.policy import load_policy, read_policy_file
+from autotuner.resources import asset_dir, baseline_path
+from autotuner.sim.engine import ClusterSpec, simulate
+from autotuner.sim.metrics import SLO
+from autotuner.sim.replay import RecordingPolicy
+from autotuner.sim.workload import make_workload
+from autotuner.simulation import WorkloadSpec, metrics_of, run_policy
+
+SPEC = WorkloadSpec(scenario="chat", requests=300, seed=3)
+CLUSTER = ClusterSpec(replicas=3)
+LIMITS = Limits(wall_s=30.0, cpu_s=20, memory_bytes=1 << 30)
+BASELINES = sorted(p.stem for p in asset_dir("baselines").glob("*.py"))
+
+
+def trusted(name: str, workload, cluster=CLUSTER, params=None) -> dict:
+    wl = workload.build() if isinstance(workload, WorkloadSpec) else workload
+    source = read_policy_file(baseline_path(name))
+    return metrics_of(cluster, wl, run_policy(source, cluster, wl, params=params), SLO())
+
+
+@pytest.fixture()
+def scratch_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    make_subreaper()
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------ benign
+@pytest.mark.parametrize("backend", backend_params())
+def test_baselines_score_exactly_as_in_process(backend, scratch_root):
+    for name in BASELINES:
+        ev = evaluate(baseline_path(name).read_text(), name=name, workload=SPEC,
+                      cluster=CLUSTER, sandbox=backend, limits=LIMITS, warm=True)
+        assert ev.verdict == "ok", (name, ev.reasons)
+        assert ev.metrics == trusted(name, SPEC), name
+        assert ev.decisions == ev.metrics["policy_calls"]
+        assert ev.backend == backend
+    assert_no_leftovers(scratch_root, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_workload_given_as_data_with_prefixes_and_params(backend, scratch_root):
+    wl = make_workload("multiturn", 200, seed=5)
+    assert wl.prefix is not None
+    params = {"balance_abs": 4, "balance_rel": 2.0, "min_hit_tokens": 128}
+    ev = evaluate(baseline_path("prefix_aware").read_text(), name="prefix_aware", workload=wl,
+                  cluster=CLUSTER, params=params, sandbox=backend, limits=LIMITS)
+    assert ev.verdict == "ok", ev.reasons
+    assert ev.params == params
+    assert ev.metrics == trusted("prefix_aware", wl, params=params)
+    assert_no_leftovers(scratch_root, backend)
+
+
+def test_horizon_is_applied_on_both_sides():
+    spec = WorkloadSpec(scenario="chat", requests=400, rate=40.0, seed=1)
+    ev = evaluate(baseline_path("fixed_chunk").read_text(), workload=spec, cluster=CLUSTER,
+                  horizon=5.0, limits=LIMITS)
+    wl = spec.build()
+    source = read_policy_file(baseline_path("fixed_chunk"))
+    expect = metrics_of(CLUSTER, wl, run_policy(source, CLUSTER, wl, horizon=5.0), SLO())
+    assert ev.ok and ev.metrics == expect
+    assert expect["unfinished"] > 0
+
+
+def test_cli_evaluate_matches_cli_simulate(capsys, tmp_path):
+    from autotuner import cli
+
+    common = ["--requests", "250", "--seed", "2", "--replicas", "2", "--json"]
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    args = parser.parse_args(["--policy", "sarathi_shrinking", *common])
+    assert run_evaluate(args) == EXIT_OK
+    evaluated = json.loads(capsys.readouterr().out)
+    assert cli.main(["simulate", "--policy", "sarathi_shrinking", *common]) == 0
+    simulated = json.loads(capsys.readouterr().out)
+    assert evaluated["verdict"] == "ok"
+    assert evaluated["metrics"] == simulated["metrics"]
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nTUNABLES = {}\n\ndef route(request, cluster, params):\n"
+                   "    return 0\n")
+    assert run_evaluate(parser.parse_args(["--policy", str(bad), *common])) == EXIT_REJECTED
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "rejected" and "import" in out["constructs"]
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("TUNABLES = {}\n\ndef route(request, cluster, params):\n    return -1\n")
+    assert run_evaluate(parser.parse_args(["--policy", str(broken), *common])) == EXIT_FAILED
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "failed" and "does not exist" in out["reasons"][0]
+
+
+def test_bad_input_is_a_result_not_an_exception():
+    for code in (None, b"bytes", "", "def (:", "x" * 200_000, "\x00"):
+        ev = evaluate(code, workload=SPEC, limits=LIMITS)  # type: ignore[arg-type]
+        assert ev.verdict == "rejected" and ev.reasons, code
+    ev = evaluate(baseline_path("fixed_chunk").read_text(), params={"chunk_size": 10**9},
+                  workload=SPEC, limits=LIMITS)
+    assert ev.verdict == "rejected" and "outside" in ev.reasons[0]
+
+
+# ------------------------------------------------------------------------------ forged workers
+class CannedBackend(Backend):
+    """A 'worker' that ignores its request and prints canned lines: a worker that lies."""
+
+    def __init__(self, lines: list[bytes], status: int = 0):
+        super().__init__(name="canned", same_runtime=True)
+        self.lines, self.status = lines, status
+
+    def spawn(self, limits: Limits) -> PopenWorker:
+        path = Path(tempfile.mkdtemp()) / "out"
+        path.write_bytes(b"".join(self.lines))
+        script = (f"import sys, os; sys.stdin.buffer.read(); "
+                  f"sys.stdout.buffer.write(open({str(path)!r}, 'rb').read()); "
+                  f"sys.stdout.flush(); os.unlink({str(path)!r}); os.rmdir({str(path.parent)!r}); "
+                  f"sys.exit({self.status})")
+        return PopenWorker([sys.executable, "-I", "-c", script], limits, env=dict(WORKER_ENV))
+
+
+def honest_lines(spec=SPEC, name="fixed_chunk") -> tuple[list, str]:
+    wl = spec.build()
+    recorder = RecordingPolicy(load_policy(read_policy_file(baseline_path(name))))
+    simulate(CLUSTER, wl, recorder)
+    return recorder.log, workload_fingerprint(wl)
+
+
+def msg(obj) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
+
+
+def run_canned(lines: list[bytes], status: int = 0):
+    return evaluate(baseline_path("fixed_chunk").read_text(), workload=SPEC, cluster=CLUSTER,
+                    sandbox=CannedBackend(lines, status), limits=LIMITS.with_(wall_s=10.0))
+
+
+def test_an_honest_log_from_anyone_scores_as_the_policy():
+    log, fp = honest_lines()
+    ev = run_canned([msg({"hello": {"workload": fp}}), msg({"d": log[:100]}),
+                     msg({"d": log[100:]}), msg({"end": {"error": None}})])
+    assert ev.verdict == "ok", ev.reasons
+    assert ev.metrics == trusted("fixed_chunk", SPEC)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("extra", "more entries than the simulation asked for"),
+    ("short", "ended before the simulation did"),
+    ("short_no_end", "without sending its result"),
+    ("garbage", "garbage output"),
+    ("no_hello", "garbage output"),
+    ("fingerprint", "different workload"),
+    ("after_end", "wrote more after its result"),
+    ("reordered", "illegal decision"),
+    ("bad_entry", "illegal decision"),
+    ("claims_error", "policy error: it says so"),
+    ("exit_status", "status 3"),
+    ("nested", "garbage output"),
+])
+def test_a_lying_worker_never_scores(case, reason):
+    log, fp = honest_lines()
+    hello, end = msg({"hello": {"workload": fp}}), msg({"end": {"error": None}})
+    status = 0
+    lines = {
+        "extra": [hello, msg({"d": log + [["r", 0]]}), end],
+        "short": [hello, msg({"d": log[:-5]}), end],
+        "short_no_end": [hello, msg({"d": log[:-5]})],
+        "garbage": [hello, b"{not json\n", end],
+        "no_hello": [msg({"d": log}), end],
+        "fingerprint": [msg({"hello": {"workload": "0" * 32}}), msg({"d": log}), end],
+        "after_end": [hello, msg({"d": log}), end, msg({"d": []})],
+        "reordered": [hello, msg({"d": log[1:2] + log[:1] + log[2:]}), end],
+        "bad_entry": [hello, msg({"d": [["p", "lots", "of"]] + log}), end],
+        "claims_error": [hello, msg({"d": log}), msg({"end": {"error": "it says so"}})],
+        "exit_status": [hello, msg({"d": log}), end],
+        "nested": [hello, b"[" * 100_000 + b"\n", end],
+    }[case]
+    if case == "exit_status":
+        status = 3
+    ev = run_canned(lines, status)
+    assert ev.verdict == "failed", (case, ev)
+    assert reason in ev.reasons[0], (case, ev.reasons)
+    assert ev.metrics is None
+
+
+def test_worker_text_is_scrubbed_of_the_parents_secrets(monkeypatch):
+    monkeypatch.setenv("SOME_API_KEY", "sk-very-secret-value-123")
+    text = untrusted_text("leak: sk-very-secret-value-123\x1b[31m" + "z" * 5000)
+    assert "sk-very-secret" not in text and "[redacted]" in text
+    assert "\x1b" not in text and len(text) <= 400
+
+
+def test_fingerprint_matches_the_workers():
+    spec = importlib.util.spec_from_file_location("sandbox_worker",
+                                                  asset_dir("sandbox") / "worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(worker)
+    for wl in (SPEC.build(), make_workload("mixed", 100, seed=1)):
+        assert worker.fingerprint(wl) == workload_fingerprint(wl)
