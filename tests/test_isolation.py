@@ -56,7 +56,8 @@ def _write(path):
 def route(request, cluster, params):
     items = [
         _try("scratch", lambda: _write(os.path.join(os.getcwd(), "probe.txt"))),
-        _try("tmp", lambda: _write("/tmp/autotuner_probe_" + str(os.getpid()))),
+        _try("tmp", lambda: _write("/tmp/autotuner_probe_" + str(os.getpid()))
+             if WRITE_SYSTEM else None),
         _try("usr", lambda: _write("/usr/autotuner_probe") if WRITE_SYSTEM else None),
         _try("pkg", lambda: _write(os.path.join(os.path.dirname(os.__file__), "x.py"))
              if WRITE_SYSTEM else None),
