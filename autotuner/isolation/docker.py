@@ -184,10 +184,13 @@ class DockerBackend(Backend):
         for runtime in (["runsc"] if "runsc" in runtimes else []) + [None]:
             self.runtime = runtime
             self.detail = f"runtime {runtime or info.get('DefaultRuntime') or 'runc'}"
-            ok, why = self._selftest()
+            try:
+                ok, why = self._selftest()
+            except Exception as exc:  # noqa: BLE001 - e.g. a runtime that cannot start here
+                ok, why = False, f"{type(exc).__name__}: {str(exc)[:300]}"
             if ok:
                 if tried:
-                    self.detail += f"; runsc failed its self-test: {tried[0]}"
+                    self.detail += f"; runsc failed its self-test: {tried[0][:120]}"
                 return True, ""
             tried.append(why)
         return False, "; ".join(tried)
