@@ -26,6 +26,7 @@ The proposer never executes the code it handles: archive members can be untruste
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import math
 import random
@@ -68,7 +69,7 @@ class _NoMutation(Exception):
 # A policy file as editable parts
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Stmt:
     """One top-level statement with its own text (comments and decorators attached)."""
 
@@ -76,10 +77,15 @@ class _Stmt:
     binds: frozenset[str]
     loads: frozenset[str]
     strings: frozenset[str]
-    kind: str  # "def", "assign" or "other"
+    kind: str  # "def", "assign", "import" or "other"
+    dynamic_params: bool = False  # reads params with a computed key
 
     @classmethod
     def of(cls, text: str) -> _Stmt:
+        return _stmt_of(text.strip("\n") + "\n")
+
+    @classmethod
+    def build(cls, text: str) -> _Stmt:
         tree = ast.parse(text)
         binds: set[str] = set()
         kind = "other"
@@ -109,8 +115,32 @@ class _Stmt:
                 loads.update(n.names)
             elif isinstance(n, ast.Constant) and isinstance(n.value, str):
                 strings.add(n.value)
-        return cls(text.strip("\n") + "\n", frozenset(binds), frozenset(loads),
-                   frozenset(strings), kind)
+        return cls(text, frozenset(binds), frozenset(loads), frozenset(strings), kind,
+                   _reads_params_dynamically(tree))
+
+
+@functools.lru_cache(maxsize=4096)
+def _stmt_of(text: str) -> _Stmt:
+    return _Stmt.build(text)
+
+
+def _reads_params_dynamically(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "params"
+            and not (isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str))
+        ):
+            return True
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "params"
+            and node.attr in ("items", "keys", "values")
+        ):
+            return True
+    return False
 
 
 @dataclass
@@ -232,24 +262,16 @@ class _Doc:
 
     def params_used_dynamically(self) -> bool:
         """True if some code reads params with a computed key: then no tunable is pruned."""
-        for stmt in self.body:
-            for node in ast.walk(ast.parse(stmt.text)):
-                if (
-                    isinstance(node, ast.Subscript)
-                    and isinstance(node.value, ast.Name)
-                    and node.value.id == "params"
-                    and not (isinstance(node.slice, ast.Constant)
-                             and isinstance(node.slice.value, str))
-                ):
-                    return True
-                if (
-                    isinstance(node, ast.Attribute)
-                    and isinstance(node.value, ast.Name)
-                    and node.value.id == "params"
-                    and node.attr in ("items", "keys", "values")
-                ):
-                    return True
-        return False
+        return any(stmt.dynamic_params for stmt in self.body)
+
+    def copy(self) -> _Doc:
+        return _Doc(
+            self.docstring,
+            list(self.imports),
+            {k: dict(v) for k, v in self.tunables.items()},
+            list(self.body),
+            list(self.notes),
+        )
 
     # -- edits --------------------------------------------------------------------------
 
@@ -480,8 +502,9 @@ def _slo_from_text(text: str) -> tuple[float, float]:
 # The proposer
 
 
-def _baseline_source() -> str:
-    return read_policy_file(baseline_path(FALLBACK_BASELINE)).code
+@functools.lru_cache(maxsize=1)
+def _baseline_doc() -> _Doc:
+    return _Doc.parse(read_policy_file(baseline_path(FALLBACK_BASELINE)).code)
 
 
 def _normalized(code: str) -> str:
@@ -514,6 +537,16 @@ class _Context:
     ttft_s: float
     tpot_s: float
     inspirations: tuple[ParentInfo, ...]
+    _docs: dict[int, _Doc] = field(default_factory=dict)
+
+    def parsed(self, info: ParentInfo) -> _Doc:
+        """An inspiration as a document with its tuned values baked in (a fresh copy)."""
+        key = id(info)
+        if key not in self._docs:
+            doc = _Doc.parse(info.code)
+            _bake(doc, info.params)
+            self._docs[key] = doc
+        return self._docs[key].copy()
 
 
 class OfflineProposer:
@@ -561,14 +594,20 @@ class OfflineProposer:
         parent_norm = _normalized(parent.code)
         baked_norm = _normalized(base.render())
         refusals: list[str] = []
-        for attempt in range(self.max_attempts):
+        checked: list[str] = []
+        repeats = 0
+        # ``max_attempts`` bounds the candidates sent to the check; operations that do not
+        # apply to this parent (nothing to perturb, no inspiration) cost a try, not an attempt.
+        for tries in range(self.max_attempts * 4):
+            if len(checked) >= self.max_attempts:
+                break
             try:
-                op = self._choose(index, attempt, ctx)
+                op = self._choose(index, tries, ctx)
             except _NoMutation as exc:
                 refusals.append(str(exc))
                 break
             try:
-                doc, note = self._apply(op, parent, ctx, index, attempt)
+                doc, note = self._apply(op, base, ctx, index, tries)
             except _NoMutation as exc:
                 refusals.append(f"{op}: {exc}")
                 continue
@@ -583,13 +622,17 @@ class OfflineProposer:
                 continue
             with self._lock:
                 duplicate = norm in self._seen
-            if duplicate and attempt < self.max_attempts - 1:
+            if duplicate and repeats < self.max_attempts // 2:
+                # Something new is worth a few more tries; past that, a repeat beats nothing
+                # (the parent may have little left to vary under the allowed operations).
+                repeats += 1
                 refusals.append(f"{note}: already proposed")
                 continue
             try:
                 problems = list(check(code))
             except Exception as exc:
                 problems = [f"the check raised {type(exc).__name__}: {exc}"]
+            checked.append(note)
             if problems:
                 refusals.append(f"{note}: check: {problems[0]}")
                 continue
@@ -600,12 +643,14 @@ class OfflineProposer:
                 ok=True,
                 reason="",
                 raw_replies=(note,),
-                attempts=attempt + 1,
+                attempts=len(checked),
                 model="offline",
             )
-        tail = "; ".join(refusals[-3:])
+        tail = "; ".join(refusals[-3:]) or "no operation applies"
         return self._failed(
-            f"no usable mutation after {self.max_attempts} attempts: {tail}", self.max_attempts
+            f"no usable mutation ({len(checked)} refused by the check, "
+            f"{len(refusals) - len(checked)} not applicable or repeats): {tail}",
+            len(checked),
         )
 
     @staticmethod
@@ -614,11 +659,11 @@ class OfflineProposer:
 
     # -- choosing and applying an operation -----------------------------------------------
 
-    def _choose(self, index: int, attempt: int, ctx: _Context) -> str:
+    def _choose(self, index: int, tries: int, ctx: _Context) -> str:
         allowed = self.operations or OPERATIONS
         # Early phase: the strong combinations in rank order, the first two back to back, then
         # every other proposal (the others explore).
-        if "strong" in allowed and attempt == 0 and _strong_rank(index) is not None:
+        if "strong" in allowed and tries == 0 and _strong_rank(index) is not None:
             return "strong"
         weights = {op: w for op, w in OPERATION_WEIGHTS.items() if op in allowed}
         if "strong" in allowed and self.operations is not None:
@@ -631,13 +676,12 @@ class OfflineProposer:
         return ctx.rng.choices(ops, weights=[weights[o] for o in ops])[0]
 
     def _apply(
-        self, op: str, parent: ParentInfo, ctx: _Context, index: int, attempt: int
+        self, op: str, base: _Doc, ctx: _Context, index: int, tries: int
     ) -> tuple[_Doc, str]:
-        doc = _Doc.parse(parent.code)
-        _bake(doc, parent.params)
+        doc = base.copy()
         if op == "strong":
             k = _strong_rank(index)
-            if k is None or attempt:
+            if k is None or tries:
                 k = ctx.rng.randrange(len(ing.STRONG_COMBINATIONS))
             order, budget, route = ing.STRONG_COMBINATIONS[k]
             doc = _insert_combination(doc, order, budget, route, ctx)
@@ -663,8 +707,7 @@ class OfflineProposer:
 
     def _op_recombine(self, doc: _Doc, ctx: _Context) -> str:
         donor_info = ctx.rng.choice(ctx.inspirations)
-        donor = _Doc.parse(donor_info.code)
-        _bake(donor, donor_info.params)
+        donor = ctx.parsed(donor_info)
         shared = [
             n
             for n in donor.function_names()
@@ -825,8 +868,7 @@ def _materialize(doc: _Doc, point: str) -> _Doc:
     """A document that defines ``point``, taking the baseline's function where it had none."""
     if doc.defines(point):
         return doc
-    base = _Doc.parse(_baseline_source())
-    transplant(base, doc, point)
+    transplant(_baseline_doc().copy(), doc, point)
     return doc
 
 
