@@ -396,7 +396,9 @@ def bench_sandbox(args: argparse.Namespace) -> int:
 
     The in-process figure is what ``autotuner simulate`` does (load, simulate, metrics); the
     sandboxed one is a whole ``evaluate`` (check, worker, streamed trusted replay, metrics) of
-    the same file on the same workload. Best of ``--repeat`` each.
+    the same file on the same workload: cold (the worker starts with the evaluation) and with a
+    warm spare (started ahead, as a campaign does). Fixed cost: a 10-request evaluation minus
+    the same in-process. Best of ``--repeat`` each.
     """
     from autotuner.policy import load_policy, read_policy_file
     from autotuner.resources import baseline_path
@@ -436,23 +438,34 @@ def bench_sandbox(args: argparse.Namespace) -> int:
             out["backends"][name] = {"available": False, "reason": why}
             continue
         backend = get_backend(name, warn=False)
-        fixed, full, same = math.inf, math.inf, True
+        row: dict[str, Any] = {"available": True, "detail": backend.describe()}
+        fixed = cold = warm = math.inf
+        same, error = True, None
         for _ in range(repeat):
             ev = evaluate(code, name=str(path), cluster=cluster, workload=tiny, slo=slo,
                           sandbox=backend)
             fixed = min(fixed, ev.wall_s - tiny_s)
             ev = evaluate(code, name=str(path), cluster=cluster, workload=spec, slo=slo,
                           sandbox=backend)
-            if not ev.ok:
-                out["backends"][name] = {"available": True, "error": "; ".join(ev.reasons)}
-                break
-            full = min(full, ev.wall_s)
+            cold = min(cold, ev.wall_s)
             same = same and ev.metrics == base_metrics
-        else:
-            out["backends"][name] = {
-                "available": True, "detail": backend.describe(), "fixed_cost_s": fixed,
-                "sandboxed_s": full, "ratio": full / base_s, "metrics_identical": same,
-            }
+            error = error or ("; ".join(ev.reasons) if not ev.ok else None)
+        # Campaign mode: a spare worker is started while the previous evaluation finishes (and
+        # while the proposer works), so its interpreter start-up is off the critical path.
+        evaluate(code, name=str(path), cluster=cluster, workload=tiny, slo=slo, sandbox=backend,
+                 warm=True)
+        for _ in range(repeat):
+            time.sleep(0.5)
+            ev = evaluate(code, name=str(path), cluster=cluster, workload=spec, slo=slo,
+                          sandbox=backend, warm=True)
+            warm = min(warm, ev.wall_s)
+            same = same and ev.metrics == base_metrics
+        backend.release_spare()
+        if error:
+            row["error"] = error
+        row.update(fixed_cost_s=fixed, cold_s=cold, warm_s=warm, ratio_cold=cold / base_s,
+                   ratio_warm=warm / base_s, metrics_identical=same)
+        out["backends"][name] = row
     if getattr(args, "json", False):
         from autotuner.cli import print_json
 
@@ -466,9 +479,10 @@ def bench_sandbox(args: argparse.Namespace) -> int:
         elif "error" in row:
             print(f"  {name:<8} failed: {row['error']}")
         else:
-            flag = "within" if row["ratio"] < 1.5 else "OVER"
-            print(f"  {name:<8} fixed cost {row['fixed_cost_s'] * 1000:6.0f} ms   sandboxed "
-                  f"{row['sandboxed_s']:.3f} s   ratio {row['ratio']:.2f}x ({flag} the 1.5x "
-                  f"target)   metrics identical: {'yes' if row['metrics_identical'] else 'NO'}")
+            print(f"  {name:<8} fixed cost {row['fixed_cost_s'] * 1000:5.0f} ms   "
+                  f"cold {row['cold_s']:.3f} s = {row['ratio_cold']:.2f}x   "
+                  f"warm spare {row['warm_s']:.3f} s = {row['ratio_warm']:.2f}x   "
+                  f"(target < 1.5x; metrics identical: "
+                  f"{'yes' if row['metrics_identical'] else 'NO'})")
     sys.stdout.flush()
     return 0
