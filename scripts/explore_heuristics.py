@@ -73,13 +73,19 @@ def candidates(quick: bool) -> dict[str, tuple[str, dict]]:
         budgets, routes = [best_budget], [best_route, "prefix_guard_route"]
     for order in orders:
         out[f"{order} + {best_budget} + {best_route}"] = (
-            ing.compose(order, best_budget, best_route), {})
+            ing.compose(order, best_budget, best_route),
+            {},
+        )
     for budget in budgets:
         out[f"{best_order} + {budget} + {best_route}"] = (
-            ing.compose(best_order, budget, best_route), {})
+            ing.compose(best_order, budget, best_route),
+            {},
+        )
     for route in routes:
         out[f"{best_order} + {best_budget} + {route}"] = (
-            ing.compose(best_order, best_budget, route), {})
+            ing.compose(best_order, best_budget, route),
+            {},
+        )
     if not quick:
         for combo in ing.STRONG_COMBINATIONS:
             out[" + ".join(combo)] = (ing.compose(*combo), {})
@@ -87,7 +93,9 @@ def candidates(quick: bool) -> dict[str, tuple[str, dict]]:
         for route in routes:
             for chunk in (2048, 8192):
                 out[f"fcfs_order + fixed_budget@{chunk} + {route}"] = (
-                    ing.compose("fcfs_order", "fixed_budget", route), {"chunk_size": chunk})
+                    ing.compose("fcfs_order", "fixed_budget", route),
+                    {"chunk_size": chunk},
+                )
     return out
 
 

@@ -65,9 +65,11 @@ def test_piece_names_and_tunables_do_not_clash():
             seen_tunables[name] = piece.name
         tree = ast.parse(piece.code)
         for node in tree.body:
-            names = [node.name] if isinstance(node, ast.FunctionDef) else [
-                t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)
-            ]
+            names = (
+                [node.name]
+                if isinstance(node, ast.FunctionDef)
+                else [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            )
             for name in names:
                 if name in ing.SLOT_FUNCTION.values():
                     continue
@@ -77,8 +79,10 @@ def test_piece_names_and_tunables_do_not_clash():
         keys = {
             n.slice.value
             for n in ast.walk(tree)
-            if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant)
-            and isinstance(n.value, ast.Name) and n.value.id == "params"
+            if isinstance(n, ast.Subscript)
+            and isinstance(n.slice, ast.Constant)
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "params"
         }
         assert keys == set(piece.tunables), piece.name
 
@@ -213,7 +217,7 @@ def test_recombine_takes_the_inspirations_function_with_what_it_needs():
 
 def test_recombine_renames_what_would_clash():
     # Both files define a helper _cost, differently; the donor's route needs its own.
-    parent = '''TUNABLES = {"w": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}
+    parent = """TUNABLES = {"w": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}
 
 
 def _cost(r, params):
@@ -227,8 +231,8 @@ def partition(replica, params):
 
 def route(request, cluster, params):
     return 0
-'''
-    donor = '''TUNABLES = {"w": {"type": "float", "low": 0.0, "high": 9.0, "default": 3.0}}
+"""
+    donor = """TUNABLES = {"w": {"type": "float", "low": 0.0, "high": 9.0, "default": 3.0}}
 
 
 def _cost(r, params):
@@ -237,12 +241,10 @@ def _cost(r, params):
 
 def route(request, cluster, params):
     return min(cluster.replicas, key=lambda r: (_cost(r, params), r.replica)).replica
-'''
+"""
     proposer = OfflineProposer(seed=0, operations=["recombine"])
     for _ in range(10):
-        prop = proposer.propose(
-            request(ParentInfo("p", parent), ParentInfo("d", donor)), check
-        )
+        prop = proposer.propose(request(ParentInfo("p", parent), ParentInfo("d", donor)), check)
         if prop.raw_replies == ("take route from d",):
             break
     else:
@@ -259,13 +261,13 @@ def route(request, cluster, params):
 
 
 def test_tuned_values_become_defaults_and_comments_survive():
-    parent = BASELINE.replace(
-        "    budget = params[\"chunk_size\"]", "    # keep this comment\n    budget = params[\"chunk_size\"]"
-    )
+    line = '    budget = params["chunk_size"]'
+    parent = BASELINE.replace(line, "    # keep this comment\n" + line)
     proposer = OfflineProposer(seed=2, operations=["insert"])
     for _ in range(10):
-        prop = proposer.propose(request(ParentInfo("p", parent, params={"chunk_size": 3000})),
-                                check)
+        prop = proposer.propose(
+            request(ParentInfo("p", parent, params={"chunk_size": 3000})), check
+        )
         if "route piece" in prop.raw_replies[0]:
             break
     else:

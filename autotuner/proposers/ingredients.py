@@ -67,7 +67,7 @@ def tunable_spec(
     return spec
 
 
-PARTITION_TEMPLATE = '''def partition(replica, params):
+PARTITION_TEMPLATE = """def partition(replica, params):
     # Decodes always run; the budget must cover them, and chunks get what is left.
     budget = max(int(_budget(replica, params)), replica.decodes)
     room = min(budget, replica.max_batch_tokens) - replica.decodes
@@ -81,7 +81,7 @@ PARTITION_TEMPLATE = '''def partition(replica, params):
         room -= take
         kv_room -= take
     return (budget, tuple(chunks))
-'''
+"""
 
 # ------------------------------------------------------------------------------------------
 # Budgets: how many tokens an iteration runs.
@@ -91,9 +91,9 @@ BUDGETS: tuple[Ingredient, ...] = (
         "fixed_budget",
         "budget",
         "a constant token budget per iteration (the tuned chunk)",
-        '''def _budget(replica, params):
+        """def _budget(replica, params):
     return params["chunk_size"]
-''',
+""",
         {"chunk_size": tunable_spec("int", 64, 16384, 2048, log=True)},
         rank=10,
     ),
@@ -101,12 +101,12 @@ BUDGETS: tuple[Ingredient, ...] = (
         "decode_shrink_budget",
         "budget",
         "the budget shrinks as the decode batch grows (Sarathi-Serve's shrinking chunk)",
-        '''def _budget(replica, params):
+        """def _budget(replica, params):
     hi = params["shrink_max_chunk"]
     lo = min(params["shrink_min_chunk"], hi)
     share = min(1.0, replica.decodes / params["shrink_decodes"])
     return int(hi - (hi - lo) * share)
-''',
+""",
         {
             "shrink_max_chunk": tunable_spec("int", 256, 16384, 4096, log=True),
             "shrink_min_chunk": tunable_spec("int", 64, 8192, 1024, log=True),
@@ -119,7 +119,7 @@ BUDGETS: tuple[Ingredient, ...] = (
         "budget",
         "AIMD on the chunk: shrink it when an iteration with decodes runs past a share of the "
         "TPOT target, grow it otherwise",
-        '''_tpot_chunk = {}
+        """_tpot_chunk = {}
 
 
 def _budget(replica, params):
@@ -132,7 +132,7 @@ def _budget(replica, params):
     chunk = max(params["tpot_min_chunk"], min(params["tpot_max_chunk"], chunk))
     _tpot_chunk[replica.replica] = chunk
     return chunk
-''',
+""",
         {
             "tpot_target_s": tunable_spec("float", 0.01, 1.0, DEFAULT_TPOT_S, log=True),
             "tpot_share": tunable_spec("float", 0.2, 2.0, 0.8),
@@ -148,10 +148,10 @@ def _budget(replica, params):
         "budget",
         "queue pressure: a small chunk while little prefill waits, growing with the waiting "
         "prefill tokens up to a cap",
-        '''def _budget(replica, params):
+        """def _budget(replica, params):
     want = params["pressure_base"] + params["pressure_gain"] * replica.waiting_tokens
     return int(min(params["pressure_max"], want))
-''',
+""",
         {
             "pressure_base": tunable_spec("int", 64, 8192, 1024, log=True),
             "pressure_gain": tunable_spec("float", 0.001, 2.0, 0.1, log=True),
@@ -164,11 +164,11 @@ def _budget(replica, params):
         "budget",
         "a fixed chunk, cut back when the free KV cache runs low so that running decodes are "
         "not preempted",
-        '''def _budget(replica, params):
+        """def _budget(replica, params):
     free = replica.kv_free_tokens / max(1, replica.kv_capacity_tokens)
     scale = min(1.0, free / params["kvb_low_share"])
     return int(max(params["kvb_min_chunk"], params["kvb_chunk"] * scale))
-''',
+""",
         {
             "kvb_chunk": tunable_spec("int", 64, 16384, 2048, log=True),
             "kvb_low_share": tunable_spec("float", 0.01, 0.5, 0.1, log=True),
@@ -189,7 +189,7 @@ ORDERS: tuple[Ingredient, ...] = (
         "SLO slack: requests that can still meet the TTFT target go first, shortest remaining "
         "prefill first; those that cannot (waited plus estimated prefill time past the target) "
         "go last",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     now = replica.now
     target = params["slack_ttft_s"]
     per_token = params["slack_s_per_token"]
@@ -199,7 +199,7 @@ ORDERS: tuple[Ingredient, ...] = (
         return (late, req.remaining, req.arrival)
 
     return sorted(replica.waiting, key=_slack_key)
-''',
+""",
         {
             "slack_ttft_s": tunable_spec("float", 0.1, 30.0, DEFAULT_TTFT_S, log=True),
             "slack_s_per_token": tunable_spec("float", 1e-6, 1e-3, 3e-5, log=True),
@@ -210,9 +210,9 @@ ORDERS: tuple[Ingredient, ...] = (
         "srpf_order",
         "order",
         "shortest remaining prefill first (SRPT on prefill work)",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     return sorted(replica.waiting, key=lambda req: (req.remaining, req.arrival))
-''',
+""",
         rank=2,
     ),
     Ingredient(
@@ -220,7 +220,7 @@ ORDERS: tuple[Ingredient, ...] = (
         "order",
         "shortest remaining prefill first within a slack bound: a request that has waited "
         "longer than srpf_max_wait_s goes ahead in arrival order, so no prompt starves",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     now = replica.now
     bound = params["srpf_max_wait_s"]
 
@@ -230,7 +230,7 @@ ORDERS: tuple[Ingredient, ...] = (
         return (1, req.remaining)
 
     return sorted(replica.waiting, key=_aging_key)
-''',
+""",
         {"srpf_max_wait_s": tunable_spec("float", 0.5, 120.0, 8.0, log=True)},
         rank=3,
     ),
@@ -239,7 +239,7 @@ ORDERS: tuple[Ingredient, ...] = (
         "order",
         "earliest TTFT deadline first among requests that can still make it; the ones that "
         "cannot go last",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     now = replica.now
     target = params["edf_ttft_s"]
     per_token = params["edf_s_per_token"]
@@ -249,7 +249,7 @@ ORDERS: tuple[Ingredient, ...] = (
         return (late, req.arrival)
 
     return sorted(replica.waiting, key=_edf_key)
-''',
+""",
         {
             "edf_ttft_s": tunable_spec("float", 0.1, 30.0, DEFAULT_TTFT_S, log=True),
             "edf_s_per_token": tunable_spec("float", 1e-6, 1e-3, 3e-5, log=True),
@@ -260,18 +260,18 @@ ORDERS: tuple[Ingredient, ...] = (
         "started_first_order",
         "order",
         "finish prefills already under way first (they hold KV), then shortest remaining first",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     return sorted(replica.waiting, key=lambda req: (not req.started, req.remaining))
-''',
+""",
         rank=5,
     ),
     Ingredient(
         "fcfs_order",
         "order",
         "arrival order (the baseline's)",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     return replica.waiting
-''',
+""",
         rank=60,
     ),
 )
@@ -285,7 +285,7 @@ ROUTES: tuple[Ingredient, ...] = (
         "route",
         "least prefill work: waiting prefill tokens plus this prompt minus what the replica's "
         "prefix cache already holds, plus running decodes at a weight",
-        '''def route(request, cluster, params):
+        """def route(request, cluster, params):
     best = 0
     best_cost = None
     for load in cluster.replicas:
@@ -298,7 +298,7 @@ ROUTES: tuple[Ingredient, ...] = (
         if best_cost is None or cost < best_cost:
             best, best_cost = load.replica, cost
     return best
-''',
+""",
         {
             "work_hit_weight": tunable_spec("float", 0.0, 3.0, 1.0),
             "work_decode_weight": tunable_spec("float", 0.0, 2000.0, 20.0),
@@ -310,7 +310,7 @@ ROUTES: tuple[Ingredient, ...] = (
         "route",
         "prefix affinity with a load guard: the replica holding the most of the prompt, unless "
         "its waiting prefill exceeds the least loaded one's by more than a margin",
-        '''def route(request, cluster, params):
+        """def route(request, cluster, params):
     loads = cluster.replicas
     least = min(loads, key=lambda r: (r.waiting_tokens, r.outstanding, r.replica))
     best = max(loads, key=lambda r: (r.prefix_hit_tokens, -r.waiting_tokens, -r.replica))
@@ -321,7 +321,7 @@ ROUTES: tuple[Ingredient, ...] = (
     if extra > params["affinity_slack_tokens"] + params["affinity_hit_credit"] * saved:
         return least.replica
     return best.replica
-''',
+""",
         {
             "affinity_min_hit": tunable_spec("int", 0, 8192, 512),
             "affinity_slack_tokens": tunable_spec("int", 0, 200000, 4096),
@@ -334,7 +334,7 @@ ROUTES: tuple[Ingredient, ...] = (
         "route",
         "least prefill work among replicas with KV room for the prompt (all replicas if none "
         "has room)",
-        '''def route(request, cluster, params):
+        """def route(request, cluster, params):
     need = request.prompt_tokens * params["kvr_headroom"]
     fits = [r for r in cluster.replicas if r.kv_free_tokens + r.prefix_hit_tokens >= need]
     pool = fits or list(cluster.replicas)
@@ -347,7 +347,7 @@ ROUTES: tuple[Ingredient, ...] = (
         )
 
     return min(pool, key=lambda r: (_kvr_cost(r), r.replica)).replica
-''',
+""",
         {
             "kvr_headroom": tunable_spec("float", 0.5, 20.0, 2.0, log=True),
             "kvr_hit_weight": tunable_spec("float", 0.0, 3.0, 1.0),
@@ -359,17 +359,17 @@ ROUTES: tuple[Ingredient, ...] = (
         "least_outstanding_route",
         "route",
         "fewest requests in flight, ties by fewer waiting prefill tokens",
-        '''def route(request, cluster, params):
+        """def route(request, cluster, params):
     best = min(cluster.replicas, key=lambda r: (r.outstanding, r.waiting_tokens, r.replica))
     return best.replica
-''',
+""",
         rank=8,
     ),
     Ingredient(
         "p2c_work_route",
         "route",
         "power of two choices on prefill work (seeded draw)",
-        '''_p2c_rng = []
+        """_p2c_rng = []
 
 
 def route(request, cluster, params):
@@ -383,7 +383,7 @@ def route(request, cluster, params):
     cost_a = ra.waiting_tokens - params["p2c_hit_weight"] * ra.prefix_hit_tokens
     cost_b = rb.waiting_tokens - params["p2c_hit_weight"] * rb.prefix_hit_tokens
     return a if (cost_a, ra.outstanding) <= (cost_b, rb.outstanding) else b
-''',
+""",
         {
             "p2c_seed": tunable_spec("int", 0, 1000, 0),
             "p2c_hit_weight": tunable_spec("float", 0.0, 3.0, 1.0),
@@ -395,7 +395,7 @@ def route(request, cluster, params):
 
 # Wrappers compose with any existing decision function, renamed ``_base_partition`` /
 # ``_base_route``: the base keeps deciding what the wrapper does not override.
-ORDER_WRAPPER = '''def partition(replica, params):
+ORDER_WRAPPER = """def partition(replica, params):
     # The base partition decides the budget and how many chunk tokens; _order decides who.
     budget, picked = _base_partition(replica, params)
     room = sum(pair[1] for pair in picked)
@@ -407,7 +407,7 @@ ORDER_WRAPPER = '''def partition(replica, params):
         chunks.append((req.id, take))
         room -= take
     return (budget, tuple(chunks))
-'''
+"""
 
 ROUTE_WRAPPERS: tuple[Ingredient, ...] = (
     Ingredient(
@@ -415,14 +415,14 @@ ROUTE_WRAPPERS: tuple[Ingredient, ...] = (
         "route",
         "load guard: the base router's choice, unless its waiting prefill exceeds the least "
         "loaded replica's by more than a margin",
-        '''def route(request, cluster, params):
+        """def route(request, cluster, params):
     choice = _base_route(request, cluster, params)
     loads = cluster.replicas
     least = min(loads, key=lambda r: (r.waiting_tokens, r.outstanding, r.replica))
     if loads[choice].waiting_tokens - least.waiting_tokens > params["guard_tokens"]:
         return least.replica
     return choice
-''',
+""",
         {"guard_tokens": tunable_spec("int", 0, 200000, 8192)},
     ),
     Ingredient(
@@ -430,7 +430,7 @@ ROUTE_WRAPPERS: tuple[Ingredient, ...] = (
         "route",
         "prefix affinity first: a replica holding a long prefix of the prompt wins unless it is "
         "much busier; otherwise the base router decides",
-        '''def route(request, cluster, params):
+        """def route(request, cluster, params):
     loads = cluster.replicas
     best = max(loads, key=lambda r: (r.prefix_hit_tokens, -r.waiting_tokens, -r.replica))
     least = min(r.waiting_tokens for r in loads)
@@ -440,7 +440,7 @@ ROUTE_WRAPPERS: tuple[Ingredient, ...] = (
     ):
         return best.replica
     return _base_route(request, cluster, params)
-''',
+""",
         {
             "override_min_hit": tunable_spec("int", 0, 8192, 1024),
             "override_slack_tokens": tunable_spec("int", 0, 200000, 16384),
@@ -522,8 +522,9 @@ def compose(
             tunables[name] = with_slo_defaults(spec, name, ttft_s, tpot_s)
     doc = [title or COMPOSED_TITLE, ""]
     for p in pieces:
-        doc += textwrap.wrap(f"{p.slot}: {p.name}: {p.summary}.", 96,
-                             initial_indent="- ", subsequent_indent="  ")
+        doc += textwrap.wrap(
+            f"{p.slot}: {p.name}: {p.summary}.", 96, initial_indent="- ", subsequent_indent="  "
+        )
     out = ['"""' + "\n".join(doc) + '\n"""\n']
     if imports:
         out.append("\n".join(imports) + "\n")

@@ -96,9 +96,7 @@ class _Stmt:
             elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:
-                    binds.update(
-                        n.id for n in ast.walk(target) if isinstance(n, ast.Name)
-                    )
+                    binds.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
                 kind = "assign"
             else:
                 binds.update(
@@ -115,8 +113,14 @@ class _Stmt:
                 loads.update(n.names)
             elif isinstance(n, ast.Constant) and isinstance(n.value, str):
                 strings.add(n.value)
-        return cls(text, frozenset(binds), frozenset(loads), frozenset(strings), kind,
-                   _reads_params_dynamically(tree))
+        return cls(
+            text,
+            frozenset(binds),
+            frozenset(loads),
+            frozenset(strings),
+            kind,
+            _reads_params_dynamically(tree),
+        )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -178,11 +182,10 @@ class _Doc:
             ):
                 docstring = node.value.value
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = frozenset(
-                    (a.asname or a.name).split(".")[0] for a in node.names
+                names = frozenset((a.asname or a.name).split(".")[0] for a in node.names)
+                imports.append(
+                    _Stmt(text.strip("\n") + "\n", names, frozenset(), frozenset(), "import")
                 )
-                imports.append(_Stmt(text.strip("\n") + "\n", names, frozenset(),
-                                     frozenset(), "import"))
             elif isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id == "TUNABLES" for t in node.targets
             ):
@@ -342,8 +345,9 @@ class _Doc:
                     for node in tree.body
                     for a in node.names  # type: ignore[attr-defined]
                 )
-                self.imports.append(_Stmt(imp.strip() + "\n", names, frozenset(), frozenset(),
-                                          "import"))
+                self.imports.append(
+                    _Stmt(imp.strip() + "\n", names, frozenset(), frozenset(), "import")
+                )
                 present.add(imp.strip())
 
 
@@ -888,8 +892,9 @@ def transplant(donor: _Doc, doc: _Doc, name: str) -> None:
 
 
 def _slo_tunables(piece: ing.Ingredient, ctx: _Context) -> dict[str, Any]:
-    return {k: ing.with_slo_defaults(v, k, ctx.ttft_s, ctx.tpot_s) for k, v in
-            piece.tunables.items()}
+    return {
+        k: ing.with_slo_defaults(v, k, ctx.ttft_s, ctx.tpot_s) for k, v in piece.tunables.items()
+    }
 
 
 def _current_piece(doc: _Doc, slot: str) -> str | None:
@@ -951,8 +956,7 @@ def _insert_combination(doc: _Doc, order: str, budget: str, route: str, ctx: _Co
     at = doc.remove("partition")
     doc.prune()
     stmts = _piece_stmts(b) + _piece_stmts(o) + [ing.PARTITION_TEMPLATE]
-    doc.graft(stmts, {**_slo_tunables(b, ctx), **_slo_tunables(o, ctx)},
-              b.imports + o.imports, at)
+    doc.graft(stmts, {**_slo_tunables(b, ctx), **_slo_tunables(o, ctx)}, b.imports + o.imports, at)
     at = doc.remove("route")
     doc.prune()
     doc.graft(_piece_stmts(r), _slo_tunables(r, ctx), r.imports, at)
@@ -976,8 +980,9 @@ def _wrap(
     i = doc.index_of(point)
     assert i is not None
     doc.body[i] = _Stmt.of(doc.body[i].text.replace(f"def {point}(", f"def {new_base}(", 1))
-    wrapper = wrapper_code if new_base == base_name else _rename(
-        wrapper_code, {base_name: new_base}, {})
+    wrapper = (
+        wrapper_code if new_base == base_name else _rename(wrapper_code, {base_name: new_base}, {})
+    )
     stmts = [] if wrapper_piece else _piece_stmts(piece)
     doc.graft(stmts + [wrapper], _slo_tunables(piece, ctx), piece.imports, i + 1)
     doc.prune()
