@@ -249,9 +249,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.sandbox:
+        from autotuner.evaluate import bench_sandbox
+
+        return bench_sandbox(args)
     from autotuner.bench import run_bench
 
     return run_bench(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from autotuner.evaluate import run_evaluate
+
+    return run_evaluate(args)
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -293,7 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     from autotuner.bench import add_bench_arguments
 
     add_bench_arguments(p)
+    p.add_argument("--sandbox", action="store_true",
+                   help="measure the sandbox instead: fixed cost per backend, overhead ratio")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("evaluate", help="check, sandbox and score a policy file")
+    from autotuner.evaluate import add_evaluate_arguments
+
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
