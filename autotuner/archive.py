@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     proposer TEXT NOT NULL DEFAULT '',
     code TEXT,                       -- NULL when the proposer produced nothing usable
     code_sha TEXT,
+    program_sha TEXT,                -- hash of the parsed program (comments and layout ignored)
     diff TEXT NOT NULL DEFAULT '',   -- unified diff of code against the parent's
     status TEXT NOT NULL,
     failure TEXT NOT NULL DEFAULT '',
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
+CREATE INDEX IF NOT EXISTS candidates_program ON candidates(program_sha);
 CREATE TABLE IF NOT EXISTS scores (
     candidate_id TEXT NOT NULL,
     phase TEXT NOT NULL,             -- screen | train | validation | heldout
@@ -117,6 +119,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def program_sha(code: str) -> str:
+    """Identity of a program regardless of comments and formatting (two proposals that differ
+    only there behave identically, so the second is a duplicate)."""
+    import ast
+
+    try:
+        return sha256(ast.dump(ast.parse(code)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return sha256(code)
+
+
 def evaluation_key(code_sha: str, params: Mapping[str, Any], workload: Mapping[str, Any],
                    rate: float | None, context: Mapping[str, Any]) -> str:
     """The identity of one evaluation: policy code, parameter values, workload instance, rate,
@@ -148,6 +161,7 @@ class Candidate:
     proposer: str
     code: str | None
     code_sha: str | None
+    program_sha: str | None
     diff: str
     status: str
     failure: str
@@ -290,11 +304,12 @@ class Archive:
             diff = unified_diff(parent_code, code, parent_id or "/dev/null", cid) if code else ""
             self.conn.execute(
                 "INSERT INTO candidates(id, seq, created, parent_id, island, origin, proposer,"
-                " code, code_sha, diff, status, failure, params, prompt_tokens, completion_tokens,"
-                " cost_usd, attempts, model, raw, updated)"
-                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " code, code_sha, program_sha, diff, status, failure, params, prompt_tokens,"
+                " completion_tokens, cost_usd, attempts, model, raw, updated)"
+                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (cid, seq, now, parent_id, island, origin, proposer, code,
-                 sha256(code) if code is not None else None, diff, status, failure,
+                 sha256(code) if code is not None else None,
+                 program_sha(code) if code is not None else None, diff, status, failure,
                  canonical(params or {}), prompt_tokens, completion_tokens, cost_usd, attempts,
                  model, json.dumps(list(raw)), now),
             )
@@ -371,6 +386,13 @@ class Archive:
             out.append(cand)
             cur = cand.parent_id
         return out
+
+    def same_program(self, code: str) -> str | None:
+        """The first candidate whose program equals ``code``'s (comments ignored), if any."""
+        row = self.conn.execute(
+            "SELECT id FROM candidates WHERE program_sha=? ORDER BY seq LIMIT 1",
+            (program_sha(code),)).fetchone()
+        return None if row is None else str(row[0])
 
     def count(self, *, origin: str | None = None) -> int:
         if origin is None:

@@ -586,12 +586,18 @@ class Campaign:
 
         trials = cfg.budget.trials
         self._tick(f"tuning {cand.id}")
+        best: list[float] = []
+
+        def on_trial(n: int, value: float | None, error: str | None) -> None:
+            if value is not None:
+                best[:] = [max(best + [value])]
+            self._tick(f"tuning {cand.id}: trial {n}/{trials if tunables else 1}"
+                       + (f", best {_fmt_gain(best[0])}" if best else ""))
+
         result = tune(
             storage=self.storage, study_name=cand.id, tunables=tunables, n_trials=trials,
             objective=objective, seed=cfg.seed, start=[parent.params if parent else None],
-            on_trial=lambda n, v, e: self._tick(
-                f"tuning {cand.id}: trial {n}/{trials if tunables else 1}"
-                + (f" best so far {_fmt_gain(v)}" if v is not None else "")),
+            on_trial=on_trial,
             should_stop=self.search_over if cand.origin == "proposal" else None,
         )
         seconds = cand.eval_seconds + time.perf_counter() - t0
@@ -803,11 +809,9 @@ class Campaign:
             if reasons:
                 reason = "check rejected: " + "; ".join(reasons)
             else:
-                same = self.archive.conn.execute(
-                    "SELECT id FROM candidates WHERE code_sha=? ORDER BY seq LIMIT 1",
-                    (A.sha256(code),)).fetchone()
+                same = self.archive.same_program(code)
                 if same is not None:
-                    reason = f"duplicate of {same[0]} (identical code)"
+                    reason = f"duplicate of {same} (the same program)"
         if proposal.ok and code is not None and not reason:
             cand = self.archive.add_candidate(code=code, status=A.PENDING, **common)
             self._event(cand, "proposed" + (f" ({proposal.attempts} attempts)"

@@ -312,7 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    _add_campaign_commands(sub)
     return parser
+
+
+def _add_campaign_commands(sub: Any) -> None:
+    """The campaign loop's subcommands (autotuner.campaign and autotuner.review)."""
+    from autotuner import campaign
+
+    p = sub.add_parser("run", help="run a search campaign (defaults: offline proposer, minutes)")
+    campaign.add_run_arguments(p)
+    p.set_defaults(func=campaign.run_run)
+
+    p = sub.add_parser("resume", help="continue a stopped or killed campaign")
+    campaign.add_resume_arguments(p)
+    p.set_defaults(func=campaign.run_resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

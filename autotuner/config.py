@@ -155,7 +155,7 @@ class ObjectiveConfig:
     """
 
     baseline: str = "fixed_chunk"
-    ladder: tuple[float, ...] = (0.8, 1.0, 1.25, 1.5)
+    ladder: tuple[float, ...] = (1.0, 1.25, 1.5)
     goodput: str = "requests"
 
 
@@ -205,9 +205,9 @@ class BudgetConfig:
         usd: dollars the campaign may spend on the LLM; None = no cap.
     """
 
-    proposals: int = 24
-    trials: int = 10
-    wall_time_s: float = 840.0
+    proposals: int = 30
+    trials: int = 8
+    wall_time_s: float = 800.0
     finalize_reserve_s: float = 150.0
     tokens: int | None = None
     usd: float | None = None
