@@ -329,6 +329,25 @@ def _add_campaign_commands(sub: Any) -> None:
     campaign.add_resume_arguments(p)
     p.set_defaults(func=campaign.run_resume)
 
+    from autotuner import review
+
+    p = sub.add_parser("status", help="a campaign's candidates as a table")
+    review.add_status_arguments(p)
+    p.set_defaults(func=review.run_status)
+
+    p = sub.add_parser("diff", help="a candidate's code and tuned parameters as a unified diff")
+    review.add_diff_arguments(p)
+    p.set_defaults(func=review.run_diff)
+
+    p = sub.add_parser("show", help="a candidate's code, scores, failures, lineage and cost")
+    review.add_show_arguments(p)
+    p.set_defaults(func=review.run_show)
+
+    p = sub.add_parser("replay", help="rerun a candidate or policy file beside the tuned "
+                       "baseline (or re-check a promotion record)")
+    review.add_replay_arguments(p)
+    p.set_defaults(func=review.run_replay)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

@@ -391,7 +391,7 @@ def _validate(cfg: CampaignConfig) -> None:
     _require(g.bootstrap >= 100, "gate.bootstrap", "must be at least 100")
     _require(0 <= g.slo_tolerance <= 1, "gate.slo_tolerance", "must be in [0, 1]")
     _require(0 < g.capacity_rel_tol < 0.5, "gate.capacity_rel_tol", "must be in (0, 0.5)")
-    _require(cfg.sandbox.backend in ("auto", "bwrap", "docker", "process", "inprocess"),
+    _require(cfg.sandbox.backend in ("auto", "bwrap", "docker", "process"),
              "sandbox.backend", "must be 'auto', 'bwrap', 'docker' or 'process'")
     _require(cfg.sandbox.timeout_s > 0, "sandbox.timeout_s", "must be > 0")
     _require(cfg.sandbox.memory_mb >= 64, "sandbox.memory_mb", "must be at least 64")

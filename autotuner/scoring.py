@@ -38,8 +38,9 @@ from autotuner.sim.workload import Workload, load_trace, make_workload
 class Instance:
     """One workload instance: a scenario with a seed, or a time window of a trace.
 
-    ``window`` is a [start, end) pair of fractions of the trace's duration; a trace instance's
-    ``seed`` is unused (kept 0). ``requests`` caps the instance's size.
+    ``window`` is a [start, end) pair of fractions of the trace's duration (how the campaign
+    splits a trace); ``window_s`` one in seconds of the trace's clock (``replay --window``). A
+    trace instance's ``seed`` is unused (kept 0). ``requests`` caps the instance's size.
     """
 
     scenario: str | None
@@ -47,12 +48,16 @@ class Instance:
     requests: int
     trace: str | None = None
     window: tuple[float, float] | None = None
+    window_s: tuple[float, float] | None = None
 
     @property
     def label(self) -> str:
         if self.trace:
-            lo, hi = self.window or (0.0, 1.0)
-            return f"{Path(self.trace).name}[{lo:g}:{hi:g}]"
+            if self.window_s:
+                return f"{Path(self.trace).name}[{self.window_s[0]:g}s:{self.window_s[1]:g}s]"
+            if self.window:
+                return f"{Path(self.trace).name}[{self.window[0]:g}:{self.window[1]:g}]"
+            return Path(self.trace).name
         return f"{self.scenario}@{self.seed}"
 
     @property
@@ -67,17 +72,21 @@ class Instance:
         if self.trace:
             d["trace"] = os.path.abspath(self.trace)
             d["window"] = list(self.window or (0.0, 1.0))
+            if self.window_s:
+                d["window_s"] = list(self.window_s)
         return d
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "seed": self.seed, "requests": self.requests,
-                "trace": self.trace, "window": list(self.window) if self.window else None}
+                "trace": self.trace, "window": list(self.window) if self.window else None,
+                "window_s": list(self.window_s) if self.window_s else None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Instance:
-        window = d.get("window")
+        window, window_s = d.get("window"), d.get("window_s")
         return cls(d.get("scenario"), int(d.get("seed", 0)), int(d["requests"]), d.get("trace"),
-                   tuple(window) if window else None)  # type: ignore[arg-type]
+                   tuple(window) if window else None,  # type: ignore[arg-type]
+                   tuple(window_s) if window_s else None)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,6 +97,13 @@ def _trace_duration(path: str) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _build_cached(inst: Instance) -> Workload:
+    if inst.trace and inst.window_s:
+        lo_s, hi_s = inst.window_s
+        wl = load_trace(inst.trace, start=lo_s, end=None if math.isinf(hi_s) else hi_s,
+                        limit=inst.requests)
+        if len(wl) < 2:
+            raise ValueError(f"{inst.label}: the window holds fewer than 2 requests")
+        return wl
     if inst.trace:
         duration = _trace_duration(inst.trace)
         lo, hi = inst.window or (0.0, 1.0)
@@ -194,7 +210,7 @@ def _sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: W
     return _from_summary(wl, ev.metrics or {})
 
 
-def _in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
+def in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
                 slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> dict[str, Any]:
     """Trusted files only (tests): runs the policy in this process, no sandbox."""
     from autotuner.policy import PolicyFileError, read_policy_source
@@ -211,7 +227,9 @@ def _in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: 
 
 
 def simulator_for(backend: str) -> Simulator:
-    return _in_process if backend == "inprocess" else _sandboxed
+    """The sandbox, always: untrusted code never runs in this process by configuration.
+    (``in_process`` exists for tests of trusted files, passed explicitly.)"""
+    return _sandboxed
 
 
 def _failure(wl: Workload, reason: str) -> dict[str, Any]:
@@ -366,6 +384,16 @@ def _ignore_sigint() -> None:
 
 
 # ------------------------------------------------------------------------------- the evaluator
+class NoCache:
+    """Stands in for the archive where nothing is cached (``autotuner replay``)."""
+
+    def get_evaluations(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def put_evaluation(self, key: str, **kwargs: Any) -> None:
+        pass
+
+
 class Evaluator:
     """Runs jobs on a process pool, through the archive's evaluation cache.
 

@@ -1,0 +1,592 @@
+"""Reviewing a campaign: ``status``, ``diff``, ``show`` and ``replay``.
+
+Everything here reads the archive without changing it, so it is safe to run while a campaign is
+running (SQLite WAL lets readers in beside the writer). ``replay`` re-runs a policy with its tuned
+parameters through the same sandbox and trusted scorer the campaign uses, beside the tuned
+baseline on the same requests; given a promotion record (``promotions/<id>.json``) it repeats the
+gate's whole measurement and says whether the claim holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from autotuner import archive as A
+from autotuner.archive import Archive, Candidate, failure_category
+from autotuner.campaign import CampaignError, campaign_dir
+from autotuner.config import CampaignConfig, ConfigError, SandboxConfig, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class ReviewError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------- helpers
+def _open(name: str) -> tuple[Path, CampaignConfig, Archive]:
+    folder = campaign_dir(name)
+    db = folder / "archive.sqlite"
+    if not db.is_file():
+        raise ReviewError(f"{folder}: no archive.sqlite (the campaign never started)")
+    cfg = load_config(folder / "config.toml", name=folder.name, results_dir=str(folder.parent))
+    return folder, cfg, Archive(db)
+
+
+def _resolve(archive: Archive, ref: str) -> Candidate:
+    """A candidate by id, by number (``12`` for c0012), or ``promoted``/``baseline``/``best``."""
+    if ref == "promoted":
+        pid = archive.get_meta("promoted")
+        if not pid:
+            raise ReviewError("nothing has been promoted in this campaign")
+        return archive.get(pid)
+    if ref == "best":
+        scored = [c for c in archive.candidates() if c.train_score is not None and c.promotable]
+        if not scored:
+            raise ReviewError("no candidate has a training score yet")
+        return max(scored, key=lambda c: c.train_score or 0.0)
+    found = archive.find(ref)
+    if found is None and ref.isdigit():
+        found = archive.find(f"c{int(ref):04d}")
+    if found is None:
+        raise ReviewError(f"no candidate {ref!r} (see `autotuner status`)")
+    return found
+
+
+def _gain(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:+.1%}"
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
+
+
+def _use_color(mode: str, stream: TextIO) -> bool:
+    if mode == "always":
+        return True
+    if mode == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return stream.isatty()
+
+
+def _heldout_gain(c: Candidate) -> float | None:
+    comps = (c.gate or {}).get("comparisons") or []
+    return comps[0].get("mean_gain") if comps else None
+
+
+# ------------------------------------------------------------------------------- status
+def status_rows(archive: Archive) -> list[dict[str, Any]]:
+    rows = []
+    for c in archive.candidates():
+        rows.append({
+            "id": c.id, "parent": c.parent_id, "island": c.island, "origin": c.origin,
+            "status": c.status, "screen": c.screen_score, "train": c.train_score,
+            "validation": c.validation_score, "heldout": _heldout_gain(c),
+            "params": c.params, "failure": c.failure,
+            "category": failure_category(c.status, c.failure) if c.status in (
+                A.PROPOSAL_FAILED, A.FAILED, A.SCREENED_OUT) else "",
+            "tokens": c.prompt_tokens + c.completion_tokens, "cost_usd": c.cost_usd,
+        })
+    return rows
+
+
+def print_status(folder: Path, cfg: CampaignConfig, archive: Archive, out: TextIO,
+                 width: int = 0) -> None:
+    width = width or _width(out)
+    phase = archive.get_meta("phase", "?")
+    base = archive.get_meta("baseline") or {}
+    promoted = archive.get_meta("promoted")
+    spend = archive.spend()
+    props = archive.count(origin="proposal")
+    elapsed = float(archive.get_meta("elapsed_s", 0.0))
+    out.write(f"campaign {cfg.name} ({folder}): phase {phase}, {props}/{cfg.budget.proposals} "
+              f"proposals, {int(elapsed) // 60}:{int(elapsed) % 60:02d} spent\n")
+    if base:
+        out.write(f"baseline {base.get('name')} tuned: {_params_text(base.get('params', {}))}\n")
+    out.write(f"promoted: {promoted or 'none'}")
+    if spend["tokens"] or spend["cost_usd"]:
+        out.write(f"   spend: {spend['tokens']:,} tokens, ${spend['cost_usd']:.4f}")
+    out.write("\n\n")
+    headers = ("id", "parent", "isl", "status", "screen", "train", "valid", "held-out",
+               "params / failure")
+    rows = []
+    for r in status_rows(archive):
+        detail = r["failure"] if r["status"] in (A.PROPOSAL_FAILED, A.FAILED,
+                                                  A.SCREENED_OUT, A.GATE_FAILED) \
+            else _params_text(r["params"])
+        rows.append((r["id"], r["parent"] or "-", str(r["island"]), r["status"],
+                     _gain(r["screen"]), _gain(r["train"]), _gain(r["validation"]),
+                     _gain(r["heldout"]), detail))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    fixed = sum(widths[:-1]) + 2 * (len(headers) - 1)
+    widths[-1] = max(20, min(widths[-1], width - fixed))
+    out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
+    for row in rows:
+        cells = [v.rjust(w) if 4 <= i <= 7 else v.ljust(w)
+                 for i, (v, w) in enumerate(zip(row[:-1], widths, strict=False))]
+        out.write("  ".join(cells) + "  " + _short(row[-1], widths[-1]) + "\n")
+    fails = archive.failures_by_reason()
+    if fails:
+        out.write("\nfailures by reason: " + ", ".join(f"{k} {v}" for k, v in
+                                                       sorted(fails.items())) + "\n")
+
+
+def _width(out: TextIO) -> int:
+    try:
+        return os.get_terminal_size(out.fileno()).columns if out.isatty() else 160
+    except (OSError, ValueError, AttributeError):
+        return 160
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("campaign", help="campaign name (under results/) or folder")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    return _guard("status", lambda: _status(args))
+
+
+def _status(args: argparse.Namespace) -> int:
+    folder, cfg, archive = _open(args.campaign)
+    with archive:
+        if args.json:
+            print(json.dumps(A._clean({
+                "campaign": cfg.name, "folder": str(folder),
+                "phase": archive.get_meta("phase"), "promoted": archive.get_meta("promoted"),
+                "baseline": {k: v for k, v in (archive.get_meta("baseline") or {}).items()
+                             if k != "code"},
+                "spend": archive.spend(), "failures": archive.failures_by_reason(),
+                "candidates": status_rows(archive)}), indent=2))
+        else:
+            print_status(folder, cfg, archive, sys.stdout)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- diff
+def _colorize(diff: str) -> str:
+    out = []
+    for line in diff.splitlines(keepends=True):
+        if line.startswith(("+++", "---")):
+            out.append(f"\x1b[1m{line.rstrip(chr(10))}\x1b[0m\n")
+        elif line.startswith("@@"):
+            out.append(f"\x1b[36m{line.rstrip(chr(10))}\x1b[0m\n")
+        elif line.startswith("+"):
+            out.append(f"\x1b[32m{line.rstrip(chr(10))}\x1b[0m\n")
+        elif line.startswith("-"):
+            out.append(f"\x1b[31m{line.rstrip(chr(10))}\x1b[0m\n")
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+def _params_lines(params: Mapping[str, Any]) -> list[str]:
+    return [f"{k} = {json.dumps(v)}\n" for k, v in sorted(params.items())]
+
+
+def candidate_diff(archive: Archive, cand: Candidate, against: str = "parent") -> str:
+    """Unified diff of code, then of tuned parameters, against another archive member."""
+    if against == "parent":
+        if not cand.parent_id:
+            raise ReviewError(f"{cand.id} has no parent; use --against baseline or an id")
+        other = archive.get(cand.parent_id)
+    elif against == "baseline":
+        other = archive.get("baseline")
+    else:
+        other = _resolve(archive, against)
+    code = "".join(difflib.unified_diff(
+        (other.code or "").splitlines(keepends=True), (cand.code or "").splitlines(keepends=True),
+        fromfile=f"{other.id}.py", tofile=f"{cand.id}.py"))
+    params = "".join(difflib.unified_diff(
+        _params_lines(other.params), _params_lines(cand.params),
+        fromfile=f"{other.id} tuned parameters", tofile=f"{cand.id} tuned parameters"))
+    if not code and not params:
+        return f"{cand.id} and {other.id} are identical (code and tuned parameters)\n"
+    parts = [code or f"(code identical to {other.id})\n",
+             params or f"(tuned parameters identical to {other.id})\n"]
+    return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
+def add_diff_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("campaign", help="campaign name (under results/) or folder")
+    p.add_argument("candidate", help="candidate id (c0012, 12), 'promoted' or 'best'")
+    p.add_argument("--against", default="parent",
+                   help="parent (default), baseline, promoted, or a candidate id")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the diff (auto: only on a terminal)")
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    return _guard("diff", lambda: _diff(args))
+
+
+def _diff(args: argparse.Namespace) -> int:
+    _, _, archive = _open(args.campaign)
+    with archive:
+        cand = _resolve(archive, args.candidate)
+        if cand.code is None:
+            raise ReviewError(f"{cand.id} has no code ({cand.status}: {cand.failure})")
+        text = candidate_diff(archive, cand, args.against)
+    sys.stdout.write(_colorize(text) if _use_color(args.color, sys.stdout) else text)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- show
+def show_text(archive: Archive, cand: Candidate) -> str:
+    lines = [f"candidate {cand.id}: {cand.status}  (origin {cand.origin}, island {cand.island}, "
+             f"proposer {cand.proposer or '-'}{', model ' + cand.model if cand.model else ''})"]
+    lineage = archive.lineage(cand.id)
+    lines.append("lineage: " + " <- ".join(
+        f"{c.id} ({_gain(c.train_score)})" for c in lineage))
+    lines.append(f"scores vs tuned baseline: screen {_gain(cand.screen_score)}, training "
+                 f"{_gain(cand.train_score)}, validation {_gain(cand.validation_score)}, "
+                 f"held-out capacity {_gain(_heldout_gain(cand))}")
+    if cand.params:
+        lines.append(f"tuned parameters: {_params_text(cand.params)}")
+    if cand.failure:
+        lines.append(f"failures: {cand.failure}")
+    cost = (f"cost: {cand.prompt_tokens:,} prompt + {cand.completion_tokens:,} completion tokens,"
+            f" ${cand.cost_usd:.4f}, {cand.attempts} attempt(s); evaluation "
+            f"{cand.eval_seconds:.0f} s, {archive.evaluation_count(cand.id)} evaluations")
+    lines.append(cost)
+    for phase, rows in archive.scores(cand.id).items():
+        lines.append(f"\n{phase} scores per workload (gain in ladder goodput vs tuned baseline):")
+        for label, (score, detail) in rows.items():
+            extra = ""
+            if "attainment" in detail:
+                extra = "  SLO attainment per rung " + " ".join(
+                    f"{a:.2f}" for a in detail["attainment"])
+            elif "capacity" in detail:
+                extra = f"  capacity {detail['capacity']:.3g} req/s"
+            lines.append(f"  {label:<24} {_gain(score):>8}{extra}")
+    gate = cand.gate
+    if gate:
+        lines.append(f"\ngate: {'passed' if gate.get('passed') else 'refused'}"
+                     + ("" if gate.get("passed") else ": " + "; ".join(gate.get("reasons", []))))
+        for comp in gate.get("comparisons", []):
+            lines.append(f"  vs {comp['reference']}: mean {_gain(comp['mean_gain'])}, lower "
+                         f"bound {_gain(comp['lower_bound'])} (margin {comp['margin']:.0%})")
+            for label, (c, r) in comp["capacities"].items():
+                lines.append(f"    {label:<24} {c:9.3g} vs {r:9.3g} req/s  "
+                             f"{_gain(comp['gains'][label])}")
+        for metric, row in (gate.get("slo") or {}).items():
+            lines.append(f"  {metric:<12} at baseline capacity: {row['candidate']:.3f} vs "
+                         f"{row['baseline']:.3f} (tolerance {row['tolerance']:.3f})")
+    if cand.code is not None:
+        lines.append(f"\n--- {cand.id}.py ---")
+        lines.append(cand.code.rstrip("\n"))
+    elif cand.raw:
+        lines.append("\n--- proposer's last reply ---")
+        lines.append(str(cand.raw[-1])[:4000])
+    return "\n".join(lines) + "\n"
+
+
+def add_show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("campaign", help="campaign name (under results/) or folder")
+    p.add_argument("candidate", help="candidate id (c0012, 12), 'promoted', 'best' or 'baseline'")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    return _guard("show", lambda: _show(args))
+
+
+def _show(args: argparse.Namespace) -> int:
+    _, _, archive = _open(args.campaign)
+    with archive:
+        sys.stdout.write(show_text(archive, _resolve(archive, args.candidate)))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- replay
+@dataclass
+class ReplayTarget:
+    name: str
+    code: str
+    params: dict[str, Any]
+    baseline_name: str
+    baseline_code: str
+    baseline_params: dict[str, Any]
+    cfg: CampaignConfig
+    note: str = ""
+
+
+def _target(spec: str) -> ReplayTarget:
+    """CAMPAIGN:CANDIDATE, or a policy FILE (a promoted file's folder supplies the tuned
+    baseline; elsewhere the baseline file runs at its defaults, which is said)."""
+    from autotuner.policy import read_policy_file
+    from autotuner.resources import baseline_path
+
+    path = Path(spec)
+    if ":" in spec and not path.exists():
+        name, _, ref = spec.rpartition(":")
+        folder, cfg, archive = _open(name)
+        with archive:
+            cand = _resolve(archive, ref)
+            base = archive.get_meta("baseline")
+            if cand.code is None:
+                raise ReviewError(f"{cand.id} has no code ({cand.status}: {cand.failure})")
+            if not base:
+                raise ReviewError("the campaign's baseline is not tuned yet")
+            return ReplayTarget(f"{cfg.name}:{cand.id}", cand.code, dict(cand.params),
+                                f"tuned {base['name']}", base["code"], dict(base["params"]), cfg)
+    if not path.is_file():
+        raise ReviewError(f"{spec}: no such policy file (or CAMPAIGN:CANDIDATE)")
+    source = read_policy_file(path)
+    sibling = path.parent / "baseline.py"
+    cfg_path = path.parent.parent / "config.toml"
+    cfg = load_config(cfg_path) if cfg_path.is_file() else load_config()
+    if sibling.is_file() and sibling.resolve() != path.resolve():
+        base = read_policy_file(sibling)
+        return ReplayTarget(str(path), source.code, source.defaults(), f"tuned baseline "
+                            f"({sibling})", base.code, base.defaults(), cfg)
+    base = read_policy_file(baseline_path(cfg.objective.baseline))
+    return ReplayTarget(str(path), source.code, source.defaults(),
+                        f"{cfg.objective.baseline} (default parameters)", base.code,
+                        base.defaults(), cfg,
+                        note="no tuned baseline beside this file: the baseline runs at its "
+                             "default parameters")
+
+
+def add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="CAMPAIGN:CANDIDATE (e.g. default:promoted), a policy file, "
+                   "or a promotion record (promotions/<id>.json) to re-check its claim")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workload", action="append", default=[], metavar="SCENARIO",
+                   help="built-in scenario (repeatable; default: the campaign's scenarios)")
+    g.add_argument("--trace", action="append", default=[], metavar="FILE",
+                   help="trace file, Azure CSV or Mooncake JSONL (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="scenario seed (default: the "
+                   "campaign's first held-out seed)")
+    p.add_argument("--requests", type=int, help="requests per workload (trace: at most)")
+    p.add_argument("--rate", type=float, help="arrival rate, req/s (default: the workload's own)")
+    p.add_argument("--window", help="trace time window START:END in seconds")
+    p.add_argument("--capacity", action="store_true",
+                   help="measure the capacity under SLO of both, and the relative gain")
+    p.add_argument("--sandbox", choices=["auto", "bwrap", "docker", "process"],
+                   help="isolation backend (default: the campaign's)")
+    p.add_argument("--parallelism", type=int, default=None, help="simulations at once")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    return _guard("replay", lambda: _replay(args))
+
+
+def _instances(args: argparse.Namespace, cfg: CampaignConfig) -> list[Any]:
+    from autotuner.scoring import Instance
+
+    seed = args.seed if args.seed is not None else cfg.workloads.heldout_seeds[0]
+    window_s = None
+    if args.window:
+        if not args.trace:
+            raise ReviewError("--window applies to --trace only")
+        try:
+            a, b = args.window.split(":")
+            window_s = (float(a) if a else 0.0, float(b) if b else math.inf)
+        except ValueError:
+            raise ReviewError(f"--window must be START:END in seconds, got {args.window!r}"
+                              ) from None
+    if args.trace:
+        out = []
+        for t in args.trace:
+            if not Path(t).is_file():
+                raise ReviewError(f"{t}: no such trace file")
+            out.append(Instance(None, 0, args.requests or 2000, t, None, window_s))
+        return out
+    names = args.workload or list(cfg.workloads.scenarios)
+    from autotuner.config import SCENARIO_NAMES
+
+    for n in names:
+        if n not in SCENARIO_NAMES:
+            raise ReviewError(f"unknown workload {n!r} (known: {', '.join(SCENARIO_NAMES)})")
+    return [Instance(n, seed, args.requests or cfg.workloads.requests_for(n)) for n in names]
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.target.endswith(".json") and Path(args.target).is_file():
+        return reproduce(Path(args.target), args)
+    from autotuner.scoring import Evaluator, Job, NoCache
+
+    t = _target(args.target)
+    cfg = t.cfg
+    sandbox = SandboxConfig(backend=args.sandbox or cfg.sandbox.backend,
+                            timeout_s=cfg.sandbox.timeout_s, memory_mb=cfg.sandbox.memory_mb)
+    insts = _instances(args, cfg)
+    kind = "capacity" if args.capacity else "run"
+    jobs = []
+    for inst in insts:
+        for code, params, name in ((t.code, t.params, "policy.py"),
+                                   (t.baseline_code, t.baseline_params, "baseline.py")):
+            jobs.append(Job(code, params, inst, kind, args.rate, cfg.cluster, cfg.slo, sandbox,
+                            rel_tol=cfg.gate.capacity_rel_tol, name=name))
+    evaluator = Evaluator(NoCache(), args.parallelism or cfg.parallelism)
+    try:
+        results = evaluator.evaluate(jobs)
+    finally:
+        evaluator.close()
+    rows = []
+    for n, inst in enumerate(insts):
+        pol, base = results[2 * n], results[2 * n + 1]
+        row: dict[str, Any] = {"workload": inst.label, "policy": pol, "baseline": base}
+        if kind == "capacity":
+            c, b = pol.get("capacity") or 0.0, base.get("capacity") or 0.0
+            row["gain"] = (c / b - 1.0) if b > 0 else None
+        rows.append(row)
+    report = {"target": t.name, "params": t.params, "baseline": t.baseline_name,
+              "baseline_params": t.baseline_params, "note": t.note, "kind": kind,
+              "slo": {"ttft_s": cfg.slo.ttft_s, "tpot_s": cfg.slo.tpot_s,
+                      "share": cfg.slo.share},
+              "cluster": f"{cfg.cluster.replicas} x {cfg.cluster.model} on {cfg.cluster.gpu}",
+              "results": rows}
+    failed = any(r["policy"].get("error") or r["baseline"].get("error") for r in rows)
+    if args.json:
+        print(json.dumps(A._clean(report), indent=2))
+    else:
+        _print_replay(report, sys.stdout)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
+    out.write(f"policy    {report['target']}  {_params_text(report['params'])}\n")
+    out.write(f"baseline  {report['baseline']}  {_params_text(report['baseline_params'])}\n")
+    slo = report["slo"]
+    out.write(f"cluster   {report['cluster']}; SLO TTFT <= {slo['ttft_s']:g} s, TPOT <= "
+              f"{slo['tpot_s']:g} s\n")
+    if report["note"]:
+        out.write(f"note      {report['note']}\n")
+    if report["kind"] == "capacity":
+        out.write(f"\ncapacity under SLO (highest rate with >= {slo['share']:.0%} of requests "
+                  "meeting both targets):\n")
+        out.write(f"  {'workload':<32} {'policy':>12} {'baseline':>12} {'gain':>8}\n")
+        for r in report["results"]:
+            p, b = r["policy"], r["baseline"]
+            err = p.get("error") or b.get("error")
+            out.write(f"  {r['workload']:<32} {p.get('capacity') or 0:>8.3g} r/s "
+                      f"{b.get('capacity') or 0:>8.3g} r/s {_gain(r.get('gain')):>8}"
+                      + (f"  error: {err}" if err else "") + "\n")
+        gains = [r["gain"] for r in report["results"] if r.get("gain") is not None]
+        if len(gains) > 1:
+            out.write(f"  {'mean':<32} {'':>12} {'':>12} {_gain(sum(gains) / len(gains)):>8}\n")
+        return
+    keys = (("rate", "offered rate (req/s)", "{:.3g}"), ("attainment", "SLO attainment", "{:.1%}"),
+            ("goodput_rps", "goodput (req/s)", "{:.3g}"),
+            ("goodput_tok_s", "goodput (tok/s)", "{:,.0f}"),
+            ("throughput_tok_s", "throughput (tok/s)", "{:,.0f}"),
+            ("ttft_p50", "TTFT p50 (s)", "{:.3f}"), ("ttft_p90", "TTFT p90 (s)", "{:.3f}"),
+            ("ttft_p99", "TTFT p99 (s)", "{:.3f}"), ("tpot_p50", "TPOT p50 (s)", "{:.4f}"),
+            ("tpot_p90", "TPOT p90 (s)", "{:.4f}"), ("tpot_p99", "TPOT p99 (s)", "{:.4f}"))
+    for r in report["results"]:
+        out.write(f"\n{r['workload']}:\n  {'':<22} {'policy':>12} {'baseline':>12}\n")
+        for key, label, fmt in keys:
+            vals = []
+            for side in (r["policy"], r["baseline"]):
+                v = side.get(key)
+                vals.append("-" if v is None else fmt.format(v))
+            out.write(f"  {label:<22} {vals[0]:>12} {vals[1]:>12}\n")
+        for side in ("policy", "baseline"):
+            if r[side].get("error"):
+                out.write(f"  {side} error: {r[side]['error']}\n")
+
+
+# ------------------------------------------------------------------------------- reproduce
+def reproduce(record_path: Path, args: argparse.Namespace | None = None,
+              out: TextIO | None = None, simulator: Any = None) -> int:
+    """Repeat a promotion's held-out measurement from its record alone and compare."""
+    from autotuner.config import GateConfig, config_from_mapping
+    from autotuner.gate import PolicyRef, compare
+    from autotuner.policy import read_policy_file
+    from autotuner.scoring import Evaluator, Instance, NoCache, capacity_jobs
+
+    out = out or sys.stdout
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if record.get("kind") != "autotuner promotion":
+        raise ReviewError(f"{record_path}: not a promotion record")
+    folder = record_path.parent
+    policy = read_policy_file(folder / record["policy_file"])
+    base = read_policy_file(folder / record["baseline"]["file"])
+    backend = getattr(args, "sandbox", None) if args else None
+    cfg = config_from_mapping({
+        "cluster": record["cluster"], "slo": record["slo"], "gate": record["gate"],
+        "sandbox": {"backend": backend or "auto"}})
+    insts = [Instance.from_dict(d) for d in record["instances"]]
+    stats = record["statistics"]
+    base_comp = stats["comparisons"][0]
+    hints = {k: v[1] for k, v in base_comp["capacities"].items()}
+    p_ref = PolicyRef(record["policy_file"], policy.code, dict(record["params"]))
+    b_ref = PolicyRef(record["baseline"]["file"], base.code, dict(record["baseline"]["params"]))
+    evaluator = Evaluator(NoCache(), (getattr(args, "parallelism", None) if args else None) or 2,
+                          simulator)
+    try:
+        b_res = evaluator.evaluate(capacity_jobs(b_ref.code, b_ref.params, insts, cfg, None,
+                                                 name=b_ref.name))
+        p_res = evaluator.evaluate(capacity_jobs(p_ref.code, p_ref.params, insts, cfg, hints,
+                                                 name=p_ref.name))
+    finally:
+        evaluator.close()
+    b_caps = {i.label: float(r.get("capacity") or 0.0) for i, r in zip(insts, b_res, strict=True)}
+    p_caps = {i.label: float(r.get("capacity") or 0.0) for i, r in zip(insts, p_res, strict=True)}
+    gate = GateConfig(**record["gate"]) if isinstance(record["gate"], dict) else cfg.gate
+    comp = compare(p_caps, b_caps, "baseline", gate, int(stats.get("seed", 0)))
+    same = all(abs(p_caps[k] - base_comp["capacities"][k][0]) <= 1e-9 * max(1, p_caps[k])
+               and abs(b_caps[k] - base_comp["capacities"][k][1]) <= 1e-9 * max(1, b_caps[k])
+               for k in p_caps if k in base_comp["capacities"])
+    result = {"record": str(record_path), "claim": record["claim"],
+              "recorded": {"mean_gain": base_comp["mean_gain"],
+                           "lower_bound": base_comp["lower_bound"]},
+              "reproduced": {"mean_gain": comp.mean_gain, "lower_bound": comp.lower_bound,
+                             "passed": comp.passed},
+              "identical_capacities": same,
+              "capacities": {k: [p_caps[k], b_caps[k]] for k in p_caps}}
+    if args is not None and getattr(args, "json", False):
+        out.write(json.dumps(A._clean(result), indent=2) + "\n")
+    else:
+        out.write(f"record   {record_path}\nclaim    {record['claim']}\n")
+        out.write(f"  {'instance':<28} {'policy':>10} {'baseline':>10} {'gain':>8}\n")
+        for k, (c, b) in result["capacities"].items():
+            out.write(f"  {k:<28} {c:>10.3g} {b:>10.3g} {_gain(c / b - 1 if b else None):>8}\n")
+        out.write(f"reproduced: mean gain {_gain(comp.mean_gain)}, {gate.confidence:.0%} lower "
+                  f"bound {_gain(comp.lower_bound)} (recorded {_gain(base_comp['mean_gain'])}, "
+                  f"{_gain(base_comp['lower_bound'])}); capacities "
+                  f"{'identical' if same else 'DIFFER'}; gate "
+                  f"{'passes' if comp.passed else 'FAILS'} at margin {gate.margin:.0%}\n")
+    return EXIT_OK if comp.passed else EXIT_FAILED
+
+
+def _guard(command: str, fn: Any) -> int:
+    try:
+        return fn()
+    except (ReviewError, CampaignError, ConfigError, A.ArchiveError) as exc:
+        print(f"autotuner {command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `autotuner diff ... | head`
+        try:
+            sys.stdout.close()
+        except Exception:  # noqa: BLE001
+            pass
+        return EXIT_OK
+
+
+__all__ = [
+    "add_diff_arguments", "add_replay_arguments", "add_show_arguments", "add_status_arguments",
+    "candidate_diff", "print_status", "reproduce", "run_diff", "run_replay", "run_show",
+    "run_status", "show_text", "status_rows",
+]
+
