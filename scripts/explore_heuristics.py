@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply requests per scenario")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument(
+        "--only", default="", help="comma-separated substrings: measure matching policies only"
+    )
     ap.add_argument("--out", default="scripts/output")
     args = ap.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -115,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     policies: dict[str, tuple[str, dict]] = {
         f"fixed_chunk@{c}": (base, {"chunk_size": c}) for c in CHUNKS
     }
-    policies.update(candidates(args.quick))
+    extra = candidates(args.quick)
+    if args.only:
+        wanted = args.only.split(",")
+        extra = {k: v for k, v in extra.items() if any(w in k for w in wanted)}
+    policies.update(extra)
     jobs = [(n, s, seed) for n in policies for s in scenarios for seed in seeds]
     started = time.time()
     with Pool(args.procs) as pool:
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "explore_quick" if args.quick else "explore"
+    if args.only:
+        stem += "_only_" + re.sub(r"[^a-z0-9]+", "_", args.only.lower()).strip("_")
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps({"seeds": seeds, "table": table}, indent=1))
     return 0
