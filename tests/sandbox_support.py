@@ -91,7 +91,7 @@ def assert_no_leftovers(scratch_root: Path, backend: str) -> None:
     if backend == "docker":
         from autotuner.isolation.docker import leftover_containers
 
-        assert not leftover_containers(), "containers left behind"
+        assert not leftover_containers(os.getpid()), "containers left behind"
 
 
 class Canaries:

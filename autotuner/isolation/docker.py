@@ -225,7 +225,8 @@ class DockerBackend(Backend):
             command=["python3", "-I", "-S", "-B", "/sandbox/worker.py", "/sandbox/lib", _DIST],
             user="65534:65534", environment=dict(WORKER_ENV), working_dir="/scratch",
             hostname="sandbox", stdin_open=True, detach=False, tty=False,
-            network_disabled=True, labels={LABEL: "1"}, host_config=host_config,
+            network_disabled=True, labels={LABEL: "1", f"{LABEL}.parent": str(os.getpid())},
+            host_config=host_config,
         )
         cid = container["Id"]
         try:
@@ -241,10 +242,11 @@ class DockerBackend(Backend):
         return DockerWorker(client, cid, sock, limits)
 
 
-def leftover_containers() -> list[str]:
-    """Ids of sandbox containers that still exist (for tests and for cleaning up by hand)."""
+def leftover_containers(parent: int | None = None) -> list[str]:
+    """Ids of sandbox containers that still exist, all or those of one parent process."""
+    label = LABEL if parent is None else f"{LABEL}.parent={parent}"
     try:
         client = _client(10)
-        return [c["Id"] for c in client.api.containers(all=True, filters={"label": LABEL})]
+        return [c["Id"] for c in client.api.containers(all=True, filters={"label": label})]
     except Exception:  # noqa: BLE001
         return []
