@@ -1,0 +1,356 @@
+"""The campaign loop end to end: offline proposer, LLM proposer against a scripted server,
+kill -9 and resume, Ctrl-C, and the real sandbox through the CLI.
+
+Most campaigns here run trusted files (baselines and what proposers make of them) with the
+in-process simulator so that they take seconds; one runs through ``autotuner run`` with the real
+sandbox. Workloads are small multiturn instances (long sessions where routing matters, and short
+runs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from autotuner import archive as A
+from autotuner.archive import Archive
+from autotuner.campaign import Campaign, Progress
+from autotuner.config import load_config
+from autotuner.proposers.base import Proposal
+from autotuner.resources import baseline_path
+from autotuner.scoring import in_process
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chat_server import ChatServer, ok  # noqa: E402
+
+TINY = {
+    "workloads.scenarios": ["multiturn"], "workloads.screen": ["multiturn"],
+    "workloads.requests": 150, "workloads.scenario_requests": {},
+    "workloads.heldout_seeds": [1001, 1002], "objective.ladder": [1.0, 1.4],
+    "budget.trials": 2, "budget.proposals": 3, "search.seeds": ["least_outstanding"],
+    "search.islands": 2, "search.finalists": 1, "gate.bootstrap": 500,
+    "gate.capacity_rel_tol": 0.05, "parallelism": 1,
+}
+
+
+def tiny(tmp_path: Path, **extra) -> object:
+    return load_config(**{**TINY, "results_dir": str(tmp_path / "results"), **extra})
+
+
+@pytest.fixture(autouse=True)
+def no_endpoint(monkeypatch):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def run(cfg, **kwargs) -> tuple[int, str]:
+    out = io.StringIO()
+    rc = Campaign(cfg, simulator=in_process, stream=out, tty=False, **kwargs).run()
+    return rc, out.getvalue()
+
+
+def test_tiny_offline_campaign_end_to_end(tmp_path):
+    cfg = tiny(tmp_path, name="t")
+    rc, out = run(cfg)
+    assert rc == 0, out
+    assert "proposer: offline proposer (no LLM endpoint configured)" in out
+    folder = tmp_path / "results" / "t"
+    assert load_config(folder / "config.toml") == cfg
+    assert (folder / "optuna.journal").stat().st_size > 0
+    with Archive(folder / "archive.sqlite") as archive:
+        assert archive.get_meta("phase") == "done"
+        assert archive.integrity_ok()
+        base = archive.get("baseline")
+        assert base.status == A.TUNED and "chunk_size" in base.params
+        meta = archive.get_meta("baseline")
+        assert set(meta["caps"]["train"]) == {"multiturn@1"}
+        assert set(meta["caps"]["validation"]) == {"multiturn@101"}
+        proposals = archive.candidates(origin="proposal")
+        assert len(proposals) == 3
+        for cand in proposals:
+            assert cand.parent_id is not None and cand.proposer == "offline"
+            if cand.code is not None:
+                assert (folder / "candidates" / f"{cand.id}.py").read_text() == cand.code
+                assert cand.diff.startswith("---")
+        assert any(c.status in (A.TUNED, A.FINALIST, A.PROMOTED, A.GATE_FAILED)
+                   for c in proposals)
+        seed = archive.get("seed-least_outstanding")
+        assert seed.status == A.TUNED and seed.island == 1
+        promoted = archive.get_meta("promoted")
+        if promoted:
+            record = json.loads((folder / "promotions" / f"{promoted}.json").read_text())
+            assert record["candidate"] == promoted
+    assert "finished" in out and "review: autotuner status" in out
+
+    # a finished campaign resumes to "complete", and a new run refuses to overwrite it
+    rc, out = run(cfg, resume=True)
+    assert rc == 0 and "complete" in out
+    with pytest.raises(Exception, match="already exists"):
+        Campaign(cfg, simulator=in_process, stream=io.StringIO()).run()
+
+
+class ScriptedProposer:
+    """Returns what it is given, in order; records the requests."""
+
+    name = "scripted"
+
+    def __init__(self, proposals):
+        self.proposals = list(proposals)
+        self.requests = []
+
+    def propose(self, request, check):
+        self.requests.append(request)
+        return self.proposals.pop(0) if self.proposals else Proposal(None, False, "empty")
+
+
+def test_failures_are_archived_with_reasons_and_the_loop_goes_on(tmp_path):
+    fixed = baseline_path("fixed_chunk").read_text()
+    crash = fixed.replace("return request.id % len(cluster.replicas)", "return 99")
+    bad_import = "import os\n" + fixed
+    proposer = ScriptedProposer([
+        Proposal(None, False, "no code in reply", prompt_tokens=10, completion_tokens=3,
+                 cost_usd=0.5),
+        Proposal(crash, True, ""),
+        Proposal(bad_import, True, ""),
+        Proposal(fixed + "\n# same program\n", True, ""),
+    ])
+    cfg = tiny(tmp_path, name="f", **{"budget.proposals": 4, "search.seeds": [],
+                                       "budget.usd": 100.0})
+    rc, out = run(cfg, proposer=proposer)
+    assert rc == 0, out
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        by = {c.id: c for c in archive.candidates(origin="proposal")}
+        reasons = [c.failure for c in by.values()]
+        assert any("no code in reply" in r for r in reasons)
+        assert any("illegal decision" in r or "replica 99" in r for r in reasons)
+        assert any("check rejected" in r and "import" in r for r in reasons)
+        assert any("duplicate of baseline" in r for r in reasons)
+        assert archive.spend()["cost_usd"] == pytest.approx(0.5)
+        cats = archive.failures_by_reason()
+        assert cats.get("no code") == 1 and cats.get("check") == 1
+    # the proposer saw the parent's scores and the objective
+    req = proposer.requests[0]
+    assert req.parent.candidate_id == "baseline" and "capacity" in req.objective
+    assert "multiturn@1" in req.workloads
+
+
+def test_llm_campaign_against_a_scripted_chat_server(tmp_path):
+    fixed = baseline_path("fixed_chunk").read_text()
+    better = fixed.replace(
+        "def route(request, cluster, params):\n    return request.id % len(cluster.replicas)",
+        "def route(request, cluster, params):\n"
+        "    best = min(cluster.replicas, key=lambda r: (r.outstanding, r.replica))\n"
+        "    return best.replica")
+    replies = [
+        ok("I would route by load, but here is only prose."),  # unusable: sent back once
+        ok(f"Least outstanding routing:\n```python\n{better}```\n", prompt_tokens=1000,
+           completion_tokens=500),
+    ]
+    with ChatServer(replies, default=ok("no code, sorry")) as server:
+        cfg = tiny(tmp_path, name="llm", **{
+            "proposer.kind": "llm", "proposer.llm.base_url": server.base_url,
+            "proposer.llm.model": "gpt-4o-mini", "proposer.llm.max_check_retries": 1,
+            "budget.proposals": 2, "search.seeds": [], "search.in_flight": 1})
+        rc, out = run(cfg)
+        requests = list(server.requests)
+    assert rc == 0, out
+    assert "LLM proposer: model gpt-4o-mini" in out
+    assert "def partition" in requests[0].all_text and "capacity" in requests[0].all_text
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        first, second = archive.candidates(origin="proposal")
+        assert first.code is not None and "min(cluster.replicas" in first.code
+        assert first.attempts == 2 and first.model == "gpt-4o-mini"
+        assert first.prompt_tokens == 1100 and first.completion_tokens == 550
+        assert first.cost_usd == pytest.approx((1100 * 0.15 + 550 * 0.60) / 1e6)
+        assert first.status in (A.TUNED, A.FINALIST, A.PROMOTED, A.GATE_FAILED)
+        assert first.train_score is not None and first.train_score > 0
+        assert second.status == A.PROPOSAL_FAILED and second.failure
+        assert len(first.raw) == 2
+
+
+KILLABLE = textwrap.dedent("""
+    import json, os, sys
+    from autotuner import scoring
+    from autotuner.campaign import Campaign
+    from autotuner.config import load_config
+
+    log = open(sys.argv[2], "a")
+    real = scoring.execute_job
+
+    def logged(job, simulator=None):
+        key = job.key()
+        log.write("start " + key + "\\n"); log.flush()
+        out = real(job, simulator)
+        return out
+
+    scoring.execute_job = logged
+    overrides = json.loads(sys.argv[1])
+    cfg = load_config(**overrides)
+    resume = os.path.exists(os.path.join(cfg.results_dir, cfg.name, "archive.sqlite"))
+    sys.exit(Campaign(cfg, resume=resume, simulator=scoring.in_process, tty=False).run())
+""")
+
+
+def _spawn(tmp_path: Path, overrides: dict, log: Path) -> subprocess.Popen:
+    script = tmp_path / "campaign_script.py"
+    script.write_text(KILLABLE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.Popen([sys.executable, str(script), json.dumps(overrides), str(log)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(db: Path, predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError("the campaign ended before the moment to stop it:\n"
+                                 + proc.stdout.read().decode())
+        if db.exists():
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+                try:
+                    if predicate(conn):
+                        return
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the campaign")
+
+
+def _tuning_under_way(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT COUNT(*) FROM candidates WHERE origin='proposal' AND "
+                       "status='tuning'").fetchone()
+    evals = conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    return row[0] > 0 and evals > 0
+
+
+def test_kill_9_mid_run_then_resume_repeats_no_finished_evaluation(tmp_path):
+    overrides = {**TINY, "name": "k", "results_dir": str(tmp_path / "results"),
+                 "budget.proposals": 3, "budget.trials": 3}
+    db = tmp_path / "results" / "k" / "archive.sqlite"
+    log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
+    proc = _spawn(tmp_path, overrides, log1)
+    try:
+        _wait_for(db, _tuning_under_way, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with Archive(db) as archive:
+        assert archive.integrity_ok()
+        finished = {row[0] for row in archive.conn.execute("SELECT key FROM evaluations")}
+        phase = archive.get_meta("phase")
+    assert finished and phase == "search"
+
+    proc = _spawn(tmp_path, overrides, log2)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode()
+    assert "resuming campaign k" in out.decode()
+    started_again = {line.split()[1] for line in log2.read_text().splitlines()}
+    assert started_again, "the resumed campaign ran nothing new"
+    assert not started_again & finished, "a finished evaluation ran again after resume"
+    with Archive(db) as archive:
+        assert archive.integrity_ok()
+        assert archive.get_meta("phase") == "done"
+        proposals = archive.candidates(origin="proposal")
+        assert len(proposals) == 3
+        assert all(c.status not in (A.PENDING, A.TUNING) for c in proposals)
+        keys = [row[0] for row in archive.conn.execute("SELECT key FROM evaluations")]
+        assert len(keys) == len(set(keys))
+        assert finished <= set(keys)
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
+    overrides = {**TINY, "name": "c", "results_dir": str(tmp_path / "results"),
+                 "budget.proposals": 2}
+    db = tmp_path / "results" / "c" / "archive.sqlite"
+    proc = _spawn(tmp_path, overrides, tmp_path / "log")
+    try:
+        _wait_for(db, lambda c: c.execute("SELECT value FROM meta WHERE key='phase'")
+                  .fetchone() == ('"search"',), proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = out.decode()
+    assert proc.returncode == 130, text
+    assert "stopped cleanly" in text and "autotuner resume" in text
+    assert "Traceback" not in text
+    proc = _spawn(tmp_path, overrides, tmp_path / "log")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode()
+    with Archive(db) as archive:
+        assert archive.get_meta("phase") == "done"
+
+
+def test_autotuner_run_through_the_cli_with_the_real_sandbox(tmp_path):
+    from autotuner.isolation import detect_backend
+
+    try:
+        detect_backend()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no sandbox backend works here: {exc}")
+    config = tmp_path / "tiny.toml"
+    config.write_text(textwrap.dedent("""
+        name = "cli"
+        [workloads]
+        scenarios = ["multiturn"]
+        screen = ["multiturn"]
+        requests = 120
+        scenario_requests = {}
+        heldout_seeds = [1001, 1002]
+        [objective]
+        ladder = [1.0, 1.4]
+        [budget]
+        proposals = 2
+        trials = 2
+        [search]
+        seeds = []
+        finalists = 1
+        [gate]
+        bootstrap = 500
+        capacity_rel_tol = 0.05
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotuner.cli", "run", "--config", str(config)], cwd=tmp_path,
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert "offline proposer (no LLM endpoint configured)" in err
+    assert "sandbox:" in err and "finished" in err
+    status = subprocess.run([sys.executable, "-m", "autotuner.cli", "status", "cli"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "baseline" in status.stdout and "c0001" in status.stdout
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_otherwise():
+    tty = io.StringIO()
+    p = Progress(tty, tty=True)
+    p.status("proposals 1/3")
+    p.log("c0001: tuned")
+    p.status("proposals 2/3")
+    assert tty.getvalue().count("\r\x1b[K") >= 3 and "c0001: tuned\n" in tty.getvalue()
+    plain = io.StringIO()
+    p = Progress(plain, tty=False, plain_every=0.0)
+    p.status("proposals 1/3")
+    p.log("c0001: tuned")
+    assert "\r" not in plain.getvalue() and "\x1b" not in plain.getvalue()
+    assert plain.getvalue() == "proposals 1/3\nc0001: tuned\n"
