@@ -1,0 +1,149 @@
+"""Reviewing a campaign: status, diff, show, replay (through ``autotuner.cli.main``)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from autotuner.archive import Archive
+from autotuner.campaign import Campaign
+from autotuner.cli import main
+from autotuner.config import load_config
+from autotuner.proposers.base import Proposal
+from autotuner.resources import baseline_path
+from autotuner.review import candidate_diff
+from autotuner.scoring import in_process
+
+FIXED = baseline_path("fixed_chunk").read_text()
+LEAST = FIXED.replace(
+    "def route(request, cluster, params):\n    return request.id % len(cluster.replicas)",
+    "def route(request, cluster, params):\n"
+    "    best = min(cluster.replicas, key=lambda r: (r.outstanding, r.waiting_tokens, r.replica))\n"
+    "    return best.replica",
+)
+
+
+class Scripted:
+    name = "scripted"
+
+    def __init__(self, codes):
+        self.codes = list(codes)
+
+    def propose(self, request, check):
+        if not self.codes:
+            return Proposal(None, False, "no code in reply")
+        return Proposal(self.codes.pop(0), True, "", attempts=1, model="scripted")
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review")
+    cfg = load_config(**{
+        "name": "r", "results_dir": str(root / "results"),
+        "workloads.scenarios": ["multiturn"], "workloads.screen": ["multiturn"],
+        "workloads.requests": 150, "workloads.scenario_requests": {},
+        "workloads.heldout_seeds": [1001, 1002, 1003], "objective.ladder": [1.0, 1.4],
+        "budget.trials": 2, "budget.proposals": 2, "search.seeds": [], "search.finalists": 1,
+        "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05, "parallelism": 1})
+    rc = Campaign(cfg, proposer=Scripted([LEAST]), simulator=in_process, stream=io.StringIO(),
+                  tty=False).run()
+    assert rc == 0
+    return cfg.campaign_dir
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_status_table_and_json(campaign, capsys):
+    rc, out, _ = cli(capsys, "status", str(campaign))
+    assert rc == 0
+    assert "baseline" in out and "c0001" in out and "c0002" in out
+    assert "proposal_failed" in out and "no code in reply" in out
+    assert "failures by reason: no code 1" in out
+    rc, out, _ = cli(capsys, "status", str(campaign), "--json")
+    data = json.loads(out)
+    ids = [c["id"] for c in data["candidates"]]
+    assert ids == ["baseline", "c0001", "c0002"]
+    assert data["phase"] == "done" and data["failures"] == {"no code": 1}
+    assert "code" not in data["baseline"]
+
+
+def test_diff_of_code_and_params(campaign, capsys):
+    rc, out, _ = cli(capsys, "diff", str(campaign), "c0001")
+    assert rc == 0
+    assert "--- baseline.py" in out and "+++ c0001.py" in out
+    assert "-    return request.id % len(cluster.replicas)" in out
+    assert "+    return best.replica" in out
+    assert "\x1b[" not in out  # piped: plain
+    rc, colored, _ = cli(capsys, "diff", str(campaign), "1", "--color", "always")
+    assert "\x1b[32m+    return best.replica" in colored
+    rc, same, _ = cli(capsys, "diff", str(campaign), "c0001", "--against", "c0001")
+    assert "identical" in same
+    with Archive(campaign / "archive.sqlite") as archive:
+        cand = archive.get("c0001")
+        base = archive.get("baseline")
+        text = candidate_diff(archive, cand, "baseline")
+    if cand.params != base.params:
+        assert "tuned parameters" in text and "chunk_size" in text
+    rc, _, err = cli(capsys, "diff", str(campaign), "c0002")
+    assert rc == 2 and "has no code" in err
+    rc, _, err = cli(capsys, "diff", str(campaign), "c0042")
+    assert rc == 2 and "no candidate" in err
+
+
+def test_show(campaign, capsys):
+    rc, out, _ = cli(capsys, "show", str(campaign), "c0001")
+    assert rc == 0
+    assert "lineage: c0001" in out and "<- baseline" in out
+    assert "train scores per workload" in out and "multiturn@1" in out
+    assert "def route(request, cluster, params)" in out
+    assert "cost:" in out
+    rc, out, _ = cli(capsys, "show", str(campaign), "c0002")
+    assert "failures: no code in reply" in out
+
+
+def test_replay_beside_the_tuned_baseline(campaign, capsys):
+    rc, out, err = cli(capsys, "replay", f"{campaign}:c0001", "--workload", "multiturn",
+                       "--requests", "120", "--rate", "1.5", "--sandbox", "process")
+    assert rc == 0, err
+    assert "policy" in out and "baseline" in out and "SLO attainment" in out
+    assert "TTFT p90" in out
+    rc, out, err = cli(capsys, "replay", f"{campaign}:c0001", "--workload", "multiturn",
+                       "--requests", "120", "--capacity", "--json", "--sandbox", "process")
+    assert rc == 0, err
+    report = json.loads(out)
+    row = report["results"][0]
+    assert row["workload"] == "multiturn@1001"
+    assert row["policy"]["capacity"] > 0 and row["baseline"]["capacity"] > 0
+    assert row["gain"] == pytest.approx(row["policy"]["capacity"] / row["baseline"]["capacity"]
+                                        - 1)
+    assert report["baseline"].startswith("tuned fixed_chunk")
+
+
+def test_replay_of_a_policy_file_and_bad_targets(campaign, capsys, tmp_path):
+    path = tmp_path / "p.py"
+    path.write_text(LEAST)
+    rc, out, err = cli(capsys, "replay", str(path), "--workload", "multiturn", "--requests",
+                       "100", "--rate", "1.0", "--sandbox", "process")
+    assert rc == 0, err
+    assert "default parameters" in out
+    rc, _, err = cli(capsys, "replay", str(tmp_path / "missing.py"))
+    assert rc == 2 and "no such policy file" in err
+    rc, _, err = cli(capsys, "replay", f"{campaign}:c0001", "--workload", "nope")
+    assert rc == 2 and "unknown workload" in err
+
+
+def test_promotion_files_when_promoted(campaign, capsys):
+    with Archive(campaign / "archive.sqlite") as archive:
+        promoted = archive.get_meta("promoted")
+    if not promoted:
+        pytest.skip("the tiny campaign promoted nothing (the gate is tested in test_gate)")
+    assert (campaign / "promotions" / f"{promoted}.py").is_file()
+    assert (campaign / "promotions" / "baseline.py").is_file()
+    rc, out, _ = cli(capsys, "diff", str(campaign), "promoted", "--against", "baseline")
+    assert rc == 0 and "+++ " in out
