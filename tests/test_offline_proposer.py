@@ -327,6 +327,32 @@ def test_numeric_and_comparison_mutations(operation):
     assert len(codes) >= 2
 
 
+def test_insertions_follow_failures_and_weak_workloads():
+    composed = ing.compose(*ing.STRONG_COMBINATIONS[0])
+
+    def slots(parent: ParentInfo) -> dict[str, int]:
+        proposer = OfflineProposer(seed=9, operations=["insert"])
+        count = {"order": 0, "route": 0, "budget": 0}
+        for _ in range(16):
+            note = proposer.propose(request(parent), check).raw_replies[0]
+            count[note.split()[1]] += 1
+        return count
+
+    plain = slots(ParentInfo("p", composed))
+    route_failed = slots(
+        ParentInfo("p", composed, failures=("c3: route(request 7 at t=1.0s): raised KeyError",))
+    )
+    assert route_failed["route"] > plain["route"]
+    weak_multiturn = slots(
+        ParentInfo("p", composed, scores={"gain[multiturn@1]": 0.01, "gain[chat@1]": 0.4})
+    )
+    weak_chat = slots(
+        ParentInfo("p", composed, scores={"gain[multiturn@1]": 0.9, "gain[chat@1]": 0.02})
+    )
+    assert weak_multiturn["route"] > weak_chat["route"]
+    assert weak_chat["order"] > weak_multiturn["order"]
+
+
 def test_a_refusing_check_is_retried_then_reported():
     proposer = OfflineProposer(seed=0, max_attempts=5)
     prop = proposer.propose(request(baseline_parent()), lambda code: ["line 1: nope"])

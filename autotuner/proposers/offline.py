@@ -541,6 +541,7 @@ class _Context:
     ttft_s: float
     tpot_s: float
     inspirations: tuple[ParentInfo, ...]
+    parent: ParentInfo | None = None
     _docs: dict[int, _Doc] = field(default_factory=dict)
 
     def parsed(self, info: ParentInfo) -> _Doc:
@@ -589,7 +590,7 @@ class OfflineProposer:
         rng = random.Random(f"{self.seed}:{index}:{digest}")
         text = " ".join([request.objective, request.workloads, *request.notes])
         ttft_s, tpot_s = _slo_from_text(text)
-        ctx = _Context(rng, ttft_s, tpot_s, tuple(request.inspirations))
+        ctx = _Context(rng, ttft_s, tpot_s, tuple(request.inspirations), parent)
         try:
             base = _Doc.parse(parent.code)
         except Exception as exc:  # a parent that does not parse: nothing to mutate
@@ -699,7 +700,8 @@ class OfflineProposer:
         return doc, note
 
     def _op_insert(self, doc: _Doc, ctx: _Context) -> str:
-        slot = ctx.rng.choices(["order", "route", "budget"], weights=[3, 3, 1.5])[0]
+        weights = _slot_weights(ctx.parent)
+        slot = ctx.rng.choices(list(weights), weights=list(weights.values()))[0]
         pieces = ing.slot_pieces(slot)
         # Stronger pieces more often, every piece sometimes.
         weights = [1.0 / (1 + p.rank / 10) for p in pieces]
@@ -844,6 +846,42 @@ class OfflineProposer:
 
 # ------------------------------------------------------------------------------------------
 # Operations on documents (module level so tests and scripts can use them)
+
+
+# Scenarios where routing (prefix affinity, load balance of very long prompts) is what pays;
+# elsewhere the queue order does (see ingredients' module docstring).
+_ROUTING_BOUND = ("multiturn", "mixed", "mooncake", "conv")
+
+
+def _slot_weights(parent: ParentInfo | None) -> dict[str, float]:
+    """Which slot an insertion targets: repair what failed, then shore up the weak workloads.
+
+    A failure that names a decision point (the simulator's reasons start with "partition(" or
+    "route(") makes that slot likelier; so does a per-workload gain (scores "gain[label]")
+    that lags on the workloads the slot matters most for.
+    """
+    weights = {"order": 3.0, "route": 3.0, "budget": 1.5}
+    if parent is None:
+        return weights
+    failures = " ".join(parent.failures)
+    if "route(" in failures:
+        weights["route"] *= 3
+    if "partition(" in failures:
+        weights["order"] *= 3
+        weights["budget"] *= 3
+    gains = {
+        k[5:-1]: v
+        for k, v in parent.scores.items()
+        if k.startswith("gain[") and k.endswith("]") and isinstance(v, (int, float))
+    }
+    routing = [v for k, v in gains.items() if any(w in k.lower() for w in _ROUTING_BOUND)]
+    queueing = [v for k, v in gains.items() if not any(w in k.lower() for w in _ROUTING_BOUND)]
+    if routing and queueing:
+        if min(routing) < min(queueing):
+            weights["route"] *= 2
+        else:
+            weights["order"] *= 2
+    return weights
 
 
 def _strong_rank(index: int) -> int | None:
