@@ -4,8 +4,9 @@ One Python file is one candidate, baselines and proposals alike. It declares ``T
 dict literal (read here with ``ast.literal_eval``, so the tuner and the checker never execute
 untrusted code to learn the search space) and defines ``partition(replica, params)`` and/or
 ``route(request, cluster, params)``. A decision point a file leaves out is taken from the
-fixed-chunk baseline with that baseline's defaults: the fallback is data (another policy file),
-not a special case in the simulator.
+fixed-chunk baseline file, and so are that file's tunables (unless the policy declares a tunable of
+the same name), so a route-only policy is tuned on the same terms as the baseline: the fallback is
+data (another policy file), not a special case in the simulator.
 
 ``load_policy`` executes the file, so only call it on trusted files or inside the sandbox worker.
 """
@@ -158,7 +159,22 @@ def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
     tunables = tuple(_parse_tunable(k, v, where) for k, v in raw.items())
     if not defines:
         raise PolicyFileError(f"{name}: defines neither partition() nor route()")
+    if set(defines) != set(DECISION_POINTS):
+        own = {t.name for t in tunables}
+        inherited = _fallback_source().tunables
+        tunables += tuple(t for t in inherited if t.name not in own)
     return PolicySource(name, code, tunables, tuple(sorted(defines)))
+
+
+_FALLBACK: PolicySource | None = None
+
+
+def _fallback_source() -> PolicySource:
+    global _FALLBACK
+    if _FALLBACK is None:
+        path = baseline_path(FALLBACK_BASELINE)
+        _FALLBACK = read_policy_source(path.read_text(encoding="utf-8"), str(path))
+    return _FALLBACK
 
 
 def read_policy_file(path: str | Path) -> PolicySource:
@@ -228,7 +244,8 @@ def load_policy(source: PolicySource, params: Mapping[str, Any] | None = None) -
             bound[point] = _bind(func, resolved)
             continue
         if fallback is None:
-            base = read_policy_file(baseline_path(FALLBACK_BASELINE))
-            fallback, fallback_params = _execute(base), base.defaults()
+            base = _fallback_source()
+            fallback = _execute(base)
+            fallback_params = {t.name: resolved.get(t.name, t.default) for t in base.tunables}
         bound[point] = _bind(fallback[point], fallback_params)
     return LoadedPolicy(bound["partition"], bound["route"], types.MappingProxyType(resolved))

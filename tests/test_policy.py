@@ -28,7 +28,7 @@ def test_tunables_are_read_without_execution(tmp_path):
             " 'log': True}}\n"
             "def route(request, cluster, params):\n    return 0\n")
     source = read_policy_source(code)
-    (t,) = source.tunables
+    t = source.tunables[0]  # then the fallback partition's chunk_size
     assert (t.name, t.type, t.low, t.high, t.default, t.log) == ("k", "float", 0.5, 2.0, 1.0, True)
 
 
@@ -70,8 +70,8 @@ def test_params_resolution():
     source = read_policy_source(
         "TUNABLES = {'c': {'type': 'int', 'low': 1, 'high': 10, 'default': 3}}\n" + ROUTE_ONLY[14:]
     )
-    assert source.resolve_params({}) == {"c": 3}
-    assert source.resolve_params({"c": 7.0}) == {"c": 7}
+    assert source.resolve_params({}) == {"c": 3, "chunk_size": 512}
+    assert source.resolve_params({"c": 7.0})["c"] == 7
     with pytest.raises(PolicyFileError, match="outside"):
         source.resolve_params({"c": 11})
     with pytest.raises(PolicyFileError, match="no tunable named 'd'"):
@@ -92,3 +92,23 @@ def test_runtime_fence_refuses_what_the_check_refuses():
         policy.route(None, None)
     with pytest.raises(ImportError, match="not allowed"):
         load_policy(read_policy_source("import os\n" + ROUTE_ONLY))
+
+
+def test_route_only_policy_inherits_the_fallback_tunables():
+    source = read_policy_source(ROUTE_ONLY)
+    assert [t.name for t in source.tunables] == ["chunk_size"]
+    assert source.defines == ("route",)
+    from autotuner.sim.engine import ClusterSpec, simulate
+    from autotuner.sim.workload import make_workload
+
+    wl = make_workload("chat", 50, seed=0)
+    small = simulate(ClusterSpec(replicas=1), wl, load_policy(source, {"chunk_size": 64}))
+    large = simulate(ClusterSpec(replicas=1), wl, load_policy(source, {"chunk_size": 4096}))
+    assert small.policy_calls > large.policy_calls  # the value reached the fallback partition
+
+
+def test_own_tunable_shadows_the_inherited_one():
+    code = ("TUNABLES = {'chunk_size': {'type': 'int', 'low': 1, 'high': 9, 'default': 2}}\n"
+            + ROUTE_ONLY[14:])
+    (t,) = read_policy_source(code).tunables
+    assert t.high == 9
