@@ -348,6 +348,12 @@ def _add_campaign_commands(sub: Any) -> None:
     review.add_replay_arguments(p)
     p.set_defaults(func=review.run_replay)
 
+    from autotuner import report
+
+    p = sub.add_parser("report", help="write a campaign's report.html (plots) and report.md")
+    report.add_report_arguments(p)
+    p.set_defaults(func=report.run_report)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
