@@ -235,6 +235,8 @@ class Campaign:
         self.proposer_dead = ""  # the reason the proposer can no longer be used
         self._t0 = time.monotonic()
         self._elapsed0 = 0.0
+        self._status_cache = ""
+        self._status_at = 0.0
 
     # -- time ----------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -242,7 +244,22 @@ class Campaign:
 
     def search_over(self) -> bool:
         b = self.cfg.budget
-        return self.elapsed() >= b.wall_time_s - b.finalize_reserve_s
+        return self.elapsed() >= b.wall_time_s - max(b.finalize_reserve_s,
+                                                      self.finalize_estimate())
+
+    def _gate_sims(self) -> int:
+        # baseline capacities (cached after the first gate), the candidate's (bracketed by the
+        # baseline's, so fewer probes), and one run per instance for the SLO check
+        return len(self.instances["heldout"]) * (12 + 9 + 1)
+
+    def finalize_estimate(self) -> float:
+        """Seconds validation and one gate will take, from the measured speed so far."""
+        if self.evaluator is None:
+            return 0.0
+        n_val = len(self.instances["validation"])
+        rungs = len(self.cfg.objective.ladder)
+        sims = 12 * n_val + rungs * n_val * (1 + self.cfg.search.finalists) + self._gate_sims()
+        return 1.15 * sims * self.evaluator.wall_per_sim()
 
     def _save_elapsed(self) -> None:
         if self.archive is not None:
@@ -392,20 +409,30 @@ class Campaign:
 
     # -- status ---------------------------------------------------------------------------
     def _status_text(self) -> str:
+        """The live line; the archive-derived part is refreshed at most every 2 s (it is asked
+        for after every finished simulation)."""
+        now = time.monotonic()
+        if now - self._status_at > 2.0 or not self._status_cache:
+            self._status_cache = self._status_query()
+            self._status_at = now
+        text = f"[{_fmt_duration(self.elapsed())}] {self._status_cache}"
+        if self.current:
+            text += f" | {self.current}"
+        return text
+
+    def _status_query(self) -> str:
         assert self.archive is not None
         props = self.archive.count(origin="proposal")
         best = self._best(promotable_only=True)
         fails = self.archive.failures_by_reason()
         spend = self.archive.spend()
         fail_text = ", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "none"
-        text = (f"[{_fmt_duration(self.elapsed())}] proposals {props}/{self.cfg.budget.proposals}"
+        text = (f"proposals {props}/{self.cfg.budget.proposals}"
                 f" | best {_fmt_gain(best.train_score if best else None)}"
                 + (f" ({best.id})" if best else "")
                 + f" | failures: {fail_text}")
         if spend["tokens"] or spend["cost_usd"]:
             text += f" | spend {spend['tokens']:,} tok ${spend['cost_usd']:.2f}"
-        if self.current:
-            text += f" | {self.current}"
         return text
 
     def _tick(self, current: str | None = None) -> None:
@@ -863,6 +890,7 @@ class Campaign:
                                   f" validation {_fmt_gain(value)}")
         finalists = sorted((self.archive.get(c.id) for c in finalists),
                            key=lambda c: -(c.validation_score or -1.0))
+        gated = 0
         for cand in finalists:
             if cand.status != A.FINALIST:
                 continue
@@ -872,6 +900,22 @@ class Campaign:
                 continue
             promoted_id = self.archive.get_meta("promoted")
             promoted = self.archive.find(promoted_id) if promoted_id else None
+            # The best finalist is always gated. Others only while time is left, and only if
+            # validation says they might beat the promoted policy (they must, by the margin).
+            gate_s = 1.15 * self._gate_sims() * self.evaluator.wall_per_sim() \
+                if self.evaluator else 0.0
+            skip = ""
+            if gated and self.elapsed() + gate_s > cfg.budget.wall_time_s:
+                skip = "not gated: the wall-time budget is spent"
+            elif promoted is not None and (cand.validation_score or 0.0) <= (
+                    promoted.validation_score or 0.0):
+                skip = (f"not gated: validation {_fmt_gain(cand.validation_score)} is not above "
+                        f"the promoted {promoted.id}'s {_fmt_gain(promoted.validation_score)}")
+            if skip:
+                self.archive.update(cand.id, failure=skip)
+                self.progress.log(f"finalist {cand.id} {skip}")
+                continue
+            gated += 1
             self._tick(f"gate: {cand.id} on {len(self.instances['heldout'])} held-out instances")
             result = run_gate(
                 self.evaluator, cfg, cand.id,

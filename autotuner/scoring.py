@@ -408,9 +408,15 @@ class Evaluator:
         self.parallelism = max(1, parallelism)
         self.simulator = simulator
         self._pool: Any = None
-        self.ran = 0
+        self.ran = 0  # jobs run (not from the cache)
         self.cached = 0
-        self.seconds = 0.0
+        self.seconds = 0.0  # summed job seconds (inside the workers)
+        self.sims = 0  # simulations run: one per run job, one per capacity probe
+        self.wall = 0.0  # wall seconds spent in evaluate() running jobs
+
+    def wall_per_sim(self, default: float = 0.3) -> float:
+        """Measured wall seconds per simulation at this parallelism (for budgeting)."""
+        return self.wall / self.sims if self.sims >= 20 else default
 
     def _get_pool(self) -> Any:
         if self._pool is None and self.parallelism > 1 and self.simulator is None:
@@ -432,9 +438,29 @@ class Evaluator:
             self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self._pool = None
 
+    @staticmethod
+    def _run_pool(pool: Any, jobs: Sequence[Job], run: Sequence[int],
+                  store: Callable[[int, dict[str, Any]], None]) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        # longest first (capacity jobs, then the highest rates) so the pool's tail is short
+        order = sorted(run, key=lambda i: (jobs[i].kind != "capacity", -(jobs[i].rate or 0.0)))
+        futures = {pool.submit(_execute_in_worker, jobs[i]): i for i in order}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    store(futures[fut], fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
     def evaluate(self, jobs: Sequence[Job], candidate_id: str | None = None,
                  on_result: Callable[[int, dict[str, Any]], None] | None = None
                  ) -> list[dict[str, Any]]:
+        t_start = time.perf_counter()
         keys = [job.key() for job in jobs]
         found = self.archive.get_evaluations(keys)
         results: list[dict[str, Any] | None] = [found.get(k) for k in keys]
@@ -457,6 +483,7 @@ class Evaluator:
             )
             self.ran += 1
             self.seconds += float(result.get("seconds", 0.0))
+            self.sims += len(result.get("probes") or ()) if jobs[i].kind == "capacity" else 1
             results[i] = result
             if on_result:
                 on_result(i, result)
@@ -466,25 +493,25 @@ class Evaluator:
             for i in run:
                 store(i, execute_job(jobs[i], self.simulator))
         else:
-            from concurrent.futures import FIRST_COMPLETED, wait
+            from concurrent.futures.process import BrokenProcessPool
 
-            # longest first (capacity jobs, then by size) so the pool's tail is short
-            order = sorted(run, key=lambda i: (jobs[i].kind != "capacity",
-                                               -(jobs[i].rate or 0.0)))
-            futures = {pool.submit(_execute_in_worker, jobs[i]): i for i in order}
-            try:
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        store(futures[fut], fut.result())
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
+            left = list(run)
+            for attempt in range(2):
+                try:
+                    self._run_pool(self._get_pool(), jobs, left, store)
+                    break
+                except BrokenProcessPool:
+                    # a worker died (killed from outside, out of memory): start a fresh pool
+                    # once and run what has no result yet; a second death is an error
+                    self.close(cancel=True)
+                    left = [i for i in left if results[i] is None]
+                    if attempt:
+                        raise
         for i in todo:
             if results[i] is None:
                 results[i] = results[first[keys[i]]]
+        if run:
+            self.wall += time.perf_counter() - t_start
         return [r if r is not None else {} for r in results]
 
 
