@@ -488,13 +488,14 @@ BY_NAME: dict[str, Ingredient] = {i.name: i for i in ALL + ROUTE_WRAPPERS}
 # What the research found strongest, in order: the proposer's first proposals from a parent
 # that lacks them. (order, budget, route)
 STRONG_COMBINATIONS: tuple[tuple[str, str, str], ...] = (
-    ("slack_srpf_order", "fixed_budget", "least_work_route"),
-    ("srpf_aging_order", "fixed_budget", "least_work_route"),
-    ("srpf_order", "fixed_budget", "least_work_route"),
-    ("slack_srpf_order", "decode_shrink_budget", "prefix_guard_route"),
-    ("edf_slack_order", "fixed_budget", "kv_guard_work_route"),
-    ("started_first_order", "kv_guard_budget", "least_work_route"),
-    ("fcfs_order", "fixed_budget", "least_work_route"),
+    ("slack_srpf_order", "fixed_budget", "least_work_route"),  # the best overall
+    ("srpf_aging_order", "fixed_budget", "least_work_route"),  # bounded wait, less starvation
+    ("slack_srpf_order", "kv_guard_budget", "least_work_route"),  # best on multiturn
+    ("srpf_order", "fixed_budget", "prefix_guard_route"),
+    ("aged_srpf_order", "fixed_budget", "kv_guard_work_route"),
+    ("slack_srpf_order", "fixed_budget", "least_outstanding_route"),  # best on mixed
+    ("edf_slack_order", "tpot_budget", "least_work_route"),
+    ("fcfs_order", "fixed_budget", "least_work_route"),  # routing alone: an ablation point
 )
 
 

@@ -52,7 +52,7 @@ OPERATION_WEIGHTS: dict[str, float] = {
     "recombine": 3.0,
     "constant": 2.0,
     "promote": 1.5,
-    "tunable": 2.0,
+    "tunable": 1.0,
     "compare": 1.0,
     "wrap": 1.0,
 }
@@ -789,7 +789,8 @@ class OfflineProposer:
         low, high, default = spec["low"], spec["high"], spec["default"]
         is_int = spec.get("type") == "int"
         log = bool(spec.get("log"))
-        if ctx.rng.random() < 0.6:
+        # Optuna moves defaults anyway; widening a range gives it room it did not have.
+        if ctx.rng.random() < 0.4:
             if log and default > 0:
                 new = default * math.exp(ctx.rng.gauss(0.0, 0.6))
             else:
