@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import ast
 import itertools
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -177,6 +181,24 @@ def test_deterministic_per_seed():
     c = [p.code for _, p in _evolve(seed=8, steps=25)]
     assert a == b
     assert a != c
+
+
+def test_deterministic_across_processes_and_hash_seeds():
+    """String hashing is randomised per process; no choice may depend on set order."""
+    script = (
+        f"import hashlib, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "import test_offline_proposer as t; "
+        "codes = [p.code or '' for _, p in t._evolve(seed=3, steps=20)]; "
+        "print(hashlib.sha256('\\x00'.join(codes).encode()).hexdigest())"
+    )
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1 and len(digests.pop()) == 64
 
 
 def test_first_proposals_are_the_strong_combinations():
