@@ -20,9 +20,10 @@ net of prefix-cache hits is worth +2..3 % on chat and summarization and +70..140
 and mixed traffic (a 100k-token prompt behind round robin stalls a replica for seconds, and every
 turn of a session that lands elsewhere re-prefills its history); ordering the queue shortest
 remaining prefill first, with requests that can no longer meet their TTFT target moved last, is
-worth another +10..30 %; the budget shape matters little once the chunk is large (per-token cost
-is flat above ~512 tokens and the 100 ms TPOT target leaves room), so budgets are the weakest
-pieces and are here for diversity.
+worth another +10..35 % (mostly by deferring the longest prompts, which the 90 % share allows:
+``scripts/output/FINDINGS.md`` has the caveats); the budget shape matters little once the chunk
+is large (per-token cost is flat above ~512 tokens and the 100 ms TPOT target leaves room), so
+budgets are the weakest pieces and are here for diversity.
 """
 
 from __future__ import annotations
