@@ -56,6 +56,7 @@ from autotuner.tune import open_storage, repair_journal, tune
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PHASES = ("baseline", "seeds", "search", "finalize", "done")
+ABANDON_GRACE_S = 60.0  # how long proposals still in flight may finish after the search ends
 
 
 class CampaignError(RuntimeError):
@@ -237,6 +238,7 @@ class Campaign:
         self._elapsed0 = 0.0
         self._status_cache = ""
         self._status_at = 0.0
+        self.sandbox_line: tuple[str, bool] | None = None
 
     # -- time ----------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -244,8 +246,14 @@ class Campaign:
 
     def search_over(self) -> bool:
         b = self.cfg.budget
-        return self.elapsed() >= b.wall_time_s - max(b.finalize_reserve_s,
-                                                      self.finalize_estimate())
+        if self.elapsed() < b.wall_time_s - max(b.finalize_reserve_s, self.finalize_estimate()):
+            return False
+        if self.archive is not None and b.min_proposals:
+            evaluated = self.archive.count(origin="proposal") - len(self.archive.candidates(
+                origin="proposal", status=(A.PENDING, A.TUNING)))
+            if evaluated < min(b.min_proposals, b.proposals):
+                return False
+        return True
 
     def _gate_sims(self) -> int:
         # baseline capacities (cached after the first gate), the candidate's (bracketed by the
@@ -267,6 +275,10 @@ class Campaign:
 
     # -- top level -----------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            self._preflight()
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
         with CampaignLock(self.dir):
             old_handler = signal.getsignal(signal.SIGTERM)
             if threading.current_thread() is threading.main_thread():
@@ -322,6 +334,20 @@ class Campaign:
         self.evaluator = Evaluator(self.archive, self.cfg.parallelism, self.simulator)
         self.evaluator.start()
 
+    def _preflight(self) -> None:
+        """What can fail for the user's setup (no model, no sandbox) fails before anything is
+        written, so a fixed command can be run again under the same name."""
+        if self._proposer is None and not self.resume:
+            self._proposer, self.proposer_line = make_proposer(self.cfg, None)
+        if self.simulator is None:
+            from autotuner.isolation import SandboxUnavailable
+            from autotuner.scoring import sandbox_description
+
+            try:
+                self.sandbox_line = sandbox_description(self.cfg.sandbox.backend)
+            except SandboxUnavailable as exc:
+                raise CampaignError(f"sandbox: {exc}") from None
+
     def _run(self) -> int:
         self._open()
         assert self.archive is not None
@@ -376,7 +402,9 @@ class Campaign:
         self.progress.log(
             f"workloads: {', '.join(cfg.workloads.scenarios)}"
             + (f" + {len(cfg.workloads.traces)} trace(s)" if cfg.workloads.traces else "")
-            + f"; {cfg.workloads.requests} requests each; instances train {n['train']}, "
+            + "; requests per instance: " + ", ".join(
+                f"{s} {cfg.workloads.requests_for(s)}" for s in cfg.workloads.scenarios)
+            + f"; instances train {n['train']}, "
             f"validation {n['validation']}, held-out {n['heldout']}")
         b = cfg.budget
         self.progress.log(
@@ -385,10 +413,8 @@ class Campaign:
             + (f", {b.tokens} tokens" if b.tokens is not None else "")
             + (f", ${b.usd:g}" if b.usd is not None else "")
             + f"; parallelism {cfg.parallelism}")
-        if self.simulator is None:
-            from autotuner.scoring import sandbox_description
-
-            line, weaker = sandbox_description(cfg.sandbox.backend)
+        if self.sandbox_line is not None:
+            line, weaker = self.sandbox_line
             self.progress.log(f"sandbox: {line}" + (
                 "  [WEAKER isolation: a plain child process]" if weaker else ""))
         else:
@@ -396,7 +422,9 @@ class Campaign:
 
     def _setup_proposer(self) -> None:
         assert self.archive is not None
-        if self._proposer is None:
+        if self.proposer_line:
+            pass  # made by the preflight
+        elif self._proposer is None:
             self._proposer, self.proposer_line = make_proposer(self.cfg, self.archive.spend())
         else:
             self.proposer_line = f"{getattr(self._proposer, 'name', 'custom')} proposer"
@@ -749,6 +777,7 @@ class Campaign:
         results: queue.Queue[tuple[int, str, Proposal | BaseException]] = queue.Queue()
         in_flight: dict[int, tuple[str, int]] = {}  # ticket -> (parent id, island)
         ticket = 0
+        abandon_at: float | None = None
         # candidates left half-done by a previous run go first
         for cand in self.archive.candidates(origin="proposal", status=(A.PENDING, A.TUNING)):
             self._process(cand)
@@ -783,8 +812,14 @@ class Campaign:
                 submit(island)
             if pending and not self.search_over():
                 self._process(pending[0])
-                self._collect(results, in_flight, block=False)
+                self._collect(results, in_flight, wait_s=0.0)
                 continue
+            if in_flight and self.search_over():
+                # proposals still out when time is up get a grace period, then are abandoned
+                if abandon_at is None:
+                    abandon_at = time.monotonic() + ABANDON_GRACE_S
+                elif time.monotonic() >= abandon_at:
+                    self._abandon(in_flight)
             if not in_flight:
                 if self.search_over() and made < cfg.budget.proposals:
                     self.progress.log(f"search stopped: wall-time budget reached "
@@ -795,26 +830,52 @@ class Campaign:
                     self.progress.log(f"search stopped: {self.proposer_dead}")
                 break
             self._tick("waiting for the proposer" if not pending else "")
-            self._collect(results, in_flight, block=True)
+            self._collect(results, in_flight, wait_s=1.0)
 
     def _collect(self, results: queue.Queue, in_flight: dict[int, tuple[str, int]],
-                 block: bool) -> None:
-        """Archive finished proposals (main thread only)."""
+                 wait_s: float) -> None:
+        """Archive finished proposals (main thread only): wait up to ``wait_s`` for the first,
+        then take whatever else is ready."""
         assert self.archive is not None
+        timeout: float | None = wait_s
         while in_flight:
             try:
-                ticket, parent_id, outcome = results.get(timeout=0.5 if block else 0)
+                if timeout:
+                    item = results.get(timeout=timeout)
+                else:
+                    item = results.get_nowait()
             except queue.Empty:
-                if block:
-                    self._tick()
-                    continue
                 return
+            timeout = None
+            ticket, parent_id, outcome = item
+            if ticket not in in_flight:
+                continue  # abandoned earlier
             _, island = in_flight.pop(ticket)
             self._archive_proposal(outcome, parent_id, island)
             made = self.archive.count(origin="proposal")
             if made % self.cfg.search.migration_every == 0:
                 self._migrate()
-            block = False
+
+    def _abandon(self, in_flight: dict[int, tuple[str, int]]) -> None:
+        """Record proposals that never came back; what they cost so far is charged to them
+        (the proposer's own running totals minus what the archive already holds)."""
+        assert self.archive is not None
+        spent = getattr(self._proposer, "spent", None)
+        recorded = self.archive.spend()
+        extra = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        if spent is not None:
+            extra = {"prompt_tokens": max(0, spent.prompt_tokens - recorded["prompt_tokens"]),
+                     "completion_tokens": max(0, spent.completion_tokens
+                                              - recorded["completion_tokens"]),
+                     "cost_usd": max(0.0, spent.cost_usd - recorded["cost_usd"])}
+        for ticket, (parent_id, island) in list(in_flight.items()):
+            cand = self.archive.add_candidate(
+                origin="proposal", code=None, status=A.PROPOSAL_FAILED, parent_id=parent_id,
+                island=island, proposer=getattr(self._proposer, "name", "proposer"),
+                failure="abandoned: the search ended before the proposer answered", **extra)
+            extra = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+            self._event(cand, cand.failure)
+            del in_flight[ticket]
 
     def _archive_proposal(self, outcome: Proposal | BaseException, parent_id: str,
                           island: int) -> None:

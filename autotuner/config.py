@@ -202,6 +202,9 @@ class BudgetConfig:
             leave ``finalize_reserve_s`` for validation and the gate.
         finalize_reserve_s: seconds kept back from ``wall_time_s`` for validation and the gate,
             at least; more when the speed measured so far says they need more.
+        min_proposals: the wall-time budget does not end the search before this many proposals
+            were made and evaluated (on a machine much slower than expected, a campaign that
+            proposed nothing would be wasted); the other budgets still apply.
         tokens: LLM tokens (prompt + completion) the campaign may spend; None = no cap.
         usd: dollars the campaign may spend on the LLM; None = no cap.
     """
@@ -210,6 +213,7 @@ class BudgetConfig:
     trials: int = 8
     wall_time_s: float = 800.0
     finalize_reserve_s: float = 150.0
+    min_proposals: int = 3
     tokens: int | None = None
     usd: float | None = None
 
@@ -377,6 +381,7 @@ def _validate(cfg: CampaignConfig) -> None:
     _require(b.trials >= 1, "budget.trials", "must be at least 1")
     _require(b.wall_time_s > 0, "budget.wall_time_s", "must be > 0")
     _require(b.finalize_reserve_s >= 0, "budget.finalize_reserve_s", "must be >= 0")
+    _require(b.min_proposals >= 0, "budget.min_proposals", "must be >= 0")
     _require(b.tokens is None or b.tokens >= 0, "budget.tokens", "must be >= 0")
     _require(b.usd is None or b.usd >= 0, "budget.usd", "must be >= 0")
     se = cfg.search

@@ -214,33 +214,61 @@ def run_gate(
 # ------------------------------------------------------------------------------- promotion
 def bake_params(code: str, params: Mapping[str, Any]) -> str:
     """The policy file with each tunable's ``default`` set to its tuned value, so the file alone
-    runs as tuned (and stays a valid policy file, tunable by anyone again)."""
+    runs as tuned (and stays a valid policy file, tunable by anyone again).
+
+    A tunable the file inherits from the fallback baseline (a route-only file's chunk size) is
+    declared in the file's own TUNABLES with its tuned default: the loader hands a declared value
+    to the fallback decision point, so the baked file runs exactly as it was tuned.
+    """
+    from autotuner.policy import read_policy_source
+
     tree = ast.parse(code)
     edits: list[tuple[int, int, int, int, str]] = []
+    declared: set[str] = set()
+    target: ast.Dict | None = None
     for node in tree.body:
         if not (isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id == "TUNABLES" for t in node.targets)):
             continue
         if not isinstance(node.value, ast.Dict):
             continue
+        target = node.value
         for key, spec in zip(node.value.keys, node.value.values, strict=True):
+            if isinstance(key, ast.Constant):
+                declared.add(str(key.value))
             if not (isinstance(key, ast.Constant) and key.value in params
                     and isinstance(spec, ast.Dict)):
                 continue
             for k2, v2 in zip(spec.keys, spec.values, strict=True):
                 if isinstance(k2, ast.Constant) and k2.value == "default":
-                    value = params[key.value]
-                    text = repr(int(value)) if isinstance(value, int) else repr(float(value))
                     edits.append((v2.lineno, v2.col_offset, v2.end_lineno or v2.lineno,
-                                  v2.end_col_offset or v2.col_offset, text))
+                                  v2.end_col_offset or v2.col_offset, _literal(params[key.value])))
+    missing = [t for t in read_policy_source(code).tunables
+               if t.name in params and t.name not in declared]
+    if missing and target is not None and target.end_lineno is not None:
+        lines = code.splitlines(keepends=True)
+        close_line, close_col = target.end_lineno, (target.end_col_offset or 1) - 1
+        before = "".join(lines[:close_line - 1]) + lines[close_line - 1].encode()[
+            :close_col].decode()
+        comma = "" if not target.keys or before.rstrip().endswith((",", "{")) else ","
+        entries = "".join(
+            f'\n    "{t.name}": {{"type": "{t.type}", "low": {_literal(t.low, t.type)}, '
+            f'"high": {_literal(t.high, t.type)}, "log": {t.log}, '
+            f'"default": {_literal(params[t.name], t.type)}}},  # inherited, tuned'
+            for t in missing)
+        edits.append((close_line, close_col, close_line, close_col, comma + entries + "\n"))
     lines = code.splitlines(keepends=True)
     for lineno, col, end_lineno, end_col, text in sorted(edits, reverse=True):
         first, last = lines[lineno - 1], lines[end_lineno - 1]
-        # col offsets are in UTF-8 bytes
-        fb, lb = first.encode(), last.encode()
-        new = fb[:col].decode() + text + lb[end_col:].decode()
-        lines[lineno - 1:end_lineno] = [new]
+        fb, lb = first.encode(), last.encode()  # ast offsets are in UTF-8 bytes
+        lines[lineno - 1:end_lineno] = [fb[:col].decode() + text + lb[end_col:].decode()]
     return "".join(lines)
+
+
+def _literal(value: Any, kind: str | None = None) -> str:
+    if kind == "int" or (kind is None and isinstance(value, int) and not isinstance(value, bool)):
+        return repr(int(round(value)))
+    return repr(float(value))
 
 
 def versions() -> dict[str, str]:

@@ -354,3 +354,40 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_otherwi
     p.log("c0001: tuned")
     assert "\r" not in plain.getvalue() and "\x1b" not in plain.getvalue()
     assert plain.getvalue() == "proposals 1/3\nc0001: tuned\n"
+
+
+def test_proposals_still_out_when_time_is_up_are_abandoned_and_recorded(tmp_path, monkeypatch):
+    import threading
+
+    from autotuner import campaign as campaign_module
+
+    monkeypatch.setattr(campaign_module, "ABANDON_GRACE_S", 0.2)
+    asked = threading.Event()
+
+    class Hanging:
+        name = "hanging"
+
+        def propose(self, request, check):
+            asked.set()
+            threading.Event().wait(60)  # an endpoint that never answers
+            return Proposal(None, False, "too late")
+
+    cfg = tiny(tmp_path, name="h", **{"search.seeds": [], "budget.proposals": 1})
+    out = io.StringIO()
+    c = Campaign(cfg, proposer=Hanging(), simulator=in_process, stream=out, tty=False)
+    c.search_over = asked.is_set  # the wall-time budget ends once the proposal is out
+    assert c.run() == 0, out.getvalue()
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        (cand,) = archive.candidates(origin="proposal")
+        assert cand.status == A.PROPOSAL_FAILED and cand.failure.startswith("abandoned")
+        assert archive.get_meta("phase") == "done"
+
+
+def test_a_setup_error_leaves_no_campaign_behind(tmp_path, capsys):
+    from autotuner.cli import main
+
+    rc = main(["run", "--proposer", "llm", "--name", "nomodel", "--results-dir",
+               str(tmp_path / "results")])
+    assert rc == 2
+    assert "no model configured" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "nomodel").exists()

@@ -149,8 +149,14 @@ def test_bake_params_keeps_the_file_and_sets_defaults():
         '    "b": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5, "log": False},\n'
         '}\n\n\ndef route(request, cluster, params):\n    return 0\n'
     )
-    baked = bake_params(code, {"a": 42, "b": 0.125})
-    assert read_policy_source(baked).defaults() == {"a": 42, "b": 0.125}
+    baked = bake_params(code, {"a": 42, "b": 0.125, "chunk_size": 7000})
+    defaults = read_policy_source(baked).defaults()
+    assert defaults["a"] == 42 and defaults["b"] == 0.125
     assert "# keep me" in baked and "# note" in baked
-    assert baked.count("\n") == code.count("\n")
+    # the chunk size a route-only file inherits is declared in the file, with its tuned value
+    assert defaults["chunk_size"] == 7000 and '"chunk_size"' in baked
     assert bake_params(code, {}) == code
+    empty = "TUNABLES = {}\n\n\ndef route(request, cluster, params):\n    return 0\n"
+    baked = bake_params(empty, {"chunk_size": 1024})
+    assert read_policy_source(baked).defaults() == {"chunk_size": 1024}
+    assert baked.endswith("def route(request, cluster, params):\n    return 0\n")
