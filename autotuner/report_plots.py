@@ -286,8 +286,8 @@ def line_plot(
     ys += [r.value for r in rules if r.axis == "y"]
     xr = x_range or _range(xs, x_log, 0.03)
     yr = y_range or _range(ys, y_log, 0.08, include_zero=y_zero)
-    rows = _legend_rows([s.name for s in series], width - 62 - 16)
-    fr = _Frame(width, height, xr, yr, x_log, y_log, (62, 16, 12 + 16 * rows, 44))
+    rows = _legend_rows([s.name for s in series], width - 72 - 16)
+    fr = _Frame(width, height, xr, yr, x_log, y_log, (72, 16, 12 + 16 * rows, 44))
     xticks = log_ticks(*xr) if x_log else nice_ticks(*xr)
     yticks = log_ticks(*yr) if y_log else nice_ticks(*yr)
     xticks = [t for t in xticks if xr[0] <= t <= xr[1]]
@@ -423,7 +423,7 @@ def bar_plot(
     vals += [r.value for r in rules]
     yr = _range(vals, False, 0.14, include_zero=True)
     n = max(1, len(bars))
-    fr = _Frame(width, height, (0.0, float(n)), yr, False, False, (62, 16, 14, 66))
+    fr = _Frame(width, height, (0.0, float(n)), yr, False, False, (72, 16, 14, 66))
     yticks = [t for t in nice_ticks(*yr) if yr[0] <= t <= yr[1]]
     out = _svg_open(plot_id, width, height, title)
     out += _axes(fr, [], yticks, fmt_number, y_fmt, "", y_label)
@@ -453,9 +453,10 @@ def bar_plot(
             for yy in (y_lo, y_hi):
                 out.append(f'<line x1="{cx - 7:.1f}" y1="{yy:.1f}" x2="{cx + 7:.1f}" '
                            f'y2="{yy:.1f}" stroke="{COLORS["text"]}" stroke-width="1.5"/>')
+        spread = min(6.0, 1.6 * bw / max(1, len(b.points)))
         for j, p in enumerate(b.points):
             if math.isfinite(p):
-                dx = (j - (len(b.points) - 1) / 2) * 6
+                dx = (j - (len(b.points) - 1) / 2) * spread
                 out.append(f'<circle cx="{cx + dx:.1f}" cy="{fr.py(p):.1f}" r="2.8" '
                            f'fill="{COLORS["text"]}" fill-opacity="0.55"/>')
         for j, line in enumerate(_wrap(b.label, max(6, int(slot / 6.6)))):
