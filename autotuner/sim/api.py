@@ -16,7 +16,9 @@ import math
 from typing import Any, NamedTuple
 
 # How many waiting requests a ReplicaView lists (oldest first). The counts cover all of them.
-MAX_WAITING_VIEW = 64
+# Large enough that long prompts a policy defers do not hide new arrivals behind them; bounded so
+# an overloaded replica's decision does not cost time in the length of its whole queue.
+MAX_WAITING_VIEW = 256
 
 
 class WaitingView(NamedTuple):
@@ -79,8 +81,9 @@ class ClusterView(NamedTuple):
 class Partition(NamedTuple):
     """What one iteration runs: all decodes, plus the listed prefill chunks.
 
-    budget: the iteration's token budget. Decodes count against it first; chunk tokens must fit in
-        what is left (``budget - decodes``) and in ``max_batch_tokens``.
+    budget: the iteration's token budget. Decodes count against it first (they run even when the
+        budget is smaller); chunk tokens must fit in what is left (``budget - decodes``) and in
+        ``max_batch_tokens``.
     chunks: ``(request id, tokens)`` pairs for requests in ``waiting``, each at most ``remaining``
         and together at most ``kv_free_tokens``.
     """

@@ -408,7 +408,7 @@ class _Simulation:
             raise PolicyError(decision, f"raised {type(exc).__name__}: {exc}") from None
         budget, chunks = coerce_partition(raw, decision)
         total = self._validate_chunks(rep, chunks, decision)
-        if total > budget - n:
+        if total and total > budget - n:
             raise PolicyError(
                 decision,
                 f"chunk tokens {total} exceed the budget {budget} minus {n} decodes",
