@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,17 @@ class Evaluation:
     params: dict[str, Any] = field(default_factory=dict)
     constructs: list[str] = field(default_factory=list)
     phase: str = ""
+    result: Any = field(default=None, repr=False)  # the trusted replay's SimResult (when ok)
 
     @property
     def ok(self) -> bool:
         return self.verdict == OK
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data for the archive and --json (the SimResult's arrays stay out)."""
+        data = asdict(replace(self, result=None))
+        data.pop("result")
+        return data
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -300,7 +304,7 @@ def evaluate(
             return failed(info.reason, "sandbox", replay.pos)
         metrics = metrics_of(cluster, wl, result, slo)
         return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0, backend.name,
-                          name, dict(resolved), [], "done")
+                          name, dict(resolved), [], "done", result)
     except WorkerFault as exc:
         return failed(str(exc), "sandbox")
     finally:

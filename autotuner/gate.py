@@ -107,7 +107,7 @@ def slo_check(candidate_runs: Mapping[str, Mapping[str, Any]],
     for metric in SLO_METRICS:
         if not all(candidate_runs[k].get(metric) is not None
                    and baseline_runs[k].get(metric) is not None for k in labels):
-            continue  # the evaluation did not report this share (see scoring._from_summary)
+            continue  # an older archive row without this share
         cand = float(np.mean([candidate_runs[k][metric] for k in labels])) if labels else math.nan
         base = float(np.mean([baseline_runs[k][metric] for k in labels])) if labels else math.nan
         delta = cand - base

@@ -21,13 +21,12 @@ tuned baseline, Optuna trial budget, sampler seed and starting point (``autotune
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -283,30 +282,6 @@ def _params_text(params: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------- trusted runs
-@contextlib.contextmanager
-def _capturing_simulate() -> Iterator[list[SimResult]]:
-    """Keep the trusted SimResult that ``autotuner.evaluate`` computes (its replay of the
-    worker's decisions in our simulator) but does not return: per-request latencies for the
-    CDFs need it. ``evaluate`` imports ``simulate`` when called, so wrapping the module
-    attribute for the duration of the call is enough. Used only until ``Evaluation`` carries
-    the result itself (``getattr(ev, "result", None)`` is preferred)."""
-    from autotuner.sim import engine
-
-    captured: list[SimResult] = []
-    original = engine.simulate
-
-    def wrapper(*args: Any, **kwargs: Any) -> SimResult:
-        result = original(*args, **kwargs)
-        captured.append(result)
-        return result
-
-    engine.simulate = wrapper
-    try:
-        yield captured
-    finally:
-        engine.simulate = original
-
-
 def _trusted_result(code: str, params: Mapping[str, Any], cfg: CampaignConfig, wl: Workload,
                     name: str, simulator: Any) -> tuple[SimResult | None, str | None]:
     """One run with per-request timestamps, through the sandbox and the trusted replay."""
@@ -332,15 +307,11 @@ def _trusted_result(code: str, params: Mapping[str, Any], cfg: CampaignConfig, w
     sb = cfg.sandbox
     limits = Limits(wall_s=sb.timeout_s, cpu_s=max(1, int(sb.timeout_s)),
                     memory_bytes=int(sb.memory_mb) << 20)
-    with _capturing_simulate() as captured:
-        ev = evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
-                      horizon=horizon, sandbox=_backend(sb.backend), limits=limits)
+    ev = evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
+                  horizon=horizon, sandbox=_backend(sb.backend), limits=limits)
     if not ev.ok:
         return None, "; ".join(ev.reasons) or ev.verdict
-    result = getattr(ev, "result", None) or (captured[-1] if captured else None)
-    if result is None:
-        return None, "the evaluation did not expose its trusted result"
-    return result, None
+    return ev.result, None
 
 
 def _distributions(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:

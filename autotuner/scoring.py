@@ -204,10 +204,7 @@ def _sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: W
                   horizon=horizon, sandbox=_backend(sandbox.backend), limits=limits, warm=True)
     if not ev.ok:
         return _failure(wl, "; ".join(ev.reasons) or ev.verdict)
-    result = getattr(ev, "result", None)  # the trusted SimResult, where evaluate exposes it
-    if result is not None:
-        return _metrics(wl, result, slo)
-    return _from_summary(wl, ev.metrics or {})
+    return _metrics(wl, ev.result, slo)
 
 
 def in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
@@ -235,25 +232,6 @@ def simulator_for(backend: str) -> Simulator:
 def _failure(wl: Workload, reason: str) -> dict[str, Any]:
     return {"error": reason, "requests": len(wl), "rate": wl.rate, "attainment": 0.0,
             "goodput_rps": 0.0, "goodput_tok_s": 0.0}
-
-
-def _from_summary(wl: Workload, m: Mapping[str, Any]) -> dict[str, Any]:
-    """Our metrics from ``summarize``'s (the sandbox's trusted replay); the TTFT-only and
-    TPOT-only shares are not in a summary, so they are left out."""
-    def q(group: str, key: str) -> float | None:
-        v = (m.get(group) or {}).get(key)
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-    return {
-        "error": m.get("error"), "requests": len(wl), "rate": wl.rate,
-        "finished": m.get("finished"), "attainment": float(m.get("slo_attainment") or 0.0),
-        "goodput_rps": float(m.get("goodput_rps") or 0.0),
-        "goodput_tok_s": float(m.get("goodput_tok_s") or 0.0),
-        "throughput_tok_s": float(m.get("throughput_tok_s") or 0.0),
-        "ttft_p50": q("ttft_s", "p50"), "ttft_p90": q("ttft_s", "p90"),
-        "ttft_p99": q("ttft_s", "p99"), "tpot_p50": q("tpot_s", "p50"),
-        "tpot_p90": q("tpot_s", "p90"), "tpot_p99": q("tpot_s", "p99"),
-    }
 
 
 def _metrics(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
