@@ -212,7 +212,7 @@ class BudgetConfig:
     proposals: int = 30
     trials: int = 8
     wall_time_s: float = 800.0
-    finalize_reserve_s: float = 150.0
+    finalize_reserve_s: float = 90.0
     min_proposals: int = 3
     tokens: int | None = None
     usd: float | None = None

@@ -482,6 +482,11 @@ def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
             out.write(f"  {r['workload']:<32} {p.get('capacity') or 0:>8.3g} r/s "
                       f"{b.get('capacity') or 0:>8.3g} r/s {_gain(r.get('gain')):>8}"
                       + (f"  error: {err}" if err else "") + "\n")
+        if any((r["baseline"].get("capacity") or 0) <= 0 and not r["baseline"].get("error")
+               for r in report["results"]):
+            out.write(f"  (a capacity of 0: fewer than {slo['share']:.0%} of requests meet the "
+                      "SLO at any rate, e.g. prompts too long to prefill within the TTFT "
+                      "target; no relative gain is defined there)\n")
         gains = [r["gain"] for r in report["results"] if r.get("gain") is not None]
         if len(gains) > 1:
             out.write(f"  {'mean':<32} {'':>12} {'':>12} {_gain(sum(gains) / len(gains)):>8}\n")
