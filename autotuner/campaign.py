@@ -1064,7 +1064,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-url", help="OpenAI-compatible endpoint URL (else $OPENAI_BASE_URL)")
     g.add_argument("--sandbox", choices=["auto", "bwrap", "docker", "process"],
                    help="isolation backend")
-    g.add_argument("--requests", type=int, help="requests per workload instance")
+    g.add_argument("--requests", type=int,
+                   help="requests per workload instance, for every scenario")
     g.add_argument("--scenarios", help="comma-separated built-in scenarios")
 
 
@@ -1079,6 +1080,8 @@ _OVERRIDES = {
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {dotted: getattr(args, attr, None) for attr, dotted in _OVERRIDES.items()}
+    if getattr(args, "requests", None) is not None:
+        out["workloads.scenario_requests"] = {}  # one count for every scenario
     if getattr(args, "scenarios", None):
         out["workloads.scenarios"] = [s.strip() for s in args.scenarios.split(",") if s.strip()]
         out["workloads.screen"] = [s for s in ("mixed",) if s in out["workloads.scenarios"]] or \
@@ -1100,7 +1103,8 @@ def add_resume_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("campaign", help="campaign name (under results/) or folder")
     g = p.add_argument_group("budget changes (the rest of the config is kept as run)")
     g.add_argument("--proposals", type=int, help="new proposal budget (total, not extra)")
-    g.add_argument("--wall-time", type=float, metavar="SECONDS", help="new wall-time budget")
+    g.add_argument("--wall-time", type=float, metavar="SECONDS",
+                   help="new wall-time budget (total, counting the time already spent)")
     g.add_argument("--parallelism", type=int, help="evaluations at once")
 
 
