@@ -1013,8 +1013,9 @@ class Campaign:
         spend = self.archive.spend()
         lines = [
             f"campaign {self.cfg.name} finished in {_fmt_duration(self.elapsed())}: "
-            f"{props} proposals, {self.evaluator.ran if self.evaluator else 0} simulations run "
-            f"this session ({self.evaluator.cached if self.evaluator else 0} from cache)",
+            f"{props} proposals; this session ran {self.evaluator.ran if self.evaluator else 0} "
+            f"evaluations ({self.evaluator.sims if self.evaluator else 0} simulations) and took "
+            f"{self.evaluator.cached if self.evaluator else 0} from the archive's cache",
             f"  proposer: {self.proposer_line}",
             f"  best on training: {best.id} {_fmt_gain(best.train_score)}" if best else
             "  best on training: none",
