@@ -10,6 +10,7 @@ gate's whole measurement and says whether the claim holds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import math
@@ -380,10 +381,29 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", help="trace time window START:END in seconds")
     p.add_argument("--capacity", action="store_true",
                    help="measure the capacity under SLO of both, and the relative gain")
+    p.add_argument("--ttft-slo", type=float, help="TTFT target, s (default: the campaign's)")
+    p.add_argument("--tpot-slo", type=float, help="TPOT target, s (default: the campaign's)")
+    p.add_argument("--share", type=float, help="share of requests in SLO that defines capacity "
+                   "(default: the campaign's)")
     p.add_argument("--sandbox", choices=["auto", "bwrap", "docker", "process"],
                    help="isolation backend (default: the campaign's)")
     p.add_argument("--parallelism", type=int, default=None, help="simulations at once")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _slo_override(slo: Any, args: argparse.Namespace) -> Any:
+    """The campaign's SLO with whatever --ttft-slo/--tpot-slo/--share set (for traces whose
+    prompts no policy can serve within the campaign's targets, such as 100k-token contexts)."""
+    changes = {}
+    for key, name in (("ttft_s", "ttft_slo"), ("tpot_s", "tpot_slo"), ("share", "share")):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not (value > 0 and math.isfinite(value)) or key == "share" and value > 1:
+            raise ReviewError(f"--{name.replace('_', '-')} must be a positive number"
+                              + (" at most 1" if key == "share" else ""))
+        changes[key] = value
+    return dataclasses.replace(slo, **changes) if changes else slo
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -430,6 +450,8 @@ def _replay(args: argparse.Namespace) -> int:
     sandbox = SandboxConfig(backend=args.sandbox or cfg.sandbox.backend,
                             timeout_s=cfg.sandbox.timeout_s, memory_mb=cfg.sandbox.memory_mb)
     insts = _instances(args, cfg)
+    slo_cfg = _slo_override(cfg.slo, args)
+    cfg = dataclasses.replace(cfg, slo=slo_cfg)
     kind = "capacity" if args.capacity else "run"
     jobs = []
     for inst in insts:

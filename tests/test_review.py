@@ -147,3 +147,18 @@ def test_promotion_files_when_promoted(campaign, capsys):
     assert (campaign / "promotions" / "baseline.py").is_file()
     rc, out, _ = cli(capsys, "diff", str(campaign), "promoted", "--against", "baseline")
     assert rc == 0 and "+++ " in out
+
+
+def test_replay_slo_overrides_are_checked():
+    import argparse
+
+    from autotuner.config import SLOConfig
+    from autotuner.review import ReviewError, _slo_override
+
+    base = SLOConfig()
+    none = argparse.Namespace(ttft_slo=None, tpot_slo=None, share=None)
+    assert _slo_override(base, none) is base
+    got = _slo_override(base, argparse.Namespace(ttft_slo=10.0, tpot_slo=None, share=0.8))
+    assert (got.ttft_s, got.tpot_s, got.share) == (10.0, base.tpot_s, 0.8)
+    with pytest.raises(ReviewError, match="--share"):
+        _slo_override(base, argparse.Namespace(ttft_slo=None, tpot_slo=None, share=1.5))
