@@ -402,8 +402,9 @@ class Campaign:
         self.progress.log(
             f"workloads: {', '.join(cfg.workloads.scenarios)}"
             + (f" + {len(cfg.workloads.traces)} trace(s)" if cfg.workloads.traces else "")
-            + "; requests per instance: " + ", ".join(
-                f"{s} {cfg.workloads.requests_for(s)}" for s in cfg.workloads.scenarios)
+            + "; requests per instance (held-out): " + ", ".join(
+                f"{s} {cfg.workloads.requests_for(s)} ({cfg.workloads.requests_for(s, 'heldout')})"
+                for s in cfg.workloads.scenarios)
             + f"; instances train {n['train']}, "
             f"validation {n['validation']}, held-out {n['heldout']}")
         b = cfg.budget
@@ -1083,6 +1084,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {dotted: getattr(args, attr, None) for attr, dotted in _OVERRIDES.items()}
     if getattr(args, "requests", None) is not None:
         out["workloads.scenario_requests"] = {}  # one count for every scenario
+        out["workloads.heldout_requests"] = {}
     if getattr(args, "scenarios", None):
         out["workloads.scenarios"] = [s.strip() for s in args.scenarios.split(",") if s.strip()]
         out["workloads.screen"] = [s for s in ("mixed",) if s in out["workloads.scenarios"]] or \

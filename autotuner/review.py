@@ -437,7 +437,8 @@ def _instances(args: argparse.Namespace, cfg: CampaignConfig) -> list[Any]:
     for n in names:
         if n not in SCENARIO_NAMES:
             raise ReviewError(f"unknown workload {n!r} (known: {', '.join(SCENARIO_NAMES)})")
-    return [Instance(n, seed, args.requests or cfg.workloads.requests_for(n)) for n in names]
+    return [Instance(n, seed, args.requests or cfg.workloads.requests_for(n, "heldout"))
+            for n in names]
 
 
 def _replay(args: argparse.Namespace) -> int:

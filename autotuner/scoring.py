@@ -129,7 +129,8 @@ def split_instances(cfg: CampaignConfig) -> dict[str, list[Instance]]:
         ("validation", w.validation_seeds, w.validation_window),
         ("heldout", w.heldout_seeds, w.heldout_window),
     ):
-        insts = [Instance(s, seed, w.requests_for(s)) for seed in seeds for s in w.scenarios]
+        insts = [Instance(s, seed, w.requests_for(s, split)) for seed in seeds
+                 for s in w.scenarios]
         insts += [Instance(None, 0, w.requests, trace, tuple(window))  # type: ignore[arg-type]
                   for trace in w.traces]
         out[split] = insts
