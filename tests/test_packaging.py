@@ -46,6 +46,13 @@ def test_wheel_install_runs_outside_the_checkout(wheel, tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+    # the sandboxed path too: the worker must find the installed package, not the checkout
+    proc = subprocess.run(
+        [str(env_dir / "bin" / "autotuner"), "evaluate", "--policy", "fixed_chunk",
+         "--requests", "50"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0 and "verdict   ok" in proc.stdout, proc.stdout + proc.stderr
     found = subprocess.run(
         [str(py), "-c", "import autotuner, sys; print(autotuner.__file__)"],
         capture_output=True, text=True, cwd=tmp_path, check=True,
