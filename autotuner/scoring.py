@@ -29,7 +29,7 @@ import numpy as np
 from autotuner.archive import canonical, evaluation_key, sha256
 from autotuner.config import CampaignConfig, ClusterConfig, SandboxConfig, SLOConfig
 from autotuner.sim.engine import ClusterSpec, SimResult
-from autotuner.sim.metrics import SLO, per_request
+from autotuner.sim.metrics import SLO, per_request, probe_horizon, search_capacity
 from autotuner.sim.workload import Workload, load_trace, make_workload
 
 
@@ -167,11 +167,8 @@ class Job:
                               self.rate if self.kind == "run" else None, context)
 
 
-def horizon_for(wl: Workload, slo: SLO) -> float:
-    """Stop an overloaded run after a generous drain (as ``autotuner.sim.metrics`` does for
-    capacity probes): past that nothing changes a verdict, and it bounds the cost of a probe."""
-    span = float(wl.arrival[-1] - wl.arrival[0]) if len(wl) else 0.0
-    return float(wl.arrival[-1]) + max(60.0, 0.5 * span) + 20 * slo.ttft_s
+# Probes and evaluations stop an overloaded run after the same generous drain.
+horizon_for = probe_horizon
 
 
 # The function that runs one policy on one workload and returns trusted metrics (``_metrics``
@@ -278,53 +275,6 @@ def run_at(job: Job, rate: float | None, simulator: Simulator) -> dict[str, Any]
                      job.sandbox, job.name)
 
 
-def capacity_search(attainment: Callable[[float], tuple[float, str | None]], start: float,
-                    share: float, rel_tol: float, max_probes: int = 24
-                    ) -> tuple[float, list[tuple[float, float]], str | None]:
-    """Bisection (geometric) for the highest rate with attainment >= share.
-
-    Starts from a bracket around ``start`` (a good hint, such as the baseline's capacity, saves
-    probes). Returns (capacity, probes, error). Assumes attainment falls as the rate rises.
-    """
-    probes: list[tuple[float, float]] = []
-
-    def ok(rate: float) -> bool:
-        att, err = attainment(rate)
-        probes.append((rate, att))
-        if err:
-            raise _ProbeError(err)
-        return att >= share
-
-    step = 1.0 + max(4 * rel_tol, 0.1)
-    try:
-        lo, hi = start / step, start * step
-        if ok(start):
-            lo = start
-            while ok(hi):
-                lo, hi = hi, hi * 2
-                if len(probes) >= max_probes:
-                    return lo, probes, None
-        else:
-            hi = start
-            while not ok(lo):
-                hi, lo = lo, lo / 2
-                if lo < 1e-4 or len(probes) >= max_probes:
-                    return 0.0, probes, None
-        while hi - lo > rel_tol * lo and len(probes) < max_probes:
-            mid = math.sqrt(lo * hi)
-            if ok(mid):
-                lo = mid
-            else:
-                hi = mid
-    except _ProbeError as exc:
-        return 0.0, probes, str(exc)
-    return lo, probes, None
-
-
-class _ProbeError(Exception):
-    pass
-
-
 def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
     """Run one job (in a pool worker). Never raises for a policy's failure: the reason is the
     result's ``error``. Infrastructure failures (the sandbox itself broken) do raise."""
@@ -341,7 +291,8 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
             return m["attainment"], m["error"]
 
         start = job.rate or build_workload(job.instance).rate
-        cap, probes, error = capacity_search(attainment, start, job.slo.share, job.rel_tol)
+        found = search_capacity(attainment, start, job.slo.share, job.rel_tol)
+        cap, probes, error = found.rate, list(found.probes), found.error
         at_cap = probe_metrics.get(cap)
         out = {"error": error, "capacity": cap, "probes": probes,
                "at_capacity": {k: v for k, v in (at_cap or {}).items() if k != "error"}}

@@ -26,7 +26,7 @@ from autotuner.policy import load_policy, read_policy_file, read_policy_source
 from autotuner.proposers import ingredients as ing
 from autotuner.resources import baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
-from autotuner.sim.metrics import SLO, _horizon, capacity, per_request
+from autotuner.sim.metrics import SLO, capacity, per_request, probe_horizon
 from autotuner.sim.workload import make_workload
 
 # The campaign's default requests per instance.
@@ -73,7 +73,7 @@ def _measure(job):
         for f in FACTORS:
             w = wl.with_rate(f * base_cap)
             res = simulate(
-                ClusterSpec(), w, load_policy(source, params), horizon=_horizon(w, SLO())
+                ClusterSpec(), w, load_policy(source, params), horizon=probe_horizon(w, SLO())
             )
             r = per_request(w, res)
             with np.errstate(invalid="ignore"):

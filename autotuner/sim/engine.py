@@ -84,7 +84,7 @@ class SimResult:
 
     first_token: np.ndarray
     finish: np.ndarray
-    start: np.ndarray  # first time a chunk of it was scheduled (or its prefix cache hit it)
+    start: np.ndarray  # first time a prefill chunk of it was scheduled (queueing delay ends)
     replica: np.ndarray  # int, -1 if never routed
     preemptions: np.ndarray
     cached_tokens: np.ndarray  # prompt tokens served by the prefix cache, summed over its starts
@@ -93,7 +93,10 @@ class SimResult:
     decode_stretches: int
     policy_calls: int
     busy_time: np.ndarray  # seconds each replica spent running iterations
-    tbt_samples: tuple[np.ndarray, np.ndarray]  # (iteration seconds, decode tokens it emitted)
+    # (iteration seconds, decode tokens emitted): one sample per iteration with decodes; a
+    # fast-forwarded stretch is one sample at its mean iteration time (durations within it grow
+    # linearly), so TBT means are exact and percentiles lose only the spread inside a stretch.
+    tbt_samples: tuple[np.ndarray, np.ndarray]
     error: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
 

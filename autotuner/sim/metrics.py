@@ -137,17 +137,69 @@ def attainment_at(
     rate: float,
 ) -> tuple[float, str | None]:
     wl = workload.with_rate(rate)
-    result = simulate(cluster, wl, policy_factory(), horizon=_horizon(wl, slo))
+    result = simulate(cluster, wl, policy_factory(), horizon=probe_horizon(wl, slo))
     if result.error:
         return 0.0, result.error
     return float(slo_met(wl, result, slo).mean()), None
 
 
-def _horizon(wl: Workload, slo: SLO) -> float:
+def probe_horizon(wl: Workload, slo: SLO) -> float:
     """Past the last arrival plus generous drain time, nothing can still change a verdict much;
     cutting there keeps overloaded probes from simulating a long drain for nothing."""
     span = float(wl.arrival[-1] - wl.arrival[0]) if len(wl) else 0.0
     return float(wl.arrival[-1]) + max(60.0, 0.5 * span) + 20 * slo.ttft_s
+
+
+def search_capacity(
+    attainment: Callable[[float], tuple[float, str | None]],
+    start: float,
+    share: float,
+    rel_tol: float = 0.02,
+    max_probes: int = 24,
+) -> CapacityResult:
+    """Geometric bisection for the highest rate whose attainment is at least ``share``.
+
+    Starts from a bracket around ``start`` (a good hint, such as the baseline's capacity, saves
+    probes). Assumes attainment falls as the rate rises, which holds for any sane policy; the
+    probes are returned so a reader can see the curve. A probe that fails (an illegal decision)
+    ends the search with capacity 0 and the reason.
+    """
+    probes: list[tuple[float, float]] = []
+
+    def ok(rate: float) -> bool:
+        att, err = attainment(rate)
+        probes.append((rate, att))
+        if err:
+            raise _ProbeError(err)
+        return att >= share
+
+    def done(rate: float, error: str | None = None) -> CapacityResult:
+        return CapacityResult(rate, share, tuple(probes), error)
+
+    step = 1.0 + max(4 * rel_tol, 0.1)
+    try:
+        lo, hi = start / step, start * step
+        if ok(start):
+            lo = start
+            while ok(hi):
+                lo, hi = hi, hi * 2
+                if len(probes) >= max_probes:
+                    return done(lo)
+        else:
+            hi = start
+            while not ok(lo):
+                hi, lo = lo, lo / 2
+                if lo < 1e-4 or len(probes) >= max_probes:
+                    return done(0.0)
+        while hi - lo > rel_tol * lo and len(probes) < max_probes:
+            mid = math.sqrt(lo * hi)
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+    except _ProbeError as exc:
+        return done(0.0, str(exc))
+    return done(lo)
 
 
 def capacity(
@@ -157,45 +209,18 @@ def capacity(
     slo: SLO,
     *,
     share: float = 0.9,
-    low: float | None = None,
-    high: float | None = None,
+    start: float | None = None,
     rel_tol: float = 0.02,
     max_probes: int = 24,
 ) -> CapacityResult:
-    """Bisection on the arrival rate (the workload's own gaps, rescaled) for the SLO boundary.
-
-    Assumes attainment falls as the rate rises, which holds for any sane policy; the probes are
-    returned so a reader can see the curve.
-    """
-    probes: list[tuple[float, float]] = []
-
-    def ok(rate: float) -> bool:
-        att, err = attainment_at(cluster, workload, policy_factory, slo, rate)
-        probes.append((rate, att))
-        if err:
-            raise _ProbeError(err)
-        return att >= share
-
-    try:
-        lo = low if low is not None else max(workload.rate, 1e-3) / 4
-        hi = high if high is not None else lo * 2
-        while not ok(lo):
-            hi, lo = lo, lo / 2
-            if lo < 1e-4:
-                return CapacityResult(0.0, share, tuple(probes))
-        while ok(hi):
-            lo, hi = hi, hi * 2
-            if len(probes) >= max_probes:
-                return CapacityResult(lo, share, tuple(probes))
-        while hi - lo > rel_tol * lo and len(probes) < max_probes:
-            mid = math.sqrt(lo * hi)
-            if ok(mid):
-                lo = mid
-            else:
-                hi = mid
-    except _ProbeError as exc:
-        return CapacityResult(0.0, share, tuple(probes), error=str(exc))
-    return CapacityResult(lo, share, tuple(probes))
+    """Capacity of a policy on a workload (its own gaps, rescaled to each probed rate)."""
+    return search_capacity(
+        lambda rate: attainment_at(cluster, workload, policy_factory, slo, rate),
+        start if start is not None else max(workload.rate, 1e-3),
+        share,
+        rel_tol,
+        max_probes,
+    )
 
 
 class _ProbeError(Exception):
