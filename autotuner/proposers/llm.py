@@ -26,11 +26,9 @@ from typing import Any
 
 import jinja2
 
-from autotuner.check import ALLOWED_BUILTINS, ALLOWED_MODULES
 from autotuner.proposers.base import CheckFn, Proposal, ProposalRequest
 from autotuner.proposers.edits import UNCHANGED, parse_reply
-from autotuner.resources import asset_dir
-from autotuner.sim.api import MAX_WAITING_VIEW
+from autotuner.proposers.prompt import PromptBuilder
 
 log = logging.getLogger(__name__)
 
@@ -194,35 +192,6 @@ class _Reply:
     finish_reason: str | None
 
 
-def _fmt(value: Any) -> str:
-    """Numbers for a prompt: short, no 0.30000000000000004."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}"
-
-
-def template_env() -> jinja2.Environment:
-    """The prompts/ templates; StrictUndefined so a missing variable fails loudly in tests."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(asset_dir("prompts"))),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["fmt"] = _fmt
-    return env
-
-
-def render_api_doc(env: jinja2.Environment | None = None) -> str:
-    """The policy API as the model reads it (prompts/policy_api.md.j2)."""
-    env = env or template_env()
-    return env.get_template("policy_api.md.j2").render(max_waiting_view=MAX_WAITING_VIEW)
-
-
 def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     """Seconds a 429/503 asks us to wait: ``retry-after-ms``, else ``retry-after`` (seconds or an
     HTTP date); None when absent or unreadable."""
@@ -298,8 +267,7 @@ class LLMProposer:
         self._token_param = "max_tokens"
         self._drop_temperature = False
         self.spent = spent or Spend()
-        self._templates = template_env()
-        self._api_doc: str | None = None
+        self.prompts = PromptBuilder()
 
     def __repr__(self) -> str:  # no key in here, ever
         return f"LLMProposer(model={self.model!r}, endpoint={self.endpoint!r})"
@@ -423,34 +391,6 @@ class LLMProposer:
         cost = self._charge(prompt_tokens, completion_tokens)
         return _Reply(text, prompt_tokens, completion_tokens, cost, finish)
 
-    # -- prompts -----------------------------------------------------------------------------
-
-    def api_doc(self) -> str:
-        if self._api_doc is None:
-            self._api_doc = render_api_doc(self._templates)
-        return self._api_doc
-
-    def render_messages(self, request: ProposalRequest) -> list[dict[str, str]]:
-        """The opening system + user messages for a request."""
-        system = self._templates.get_template("system.j2").render(
-            api_doc=(request.api_doc or self.api_doc()).strip(),
-            # The checker's own allow-lists, so the prompt can never drift from what it accepts.
-            allowed_modules=ALLOWED_MODULES,
-            allowed_builtins=ALLOWED_BUILTINS,
-        )
-        user = self._templates.get_template("propose.j2").render(
-            objective=request.objective.strip(),
-            cluster=request.cluster.strip(),
-            workloads=request.workloads.strip(),
-            parent=request.parent,
-            inspirations=request.inspirations,
-            notes=request.notes,
-        )
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-    def render_fix(self, reasons: Sequence[str], code: str | None) -> str:
-        return self._templates.get_template("fix.j2").render(reasons=list(reasons), code=code)
-
     # -- the dialogue ------------------------------------------------------------------------
 
     def propose(self, request: ProposalRequest, check: CheckFn) -> Proposal:
@@ -485,7 +425,7 @@ class LLMProposer:
             )
 
         try:
-            messages = self.render_messages(request)
+            messages = self.prompts.messages(request)
         except jinja2.TemplateError as exc:
             return result(None, f"prompt error: {exc}", fatal=True)
         base = request.parent.code  # what edits apply to: the parent, then the last rejected file
@@ -530,7 +470,7 @@ class LLMProposer:
             messages = [
                 *messages,
                 {"role": "assistant", "content": reply.text},
-                {"role": "user", "content": self.render_fix(fix_reasons, code)},
+                {"role": "user", "content": self.prompts.fix(fix_reasons, code)},
             ]
         summary = "; ".join(reasons)
         if code is not None:

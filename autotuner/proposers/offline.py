@@ -39,7 +39,7 @@ from typing import Any
 
 from autotuner.policy import DECISION_POINTS, FALLBACK_BASELINE, read_policy_file
 from autotuner.proposers import ingredients as ing
-from autotuner.proposers.base import CheckFn, ParentInfo, Proposal, ProposalRequest
+from autotuner.proposers.base import CheckFn, Objective, ParentInfo, Proposal, ProposalRequest
 from autotuner.resources import baseline_path
 
 MAX_ATTEMPTS = 24
@@ -486,20 +486,18 @@ def _range_around(value: float, like_int: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------
-# SLO targets from the request's text (defaults when it does not say)
-
-_NUMBER = r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|s)\b"
+# SLO targets from the request (defaults when it has none)
 
 
-def _slo_from_text(text: str) -> tuple[float, float]:
-    def find(label: str, default: float) -> float:
-        m = re.search(label + r"[^0-9\n]{0,40}?" + _NUMBER, text, flags=re.IGNORECASE)
-        if not m:
-            return default
-        value = float(m.group(1)) / (1000.0 if m.group(2).lower() == "ms" else 1.0)
-        return value if 0 < value < 1000 else default
+def _slo_targets(objective: Objective) -> tuple[float, float]:
+    """(TTFT, TPOT) targets in seconds, for the SLO-aware pieces' tunable defaults."""
 
-    return find("TTFT", ing.DEFAULT_TTFT_S), find("(?:TPOT|TBT)", ing.DEFAULT_TPOT_S)
+    def target(name: str, default: float) -> float:
+        value = objective.slo.get(name)
+        usable = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if usable and math.isfinite(value) and value > 0 else default
+
+    return target("ttft_s", ing.DEFAULT_TTFT_S), target("tpot_s", ing.DEFAULT_TPOT_S)
 
 
 # ------------------------------------------------------------------------------------------
@@ -588,8 +586,7 @@ class OfflineProposer:
         parent = request.parent
         digest = hashlib.sha256(parent.code.encode("utf-8", "replace")).hexdigest()[:16]
         rng = random.Random(f"{self.seed}:{index}:{digest}")
-        text = " ".join([request.objective, request.workloads, *request.notes])
-        ttft_s, tpot_s = _slo_from_text(text)
+        ttft_s, tpot_s = _slo_targets(request.objective)
         ctx = _Context(rng, ttft_s, tpot_s, tuple(request.inspirations), parent)
         try:
             base = _Doc.parse(parent.code)
@@ -858,7 +855,7 @@ def _slot_weights(parent: ParentInfo | None) -> dict[str, float]:
     """Which slot an insertion targets: repair what failed, then shore up the weak workloads.
 
     A failure that names a decision point (the simulator's reasons start with "partition(" or
-    "route(") makes that slot likelier; so does a per-workload gain (scores "gain[label]")
+    "route(") makes that slot likelier; so does a per-workload gain (``workload_gains``)
     that lags on the workloads the slot matters most for.
     """
     weights = {"order": 3.0, "route": 3.0, "budget": 1.5}
@@ -870,11 +867,7 @@ def _slot_weights(parent: ParentInfo | None) -> dict[str, float]:
     if "partition(" in failures:
         weights["order"] *= 3
         weights["budget"] *= 3
-    gains = {
-        k[5:-1]: v
-        for k, v in parent.scores.items()
-        if k.startswith("gain[") and k.endswith("]") and isinstance(v, (int, float))
-    }
+    gains = {k: v for k, v in parent.workload_gains.items() if isinstance(v, (int, float))}
     routing = [v for k, v in gains.items() if any(w in k.lower() for w in _ROUTING_BOUND)]
     queueing = [v for k, v in gains.items() if not any(w in k.lower() for w in _ROUTING_BOUND)]
     if routing and queueing:
