@@ -139,8 +139,9 @@ def make_proposer(cfg: CampaignConfig, spent: Mapping[str, float] | None = None
     """The configured proposer and one line saying which it is (and why)."""
     from autotuner.proposers.llm import LLMConfig, LLMProposer, Spend
 
+    seed = cfg.seed if cfg.proposer.llm.seed is None else cfg.proposer.llm.seed
     llm = dataclasses.replace(cfg.proposer.llm, token_budget=cfg.budget.tokens,
-                              usd_budget=cfg.budget.usd, seed=cfg.seed)
+                              usd_budget=cfg.budget.usd, seed=seed)
     kind = cfg.proposer.kind
     configured = llm.endpoint_configured()
     if kind == "llm" or (kind == "auto" and configured):
@@ -1058,7 +1059,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokens", type=int, help="LLM token budget")
     g.add_argument("--usd", type=float, help="LLM dollar budget")
     g.add_argument("--proposer", choices=["auto", "offline", "llm"], help="who writes proposals")
-    g.add_argument("--model", help="LLM model name (else $OPENAI_MODEL)")
+    g.add_argument("--llm-model", metavar="NAME",
+                   help="the proposer's LLM, as its endpoint names it (else $OPENAI_MODEL)")
+    g.add_argument("--model", dest="deprecated_model", help=argparse.SUPPRESS)
     g.add_argument("--base-url", help="OpenAI-compatible endpoint URL (else $OPENAI_BASE_URL)")
     g.add_argument("--sandbox", choices=["auto", "bwrap", "docker", "process"],
                    help="isolation backend")
@@ -1071,13 +1074,17 @@ _OVERRIDES = {
     "name": "name", "results_dir": "results_dir", "seed": "seed", "parallelism": "parallelism",
     "proposals": "budget.proposals", "trials": "budget.trials", "wall_time": "budget.wall_time_s",
     "tokens": "budget.tokens", "usd": "budget.usd", "proposer": "proposer.kind",
-    "model": "proposer.llm.model", "base_url": "proposer.llm.base_url",
+    "llm_model": "proposer.llm.model", "base_url": "proposer.llm.base_url",
     "sandbox": "sandbox.backend", "requests": "workloads.requests",
 }
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {dotted: getattr(args, attr, None) for attr, dotted in _OVERRIDES.items()}
+    if getattr(args, "deprecated_model", None) is not None:
+        print("autotuner run: --model is deprecated here, use --llm-model (in simulate, --model "
+              "is the served model)", file=sys.stderr)
+        out["proposer.llm.model"] = out["proposer.llm.model"] or args.deprecated_model
     if getattr(args, "requests", None) is not None:
         out["workloads.scenario_requests"] = {}  # one count for every scenario
         out["workloads.heldout_requests"] = {}

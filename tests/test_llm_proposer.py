@@ -444,3 +444,53 @@ def test_an_unscored_parent_says_so():
                   baseline_params=None)
     text = PromptBuilder().user(req)
     assert "Not scored yet." in text and "## Notes" not in text and "## Other" not in text
+
+
+# ------------------------------------------------------------------------------------------
+# The [proposer.llm] table and the run options: every setting takes effect or is refused
+
+
+def test_budget_keys_in_the_llm_table_are_refused_in_one_line(tmp_path):
+    from autotuner.config import ConfigError, load_config
+
+    for key, home in (("token_budget", "[budget] tokens"), ("usd_budget", "[budget] usd")):
+        path = tmp_path / f"{key}.toml"
+        path.write_text(f"[proposer.llm]\n{key} = 5\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        message = str(err.value)
+        assert "\n" not in message and f"proposer.llm: {key}" in message and home in message
+
+
+def test_campaign_budget_and_seed_reach_the_llm_proposer():
+    from autotuner.campaign import make_proposer
+    from autotuner.config import load_config
+
+    base = {
+        "proposer.kind": "llm",
+        "proposer.llm.model": "m",
+        "proposer.llm.base_url": "http://127.0.0.1:9/v1",
+        "seed": 3,
+        "budget.tokens": 1000,
+        "budget.usd": 2.5,
+    }
+    llm, _ = make_proposer(load_config(**base))
+    assert (llm.config.token_budget, llm.config.usd_budget, llm.config.seed) == (1000, 2.5, 3)
+    llm, _ = make_proposer(load_config(**base, **{"proposer.llm.seed": 11}))
+    assert llm.config.seed == 11  # set in the table: it wins over the campaign's seed
+
+
+def test_llm_model_option_and_its_deprecated_alias(tmp_path, capsys, monkeypatch):
+    from autotuner.cli import main
+
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    common = ["run", "--proposer", "llm", "--results-dir", str(tmp_path)]
+    # The model is taken (the error is the missing key, not a missing model) either way.
+    assert main([*common, "--name", "a", "--llm-model", "m1"]) == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err and "deprecated" not in err
+    assert main([*common, "--name", "b", "--model", "m1"]) == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err and err.count("--model is deprecated here, use --llm-model") == 1
+    assert not list(tmp_path.iterdir())  # nothing half-made left behind

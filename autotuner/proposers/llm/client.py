@@ -126,7 +126,7 @@ class ChatClient:
         self._client = client
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._rng = random.Random(self.config.seed)
+        self._rng = random.Random(0 if self.config.seed is None else self.config.seed)
         self._token_param = "max_tokens"
         self._drop_temperature = False
         self.spent = spent or Spend()

@@ -30,6 +30,10 @@ DEFAULT_PRICES: Mapping[str, tuple[float, float]] = {
 }
 
 
+# Settings a campaign file gives in [budget], refused in [proposer.llm] (key -> where it goes).
+CAMPAIGN_BUDGET_KEYS = {"token_budget": "[budget] tokens", "usd_budget": "[budget] usd"}
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """How to reach the model and how much may be spent on it.
@@ -57,9 +61,12 @@ class LLMConfig:
         prices: USD per 1M (prompt, completion) tokens, by model name or name prefix; merged over
             ``DEFAULT_PRICES``. Unknown models cost 0.
         token_budget: total prompt + completion tokens this proposer may spend; None = no cap.
+            A campaign sets it from ``[budget] tokens``; a campaign file that sets it here is
+            refused, so that one budget is written in one place.
         usd_budget: total dollars it may spend; None = no cap. Both are checked before every
             call (a hard stop); calls already in flight may overshoot by at most their own size.
-        seed: seeds the backoff jitter.
+            A campaign sets it from ``[budget] usd`` (refused here, as ``token_budget``).
+        seed: seeds the backoff jitter; None takes the campaign's seed (0 outside a campaign).
         extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
     """
 
@@ -77,7 +84,7 @@ class LLMConfig:
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     token_budget: int | None = None
     usd_budget: float | None = None
-    seed: int = 0
+    seed: int | None = None
     extra_body: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,12 +104,16 @@ class LLMConfig:
     def from_mapping(cls, raw: Mapping[str, Any]) -> LLMConfig:
         """Build from a parsed TOML table; prices may be ``[p, c]`` or ``{prompt=, completion=}``.
 
-        Unknown keys are refused by name, so a typo in a campaign file is not silently ignored.
+        Unknown keys are refused by name, so a typo in a campaign file is not silently ignored;
+        so are the budget keys, which the campaign's ``[budget]`` table sets.
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown LLM settings: {', '.join(unknown)}")
+        for key, home in CAMPAIGN_BUDGET_KEYS.items():
+            if key in raw:
+                raise ValueError(f"{key} is not set here: the campaign's budget is {home}")
         values = dict(raw)
         if "prices" in values:
             prices = {}
