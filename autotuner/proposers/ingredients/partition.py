@@ -208,13 +208,13 @@ ORDERS: tuple[Ingredient, ...] = (
         "order",
         "shortest remaining prefill first with linear aging: each second waited counts as "
         "aging_tokens_per_s tokens less work, a smooth bound on how long a long prompt waits",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     now = replica.now
     credit = params["aging_tokens_per_s"]
     return sorted(
         replica.waiting, key=lambda req: (req.remaining - credit * (now - req.arrival), req.id)
     )
-''',
+""",
         {"aging_tokens_per_s": tunable_spec("float", 1.0, 100000.0, 200.0, log=True)},
         rank=4,
     ),
@@ -224,7 +224,7 @@ ORDERS: tuple[Ingredient, ...] = (
         "highest response ratio next (Brinch Hansen): (waited + estimated prefill time) / "
         "estimated prefill time, so short prompts go first and long ones gain priority as they "
         "wait",
-        '''def _order(replica, params):
+        """def _order(replica, params):
     now = replica.now
     per_token = params["hrrn_s_per_token"]
 
@@ -233,7 +233,7 @@ ORDERS: tuple[Ingredient, ...] = (
         return -(now - req.arrival + service) / service
 
     return sorted(replica.waiting, key=lambda req: (_ratio(req), req.id))
-''',
+""",
         {"hrrn_s_per_token": tunable_spec("float", 1e-6, 1e-3, 3e-5, log=True)},
         rank=7,
     ),

@@ -160,4 +160,3 @@ ROUTE_WRAPPERS: tuple[Ingredient, ...] = (
         },
     ),
 )
-
