@@ -40,7 +40,15 @@ from autotuner.archive import Archive, Candidate
 from autotuner.config import CampaignConfig, ConfigError, load_config, write_config
 from autotuner.gate import PolicyRef, run_gate, write_promotion
 from autotuner.policy import PolicyFileError, Tunable, read_policy_source
-from autotuner.proposers.base import ParentInfo, Proposal, ProposalRequest, Proposer
+from autotuner.proposers.base import (
+    ClusterInfo,
+    Objective,
+    ParentInfo,
+    Proposal,
+    ProposalRequest,
+    Proposer,
+    WorkloadInfo,
+)
 from autotuner.resources import baseline_path
 from autotuner.scoring import (
     Evaluator,
@@ -131,8 +139,9 @@ def make_proposer(cfg: CampaignConfig, spent: Mapping[str, float] | None = None
     """The configured proposer and one line saying which it is (and why)."""
     from autotuner.proposers.llm import LLMConfig, LLMProposer, Spend
 
+    seed = cfg.seed if cfg.proposer.llm.seed is None else cfg.proposer.llm.seed
     llm = dataclasses.replace(cfg.proposer.llm, token_budget=cfg.budget.tokens,
-                              usd_budget=cfg.budget.usd, seed=cfg.seed)
+                              usd_budget=cfg.budget.usd, seed=seed)
     kind = cfg.proposer.kind
     configured = llm.endpoint_configured()
     if kind == "llm" or (kind == "auto" and configured):
@@ -726,13 +735,12 @@ class Campaign:
 
     def _info(self, cand: Candidate, failures: Sequence[str] = ()) -> ParentInfo:
         assert self.archive is not None
-        scores: dict[str, float] = {}
-        if cand.train_score is not None:
-            scores["objective"] = round(cand.train_score, 4)
-        for label, (score, _) in self.archive.scores(cand.id, "train").get("train", {}).items():
-            if score is not None:
-                scores[f"gain[{label}]"] = round(score, 4)
-        return ParentInfo(cand.id, cand.code or "", scores, tuple(failures), dict(cand.params))
+        train = None if cand.train_score is None else round(cand.train_score, 4)
+        gains = {label: round(score, 4) for label, (score, _)
+                 in self.archive.scores(cand.id, "train").get("train", {}).items()
+                 if score is not None}
+        return ParentInfo(cand.id, cand.code or "", train, gains, tuple(failures),
+                          dict(cand.params))
 
     def _request(self, island: int) -> tuple[ProposalRequest, Candidate]:
         assert self.archive is not None and self.baseline is not None
@@ -747,25 +755,14 @@ class Campaign:
         others = sorted((c for c in self._scored() if c.id != parent.id),
                         key=lambda c: (c.island == island, -(c.train_score or 0.0)))
         inspirations = tuple(self._info(c) for c in others[: cfg.search.inspirations])
-        caps = self.baseline.caps["train"]
-        ladder = ", ".join(f"{f:g}" for f in cfg.objective.ladder)
-        objective = (
-            f"Raise capacity under SLO: the highest request rate at which at least "
-            f"{cfg.slo.share:.0%} of requests meet both TTFT <= {cfg.slo.ttft_s:g} s and TPOT <= "
-            f"{cfg.slo.tpot_s:g} s. Scored as goodput ({cfg.objective.goodput}/s meeting both "
-            f"SLOs) summed over loads of {ladder} x the tuned {self.baseline.name} baseline's "
-            f"capacity on each training workload, relative to that baseline (0.0 = equal, "
-            f"+0.10 = 10 % better), averaged over workloads. Promotion needs a capacity gain of "
-            f"at least {cfg.gate.margin:.0%} (lower confidence bound) on held-out workloads.")
-        workloads = "; ".join(
-            f"{label}: tuned baseline capacity {cap:.3g} req/s" for label, cap in caps.items())
-        c = cfg.cluster
-        cluster = (f"{c.replicas} replicas of {c.model} on {c.gpu} (tensor parallel {c.tp}), "
-                   f"max {c.max_batch_tokens} tokens per iteration, continuous batching with "
-                   f"chunked prefill, prefix cache per replica")
-        notes = (f"tuned baseline parameters: {self.baseline.params}",)
-        return ProposalRequest(self._info(parent, failures), inspirations, objective,
-                               workloads, cluster, notes=notes), parent
+        o, c = cfg.objective, cfg.cluster
+        objective = Objective(dataclasses.asdict(cfg.slo), cfg.slo.share, tuple(o.ladder),
+                              o.goodput, cfg.gate.margin, self.baseline.name)
+        workloads = tuple(WorkloadInfo(label, cap)
+                          for label, cap in self.baseline.caps["train"].items())
+        cluster = ClusterInfo(c.replicas, c.model, c.gpu, c.tp, c.max_batch_tokens)
+        return ProposalRequest(self._info(parent, failures), inspirations, objective, workloads,
+                               cluster, baseline_params=self.baseline.params), parent
 
     def _check(self, code: str) -> list[str]:
         from autotuner.check import check_policy
@@ -1062,7 +1059,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokens", type=int, help="LLM token budget")
     g.add_argument("--usd", type=float, help="LLM dollar budget")
     g.add_argument("--proposer", choices=["auto", "offline", "llm"], help="who writes proposals")
-    g.add_argument("--model", help="LLM model name (else $OPENAI_MODEL)")
+    g.add_argument("--llm-model", metavar="NAME",
+                   help="the proposer's LLM, as its endpoint names it (else $OPENAI_MODEL)")
+    g.add_argument("--model", dest="deprecated_model", help=argparse.SUPPRESS)
     g.add_argument("--base-url", help="OpenAI-compatible endpoint URL (else $OPENAI_BASE_URL)")
     g.add_argument("--sandbox", choices=["auto", "bwrap", "docker", "process"],
                    help="isolation backend")
@@ -1075,13 +1074,17 @@ _OVERRIDES = {
     "name": "name", "results_dir": "results_dir", "seed": "seed", "parallelism": "parallelism",
     "proposals": "budget.proposals", "trials": "budget.trials", "wall_time": "budget.wall_time_s",
     "tokens": "budget.tokens", "usd": "budget.usd", "proposer": "proposer.kind",
-    "model": "proposer.llm.model", "base_url": "proposer.llm.base_url",
+    "llm_model": "proposer.llm.model", "base_url": "proposer.llm.base_url",
     "sandbox": "sandbox.backend", "requests": "workloads.requests",
 }
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {dotted: getattr(args, attr, None) for attr, dotted in _OVERRIDES.items()}
+    if getattr(args, "deprecated_model", None) is not None:
+        print("autotuner run: --model is deprecated here, use --llm-model (in simulate, --model "
+              "is the served model)", file=sys.stderr)
+        out["proposer.llm.model"] = out["proposer.llm.model"] or args.deprecated_model
     if getattr(args, "requests", None) is not None:
         out["workloads.scenario_requests"] = {}  # one count for every scenario
         out["workloads.heldout_requests"] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import pytest
 from autotuner.check import check_policy
 from autotuner.policy import read_policy_source
 from autotuner.proposers import ParentInfo, ProposalRequest, Proposer
-from autotuner.proposers.llm import LLMConfig, LLMProposer, render_api_doc, retry_after_s
+from autotuner.proposers.base import ClusterInfo, Objective, WorkloadInfo
+from autotuner.proposers.llm import LLMConfig, LLMProposer, retry_after_s
+from autotuner.proposers.prompt import PromptBuilder, render_api_doc
 from autotuner.resources import baseline_path
 from autotuner.sim import api
 
@@ -51,23 +54,33 @@ def no_sorting(code: str) -> list[str]:
     return ["line 17: sorted() is not allowed here"] if "sorted(" in code else []
 
 
-def request(parent_id: str = "c0007") -> ProposalRequest:
+OBJECTIVE = Objective(
+    slo={"ttft_s": 2.0, "tpot_s": 0.1, "share": 0.9},
+    share=0.9,
+    ladder=(1.0, 1.5, 2.0),
+    goodput="requests",
+    margin=0.05,
+    baseline="fixed_chunk",
+)
+
+
+def request(parent_id: str = "c0007", objective: Objective = OBJECTIVE) -> ProposalRequest:
     parent = ParentInfo(
         candidate_id=parent_id,
         code=PARENT,
-        scores={"goodput_gain": 0.0312, "p99_ttft_s": 1.875},
+        train_score=0.0312,
+        workload_gains={"chat/1": 1.875, "multiturn/1": -0.25},
         failures=("partition: chunks[0] tokens 900 exceed remaining 512",),
         params={"chunk_size": 768},
     )
-    other = ParentInfo(
-        "c0003", baseline_path("sarathi_shrinking").read_text(), {"goodput_gain": 0.02}
-    )
+    other = ParentInfo("c0003", baseline_path("sarathi_shrinking").read_text(), 0.02)
     return ProposalRequest(
         parent=parent,
         inspirations=(other,),
-        objective="Maximise goodput under TTFT 2 s and TPOT 100 ms SLOs.",
-        workloads="Poisson arrivals at 8 req/s, ShareGPT-like lengths.",
-        cluster="4 replicas of Llama-3-8B on one H100 each.",
+        objective=objective,
+        workloads=(WorkloadInfo("chat/1", 8.0), WorkloadInfo("multiturn/1", 2.345678)),
+        cluster=ClusterInfo(4, "llama-3-8b", "h100", 1, 16384),
+        baseline_params={"chunk_size": 512},
         notes=("explore decode-aware budgets",),
     )
 
@@ -109,11 +122,18 @@ def test_whole_file_reply_and_what_the_model_was_shown(server):
     assert got.body["model"] == "gpt-4o-mini" and got.body["max_tokens"] == 4096
     prompt = got.user_text
     assert PARENT.strip() in prompt  # the parent's code
-    assert "goodput_gain: 0.0312" in prompt and "p99_ttft_s: 1.875" in prompt  # its scores
+    assert "- objective: 0.0312" in prompt and "- gain[chat/1]: 1.875" in prompt  # its scores
+    assert "- gain[multiturn/1]: -0.25" in prompt
     assert "chunks[0] tokens 900 exceed remaining 512" in prompt  # its failures
     assert "chunk_size = 768" in prompt  # its tuned parameters
-    assert "c0003" in prompt and "max_chunk" in prompt  # an inspiration
-    assert "Maximise goodput" in prompt and "4 replicas" in prompt and "Poisson" in prompt
+    assert "### `c0003` (objective 0.02)" in prompt and "max_chunk" in prompt  # an inspiration
+    assert "at least 90% of requests meet both TTFT <= 2 s and TPOT <= 0.1 s." in prompt
+    assert "loads of 1, 1.5, 2 x the tuned fixed_chunk baseline's" in prompt
+    assert "a capacity gain of at least 5% (lower confidence bound)" in prompt
+    assert "4 replicas of llama-3-8b on h100 (tensor parallel 1), max 16384 tokens" in prompt
+    assert "chat/1: tuned baseline capacity 8 req/s; multiturn/1: tuned baseline capacity " \
+        "2.35 req/s\n" in prompt
+    assert "- tuned baseline parameters: {'chunk_size': 512}" in prompt
     assert "explore decode-aware budgets" in prompt
     system = got.system_text
     assert "kv_free_tokens" in system and "SEARCH" in system and "heapq" in system
@@ -399,10 +419,78 @@ def test_api_doc_covers_every_field_of_the_policy_api():
 
 def test_request_api_doc_overrides_the_template(server):
     server.push(ok(fenced(NEW_FILE)))
-    req = request()
-    req = ProposalRequest(
-        req.parent, (), req.objective, req.workloads, req.cluster, api_doc="CUSTOM API DOC"
-    )
+    req = replace(request(), api_doc="CUSTOM API DOC")
     assert proposer(server).propose(req, passes).ok
     assert "CUSTOM API DOC" in server.requests[0].system_text
     assert "| `decode_context` |" not in server.requests[0].system_text
+
+
+def test_every_slo_term_reaches_the_prompt():
+    """A term the SLO config gains later is shown by name without a change to the proposers;
+    the goal paragraph stays one line, and a term left unset is not shown."""
+    slo = {**OBJECTIVE.slo, "ttft_per_token_s": 0.0002, "tbt_p99_s": 0.5, "unset_s": None}
+    text = PromptBuilder().user(request(objective=replace(OBJECTIVE, slo=slo)))
+    goal = text.split("## Goal\n\n", 1)[1].split("\n", 1)[0]
+    assert "TPOT <= 0.1 s. The SLO also sets tbt_p99_s = 0.5, ttft_per_token_s = 0.0002. Scored" \
+        in goal
+    assert "unset_s" not in text
+    plain = PromptBuilder().user(request())
+    assert "also sets" not in plain and "## Cluster" in plain
+
+
+def test_an_unscored_parent_says_so():
+    req = request()
+    req = replace(req, parent=ParentInfo("c0001", PARENT), inspirations=(), notes=(),
+                  baseline_params=None)
+    text = PromptBuilder().user(req)
+    assert "Not scored yet." in text and "## Notes" not in text and "## Other" not in text
+
+
+# ------------------------------------------------------------------------------------------
+# The [proposer.llm] table and the run options: every setting takes effect or is refused
+
+
+def test_budget_keys_in_the_llm_table_are_refused_in_one_line(tmp_path):
+    from autotuner.config import ConfigError, load_config
+
+    for key, home in (("token_budget", "[budget] tokens"), ("usd_budget", "[budget] usd")):
+        path = tmp_path / f"{key}.toml"
+        path.write_text(f"[proposer.llm]\n{key} = 5\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        message = str(err.value)
+        assert "\n" not in message and f"proposer.llm: {key}" in message and home in message
+
+
+def test_campaign_budget_and_seed_reach_the_llm_proposer():
+    from autotuner.campaign import make_proposer
+    from autotuner.config import load_config
+
+    base = {
+        "proposer.kind": "llm",
+        "proposer.llm.model": "m",
+        "proposer.llm.base_url": "http://127.0.0.1:9/v1",
+        "seed": 3,
+        "budget.tokens": 1000,
+        "budget.usd": 2.5,
+    }
+    llm, _ = make_proposer(load_config(**base))
+    assert (llm.config.token_budget, llm.config.usd_budget, llm.config.seed) == (1000, 2.5, 3)
+    llm, _ = make_proposer(load_config(**base, **{"proposer.llm.seed": 11}))
+    assert llm.config.seed == 11  # set in the table: it wins over the campaign's seed
+
+
+def test_llm_model_option_and_its_deprecated_alias(tmp_path, capsys, monkeypatch):
+    from autotuner.cli import main
+
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    common = ["run", "--proposer", "llm", "--results-dir", str(tmp_path)]
+    # The model is taken (the error is the missing key, not a missing model) either way.
+    assert main([*common, "--name", "a", "--llm-model", "m1"]) == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err and "deprecated" not in err
+    assert main([*common, "--name", "b", "--model", "m1"]) == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err and err.count("--model is deprecated here, use --llm-model") == 1
+    assert not list(tmp_path.iterdir())  # nothing half-made left behind

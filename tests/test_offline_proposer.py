@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,23 +21,36 @@ import pytest
 from autotuner.check import check_policy
 from autotuner.policy import load_policy, read_policy_file, read_policy_source
 from autotuner.proposers import ingredients as ing
-from autotuner.proposers.base import ParentInfo, ProposalRequest, Proposer
-from autotuner.proposers.offline import OPERATIONS, OfflineProposer, _slo_from_text
+from autotuner.proposers.base import (
+    ClusterInfo,
+    Objective,
+    ParentInfo,
+    ProposalRequest,
+    Proposer,
+    WorkloadInfo,
+)
+from autotuner.proposers.offline import OPERATIONS, OfflineProposer
 from autotuner.resources import baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
 from autotuner.sim.metrics import SLO, capacity
 from autotuner.sim.workload import SCENARIOS, make_workload
 
 BASELINE = read_policy_file(baseline_path("fixed_chunk")).code
-OBJECTIVE = "capacity under SLO (TTFT 2 s, TPOT 100 ms, 90 % of requests)"
+SLO_FIELDS = {"ttft_s": 2.0, "tpot_s": 0.1, "share": 0.9}
+CLUSTER = ClusterInfo(4, "llama-3-8b", "h100", 1, 16384)
+WORKLOADS = (WorkloadInfo("chat/1", 5.0), WorkloadInfo("multiturn/1", 2.0))
 
 
 def check(code: str) -> list[str]:
     return check_policy(code).reasons()
 
 
-def request(parent: ParentInfo, *inspirations: ParentInfo) -> ProposalRequest:
-    return ProposalRequest(parent, tuple(inspirations), OBJECTIVE, "chat, multiturn", "4 x H100")
+def objective(**slo) -> Objective:
+    return Objective({**SLO_FIELDS, **slo}, 0.9, (1.0, 1.5, 2.0), "requests", 0.05, "fixed_chunk")
+
+
+def request(parent: ParentInfo, *inspirations: ParentInfo, **slo) -> ProposalRequest:
+    return ProposalRequest(parent, tuple(inspirations), objective(**slo), WORKLOADS, CLUSTER)
 
 
 def functions(code: str) -> dict[str, str]:
@@ -366,10 +380,10 @@ def test_insertions_follow_failures_and_weak_workloads():
     )
     assert route_failed["route"] > plain["route"]
     weak_multiturn = slots(
-        ParentInfo("p", composed, scores={"gain[multiturn@1]": 0.01, "gain[chat@1]": 0.4})
+        ParentInfo("p", composed, workload_gains={"multiturn@1": 0.01, "chat@1": 0.4})
     )
     weak_chat = slots(
-        ParentInfo("p", composed, scores={"gain[multiturn@1]": 0.9, "gain[chat@1]": 0.02})
+        ParentInfo("p", composed, workload_gains={"multiturn@1": 0.9, "chat@1": 0.02})
     )
     assert weak_multiturn["route"] > weak_chat["route"]
     assert weak_chat["order"] > weak_multiturn["order"]
@@ -400,12 +414,29 @@ def test_protocol_and_bad_parents():
 
 
 def test_slo_targets_are_read_from_the_request():
-    assert _slo_from_text("SLO: TTFT 500 ms and TPOT 50 ms") == (0.5, 0.05)
-    assert _slo_from_text("ttft <= 3s, tbt 0.2 s") == (3.0, 0.2)
-    assert _slo_from_text("nothing here") == (ing.DEFAULT_TTFT_S, ing.DEFAULT_TPOT_S)
-    req = ProposalRequest(baseline_parent(), (), "TTFT 1.5 s, TPOT 80 ms", "", "")
-    prop = OfflineProposer().propose(req, check)
-    assert read_policy_source(prop.code).defaults()["slack_ttft_s"] == 1.5
+    # The first proposal inserts the strongest combination, whose slack order defaults to the
+    # campaign's TTFT target (and its TPOT target, where a piece has one).
+    def defaults(req: ProposalRequest) -> dict:
+        prop = OfflineProposer().propose(req, check)
+        assert prop.ok, prop.reason
+        return read_policy_source(prop.code).defaults()
+
+    assert defaults(request(baseline_parent(), ttft_s=1.5))["slack_ttft_s"] == 1.5
+    # the 11th proposal is the strong combination with the TPOT-driven budget (rank 6)
+    proposer = OfflineProposer()
+    props = [proposer.propose(request(baseline_parent(), tpot_s=0.07), check) for _ in range(11)]
+    assert "tpot_budget" in props[10].raw_replies[0]
+    assert read_policy_source(props[10].code).defaults()["tpot_target_s"] == 0.07
+    # an exact value, not a rounded one read back from prose
+    assert defaults(request(baseline_parent(), ttft_s=1.2345678))["slack_ttft_s"] == 1.2345678
+    # terms it does not know are ignored; missing or unusable ones take the library defaults
+    unknown = request(baseline_parent(), ttft_per_token_s=0.0002, tbt_p99_s=0.5)
+    assert defaults(unknown)["slack_ttft_s"] == 2.0
+    for bad in ({"ttft_s": None}, {"ttft_s": float("nan")}, {"ttft_s": -1.0}, {"ttft_s": True}):
+        req = request(baseline_parent())
+        slo = {k: v for k, v in req.objective.slo.items() if k != "ttft_s"} | bad
+        req = ProposalRequest(req.parent, (), replace(req.objective, slo=slo), (), CLUSTER)
+        assert defaults(req)["slack_ttft_s"] == ing.DEFAULT_TTFT_S, bad
 
 
 def test_first_proposal_beats_the_tuned_fixed_chunk_on_chat():

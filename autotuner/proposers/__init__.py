@@ -1,19 +1,33 @@
 """Proposers write new policy files: an LLM behind any OpenAI-compatible endpoint, or offline.
 
-``LLMConfig.endpoint_configured()`` tells the campaign whether there is an endpoint to use; when
-there is none it runs the offline proposer and says so.
+The campaign hands a proposer a ``ProposalRequest`` of typed records (``base``); only
+``prompt`` turns them into text, for the LLM. ``LLMConfig.endpoint_configured()`` tells the
+campaign whether there is an endpoint to use; when there is none it runs the offline proposer
+and says so.
 """
 
-from autotuner.proposers.base import CheckFn, ParentInfo, Proposal, ProposalRequest, Proposer
+from autotuner.proposers.base import (
+    CheckFn,
+    ClusterInfo,
+    Objective,
+    ParentInfo,
+    Proposal,
+    ProposalRequest,
+    Proposer,
+    WorkloadInfo,
+)
 from autotuner.proposers.llm import LLMConfig, LLMProposer, Spend
 
 __all__ = [
     "CheckFn",
+    "ClusterInfo",
     "LLMConfig",
     "LLMProposer",
+    "Objective",
     "ParentInfo",
     "Proposal",
     "ProposalRequest",
     "Proposer",
     "Spend",
+    "WorkloadInfo",
 ]

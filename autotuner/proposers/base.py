@@ -19,27 +19,66 @@ CheckFn = Callable[[str], list[str]]
 class ParentInfo:
     """An archive member shown to the proposer: the parent, or an inspiration beside it.
 
-    ``scores`` are whatever the loop wants the model to see (objective, relative improvement over
-    the tuned baseline, SLO attainment, ...); ``failures`` are evaluation failures with their
-    reasons, which is often the most useful thing a model can read.
+    ``train_score`` is its training objective (relative gain over the tuned baseline, 0.0 =
+    equal) and ``workload_gains`` the same per training workload label, so a proposer can see
+    where it lags; ``failures`` are evaluation failures with their reasons, which is often the
+    most useful thing a model can read.
     """
 
     candidate_id: str
     code: str
-    scores: Mapping[str, float] = field(default_factory=dict)
+    train_score: float | None = None
+    workload_gains: Mapping[str, float] = field(default_factory=dict)
     failures: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)  # tuned values of its TUNABLES
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What a proposal is scored on, as the campaign is configured.
+
+    ``slo`` holds every field of the campaign's SLO config by name (``ttft_s``, ``tpot_s``, ...),
+    copied generically, so a new SLO term reaches the proposers and the prompt without a change
+    here; a proposer reads the terms it knows and ignores the rest.
+    """
+
+    slo: Mapping[str, Any]
+    share: float  # a rate counts when at least this share of requests meets the SLO
+    ladder: tuple[float, ...]  # load factors x the tuned baseline's capacity per workload
+    goodput: str  # "requests" or "tokens" (per second, of the requests meeting the SLO)
+    margin: float  # capacity gain (lower confidence bound) the gate asks for on held-out data
+    baseline: str  # name of the tuned baseline every score is relative to
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The simulated cluster the policies run on."""
+
+    replicas: int
+    model: str
+    gpu: str
+    tp: int  # tensor parallel degree of one replica
+    max_batch_tokens: int  # tokens one iteration may run
+
+
+@dataclass(frozen=True)
+class WorkloadInfo:
+    """One training workload and the tuned baseline's capacity under SLO on it (req/s)."""
+
+    label: str
+    baseline_capacity: float
+
+
+@dataclass(frozen=True)
 class ProposalRequest:
-    """Everything one proposal needs; text fields are already phrased for a reader."""
+    """Everything one proposal needs, as data; ``autotuner.proposers.prompt`` phrases it."""
 
     parent: ParentInfo
     inspirations: tuple[ParentInfo, ...]
-    objective: str
-    workloads: str
-    cluster: str
+    objective: Objective
+    workloads: tuple[WorkloadInfo, ...]
+    cluster: ClusterInfo
+    baseline_params: Mapping[str, Any] | None = None  # the tuned baseline's values; None: unknown
     api_doc: str = ""  # empty: the proposer renders prompts/policy_api.md.j2 itself
     notes: tuple[str, ...] = ()  # free-form hints from the loop (e.g. "explore routing")
 
