@@ -43,7 +43,7 @@ import numpy as np
 
 from .workload import MAX_REQUEST_TOKENS, Workload
 
-__all__ = ["TraceError", "LoadedTrace", "load_trace", "load_trace_info"]
+__all__ = ["TraceError", "LoadedTrace", "load_trace", "load_trace_info", "window_seconds"]
 
 MOONCAKE_BLOCK_TOKENS = 512
 MAX_SHOWN = 40  # characters of an offending value quoted in a message
@@ -200,6 +200,14 @@ def load_trace_info(
         MOONCAKE_BLOCK_TOKENS,
     )
     return LoadedTrace(workload, fmt, total, zero, reordered)
+
+
+def window_seconds(duration: float, window: tuple[float, float]) -> tuple[float, float]:
+    """A [start, end) window given as fractions of a trace's duration (how a campaign splits a
+    trace), as ``start, end`` seconds for ``load_trace``; an end of 1 reaches just past the last
+    arrival, so the last request belongs to the final window."""
+    lo, hi = window
+    return lo * duration, hi * duration + (1e-9 if hi >= 1 else 0.0)
 
 
 # --------------------------------------------------------------------------------------------
