@@ -281,11 +281,7 @@ class _Checker:
     def check_top_level(self) -> None:
         seen_defs: dict[str, ast.AST] = {}
         for stmt in self.tree.body:
-            if (
-                isinstance(stmt, ast.Expr)
-                and isinstance(stmt.value, ast.Constant)
-                and isinstance(stmt.value.value, str)
-            ):
+            if _is_docstring(stmt):
                 continue  # docstring or a comment-like string
             if not isinstance(stmt, ast.FunctionDef):
                 self.check_module_rebinding(stmt)
@@ -838,6 +834,11 @@ class _Checker:
             )
 
 
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str))
+
+
 def _describe(node: ast.AST) -> str:
     return {
         "Expr": "an expression statement",
@@ -1187,6 +1188,11 @@ def _check(code: object, name: str) -> CheckResult:
     tree, issues = _parse(text, name)
     if tree is None:
         return _result(issues)
+    if not any(not _is_docstring(stmt) for stmt in tree.body):
+        return _result([_file_issue(
+            "empty", "the file has no code: a policy declares TUNABLES = {...} (an empty dict is "
+            "fine) and defines partition(replica, params), route(request, cluster, params) or both",
+        )])
     depth, count, deepest = _depth_and_count(tree)
     if count > MAX_NODES:
         return _result(

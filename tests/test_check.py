@@ -596,3 +596,10 @@ def test_private_names_pass_and_underscore_attributes_and_dunder_names_do_not():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert "any attribute starting with `_` and any name starting with `__`" in readme
     assert "any name or attribute starting with `_`" not in readme
+
+
+@pytest.mark.parametrize("code", ["", "\n\n", "# only a comment\n", '"""Only a docstring."""\n'])
+def test_a_file_with_no_code_gets_one_reason(code):
+    (issue,) = check_policy(code).issues
+    assert issue.construct == "empty" and "TUNABLES" in issue.message
+    assert "partition(replica, params)" in issue.message
