@@ -364,6 +364,8 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def _bounded(value: float, low: float, high: float, key: str) -> None:
     def text(x: float) -> str:
+        if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+            x = int(x)
         return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
     _require(low <= value <= high, key,
@@ -439,7 +441,7 @@ def _validate(cfg: CampaignConfig) -> None:
     _require(0 < c.gpu_memory_utilization <= 1, "cluster.gpu_memory_utilization",
              "must be in (0, 1]")
     try:
-        c.spec().cost_model()
+        c.spec().cost_model().kv_capacity_tokens(c.gpu_memory_utilization, c.block_size)
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"cluster: {exc.args[0] if exc.args else exc}") from None
     s = cfg.slo
@@ -478,7 +480,7 @@ def _validate(cfg: CampaignConfig) -> None:
     _validate_traces(w, c.spec())
     o = cfg.objective
     _require(len(o.ladder) >= 1 and all(f > 0 and math.isfinite(f) for f in o.ladder),
-             "objective.ladder", "needs at least one positive load factor")
+             "objective.ladder", "must be one or more load factors, each positive")
     _require(len(o.ladder) <= MAX_LADDER_RUNGS, "objective.ladder",
              f"has {len(o.ladder)} rungs, more than {MAX_LADDER_RUNGS}")
     for factor in o.ladder:

@@ -176,7 +176,8 @@ def load_trace_info(
             f"(the trace spans 0 to {float(rel[-1]):.3f} s)",
         )
     arrival = rel[lo:hi] - (0.0 if start is None else float(start))
-    arrival = np.maximum(arrival, 0.0) / float(rate_scale)
+    with np.errstate(over="ignore"):  # checked just below, with a message
+        arrival = np.maximum(arrival, 0.0) / float(rate_scale)
     if not math.isfinite(float(arrival[-1])):
         raise ValueError(f"rate_scale {rate_scale!r} stretches the arrivals beyond a float's range")
     if float(arrival[-1]) <= 0.0:
