@@ -363,6 +363,11 @@ POLICIES = [
     Case("simulate-rate-inf", {}, ("simulate", "--rate", "inf", "--requests", "20")),
     Case("simulate-replicas-100000", {}, ("simulate", "--replicas", "100000", "--requests", "20")),
     Case("simulate-tp-3", {}, ("simulate", "--tp", "3")),
+    Case("simulate-capacity-share-2", {}, ("simulate", "--requests", "20", "--capacity",
+                                           "--capacity-share", "2")),
+    Case("simulate-horizon-negative", {}, ("simulate", "--requests", "20", "--horizon", "-1")),
+    Case("simulate-ttft-slo-inf", {}, ("simulate", "--requests", "20", "--ttft-slo", "inf")),
+    Case("simulate-seed-negative", {}, ("simulate", "--requests", "20", "--seed", "-1")),
 ]
 
 CASES = TRACES + CONFIGS + POLICIES

@@ -171,6 +171,8 @@ def simulate(
     at a time: the slow reference that tests and the benchmark compare the closed form against.
     An illegal decision stops the run: the result carries ``error`` (the decision and the rule).
     """
+    if horizon is not None and not horizon > 0:
+        raise ValueError(f"the horizon must be a positive number of seconds, got {horizon!r}")
     sim = _Simulation(cluster, workload, policy, cost_model or cluster.cost_model())
     sim.max_stretch = math.inf if fast_forward else 1
     return sim.run(math.inf if horizon is None else float(horizon))
