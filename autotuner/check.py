@@ -172,8 +172,9 @@ _ALLOWED_NODES: tuple[type, ...] = tuple(
 )
 
 _NODE_HINTS = {
-    "ClassDef": "classes are not allowed; use functions, tuples and dicts "
-    "(or collections.namedtuple)",
+    "ClassDef": "class definitions are not allowed: a class brings dunder methods, metaclasses "
+    "and descriptors, the classic ways out of a sandbox; keep state in dicts, tuples or "
+    "collections.namedtuple and write plain functions",
     "AsyncFunctionDef": "async functions are not allowed; use a plain def",
     "AsyncFor": "async loops are not allowed; use a plain for loop",
     "AsyncWith": "'async with' is not allowed",
@@ -185,6 +186,8 @@ _NODE_HINTS = {
     "ParamSpec": "type parameters are not allowed",
     "TypeVarTuple": "type parameters are not allowed",
 }
+
+_NESTED_IMPORT = "; and imports belong at the top of the file, not inside functions or blocks"
 
 _NODE_CONSTRUCTS = {
     "ClassDef": "class",
@@ -249,6 +252,8 @@ class _Checker:
     # -- reporting --------------------------------------------------------------------------
 
     def add(self, node: ast.AST | None, construct: str, text: str) -> None:
+        while node is not None and not getattr(node, "lineno", None):
+            node = self.parents.get(id(node))  # a part without a position: its statement's
         line = getattr(node, "lineno", 0) or 0 if node is not None else 0
         col = getattr(node, "col_offset", 0) or 0 if node is not None else 0
         # One report per position and construct, and one per identical sentence on a line
@@ -276,11 +281,7 @@ class _Checker:
     def check_top_level(self) -> None:
         seen_defs: dict[str, ast.AST] = {}
         for stmt in self.tree.body:
-            if (
-                isinstance(stmt, ast.Expr)
-                and isinstance(stmt.value, ast.Constant)
-                and isinstance(stmt.value.value, str)
-            ):
+            if _is_docstring(stmt):
                 continue  # docstring or a comment-like string
             if not isinstance(stmt, ast.FunctionDef):
                 self.check_module_rebinding(stmt)
@@ -300,7 +301,7 @@ class _Checker:
                     self.check_decision_def(stmt)
             elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
                 self.check_top_assign(stmt, seen_defs)
-            else:
+            elif isinstance(stmt, _ALLOWED_NODES):  # a refused construct gets its own reason
                 self.add(
                     stmt,
                     "top-level",
@@ -404,7 +405,25 @@ class _Checker:
                 f"{fn.name} may not be decorated; remove the decorator",
             )
 
-    def check_import(self, stmt: ast.Import) -> None:
+    def check_nested_import(self, stmt: ast.Import | ast.ImportFrom) -> None:
+        """An import inside a function or block: say in one message everything wrong with it,
+        so that moving it to the top is not refused again for naming a module that is out."""
+        before = len(self.issues)
+        if isinstance(stmt, ast.Import):
+            self.check_import(stmt, _NESTED_IMPORT)
+        else:
+            self.check_import_from(stmt, _NESTED_IMPORT)
+        if len(self.issues) == before:
+            self.add(
+                stmt,
+                "import",
+                "imports are allowed only at the top of the file, not inside functions or "
+                f"blocks; move '{ast.unparse(stmt)}' to the top",
+            )
+
+    def check_import(self, stmt: ast.Import, nested: str = "") -> None:
+        """``nested``: the sentence that ends each message when the import is not at the top
+        (it is then not registered: the statement is refused whatever it names)."""
         for alias in stmt.names:
             if "." in alias.name:
                 self.add(
@@ -412,26 +431,26 @@ class _Checker:
                     "import",
                     f"import of '{alias.name}' is not allowed: submodules "
                     f"cannot be imported; policies may import only: "
-                    f"{_allowed_modules_text()}",
+                    f"{_allowed_modules_text()}{nested}",
                 )
             elif alias.name not in ALLOWED_MODULES:
                 self.add(
                     stmt,
                     "import",
                     f"import of '{alias.name}' is not allowed; policies "
-                    f"may import only: {_allowed_modules_text()}",
+                    f"may import only: {_allowed_modules_text()}{nested}",
                 )
-            else:
+            elif not nested:
                 self.module_aliases[alias.asname or alias.name] = alias.name
 
-    def check_import_from(self, stmt: ast.ImportFrom) -> None:
+    def check_import_from(self, stmt: ast.ImportFrom, nested: str = "") -> None:
         module = stmt.module or ""
         if stmt.level:
             self.add(
                 stmt,
                 "import",
                 "relative imports are not allowed; policies may import "
-                f"only: {_allowed_modules_text()}",
+                f"only: {_allowed_modules_text()}{nested}",
             )
             return
         if module == "__future__" and [a.name for a in stmt.names] == ["annotations"]:
@@ -442,7 +461,7 @@ class _Checker:
                 stmt,
                 "import",
                 f"import from '{module}': {what}; policies may import "
-                f"only: {_allowed_modules_text()}",
+                f"only: {_allowed_modules_text()}{nested}",
             )
             return
         for alias in stmt.names:
@@ -451,11 +470,11 @@ class _Checker:
                     stmt,
                     "import",
                     f"'from {module} import *' is not allowed; import the "
-                    f"names you use, e.g. 'from {module} import name'",
+                    f"names you use, e.g. 'from {module} import name'{nested}",
                 )
             elif alias.name not in ALLOWED_MODULES[module]:
-                self.add(stmt, "module-member", self.member_message(module, alias.name))
-            else:
+                self.add(stmt, "module-member", self.member_message(module, alias.name) + nested)
+            elif not nested:
                 self.members[alias.asname or alias.name] = (module, alias.name)
 
     def member_message(self, module: str, member: str) -> str:
@@ -532,11 +551,23 @@ class _Checker:
 
     # -- per node ---------------------------------------------------------------------------
 
+    def inside_refused(self, node: ast.AST) -> bool:
+        """Whether an enclosing node is itself refused (its reason covers its parts)."""
+        parent = self.parents.get(id(node))
+        while parent is not None:
+            if not isinstance(parent, _ALLOWED_NODES):
+                return True
+            parent = self.parents.get(id(parent))
+        return False
+
     def check_node(self, node: ast.AST) -> None:
         if not isinstance(node, _ALLOWED_NODES):
+            if self.inside_refused(node):
+                return
             kind = type(node).__name__
-            hint = _NODE_HINTS.get(kind, "this construct is not allowed in policies")
-            self.add(node, _NODE_CONSTRUCTS.get(kind, "node"), f"{kind}: {hint}")
+            hint = _NODE_HINTS.get(kind)
+            text = hint or f"{kind}: this construct is not allowed in policies"
+            self.add(node, _NODE_CONSTRUCTS.get(kind, "node"), text)
             return
         if isinstance(node, ast.Name):
             self.check_name(node)
@@ -550,12 +581,7 @@ class _Checker:
             )
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             if self.parents.get(id(node)) is not self.tree:
-                self.add(
-                    node,
-                    "import",
-                    "imports are allowed only at the top of the file, "
-                    "not inside functions or blocks",
-                )
+                self.check_nested_import(node)
         elif isinstance(node, ast.comprehension) and node.is_async:
             self.add(node.target, "async", "async comprehensions are not allowed")
         elif isinstance(node, ast.ExceptHandler):
@@ -808,6 +834,11 @@ class _Checker:
             )
 
 
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str))
+
+
 def _describe(node: ast.AST) -> str:
     return {
         "Expr": "an expression statement",
@@ -966,6 +997,7 @@ def _precheck_text(code: object) -> tuple[str | None, list[CheckIssue]]:
             return None, [_file_issue("encoding", "the file is not valid UTF-8 text")]
     if not isinstance(code, str):
         return None, [_file_issue("encoding", f"a policy must be text, got {type(code).__name__}")]
+    code = code.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as Python itself accepts
     if len(code) > MAX_POLICY_BYTES:
         return None, [
             _file_issue(
@@ -1156,6 +1188,11 @@ def _check(code: object, name: str) -> CheckResult:
     tree, issues = _parse(text, name)
     if tree is None:
         return _result(issues)
+    if not any(not _is_docstring(stmt) for stmt in tree.body):
+        return _result([_file_issue(
+            "empty", "the file has no code: a policy declares TUNABLES = {...} (an empty dict is "
+            "fine) and defines partition(replica, params), route(request, cluster, params) or both",
+        )])
     depth, count, deepest = _depth_and_count(tree)
     if count > MAX_NODES:
         return _result(

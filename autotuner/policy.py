@@ -118,12 +118,16 @@ def _parse_tunable(name: Any, spec: Any, where: str) -> Tunable:
 
 def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
     """Parse a policy file's text: syntax, TUNABLES literal, decision functions. Never executes."""
+    code = code.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as Python itself accepts
     try:
         size = len(code.encode())
     except UnicodeEncodeError:
         raise PolicyFileError(f"{name}: file is not valid UTF-8 text") from None
     if size > MAX_POLICY_BYTES:
         raise PolicyFileError(f"{name}: file is larger than {MAX_POLICY_BYTES} bytes")
+    if "\x00" in code:
+        line = code.count("\n", 0, code.index("\x00")) + 1
+        raise PolicyFileError(f"{name} line {line}: the file contains a null byte; remove it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -131,7 +135,8 @@ def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
         msg = getattr(exc, "msg", str(exc))
-        raise PolicyFileError(f"{name} line {line}: syntax error: {msg}") from None
+        where = f"{name} line {line}" if line else name
+        raise PolicyFileError(f"{where}: syntax error: {msg}") from None
     tunables_node = None
     defines = []
     for node in tree.body:

@@ -30,6 +30,7 @@ from autotuner.archive import canonical, evaluation_key, sha256
 from autotuner.config import CampaignConfig, ClusterConfig, SandboxConfig, SLOConfig
 from autotuner.sim.engine import ClusterSpec, SimResult
 from autotuner.sim.metrics import SLO, per_request, probe_horizon, search_capacity
+from autotuner.sim.traces import window_seconds
 from autotuner.sim.workload import Workload, load_trace, make_workload
 
 
@@ -105,10 +106,8 @@ def _build_cached(inst: Instance) -> Workload:
             raise ValueError(f"{inst.label}: the window holds fewer than 2 requests")
         return wl
     if inst.trace:
-        duration = _trace_duration(inst.trace)
-        lo, hi = inst.window or (0.0, 1.0)
-        wl = load_trace(inst.trace, start=lo * duration, end=hi * duration + (1e-9 if hi >= 1
-                        else 0.0), limit=inst.requests)
+        start, end = window_seconds(_trace_duration(inst.trace), inst.window or (0.0, 1.0))
+        wl = load_trace(inst.trace, start=start, end=end, limit=inst.requests)
         if len(wl) < 2:
             raise ValueError(f"{inst.label}: the window holds fewer than 2 requests")
         return wl

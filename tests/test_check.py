@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -533,3 +534,72 @@ def test_no_warnings_and_same_answers_from_threads(recwarn):
     assert results == [check_reasons(c) for c in codes]
     assert results[0] == [] and results[1] and results[2] == []
     assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning | DeprecationWarning)]
+
+
+# ------------------------------------------------------------------- messages a proposer can act on
+def test_an_import_inside_a_function_says_what_is_wrong_with_the_module_too():
+    """Moving 'import os' to the top used to be refused again: the first message must say both."""
+    (why,) = _check_snippet("def f():\n    import os\n    return 1").reasons()
+    assert "'os' is not allowed" in why and ", ".join(ALLOWED_IMPORTS) in why
+    assert "top of the file" in why
+    (why,) = _check_snippet("def f():\n    from subprocess import run\n    return 1").reasons()
+    assert "'subprocess'" in why and "not allowed" in why and "top of the file" in why
+    (why,) = _check_snippet("def f():\n    import math\n    return math.pi").reasons()
+    assert "move 'import math' to the top" in why
+    assert _check_snippet("import math\n\n\ndef f():\n    return math.pi").ok
+
+
+def test_a_class_gets_one_reason_that_says_why_and_what_instead():
+    for snippet in ("class Helper:\n    pass", "def f():\n    class Helper:\n        pass"):
+        (why,) = _check_snippet(snippet).reasons()
+        assert "class definitions are not allowed" in why
+        assert "dunder methods" in why and "namedtuple" in why
+        assert "move this code into a function" not in why
+
+
+def test_every_refusal_of_a_with_block_has_a_line():
+    result = _check_snippet("def f(params):\n    with params as p, params:\n        return p")
+    assert [(i.construct, i.line) for i in result.issues] == [("with", HEAD_LINES + 2)]
+    assert all(i.message.startswith(f"line {i.line}: ") for i in result.issues)
+
+
+def test_a_null_byte_is_reported_with_its_line_wherever_the_file_is_read():
+    from autotuner.policy import PolicyFileError, read_policy_source
+
+    code = HEAD + "X = 1\x00\n"
+    (why,) = check_policy(code).reasons()
+    assert why == f"line {HEAD_LINES + 1}: the file contains a null byte; remove it"
+    with pytest.raises(PolicyFileError) as err:
+        read_policy_source(code, "p.py")
+    assert str(err.value) == f"p.py line {HEAD_LINES + 1}: the file contains a null byte; remove it"
+
+
+def test_a_utf8_byte_order_mark_is_accepted_as_python_accepts_it():
+    from autotuner.policy import read_policy_source
+
+    code = baseline_path("fixed_chunk").read_text()
+    for text in ("\ufeff" + code, b"\xef\xbb\xbf" + code.encode()):
+        result = check_policy(text)
+        assert result.ok, result.reasons()
+        assert result.source is not None and result.source.code == code
+    assert read_policy_source("\ufeff" + code).code == code
+    assert not check_policy(code.replace("TUNABLES", "\ufeffTUNABLES", 1)).ok  # only at the start
+
+
+def test_private_names_pass_and_underscore_attributes_and_dunder_names_do_not():
+    """What the README says: attributes starting with '_' and names starting with '__' are
+    refused; a private helper or variable name (``_rng``, ``def _helper``) is harmless."""
+    assert _check_snippet("_LIMIT = 3\n\n\ndef _helper(x):\n    _y = x\n    return _y").ok
+    _assert_refused(_check_snippet("def f(x):\n    return x._y"), "private-attribute",
+                    HEAD_LINES + 2)
+    _assert_refused(_check_snippet("def __f(x):\n    return x"), "dunder", HEAD_LINES + 1)
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "any attribute starting with `_` and any name starting with `__`" in readme
+    assert "any name or attribute starting with `_`" not in readme
+
+
+@pytest.mark.parametrize("code", ["", "\n\n", "# only a comment\n", '"""Only a docstring."""\n'])
+def test_a_file_with_no_code_gets_one_reason(code):
+    (issue,) = check_policy(code).issues
+    assert issue.construct == "empty" and "TUNABLES" in issue.message
+    assert "partition(replica, params)" in issue.message

@@ -135,3 +135,123 @@ def test_requests_per_scenario():
     w = load_config(**{"workloads.scenario_requests": {"chat": 50}}).workloads
     assert w.requests_for("chat") == 50
     assert w.requests_for("summarize") == w.requests
+
+
+# ------------------------------------------------------------------------------- bounds
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("parallelism = 100000\n", "parallelism: must be between 1 and 64, got 100,000"),
+        ("parallelism = 0\n", "parallelism: must be between 1 and 64"),
+        ("seed = -1\n", "seed: must be between 0 and 4,294,967,295"),
+        (f"seed = {2**64}\n", "seed: 18446744073709551616 does not fit in 64 bits"),
+        (f"name = '{'a' * 300}'\n", "name: must be at most 100 characters"),
+        ("[cluster]\nreplicas = 100000\n", "replicas must be at most 1,024"),
+        ("[cluster]\nblock_size = 1000000000\n", "cluster.block_size: must be between 1 and"),
+        ("[cluster]\nmax_batch_tokens = 1000000000000\n", "cluster.max_batch_tokens"),
+        ("[slo]\nttft_s = 1e300\n", "slo.ttft_s: must be at most 3600 s"),
+        ("[workloads]\nscenario_requests = { chat = 1000000000000 }\n",
+         "workloads.scenario_requests.chat: must be between 10 and 1,000,000"),
+        ("[workloads]\nheldout_requests = { chat = 1000000000000 }\n",
+         "workloads.heldout_requests.chat: must be between 10 and 1,000,000"),
+        ("[workloads]\nrequests = 1000000000000\n", "workloads.requests: must be between 10"),
+        ("[workloads]\nscenarios = ['chat', 'chat']\nscreen = ['chat']\n",
+         "workloads.scenarios: lists a scenario twice"),
+        ("[workloads]\ntrain_seeds = [-1]\n", "workloads.train_seeds: must be between 0"),
+        ("[workloads]\nheldout_seeds = [1001, 1001]\n", "workloads.heldout_seeds: lists a seed"),
+        ("[workloads]\nheldout_seeds = [" + ", ".join(str(2000 + i) for i in range(101)) + "]\n",
+         "workloads.heldout_seeds: has 101 seeds, more than 100"),
+        ("[objective]\nladder = [1.0, 1e300]\n", "objective.ladder: must be between 0 and 100"),
+        ("[objective]\nbaseline = 'no_such_policy'\n",
+         "objective.baseline: no baseline named 'no_such_policy' (known: fixed_chunk"),
+        ("[objective]\nbaseline = 'absent/policy.py'\n",
+         "objective.baseline: no such policy file 'absent/policy.py'"),
+        ("[search]\nseeds = ['no_such_policy']\n", "search.seeds: no baseline named"),
+        ("[search]\nseeds = ['absent.py']\n", "search.seeds: no such policy file 'absent.py'"),
+        ("[search]\nislands = 1000000\n", "search.islands: must be between 1 and 64"),
+        ("[search]\nin_flight = 1000000\n", "search.in_flight: must be between 1 and 64"),
+        ("[proposer.offline]\nseed = -5\n", "proposer.offline.seed: must be between 0"),
+        ("[budget]\ntrials = 1000000000\n", "budget.trials: must be between 1 and 10,000"),
+        ("[budget]\nproposals = 1000000000000\n", "budget.proposals: must be between 0"),
+        ("[budget]\nwall_time_s = 1e300\n", "budget.wall_time_s: must be between"),
+        (f"[budget]\ntokens = {2**64}\n", "budget.tokens: 18446744073709551616 does not fit"),
+        ("[gate]\nbootstrap = 1000000000000\n", "gate.bootstrap: must be between 100 and"),
+        (f"[sandbox]\nmemory_mb = {2**50}\n", "sandbox.memory_mb: must be between 64 and"),
+        ("[sandbox]\ntimeout_s = 1e9\n", "sandbox.timeout_s: must be between"),
+    ],
+)
+def test_out_of_bounds_values_are_refused_naming_the_key(tmp_path, text, needle):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value)
+
+
+def test_the_bounds_admit_the_values_the_repository_uses():
+    cfg = load_config(**{"parallelism": 64, "seed": 2**32 - 1, "workloads.requests": 1_000_000,
+                         "gate.bootstrap": 1_000_000, "search.seeds": ["least_outstanding",
+                                                                        "prefix_aware"]})
+    assert cfg.parallelism == 64 and cfg.workloads.requests == 1_000_000
+
+
+# ------------------------------------------------------------------------------- traces
+CSV_HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
+
+
+def _trace_config(tmp_path, rows: str, name: str = "t.csv", **extra) -> Path:
+    trace = tmp_path / name
+    trace.write_text(rows)
+    path = tmp_path / "c.toml"
+    lines = [f"[workloads]\ntraces = ['{trace}']"] + [f"{k} = {v}" for k, v in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _steady(n: int = 50, prompt=lambda i: 100) -> str:
+    return CSV_HEADER + "".join(f"{i}.0,{prompt(i)},10\n" for i in range(n))
+
+
+def test_a_good_trace_is_accepted(tmp_path):
+    cfg = load_config(_trace_config(tmp_path, _steady()))
+    assert len(cfg.workloads.traces) == 1
+
+
+@pytest.mark.parametrize(
+    "rows, needle",
+    [
+        (_steady() + "50.0,abc,5\n", "workloads.traces: "),
+        (_steady() + f"50.0,{2**63},5\n", "line 52: field 'num_prefill_tokens'"),
+        (_steady() + "50.0,1000000000000,5\n", "10,000,000"),
+        (CSV_HEADER + "0.0,100,10\n", "holds one request"),
+        (CSV_HEADER + "0.0,100,10\n0.1,100,10\n100.0,100,10\n",
+         "workloads.validation_window: "),
+        (_steady(prompt=lambda i: 2_000_000 if i == 30 else 100),
+         "1 request(s) need more KV cache than a replica holds"),
+    ],
+    ids=["malformed", "2^63", "1e12", "one-request", "empty-window", "kv-cache"],
+)
+def test_a_bad_trace_is_refused_when_the_config_loads(tmp_path, rows, needle):
+    """Before any folder or worker exists: a trace failing inside a pool worker used to break the
+    pool (its TraceError could not be unpickled)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(_trace_config(tmp_path, rows))
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_deeply_nested_jsonl_trace_is_refused_when_the_config_loads(tmp_path):
+    ok = "".join(f'{{"timestamp": {i * 1000}, "input_length": 5, "output_length": 3}}\n'
+                 for i in range(20))
+    path = _trace_config(tmp_path, ok + "[" * 100_000 + "]" * 100_000 + "\n", "t.jsonl")
+    with pytest.raises(ConfigError, match="line 21: JSON nested too deeply"):
+        load_config(path)
+
+
+def test_a_trace_listed_twice_is_refused(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text(_steady())
+    path = tmp_path / "c.toml"
+    path.write_text(f"[workloads]\ntraces = ['{trace}', '{trace}']\n")
+    with pytest.raises(ConfigError, match="lists a trace twice"):
+        load_config(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +152,8 @@ def test_jsonl_without_hash_ids_and_format_sniffing(tmp_path):
     assert wl.prefix is None
     assert wl.arrival.tolist() == [0.0, 2.0]
     g = tmp_path / "trace.txt"
-    g.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.5,3,4\n")
-    assert load_trace(g).prompt.tolist() == [3]
+    g.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.5,3,4\n1.5,5,6\n")
+    assert load_trace(g).prompt.tolist() == [3, 5]
 
 
 def test_loaded_trace_is_a_workload_usable_with_rate(tmp_path):
@@ -206,6 +207,28 @@ MALFORMED = [
     ("toomany.jsonl", _moon(hash_ids=[0, 1, 2]) + "\n", 1, "hash_ids", "more than input_length"),
     ("mixed.jsonl", _moon() + "\n" + _moon(hash_ids=...) + "\n", 2, "hash_ids", "missing"),
     ("what.txt", "hello world\n", 1, None, "unknown trace format"),
+    # bounds: counts numpy cannot hold, counts no model serves, input the parsers choke on
+    ("big.csv", HEADER + OK_CSV + f"1.0,{2**63},5\n", 3, "num_prefill_tokens", "10,000,000"),
+    ("bigout.csv", HEADER + OK_CSV + f"1.0,5,{2**63}\n", 3, "num_decode_tokens", "10,000,000"),
+    ("big.jsonl", _moon() + "\n" + _moon(input_length=2**63) + "\n", 2, "input_length",
+     "10,000,000"),
+    ("bigout.jsonl", _moon() + "\n" + _moon(output_length=2**64) + "\n", 2, "output_length",
+     "10,000,000"),
+    ("tera.csv", HEADER + "1.0,1000000000000,5\n", 2, "num_prefill_tokens", "longer than any"),
+    ("terafloat.csv", HEADER + "1.0,1e12,5\n", 2, "num_prefill_tokens", "longer than any"),
+    ("deep.jsonl", _moon() + "\n" + "[" * 100_000 + "]" * 100_000 + "\n", 2, None,
+     "nested too deeply"),
+    ("digits.jsonl", _moon() + "\n" + '{"timestamp": 1, "input_length": ' + "9" * 5000
+     + ', "output_length": 3}\n', 2, None, "invalid JSON"),
+    ("nul.csv", HEADER + OK_CSV + "1.0,5\x00,5\n", 3, "num_prefill_tokens", "5\\x00"),
+    ("field.csv", HEADER + "1.0,5," + "1" * 200_000 + "\n", 2, None, "field larger"),
+    ("idsbig.jsonl", _moon(hash_ids=[2**70]) + "\n", 1, "hash_ids", "[0, 2^63)"),
+    ("idsneg.jsonl", _moon(hash_ids=[-1]) + "\n", 1, "hash_ids", "[0, 2^63)"),
+    ("ns.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46." + "1" * 12
+     + ",5,5\n", 2, "TIMESTAMP", "a time"),
+    ("one.csv", HEADER + OK_CSV, None, None, "holds one request, so it has no arrival rate"),
+    ("instant.jsonl", _moon() + "\n" + _moon() + "\n", None, None, "all arrive at once"),
+    ("span.csv", HEADER + "-1.7e308,5,5\n1.7e308,5,5\n", None, None, "span more seconds"),
 ]
 
 
@@ -246,3 +269,49 @@ def test_missing_file_and_directory(tmp_path):
     assert "nope.csv" in str(info.value)
     with pytest.raises(TraceError, match="directory"):
         load_trace(tmp_path)
+
+
+def test_trace_error_survives_a_process_pool(tmp_path):
+    """A worker's TraceError is pickled back to the parent; it must arrive whole (it used to fail
+    to unpickle, which broke the campaign's process pool)."""
+    f = tmp_path / "t.csv"
+    f.write_text(HEADER + OK_CSV + "1.0,10,abc\n")
+    with pytest.raises(TraceError) as info:
+        load_trace(f)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is TraceError and str(again) == str(info.value)
+    assert (again.path, again.line, again.field, again.problem) == (
+        info.value.path, info.value.line, info.value.field, info.value.problem)
+
+
+@pytest.mark.parametrize("value", ["x" * 100_000, "9" * 5000, [0] * 50_000])
+def test_an_offending_value_is_quoted_short(tmp_path, value):
+    f = tmp_path / "t.jsonl"
+    f.write_text(_moon() + "\n" + json.dumps({"timestamp": 1, "input_length": value,
+                                              "output_length": 3}) + "\n")
+    with pytest.raises(TraceError) as info:
+        load_trace(f)
+    assert info.value.field == "input_length" or "invalid JSON" in str(info.value)
+    assert len(info.value.problem) < 200
+
+
+def test_a_window_holding_one_request_has_no_rate(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text(HEADER + "0.0,10,5\n10.0,10,5\n20.0,10,5\n")
+    assert len(load_trace(f, start=5.0, end=15.0)) == 1  # arrives at 5 s after the window start
+    with pytest.raises(TraceError, match="no arrival rate"):
+        load_trace(f, end=5.0)  # the request at 0 alone: every arrival at one instant
+    assert load_trace(f, end=15.0).rate == pytest.approx(0.2)
+
+
+def test_the_token_bound_is_the_workloads(tmp_path):
+    """10,000,000 tokens load; one more is refused, in the loader and in Workload alike."""
+    from autotuner.sim.workload import MAX_REQUEST_TOKENS
+
+    f = tmp_path / "t.csv"
+    f.write_text(HEADER + f"0.0,{MAX_REQUEST_TOKENS},5\n1.0,5,{MAX_REQUEST_TOKENS}\n")
+    wl = load_trace(f)
+    assert wl.prompt.max() == MAX_REQUEST_TOKENS == wl.output.max()
+    f.write_text(HEADER + f"0.0,{MAX_REQUEST_TOKENS + 1},5\n1.0,5,5\n")
+    with pytest.raises(TraceError, match="10,000,000"):
+        load_trace(f)

@@ -260,3 +260,21 @@ def test_fitted_figures_reproduce_from_the_traces():
     spec.loader.exec_module(mod)
     text, _ = mod.render(traces)
     assert text == Path(fitted.__file__).read_text()
+
+
+def test_request_counts_are_bounded_before_anything_is_allocated():
+    """10^12 requests used to try a multi-terabyte allocation; it is refused by the bound."""
+    from autotuner.sim.workload import MAX_REQUESTS
+
+    with pytest.raises(ValueError, match="between 1 and 1,000,000"):
+        make_workload("chat", 10**12)
+    with pytest.raises(ValueError, match="between 1"):
+        make_workload("chat", MAX_REQUESTS + 1)
+    with pytest.raises(ValueError, match="between 1"):
+        make_workload("chat", 0)
+
+
+@pytest.mark.parametrize("prompt", [2**63, 2**70, 10**12])
+def test_workload_refuses_token_counts_beyond_the_bound(prompt):
+    with pytest.raises(ValueError, match="64 bits|at most 10,000,000|>= 1"):
+        Workload("w", np.array([0.0, 1.0]), [prompt, 5], np.array([5, 5]), None)

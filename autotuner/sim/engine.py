@@ -39,6 +39,9 @@ from .hardware import get_gpu, get_model
 from .workload import Workload
 
 _WAITING, _DECODING, _DONE = 1, 2, 3
+# Replicas are stepped one by one in Python: a thousand is a large fleet (thousands of GPUs);
+# more is a typo that would make every simulation crawl.
+MAX_REPLICAS = 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class ClusterSpec:
     def cost_model(self) -> CostModel:
         if self.tp < 1 or self.replicas < 1:
             raise ValueError("tp and replicas must be at least 1")
+        if self.replicas > MAX_REPLICAS:
+            raise ValueError(f"replicas must be at most {MAX_REPLICAS:,}, got {self.replicas:,}")
         return CostModel(get_model(self.model), get_gpu(self.gpu), self.tp)
 
     @property
@@ -166,6 +171,8 @@ def simulate(
     at a time: the slow reference that tests and the benchmark compare the closed form against.
     An illegal decision stops the run: the result carries ``error`` (the decision and the rule).
     """
+    if horizon is not None and not horizon > 0:
+        raise ValueError(f"the horizon must be a positive number of seconds, got {horizon!r}")
     sim = _Simulation(cluster, workload, policy, cost_model or cluster.cost_model())
     sim.max_stretch = math.inf if fast_forward else 1
     return sim.run(math.inf if horizon is None else float(horizon))

@@ -28,6 +28,12 @@ class SLO:
     ttft_s: float = 2.0
     tpot_s: float = 0.1
 
+    def __post_init__(self) -> None:
+        for name in ("ttft_s", "tpot_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"SLO {name} must be a positive number of seconds, got {value!r}")
+
 
 def _stats(values: np.ndarray) -> dict[str, float]:
     if values.size == 0:
@@ -164,6 +170,8 @@ def search_capacity(
     probes are returned so a reader can see the curve. A probe that fails (an illegal decision)
     ends the search with capacity 0 and the reason.
     """
+    if not 0 < share <= 1:
+        raise ValueError(f"the capacity share must be in (0, 1], got {share!r}")
     probes: list[tuple[float, float]] = []
 
     def ok(rate: float) -> bool:

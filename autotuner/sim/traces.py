@@ -12,13 +12,21 @@ Formats (detected by extension, else by content):
 
 Rules, so replay never silently invents data:
 
-- Every malformed value raises ``TraceError`` naming the file, the 1-based line and the field.
-- Prompt lengths must be >= 1. Output lengths must be >= 0; an output of 0 is replayed as 1,
+- Every malformed value raises ``TraceError`` naming the file, the 1-based line and the field;
+  the offending value is quoted at most ``MAX_SHOWN`` characters long.
+- Prompt lengths must be >= 1 and output lengths >= 0, both at most ``MAX_REQUEST_TOKENS``
+  (10 million: longer than any served model's context, so a larger count is a corrupt row, and
+  a request that could never be served would otherwise sit in the simulation unfinished). An
+  output of 0 is replayed as 1,
   because the simulator always computes the first token (prefill produces it) and a logged 0
   is a request that was cut off after its prefill, whose prefill cost was still paid. The
   count of such requests is in ``LoadedTrace.zero_outputs`` via ``load_trace_info``.
 - Rows out of time order are sorted (stably, so equal timestamps keep file order).
 - Times are re-based: the window start (``start``, else the earliest timestamp) becomes 0.
+- A window whose requests all arrive at one instant is refused: it has no arrival rate (one
+  request, or a burst at t = 0, would report "inf req/s" and cannot be rescaled).
+- ``hash_ids`` are integers in [0, 2^63); a JSON line nested too deeply to parse is a malformed
+  line like any other.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .workload import Workload
+from .workload import MAX_REQUEST_TOKENS, Workload
 
-__all__ = ["TraceError", "LoadedTrace", "load_trace", "load_trace_info"]
+__all__ = ["TraceError", "LoadedTrace", "load_trace", "load_trace_info", "window_seconds"]
 
 MOONCAKE_BLOCK_TOKENS = 512
+MAX_SHOWN = 40  # characters of an offending value quoted in a message
+MAX_HASH_ID = 2**63  # block ids are 64-bit hashes; larger ones cannot be sent to the worker
+MAX_FRACTION_DIGITS = 9  # nanoseconds; Azure logs carry 7
 
 _CSV_SCHEMAS = (
     # (time column, prompt column, output column)
@@ -61,6 +72,20 @@ class TraceError(ValueError):
         if field is not None:
             where += f": field {field!r}"
         super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):
+        # Rebuilt from its parts, so it crosses a process pool (the default pickles only the
+        # message, which this constructor cannot take alone).
+        return (type(self), (self.path, self.line, self.field, self.problem))
+
+
+def _shown(raw: object) -> str:
+    """``repr(raw)`` cut to ``MAX_SHOWN`` characters: a message quotes a value, not a megabyte."""
+    try:
+        text = repr(raw)
+    except RecursionError:
+        return "a deeply nested value"
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -135,6 +160,8 @@ def load_trace_info(
     if prefix is not None:
         prefix = [prefix[i] for i in order.tolist()]
 
+    if not math.isfinite(float(times[-1]) - float(times[0])):
+        raise TraceError(name, None, None, "the timestamps span more seconds than a float holds")
     rel = times - times[0]  # the original clock: seconds from the earliest timestamp
     lo = 0 if start is None else int(np.searchsorted(rel, start, side="left"))
     hi = total if end is None else int(np.searchsorted(rel, end, side="left"))
@@ -149,7 +176,20 @@ def load_trace_info(
             f"(the trace spans 0 to {float(rel[-1]):.3f} s)",
         )
     arrival = rel[lo:hi] - (0.0 if start is None else float(start))
-    arrival = np.maximum(arrival, 0.0) / float(rate_scale)
+    with np.errstate(over="ignore"):  # checked just below, with a message
+        arrival = np.maximum(arrival, 0.0) / float(rate_scale)
+    if not math.isfinite(float(arrival[-1])):
+        raise ValueError(f"rate_scale {rate_scale!r} stretches the arrivals beyond a float's range")
+    if float(arrival[-1]) <= 0.0:
+        n = hi - lo
+        what = "it holds one request" if n == 1 else f"its {n} requests all arrive at once"
+        raise TraceError(
+            name,
+            None,
+            None,
+            f"{what}, so it has no arrival rate; a trace (or window) needs arrivals at two or "
+            "more distinct times",
+        )
     out = output[lo:hi]
     zero = int(np.count_nonzero(out == 0))
     workload = Workload(
@@ -161,6 +201,14 @@ def load_trace_info(
         MOONCAKE_BLOCK_TOKENS,
     )
     return LoadedTrace(workload, fmt, total, zero, reordered)
+
+
+def window_seconds(duration: float, window: tuple[float, float]) -> tuple[float, float]:
+    """A [start, end) window given as fractions of a trace's duration (how a campaign splits a
+    trace), as ``start, end`` seconds for ``load_trace``; an end of 1 reaches just past the last
+    arrival, so the last request belongs to the final window."""
+    lo, hi = window
+    return lo * duration, hi * duration + (1e-9 if hi >= 1 else 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +239,8 @@ def _detect(name: str, suffix: str, text: str) -> str:
 
 
 def _int_value(name: str, line: int, field: str, raw: object, allow_zero: bool) -> int:
-    """A token count: an integer (or integral float/string); positive, or >= 0 if allowed."""
+    """A token count: an integer (or integral float/string); positive, or >= 0 if allowed, and at
+    most ``MAX_REQUEST_TOKENS`` (checked here, before numpy, which cannot hold 2^63)."""
     value: int | None = None
     if isinstance(raw, bool):
         value = None
@@ -212,7 +261,15 @@ def _int_value(name: str, line: int, field: str, raw: object, allow_zero: bool) 
     if value is None or value < (0 if allow_zero else 1):
         # Output lengths accept 0 (replayed as 1); say so only when a number was given.
         note = " (0 is replayed as 1)" if allow_zero and value is not None else ""
-        raise TraceError(name, line, field, f"expected a positive integer{note}, got {raw!r}")
+        raise TraceError(name, line, field, f"expected a positive integer{note}, got {_shown(raw)}")
+    if value > MAX_REQUEST_TOKENS:
+        raise TraceError(
+            name,
+            line,
+            field,
+            f"{_shown(value)} tokens is more than {MAX_REQUEST_TOKENS:,}, longer than any served "
+            "model's context; the row is corrupt",
+        )
     return value
 
 
@@ -230,7 +287,7 @@ def _time_value(name: str, line: int, field: str, raw: object, datetimes: bool) 
             value = _parse_datetime(s) if datetimes else None
     if value is None or not math.isfinite(value):
         want = "a time (seconds or a datetime)" if datetimes else "a number"
-        raise TraceError(name, line, field, f"expected {want}, got {raw!r}")
+        raise TraceError(name, line, field, f"expected {want}, got {_shown(raw)}")
     return value
 
 
@@ -249,7 +306,7 @@ def _parse_datetime(s: str) -> float | None:
         base = datetime.fromisoformat((main + tz).replace("Z", "+00:00"))
     except ValueError:
         return None
-    if frac and not frac.isdigit():
+    if frac and not (frac.isdigit() and len(frac) <= MAX_FRACTION_DIGITS):
         return None
     if base.tzinfo is None:
         # Naive: only differences matter, so read it on a fixed (UTC-like) clock.
@@ -265,6 +322,14 @@ def _parse_csv(name: str, text: str):
     if first is None:
         raise TraceError(name, None, None, "empty file")
     reader = csv.reader(lines[first:])
+    try:
+        return _read_csv_rows(name, reader, first)
+    except csv.Error as exc:
+        # An over-long field, a NUL byte, a broken quote: csv's own complaint, with the line.
+        raise TraceError(name, first + reader.line_num, None, f"malformed CSV ({exc})") from None
+
+
+def _read_csv_rows(name: str, reader, first: int):
     header = [h.strip() for h in next(reader)]
     cols = {h: i for i, h in enumerate(header)}
     schema = None
@@ -279,7 +344,7 @@ def _parse_csv(name: str, text: str):
             None,
             "unknown CSV header: expected columns "
             + " or ".join(",".join(s) for s in _CSV_SCHEMAS)
-            + f", got {','.join(header)}",
+            + f", got {_shown(','.join(header))}",
         )
     for c in schema:
         if c not in cols:
@@ -323,6 +388,12 @@ def _parse_jsonl(name: str, text: str):
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise TraceError(name, lineno, None, f"invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            problem = "JSON nested too deeply for a trace record"
+            raise TraceError(name, lineno, None, problem) from None
+        except ValueError as exc:  # an integer of more digits than Python converts
+            reason = str(exc).split(":")[0]
+            raise TraceError(name, lineno, None, f"invalid JSON ({reason})") from None
         if not isinstance(obj, dict):
             got = type(obj).__name__
             raise TraceError(name, lineno, None, f"expected a JSON object, got {got}")
@@ -348,10 +419,10 @@ def _parse_jsonl(name: str, text: str):
         if present:
             ids = obj["hash_ids"]
             if not isinstance(ids, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in ids
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_HASH_ID
+                for i in ids
             ):
-                shown = repr(ids) if len(repr(ids)) < 80 else repr(ids)[:77] + "..."
-                problem = f"expected a list of integers, got {shown}"
+                problem = f"expected a list of integers in [0, 2^63), got {_shown(ids)}"
                 raise TraceError(name, lineno, "hash_ids", problem)
             cap = -(-n_in // MOONCAKE_BLOCK_TOKENS)
             if len(ids) > cap:

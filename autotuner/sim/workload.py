@@ -28,6 +28,8 @@ import numpy as np
 from . import fitted
 
 __all__ = [
+    "MAX_REQUESTS",
+    "MAX_REQUEST_TOKENS",
     "SCENARIOS",
     "Scenario",
     "UnknownWorkloadError",
@@ -48,6 +50,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 Prefix = tuple[tuple[int, ...], ...]
+
+# Bounds on what a workload may hold. A prompt or output longer than any served model's context
+# (the longest, Llama 4 Scout's, is 10M tokens) is a corrupt input, not a request: it could never
+# be served and would sit in every simulation unfinished. A million requests is minutes of
+# simulation and about a gigabyte of state; a count far beyond it (10^12) is a typo that would
+# otherwise try to allocate terabytes.
+MAX_REQUEST_TOKENS = 10_000_000
+MAX_REQUESTS = 1_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +90,11 @@ class Workload:
                 )
             if prompt.min() < 1 or output.min() < 1:
                 raise ValueError(f"workload {self.name!r}: prompt and output lengths must be >= 1")
+            if max(prompt.max(), output.max()) > MAX_REQUEST_TOKENS:
+                raise ValueError(
+                    f"workload {self.name!r}: prompt and output lengths must be at most "
+                    f"{MAX_REQUEST_TOKENS:,} tokens"
+                )
         prefix = self.prefix
         if prefix is not None:
             if not isinstance(prefix, tuple):
@@ -175,7 +190,13 @@ def _frozen(values: Any, dtype: type, what: str) -> np.ndarray:
     if dtype is np.int64 and arr.dtype.kind == "f":
         if arr.size and not np.all(arr == np.floor(arr)):
             raise ValueError(f"{what} must hold whole numbers")
-    out = np.array(arr, dtype=dtype, copy=True)
+    if dtype is np.int64 and arr.dtype.kind in "uf" and arr.size:
+        if not np.abs(arr).max() < 2.0**63:  # numpy would wrap it, or warn and invent a value
+            raise ValueError(f"{what} must hold numbers that fit in 64 bits")
+    try:
+        out = np.array(arr, dtype=dtype, copy=True)
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError(f"{what} must hold numbers that fit in 64 bits") from None
     out.setflags(write=False)
     return out
 
@@ -544,8 +565,8 @@ def make_workload(
         )
     if isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer)):
         raise TypeError(f"num_requests must be an integer, got {num_requests!r}")
-    if num_requests < 1:
-        raise ValueError(f"num_requests must be >= 1, got {num_requests}")
+    if not 1 <= num_requests <= MAX_REQUESTS:
+        raise ValueError(f"num_requests must be between 1 and {MAX_REQUESTS:,}, got {num_requests}")
     bad = set(options) - set(scenario.options)
     if bad:
         raise TypeError(
