@@ -352,12 +352,23 @@ class Campaign:
                     shutil.rmtree(self.dir, ignore_errors=True)
 
     def _failure_line(self, exc: BaseException) -> str:
-        """What an unexpected failure of the loop tells the user, in one line."""
+        """What an unexpected failure of the loop tells the user, in one line; the traceback
+        goes to the campaign's ``errors.log`` (a failed setup keeps nothing, not even that)."""
         doing = self.current or "setting up"
         text = f"{one_line(doing)}: {type(exc).__name__}: {one_line(exc)}"
         if self.setting_up:
             return f"setup failed ({text}); nothing was kept"
-        return f"{text}; continue with `autotuner resume {self._resume_arg()}`"
+        import traceback
+
+        log = self.dir / "errors.log"
+        try:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {doing}\n")
+                traceback.print_exception(exc, file=f)
+        except OSError:
+            pass
+        return (f"{text} (traceback in {log}); continue with "
+                f"`autotuner resume {self._resume_arg()}`")
 
     def _resume_arg(self) -> str:
         default_dir = Path("results") / self.cfg.name

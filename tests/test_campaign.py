@@ -575,3 +575,24 @@ def test_a_setup_killed_half_way_is_cleared_by_the_next_run(tmp_path):
     assert "removed the unfinished setup" in out
     assert not stale.exists() and (cfg.campaign_dir / "archive.sqlite").is_file()
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["again"]
+
+
+def test_a_failure_after_setup_is_one_line_with_the_traceback_kept(tmp_path):
+    from autotuner.campaign import CampaignError
+
+    def breaks_on_proposals(code, params, cluster, wl, slo, horizon, sandbox, name):
+        if name.startswith("c0"):
+            raise RuntimeError("the worker was lost")
+        return in_process(code, params, cluster, wl, slo, horizon, sandbox, name)
+
+    cfg = tiny(tmp_path, name="late", **{"budget.proposals": 1, "search.seeds": []})
+    campaign = Campaign(cfg, simulator=breaks_on_proposals, stream=io.StringIO(), tty=False)
+    with pytest.raises(CampaignError) as info:
+        campaign.run()
+    message = str(info.value)
+    assert "\n" not in message and "RuntimeError: the worker was lost" in message
+    assert "autotuner resume" in message and "errors.log" in message
+    log = (cfg.campaign_dir / "errors.log").read_text()
+    assert "Traceback" in log and "the worker was lost" in log
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        assert archive.get("baseline").status == A.TUNED  # what was done is kept
