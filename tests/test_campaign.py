@@ -596,3 +596,49 @@ def test_a_failure_after_setup_is_one_line_with_the_traceback_kept(tmp_path):
     assert "Traceback" in log and "the worker was lost" in log
     with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
         assert archive.get("baseline").status == A.TUNED  # what was done is kept
+
+
+POOL_THEN_DIE = textwrap.dedent("""
+    import os, signal, sys, time
+    from autotuner.scoring import Evaluator, NoCache
+
+    if __name__ == "__main__":
+        evaluator = Evaluator(NoCache(), parallelism=2)
+        pool = evaluator._get_pool()
+        futures = [pool.submit(time.sleep, 60) for _ in range(4)]  # the queue, buffered
+        print(" ".join(str(pid) for pid in pool._processes), flush=True)
+        time.sleep(float(sys.argv[1]))
+        if futures[0].running() or float(sys.argv[1]) == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 of the campaign process
+        print("the workers never started their jobs", file=sys.stderr)
+""")
+
+
+@pytest.mark.parametrize("delay", [0.0, 4.0], ids=["while-workers-start", "while-they-work"])
+def test_pool_workers_die_with_the_killed_campaign_process(tmp_path, delay):
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_THEN_DIE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "out"  # a file, not a pipe: orphans holding a pipe would stall the test
+    with open(out, "w") as f:
+        proc = subprocess.run([sys.executable, str(script), str(delay)], stdout=f,
+                              stderr=subprocess.STDOUT, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL, out.read_text()
+    workers = [int(pid) for pid in out.read_text().split()[:2]]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 15
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in workers if _running(pid)]
+    for pid in alive:  # do not leave them behind if the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "pool workers outlived the killed campaign process"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
