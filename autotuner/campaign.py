@@ -490,10 +490,19 @@ class Campaign:
         """What can fail for the user's setup fails here, before anything is written, so the
         fixed command can be run again under the same name: the policy files (present, readable,
         accepted by the static check), the traces (readable, with requests in every window), the
-        proposer (a configured LLM endpoint answers one test request), the sandbox."""
+        sandbox, and last (it may wait on the network) the proposer: a configured LLM endpoint
+        answers one test request."""
         if not self.resume:
             self._check_policy_files()
         self._check_traces()
+        if self.simulator is None:
+            from autotuner.isolation import SandboxUnavailable
+            from autotuner.scoring import sandbox_description
+
+            try:
+                self.sandbox_line = sandbox_description(self.cfg.sandbox.backend)
+            except SandboxUnavailable as exc:
+                raise CampaignError(f"sandbox: {exc}") from None
         stored = self._stored_state() if self.resume else {}
         if self._proposer is None and stored.get("phase", "baseline") in (
                 "baseline", "seeds", "search"):
@@ -506,14 +515,6 @@ class Campaign:
                 except EndpointError as exc:
                     raise CampaignError(f"LLM endpoint: {one_line(exc)}") from None
                 self.proposer_line += f" ({answered})"
-        if self.simulator is None:
-            from autotuner.isolation import SandboxUnavailable
-            from autotuner.scoring import sandbox_description
-
-            try:
-                self.sandbox_line = sandbox_description(self.cfg.sandbox.backend)
-            except SandboxUnavailable as exc:
-                raise CampaignError(f"sandbox: {exc}") from None
 
     def _check_policy_files(self) -> None:
         """The baseline and the seeds: each present, readable and accepted by the static check

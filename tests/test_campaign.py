@@ -642,3 +642,14 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_ctrl_c_during_setup_keeps_nothing(tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    cfg = tiny(tmp_path, name="ci", **{"search.seeds": []})
+    out = io.StringIO()
+    rc = Campaign(cfg, simulator=interrupted, stream=out, tty=False).run()
+    assert rc == 130 and "interrupted during setup: nothing was kept" in out.getvalue()
+    assert list((tmp_path / "results").iterdir()) == []
