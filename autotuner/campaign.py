@@ -504,8 +504,8 @@ class Campaign:
             except SandboxUnavailable as exc:
                 raise CampaignError(f"sandbox: {exc}") from None
         stored = self._stored_state() if self.resume else {}
-        if self._proposer is None and stored.get("phase", "baseline") in (
-                "baseline", "seeds", "search"):
+        searching = ("baseline", "seeds", "search") + (("done",) if self.extend else ())
+        if self._proposer is None and stored.get("phase", "baseline") in searching:
             self._proposer, self.proposer_line = make_proposer(self.cfg, stored.get("spend"))
             from autotuner.proposers.llm import EndpointError, LLMProposer
 
