@@ -15,6 +15,13 @@ and every simulation is cached by its inputs, so ``autotuner resume`` after a ki
 picks up where the campaign stopped: the phase is in the archive, half-screened or half-tuned
 candidates continue, and no finished evaluation runs again. The proposer runs in daemon threads
 (an LLM is slow); all archive writes happen on the main thread.
+
+A new campaign's folder appears only once its setup has passed: the preflight (policy files
+present and accepted by the check, traces readable, a sandbox, one round trip to a configured
+LLM endpoint) before anything is written, then the baseline's first evaluation in a hidden
+staging folder beside it, renamed into place when that succeeds. A failed setup leaves nothing,
+and the same command can simply be run again; a setup killed half-way leaves a staging folder
+that the next run of that name removes.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import json
 import math
 import os
 import queue
 import random
+import shutil
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -65,10 +75,27 @@ from autotuner.tune import open_storage, repair_journal, tune
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PHASES = ("baseline", "seeds", "search", "finalize", "done")
 ABANDON_GRACE_S = 60.0  # how long proposals still in flight may finish after the search ends
+LLM_PREFLIGHT_TIMEOUT_S = 20.0  # the setup's test request to a configured LLM endpoint
 
 
 class CampaignError(RuntimeError):
     """An expected failure with a message for the user (exists, locked, missing)."""
+
+
+def one_line(text: object) -> str:
+    """A message as one line (an exception's text can span several)."""
+    return " ".join(str(text).split())
+
+
+def staging_dir(folder: Path) -> Path:
+    """Where a new campaign is set up: a hidden sibling of its folder, renamed into place once
+    the setup has passed, so that ``results/<name>/`` never holds a half-made campaign."""
+    return folder.parent / f".{folder.name}.setup"
+
+
+def policy_file_path(name: str) -> Path:
+    """A policy named in a campaign file: a path ending in .py, or a shipped baseline's name."""
+    return Path(name) if Path(name).suffix == ".py" else baseline_path(name)
 
 
 # ------------------------------------------------------------------------------- progress
@@ -224,14 +251,21 @@ class Campaign:
         cfg: CampaignConfig,
         *,
         resume: bool = False,
+        extend: bool = False,
         proposer: Proposer | None = None,
         simulator: Simulator | None = None,
         stream: TextIO | None = None,
         tty: bool | None = None,
     ):
+        """``extend``: the resume command raised the budget, so a finished campaign whose new
+        budget leaves room searches on (without it, resuming a finished campaign changes
+        nothing)."""
         self.cfg = cfg
         self.resume = resume
-        self.dir = cfg.campaign_dir
+        self.extend = extend
+        self.final_dir = cfg.campaign_dir  # where the campaign lives once set up
+        self.dir = self.final_dir  # where it is now: the staging folder while setting up
+        self.setting_up = False
         self._proposer = proposer
         self.proposer_line = ""
         self.simulator = simulator
@@ -284,30 +318,152 @@ class Campaign:
 
     # -- top level -----------------------------------------------------------------------
     def run(self) -> int:
+        """Run (or resume) the campaign. Setup problems raise CampaignError before anything is
+        kept; any other failure of the loop is turned into one CampaignError line too."""
+        if self.resume:
+            finished = self._finished()
+            if finished:
+                self.progress.log(finished)
+                return EXIT_OK
         try:
             self._preflight()
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        if not self.resume:
+            self._refuse_existing()
+            self.dir, self.setting_up = staging_dir(self.final_dir), True
         with CampaignLock(self.dir):
             old_handler = signal.getsignal(signal.SIGTERM)
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
+                if self.setting_up:
+                    self._clear_stale_setup()
+                    self._refuse_existing()  # again, now that we hold the setup's lock
                 return self._run()
             except KeyboardInterrupt:
                 self.progress.clear()
                 self.progress.log(
+                    "interrupted during setup: nothing was kept; run the same command again"
+                    if self.setting_up else
                     f"interrupted: {self.cfg.name} stopped cleanly; continue with "
                     f"`autotuner resume {self._resume_arg()}`")
                 return EXIT_INTERRUPTED
+            except CampaignError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one line for the user, never a traceback
+                raise CampaignError(self._failure_line(exc)) from exc
             finally:
                 if threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGTERM, old_handler)
                 self._close()
+                if self.setting_up:  # the setup did not finish: keep nothing of it
+                    shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _failure_line(self, exc: BaseException) -> str:
+        """What an unexpected failure of the loop tells the user, in one line; the traceback
+        goes to the campaign's ``errors.log`` (a failed setup keeps nothing, not even that)."""
+        doing = self.current or "setting up"
+        text = f"{one_line(doing)}: {type(exc).__name__}: {one_line(exc)}"
+        if self.setting_up:
+            return f"setup failed ({text}); nothing was kept"
+        import traceback
+
+        log = self.dir / "errors.log"
+        try:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {doing}\n")
+                traceback.print_exception(exc, file=f)
+        except OSError:
+            pass
+        return (f"{text} (traceback in {log}); continue with "
+                f"`autotuner resume {self._resume_arg()}`")
 
     def _resume_arg(self) -> str:
         default_dir = Path("results") / self.cfg.name
-        return self.cfg.name if self.dir == default_dir else str(self.dir)
+        return self.cfg.name if self.final_dir == default_dir else str(self.final_dir)
+
+    # -- the folder's lifecycle -----------------------------------------------------------
+    def _refuse_existing(self) -> None:
+        """A new campaign never writes into an existing campaign folder."""
+        folder = self.final_dir
+        if (folder / "archive.sqlite").exists():
+            raise CampaignError(
+                f"campaign {self.cfg.name!r} already exists in {folder}; continue it with "
+                f"`autotuner resume {self._resume_arg()}` or choose another --name")
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise CampaignError(f"{folder} exists and is not a campaign; choose another --name "
+                                "or move it away")
+
+    def _clear_stale_setup(self) -> None:
+        """The staging folder of a setup that was killed (its lock is free, we hold it now)."""
+        stale = [p for p in self.dir.iterdir() if p.name != ".lock"]
+        for path in stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if stale:
+            self.progress.log(f"removed the unfinished setup of an earlier run ({self.dir})")
+
+    def _end_setup(self) -> None:
+        """Every preflight and the baseline's first evaluation passed: move the staging folder
+        into place (one rename) and carry on there. A no-op for a campaign already set up."""
+        if not self.setting_up:
+            return
+        assert self.archive is not None and self.evaluator is not None
+        self._save_elapsed()
+        self.archive.close()
+        self.archive = None
+        self._refuse_existing()
+        if self.final_dir.is_dir():
+            self.final_dir.rmdir()  # empty (checked above)
+        os.rename(self.dir, self.final_dir)
+        self.dir, self.setting_up = self.final_dir, False
+        self.archive = Archive(self.dir / "archive.sqlite")
+        self.evaluator.archive = self.archive
+        self.storage = open_storage(self.dir / "optuna.journal")
+        self.progress.log(f"setup passed: campaign folder {self.dir}")
+
+    def _finished(self) -> str | None:
+        """For ``resume``: the message saying a finished campaign is finished (and nothing is
+        done or written), or None when there is something to resume. Read without writing."""
+        db = self.dir / "archive.sqlite"
+        if not db.is_file():
+            return None
+        # No -wal file: nobody has the archive open, so it can be read as immutable (creates
+        # no -wal/-shm files); otherwise a read-only connection beside the writer.
+        wal = db.with_name(db.name + "-wal").exists()
+        uri = f"file:{db}?mode=ro" if wal else f"file:{db}?immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+            try:
+                meta = {k: json.loads(v) for k, v in conn.execute(
+                    "SELECT key, value FROM meta WHERE key IN "
+                    "('phase', 'elapsed_s', 'promoted')")}
+                made = int(conn.execute("SELECT COUNT(*) FROM candidates WHERE "
+                                        "origin='proposal'").fetchone()[0])
+            finally:
+                conn.close()
+        except (sqlite3.Error, ValueError):
+            return None  # the normal path says what is wrong with it
+        if meta.get("phase") != "done":
+            return None
+        b = self.cfg.budget
+        elapsed = float(meta.get("elapsed_s") or 0.0)
+        room = made < b.proposals and elapsed < b.wall_time_s - b.finalize_reserve_s
+        if self.extend and room:
+            return None
+        arg = self._resume_arg()
+        line = (f"campaign {self.cfg.name} is finished ({made} proposals, "
+                f"{_fmt_duration(elapsed)} spent, promoted: {meta.get('promoted') or 'none'}); "
+                f"nothing to resume and nothing was changed. `autotuner status {arg}` shows its "
+                f"candidates")
+        if self.extend:
+            return line + (f"; the budget given leaves no room ({made} of {b.proposals} "
+                           f"proposals, {_fmt_duration(elapsed)} of "
+                           f"{_fmt_duration(b.wall_time_s)})")
+        return line + "; to search further, resume with a larger --proposals or --wall-time"
 
     def _close(self) -> None:
         if self.evaluator is not None:
@@ -324,10 +480,6 @@ class Campaign:
     def _open(self) -> None:
         config_path = self.dir / "config.toml"
         db_path = self.dir / "archive.sqlite"
-        if not self.resume and db_path.exists():
-            raise CampaignError(
-                f"campaign {self.cfg.name!r} already exists in {self.dir}; continue it with "
-                f"`autotuner resume {self._resume_arg()}` or choose another --name")
         if self.resume and not db_path.exists():
             raise CampaignError(f"no campaign in {self.dir} to resume")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -344,10 +496,14 @@ class Campaign:
         self.evaluator.start()
 
     def _preflight(self) -> None:
-        """What can fail for the user's setup (no model, no sandbox) fails before anything is
-        written, so a fixed command can be run again under the same name."""
-        if self._proposer is None and not self.resume:
-            self._proposer, self.proposer_line = make_proposer(self.cfg, None)
+        """What can fail for the user's setup fails here, before anything is written, so the
+        fixed command can be run again under the same name: the policy files (present, readable,
+        accepted by the static check), the traces (readable, with requests in every window), the
+        sandbox, and last (it may wait on the network) the proposer: a configured LLM endpoint
+        answers one test request."""
+        if not self.resume:
+            self._check_policy_files()
+        self._check_traces()
         if self.simulator is None:
             from autotuner.isolation import SandboxUnavailable
             from autotuner.scoring import sandbox_description
@@ -356,6 +512,73 @@ class Campaign:
                 self.sandbox_line = sandbox_description(self.cfg.sandbox.backend)
             except SandboxUnavailable as exc:
                 raise CampaignError(f"sandbox: {exc}") from None
+        stored = self._stored_state() if self.resume else {}
+        searching = ("baseline", "seeds", "search") + (("done",) if self.extend else ())
+        if self._proposer is None and stored.get("phase", "baseline") in searching:
+            self._proposer, self.proposer_line = make_proposer(self.cfg, stored.get("spend"))
+            from autotuner.proposers.llm import EndpointError, LLMProposer
+
+            if isinstance(self._proposer, LLMProposer):
+                try:
+                    answered = self._proposer.preflight(LLM_PREFLIGHT_TIMEOUT_S)
+                except EndpointError as exc:
+                    raise CampaignError(f"LLM endpoint: {one_line(exc)}") from None
+                self.proposer_line += f" ({answered})"
+
+    def _check_policy_files(self) -> None:
+        """The baseline and the seeds: each present, readable and accepted by the static check
+        (they run in the sandbox exactly as proposals do)."""
+        from autotuner.check import check_policy
+
+        named = [("objective.baseline", self.cfg.objective.baseline)]
+        named += [("search.seeds", seed) for seed in self.cfg.search.seeds]
+        for field_name, name in named:
+            try:
+                path = policy_file_path(name)
+                code = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CampaignError(f"{field_name}: {name}: {one_line(exc)}") from None
+            checked = check_policy(code, path.name)
+            if not checked.ok:
+                reasons = "; ".join(checked.reasons()) or "the static check refused it"
+                raise CampaignError(f"{field_name}: {path} is refused by the static check: "
+                                    f"{one_line(reasons)}")
+
+    def _check_traces(self) -> None:
+        """Every trace instance builds (readable, valid, requests in its window)."""
+        from autotuner.scoring import build_workload
+
+        seen: set[Instance] = set()
+        for inst in (i for split in self.instances.values() for i in split if i.trace):
+            if inst in seen:
+                continue
+            seen.add(inst)
+            try:
+                build_workload(inst)
+            except Exception as exc:  # noqa: BLE001 - any fault of a trace is the user's input
+                detail = one_line(exc) if isinstance(exc, (ValueError, OSError)) else \
+                    f"{type(exc).__name__}: {one_line(exc)}"
+                raise CampaignError(f"workloads.traces: {inst.label}: {detail}") from None
+
+    def _stored_state(self) -> dict[str, Any]:
+        """The phase and spend a resumed campaign left (read-only; {} when unreadable)."""
+        db = self.dir / "archive.sqlite"
+        if not db.is_file():
+            return {}
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30.0)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key='phase'").fetchone()
+                spend = conn.execute(
+                    "SELECT COALESCE(SUM(prompt_tokens),0), COALESCE(SUM(completion_tokens),0),"
+                    " COALESCE(SUM(cost_usd),0) FROM candidates").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return {}
+        return {"phase": json.loads(row[0]) if row else "baseline",
+                "spend": {"prompt_tokens": int(spend[0]), "completion_tokens": int(spend[1]),
+                          "cost_usd": float(spend[2])}}
 
     def _run(self) -> int:
         self._open()
@@ -363,7 +586,7 @@ class Campaign:
         cfg = self.cfg
         phase = self.archive.get_meta("phase", "baseline")
         done_props = self.archive.count(origin="proposal")
-        if phase == "done" and done_props < cfg.budget.proposals:
+        if phase == "done" and self.extend and done_props < cfg.budget.proposals:
             phase = "search"  # resumed with a larger budget
             self.archive.set_meta("phase", phase)
         if self.resume:
@@ -371,7 +594,8 @@ class Campaign:
                               f"({done_props} proposals so far, "
                               f"{_fmt_duration(self._elapsed0)} spent)")
         else:
-            self.progress.log(f"campaign {cfg.name}: results in {self.dir}")
+            self.progress.log(f"campaign {cfg.name}: results in {self.final_dir} (set up in "
+                              f"{self.dir} until the baseline's first evaluation passes)")
         if phase == "done":
             self.progress.log("the campaign is complete; `autotuner status "
                               f"{self._resume_arg()}` shows its candidates")
@@ -524,7 +748,7 @@ class Campaign:
         assert self.archive is not None
         cfg = self.cfg
         name = cfg.objective.baseline
-        path = Path(name) if Path(name).suffix == ".py" else baseline_path(name)
+        path = policy_file_path(name)
         code = path.read_text(encoding="utf-8")
         source = read_policy_source(code, path.name)
         cand = self.archive.find("baseline")
@@ -539,6 +763,7 @@ class Campaign:
         caps0, err = self._capacities(code, defaults, "train", "baseline", path.name)
         if err:
             raise CampaignError(f"the baseline fails on a training workload: {err}")
+        self._end_setup()
         ref0 = self._reference(self._ladder(code, defaults, "train", caps0, "baseline",
                                             path.name), "train")
 
@@ -583,7 +808,7 @@ class Campaign:
         for k, name in enumerate(self.cfg.search.seeds):
             cid = f"seed-{Path(name).stem}"
             if self.archive.find(cid) is None:
-                path = Path(name) if Path(name).suffix == ".py" else baseline_path(name)
+                path = policy_file_path(name)
                 code = path.read_text(encoding="utf-8")
                 island = (k + 1) % self.cfg.search.islands
                 self.archive.add_candidate(
@@ -1101,14 +1326,15 @@ def run_run(args: argparse.Namespace) -> int:
         cfg = load_config(getattr(args, "config", None), **_overrides(args))
         return Campaign(cfg).run()
     except (ConfigError, CampaignError) as exc:
-        print(f"autotuner run: error: {exc}", file=sys.stderr)
+        print(f"autotuner run: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 
 def add_resume_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("campaign", help="campaign name (under results/) or folder")
     g = p.add_argument_group("budget changes (the rest of the config is kept as run)")
-    g.add_argument("--proposals", type=int, help="new proposal budget (total, not extra)")
+    g.add_argument("--proposals", type=int, help="new proposal budget (total, not extra); a "
+                   "finished campaign searches on only when given a larger budget")
     g.add_argument("--wall-time", type=float, metavar="SECONDS",
                    help="new wall-time budget (total, counting the time already spent)")
     g.add_argument("--parallelism", type=int, help="evaluations at once")
@@ -1122,8 +1348,11 @@ def campaign_dir(name: str, results_dir: str = "results") -> Path:
     candidate = Path(results_dir) / name
     if (candidate / "config.toml").is_file():
         return candidate
+    unfinished = [d for d in (staging_dir(path), staging_dir(candidate)) if d.is_dir()]
     raise CampaignError(f"no campaign {name!r} (looked for {candidate}/config.toml"
-                        + (f" and {path}/config.toml" if path != candidate else "") + ")")
+                        + (f" and {path}/config.toml" if path != candidate else "") + ")"
+                        + ("; its setup was interrupted before it finished: run the same "
+                           "`autotuner run` command again" if unfinished else ""))
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -1136,9 +1365,11 @@ def run_resume(args: argparse.Namespace) -> int:
                      # the folder is where it is, whatever name/results_dir the file says
                      "name": folder.name, "results_dir": str(folder.parent)}
         cfg = load_config(folder / "config.toml", **overrides)
-        return Campaign(cfg, resume=True).run()
+        extend = overrides["budget.proposals"] is not None or \
+            overrides["budget.wall_time_s"] is not None
+        return Campaign(cfg, resume=True, extend=extend).run()
     except (ConfigError, CampaignError) as exc:
-        print(f"autotuner resume: error: {exc}", file=sys.stderr)
+        print(f"autotuner resume: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -110,17 +110,41 @@ def parse_params(items: Sequence[str]) -> dict[str, float]:
 
 def resolve_policy_path(text: str) -> Path:
     """A policy file path, or the name of a shipped baseline (``fixed_chunk``)."""
+    return resolve_policy(text)[0]
+
+
+def resolve_policy(text: str) -> tuple[Path, bool]:
+    """(the policy file, whether it is a shipped baseline named by name).
+
+    Only a baseline given by its name is package data, installed with autotuner itself; any
+    path the user gives is user input, wherever it points.
+    """
     from autotuner.resources import baseline_path
 
     path = Path(text)
     if path.exists() or path.suffix == ".py" and "/" in text:
-        return path
+        return path, False
     try:
-        return baseline_path(text)
+        return baseline_path(text), True
     except FileNotFoundError as exc:
         if path.suffix == ".py":
             raise CLIError(f"{text}: no such policy file") from None
         raise CLIError(str(exc)) from None
+
+
+def add_isolation_options(p: argparse.ArgumentParser) -> None:
+    """How a command that runs a policy file isolates it: the sandbox, unless --trusted."""
+    g = p.add_argument_group("isolation (a policy file is code: it runs checked and sandboxed)")
+    g.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "docker", "process"],
+                   help="isolation backend (default: the strongest that works here)")
+    g.add_argument("--timeout", type=float, default=120.0,
+                   help="wall-time limit of one sandboxed run, seconds (default 120)")
+    g.add_argument("--trusted", action="store_true",
+                   help="run the policy file in THIS process, without the static check or the "
+                   "sandbox: it can then do anything you can (read and write your files, use "
+                   "the network). Only for a file you wrote or have read. Shipped baselines "
+                   "given by name (fixed_chunk, ...) always run this way: they are part of "
+                   "autotuner")
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -190,40 +214,103 @@ def print_json(obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- commands
+RunOnce = Callable[[Any, float | None], tuple[Any, str | None]]
+
+
+def policy_runner(args: argparse.Namespace, path: Path, shipped: bool, source: Any,
+                  params: dict[str, Any], cluster: Any, slo: Any) -> tuple[RunOnce, str, Any]:
+    """(run the policy on a workload -> (trusted SimResult or None, error), a line saying how it
+    runs, a function releasing what the runs kept).
+
+    A user's policy file goes through the static check and the sandbox, with the trusted side
+    replaying its decisions (``autotuner.evaluate``), exactly as a campaign runs a proposal;
+    only ``--trusted`` or a shipped baseline named by name runs in this process.
+    """
+    if args.trusted or shipped:
+        from autotuner.simulation import run_policy
+
+        def in_process(wl: Any, horizon: float | None) -> tuple[Any, str | None]:
+            result = run_policy(source, cluster, wl, params=params, horizon=horizon)
+            return result, result.error
+
+        why = "a shipped baseline" if shipped and not args.trusted else "--trusted"
+        return in_process, f"this process, no sandbox ({why})", lambda: None
+
+    from autotuner.evaluate import REJECTED, evaluate
+    from autotuner.isolation import Limits, SandboxUnavailable, get_backend
+
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise CLIError("--timeout must be a positive number of seconds")
+    try:
+        backend = get_backend(args.sandbox)
+    except SandboxUnavailable as exc:
+        raise CLIError(f"{exc} (or run a file you trust with --trusted)") from None
+    limits = Limits(wall_s=args.timeout, cpu_s=max(1, math.ceil(args.timeout)))
+    warm = bool(args.capacity)  # a capacity search runs many: keep a spare worker started
+
+    def sandboxed(wl: Any, horizon: float | None) -> tuple[Any, str | None]:
+        ev = evaluate(source.code, name=str(path), params=params, cluster=cluster, workload=wl,
+                      slo=slo, horizon=horizon, sandbox=backend, limits=limits, warm=warm)
+        if ev.verdict == REJECTED:
+            raise CLIError(f"{path}: refused by the static check: " + "; ".join(ev.reasons))
+        if not ev.ok:
+            return None, "; ".join(ev.reasons) or ev.verdict
+        return ev.result, None
+
+    line = f"sandbox {backend.describe()}" + ("  [WEAKER]" if backend.weaker else "")
+    return sandboxed, line, backend.release_spare
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from autotuner.policy import read_policy_file
-    from autotuner.sim.metrics import capacity
-    from autotuner.simulation import load_policy, metrics_of, run_policy
+    from autotuner.sim.metrics import probe_horizon, search_capacity, slo_met
+    from autotuner.simulation import metrics_of
 
-    source = read_policy_file(resolve_policy_path(args.policy))
+    path, shipped = resolve_policy(args.policy)
+    source = read_policy_file(path)  # syntax and TUNABLES, read without running the file
     params = source.resolve_params(parse_params(args.param))
     cluster = cluster_from(args)
     spec = workload_spec_from(args)
     slo = slo_from(args)
+    if args.capacity and not 0 < args.capacity_share <= 1:
+        raise CLIError("--capacity-share must be in (0, 1]")
     workload = spec.build()
-    result = run_policy(source, cluster, workload, params=params, horizon=args.horizon)
-    metrics = metrics_of(cluster, workload, result, slo)
-    report: dict[str, Any] = {
-        "policy": source.name, "params": params, "workload": spec.label(),
-        "rate": workload.rate, "cluster": cluster.__dict__, "metrics": metrics,
-    }
-    if args.capacity and not result.error:
-        cap = capacity(cluster, workload, lambda: load_policy(source, params), slo,
-                       share=args.capacity_share)
-        report["capacity"] = {"rate": cap.rate, "share": cap.share, "probes": cap.probes,
-                              "error": cap.error}
+    run_once, isolation, release = policy_runner(args, path, shipped, source, params, cluster,
+                                                 slo)
+    try:
+        result, error = run_once(workload, args.horizon)
+        report: dict[str, Any] = {
+            "policy": source.name, "params": params, "workload": spec.label(),
+            "rate": workload.rate, "cluster": cluster.__dict__, "isolation": isolation,
+            "metrics": None if result is None else metrics_of(cluster, workload, result, slo),
+        }
+        if args.capacity and not error:
+            def attainment(rate: float) -> tuple[float, str | None]:
+                wl = workload.with_rate(rate)
+                probe, err = run_once(wl, probe_horizon(wl, slo))
+                if err or probe is None:
+                    return 0.0, err or "the run failed"
+                return float(slo_met(wl, probe, slo).mean()), None
+
+            cap = search_capacity(attainment, max(workload.rate, 1e-3), args.capacity_share)
+            report["capacity"] = {"rate": cap.rate, "share": cap.share, "probes": cap.probes,
+                                  "error": cap.error}
+    finally:
+        release()
     if args.json:
         print_json(report)
     else:
         print(f"policy    {source.name}  {params}")
         print(f"workload  {spec.label()}: {len(workload):,} requests at {workload.rate:.2f} req/s")
         print(f"cluster   {cluster.replicas} x {cluster.model} on {cluster.gpu} (tp={cluster.tp})")
-        print(format_metrics(metrics))
+        print(f"runs in   {isolation}")
+        if report["metrics"] is not None:
+            print(format_metrics(report["metrics"]))
         if "capacity" in report:
             c = report["capacity"]
             print(f"  capacity: {c['rate']:.2f} req/s with >= {c['share']:.0%} of requests in SLO")
-    if result.error:
-        print(f"autotuner simulate: policy failed: {result.error}", file=sys.stderr)
+    if error:
+        print(f"autotuner simulate: policy failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -275,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autotuner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("simulate", help="run a policy file on a workload and print its metrics")
+    p = sub.add_parser("simulate", help="run a policy file on a workload and print its metrics "
+                       "(checked and sandboxed unless --trusted)")
     p.add_argument("--policy", default="fixed_chunk", help="policy file or baseline name")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a declared tunable (repeatable)")
@@ -287,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also find the capacity: highest rate with --capacity-share in SLO")
     p.add_argument("--capacity-share", type=float, default=0.9)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_isolation_options(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("workloads", help="list the built-in workload scenarios")

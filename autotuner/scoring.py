@@ -306,10 +306,24 @@ def _execute_in_worker(job: Job) -> dict[str, Any]:
 
 
 def _ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the campaign loop, which stops them in order."""
+    """Pool workers leave Ctrl-C to the campaign loop, which stops them in order, and exit as
+    soon as the campaign process is gone (``kill -9``): otherwise they would run what is left
+    of their queue, with sandboxes, for nobody."""
+    import multiprocessing
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the pid the pool was started from (the parent may already be gone when this runs)
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # reparented once the parent died
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------- the evaluator

@@ -120,3 +120,89 @@ def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "autotuner.cli", "workloads"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "chat" in proc.stdout
+
+
+# ------------------------------------------------------------------ policy files run sandboxed
+ESCAPE = '''TUNABLES = {}
+
+
+def route(request, cluster, params):
+    for cls in ().__class__.__base__.__subclasses__():
+        if cls.__name__ == "_wrap_close":
+            cls.__init__.__globals__["__builtins__"]["open"](TARGET, "w").write("escaped")
+    return 0
+'''
+
+
+def test_simulate_never_runs_a_user_file_unchecked_or_unsandboxed(capsys, tmp_path):
+    target = tmp_path / "written_by_the_policy"
+    policy = tmp_path / "escape.py"
+    policy.write_text(ESCAPE.replace("TARGET", repr(str(target))))
+    code, out, err = run(capsys, "simulate", "--policy", str(policy), "--requests", "20")
+    assert code == 2 and not target.exists(), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "refused by the static check" in lines[0]
+    assert "__subclasses__" in lines[0] and "Traceback" not in err
+    # the payload is real: run in this process on purpose, it does write on the host
+    code, _, err = run(capsys, "simulate", "--policy", str(policy), "--requests", "20",
+                       "--trusted")
+    assert code == 0, err
+    assert target.read_text() == "escaped"
+
+
+def test_trusted_is_explained_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--trusted" in text and "in THIS process" in text and "without the static check" in text
+
+
+def test_simulate_of_a_user_file_runs_in_the_sandbox_with_the_same_metrics(capsys, tmp_path):
+    from autotuner.resources import baseline_path
+
+    policy = tmp_path / "mine.py"
+    policy.write_text(baseline_path("least_outstanding").read_text())
+    argv = ["simulate", "--policy", str(policy), "--workload", "multiturn", "--requests", "60",
+            "--replicas", "2", "--json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    sandboxed = json.loads(out)
+    assert sandboxed["isolation"].startswith("sandbox ")
+    code, out, err = run(capsys, *argv, "--trusted")
+    assert code == 0, err
+    trusted = json.loads(out)
+    assert trusted["isolation"].startswith("this process")
+    assert sandboxed["metrics"] == trusted["metrics"]
+
+
+def test_simulate_capacity_of_a_user_file_goes_through_the_sandbox(capsys, tmp_path):
+    from autotuner.resources import baseline_path
+
+    policy = tmp_path / "mine.py"
+    policy.write_text(baseline_path("fixed_chunk").read_text())
+    argv = ["simulate", "--policy", str(policy), "--requests", "60", "--replicas", "1",
+            "--capacity", "--json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    sandboxed = json.loads(out)
+    code, out, err = run(capsys, *argv[:2], "fixed_chunk", *argv[3:])
+    assert code == 0, err
+    shipped = json.loads(out)
+    assert shipped["isolation"] == "this process, no sandbox (a shipped baseline)"
+    assert sandboxed["isolation"].startswith("sandbox ")
+    assert sandboxed["capacity"] == shipped["capacity"] and sandboxed["capacity"]["rate"] > 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--policy", "{policy}", "--requests", "20"],
+    ["evaluate", "--policy", "{policy}", "--requests", "20"],
+    ["replay", "{policy}", "--workload", "multiturn", "--requests", "20", "--parallelism", "1"],
+])
+def test_no_command_runs_the_escape_on_the_host(capsys, tmp_path, argv, monkeypatch):
+    target = tmp_path / "written_by_the_policy"
+    policy = tmp_path / "escape.py"
+    policy.write_text(ESCAPE.replace("TARGET", repr(str(target))))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *[a.replace("{policy}", str(policy)) for a in argv])
+    assert code != 0 and not target.exists(), out + err
+    assert "__subclasses__" in out + err and "Traceback" not in err

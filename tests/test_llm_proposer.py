@@ -494,3 +494,51 @@ def test_llm_model_option_and_its_deprecated_alias(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "no API key" in err and err.count("--model is deprecated here, use --llm-model") == 1
     assert not list(tmp_path.iterdir())  # nothing half-made left behind
+
+
+# ------------------------------------------------------------------ preflight (one round trip)
+def test_preflight_is_one_small_uncharged_request(server):
+    server.push(ok("OK", prompt_tokens=12, completion_tokens=1))
+    llm = proposer(server, token_budget=1000)
+    line = llm.preflight()
+    assert server.base_url in line and "answered" in line
+    (req,) = server.requests
+    assert req.body["max_tokens"] == 16 and req.body["model"] == "gpt-4o-mini"
+    assert llm.spent.prompt_tokens == 0 and llm.spent.calls == 0
+
+
+def test_preflight_of_an_unreachable_endpoint_fails_fast_with_one_line():
+    import socket
+
+    from autotuner.proposers.llm import EndpointError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    llm = LLMProposer(LLMConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1"), env={})
+    t0 = time.monotonic()
+    with pytest.raises(EndpointError) as info:
+        llm.preflight()
+    assert time.monotonic() - t0 < 10
+    message = str(info.value)
+    assert f"cannot reach http://127.0.0.1:{port}/v1" in message and "\n" not in message
+
+
+def test_preflight_does_not_wait_out_a_long_timeout(server):
+    server.push(Reply("OK", delay_s=3.0), Reply("OK", delay_s=3.0))
+    llm = proposer(server, timeout_s=120.0)
+    from autotuner.proposers.llm import EndpointError
+
+    t0 = time.monotonic()
+    with pytest.raises(EndpointError, match="did not answer within 0.5 s"):
+        llm.preflight(timeout_s=0.5)
+    assert time.monotonic() - t0 < 4
+
+
+def test_preflight_reports_a_refused_model_without_retrying(server):
+    from autotuner.proposers.llm import EndpointError
+
+    server.push(error(404, "The model `gpt-9` does not exist"))
+    with pytest.raises(EndpointError, match="404.*does not exist") as info:
+        proposer(server, model="gpt-9").preflight()
+    assert info.value.fatal and len(server.requests) == 1

@@ -88,6 +88,10 @@ class LLMProposer:
     def spent(self) -> Spend:
         return self.client.spent
 
+    def preflight(self, timeout_s: float = 20.0) -> str:
+        """One uncharged round trip to the endpoint (see ``ChatClient.preflight``)."""
+        return self.client.preflight(timeout_s)
+
     def __repr__(self) -> str:  # no key in here, ever
         return f"LLMProposer(model={self.model!r}, endpoint={self.endpoint!r})"
 
