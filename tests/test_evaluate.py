@@ -141,7 +141,7 @@ class CannedBackend(Backend):
     def spawn(self, limits: Limits) -> PopenWorker:
         path = Path(tempfile.mkdtemp()) / "out"
         path.write_bytes(b"".join(self.lines))
-        script = (f"import sys, os; sys.stdin.buffer.read(); "
+        script = (f"import sys, os; sys.stdin.buffer.readline(); "
                   f"sys.stdout.buffer.write(open({str(path)!r}, 'rb').read()); "
                   f"sys.stdout.flush(); os.unlink({str(path)!r}); os.rmdir({str(path.parent)!r}); "
                   f"sys.exit({self.status})")

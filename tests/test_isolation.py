@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from autotuner.isolation import (
     get_backend,
 )
 from autotuner.isolation import base as iso
-from autotuner.isolation.base import WORKER_ENV, HostLayout, describe_exit
+from autotuner.isolation.base import WORKER_ENV, Backend, HostLayout, WorkerHandle, describe_exit
 from autotuner.simulation import WorkloadSpec
 
 SPEC = WorkloadSpec(scenario="chat", requests=50, seed=0)
@@ -201,4 +203,73 @@ def test_spare_workers_serve_one_request_each_and_are_released(backend, scratch_
     second = evaluate(code, workload=SPEC, sandbox=backend, limits=LIMITS, warm=True)
     assert first.ok and second.ok
     assert json.dumps(first.metrics) == json.dumps(second.metrics)
+    assert_no_leftovers(scratch_root, backend)
+
+
+# ------------------------------------------------------------------------------ threads
+# Sleeps on the first request, so the worker is still running when the thread that started it
+# has ended (the sleep is allowed because the check is bypassed: this tests the sandbox).
+SLOW_START = '''
+import time
+
+TUNABLES = {}
+
+
+def route(request, cluster, params):
+    if request.id == 0:
+        time.sleep(2.0)
+    return request.id % len(cluster.replicas)
+'''
+
+
+class StartedFromAThread(Backend):
+    """Each worker is asked for from a new thread that ends soon after (as spares and proposal
+    threads do): a parent-death signal tied to that thread would kill the worker."""
+
+    def __init__(self, inner: Backend, linger_s: float):
+        super().__init__(name=inner.name, same_runtime=inner.same_runtime)
+        self.inner, self.linger_s = inner, linger_s
+
+    def start(self, request: bytes, limits: Limits, *, warm: bool = False) -> WorkerHandle:
+        box: dict = {}
+
+        def ask() -> None:
+            box["handle"] = self.inner.start(request, limits, warm=warm)
+            time.sleep(self.linger_s)  # long enough for the worker to be fully set up
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        thread.join()
+        return box["handle"]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_a_worker_outlives_the_thread_that_asked_for_it(backend, scratch_root):
+    proxy = StartedFromAThread(get_backend(backend, warn=False), linger_s=1.0)
+    ev = evaluate(SLOW_START, workload=SPEC, sandbox=proxy, skip_check=True,
+                  limits=LIMITS.with_(wall_s=30.0))
+    assert ev.ok, ev.reasons
+    assert_no_leftovers(scratch_root, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_spares_outlive_the_threads_that_prepared_them(backend, scratch_root, monkeypatch):
+    from autotuner.resources import baseline_path
+
+    wasted: list[bool] = []
+    close = iso.WorkerHandle.close
+
+    def counting_close(self: WorkerHandle) -> None:
+        if not self._closed:
+            wasted.append(not self.sent)  # a spare that never got its request
+        close(self)
+
+    monkeypatch.setattr(iso.WorkerHandle, "close", counting_close)
+    code = baseline_path("fixed_chunk").read_text()
+    proxy = StartedFromAThread(get_backend(backend, warn=False), linger_s=0.0)
+    for _ in range(4):
+        ev = evaluate(code, workload=SPEC, sandbox=proxy, limits=LIMITS, warm=True)
+        assert ev.ok, ev.reasons
+        time.sleep(0.5)  # the preparing thread has long ended: the spare must still be there
+    assert not any(wasted), f"{sum(wasted)} spares died before they were used"
     assert_no_leftovers(scratch_root, backend)
