@@ -273,3 +273,69 @@ def test_spares_outlive_the_threads_that_prepared_them(backend, scratch_root, mo
         time.sleep(0.5)  # the preparing thread has long ended: the spare must still be there
     assert not any(wasted), f"{sum(wasted)} spares died before they were used"
     assert_no_leftovers(scratch_root, backend)
+
+
+# ------------------------------------------------------------------------------ kill -9
+# A campaign-like process: a spare waiting, and a worker busy with a policy that never returns.
+KILLED_OWNER = '''
+import sys, threading, time
+from autotuner.evaluate import evaluate
+from autotuner.isolation import Limits, get_backend
+from autotuner.resources import baseline_path
+from autotuner.simulation import WorkloadSpec
+
+backend = get_backend(sys.argv[1], warn=False)
+spec = WorkloadSpec(scenario="chat", requests=50, seed=0)
+limits = Limits(wall_s=120.0, cpu_s=120, memory_bytes=1 << 30)
+spin = "TUNABLES = {}\\n\\ndef route(request, cluster, params):\\n    while True:\\n        pass\\n"
+assert evaluate(baseline_path("fixed_chunk").read_text(), workload=spec, sandbox=backend,
+                limits=limits, warm=True).ok
+threading.Thread(target=evaluate, args=(spin,), daemon=True,
+                 kwargs=dict(workload=spec, sandbox=backend, limits=limits, skip_check=True,
+                             warm=True)).start()
+time.sleep(3.0)
+print("ready", flush=True)
+time.sleep(600)
+'''
+
+
+def _owned_by(pid: int, root: Path) -> list[Path]:
+    return [p for p in root.glob(f"autotuner-sandbox-{pid}-*")]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_kill_9_of_the_owner_leaves_nothing_once_the_next_backend_starts(backend, scratch_root):
+    import subprocess
+    import sys
+
+    from sandbox_support import children, reap
+
+    env = dict(os.environ, TMPDIR=str(scratch_root),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, backend], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        assert _owned_by(owner.pid, scratch_root) or backend != "process"
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # its workers are re-parented to us (subreaper)
+        reap()
+        if not children():
+            break
+        time.sleep(0.1)
+    assert not children(), "workers outlived their owner"
+
+    removed = get_backend(backend, warn=False).sweep_orphans()
+    left = _owned_by(owner.pid, scratch_root)
+    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        if root.is_dir():
+            left += _owned_by(owner.pid, root)
+    assert not left, f"left behind after the sweep: {left} (removed {removed})"
+    if backend == "docker":
+        from autotuner.isolation.docker import leftover_containers
+
+        assert not leftover_containers(owner.pid), "containers left behind"
+    assert_no_leftovers(scratch_root, backend)
