@@ -339,3 +339,31 @@ def test_kill_9_of_the_owner_leaves_nothing_once_the_next_backend_starts(backend
 
         assert not leftover_containers(owner.pid), "containers left behind"
     assert_no_leftovers(scratch_root, backend)
+
+
+# ------------------------------------------------------------------------------ determinism
+# Routes by str hashes and by the iteration order of a set of strings: both are salted per
+# process unless the worker's hash seed is fixed.
+HASHING = '''
+TUNABLES = {}
+NAMES = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"}
+
+
+def route(request, cluster, params):
+    first = list(NAMES)[request.id % len(NAMES)]
+    return hash(first + str(request.id)) % len(cluster.replicas)
+'''
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_the_same_policy_decides_the_same_in_every_worker(backend, scratch_root):
+    from autotuner.sim.engine import ClusterSpec
+
+    cluster = ClusterSpec(replicas=4)
+    runs = [evaluate(HASHING, workload=SPEC, cluster=cluster, sandbox=backend, limits=LIMITS)
+            for _ in range(3)]
+    assert all(ev.ok for ev in runs), [ev.reasons for ev in runs]
+    routes = [tuple(ev.result.replica.tolist()) for ev in runs]
+    assert routes[0] == routes[1] == routes[2], "str hashing differs between workers"
+    assert runs[0].metrics == runs[1].metrics == runs[2].metrics
+    assert_no_leftovers(scratch_root, backend)
