@@ -125,18 +125,53 @@ def test_exit_statuses_become_reasons():
     assert "status 3" in describe_exit(3, signal_offset=True, limits=lim)
 
 
-def test_bwrap_binds_only_what_the_worker_needs():
-    from autotuner.isolation.bwrap import bwrap_argv
+def _bind_sources(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a in ("--ro-bind", "--ro-bind-try",
+                                                              "--bind", "--bind-try")]
 
-    argv = bwrap_argv(HostLayout.of_this_process(), LIMITS)
-    sources = [argv[i + 1] for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
-    for path in sources:
-        assert not path.startswith(("/home", "/etc/", "/tmp", "/var", "/run")) or \
-            path.startswith("/etc/ld.so"), path
-        assert path not in ("/", "/root", os.path.expanduser("~"))
-    assert "--unshare-all" in argv and "--unshare-user" in argv and "--clearenv" in argv
-    assert "--die-with-parent" in argv and "--remount-ro" in argv
-    assert "--bind" not in argv  # nothing host-side is writable
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _layouts(tmp_path: Path) -> list[HostLayout]:
+    """This process's layout, and one of a checkout and venv under a home directory in /tmp
+    (where a new user's clone may well be): the rule must hold for both."""
+    real = HostLayout.of_this_process()
+    home = tmp_path / "home"
+    checkout, venv = home / "src" / "autotuner", home / ".venv"
+    fake = HostLayout(
+        python=str(venv / "bin" / "python3.11"), prefix=str(venv),
+        worker=str(checkout / "sandbox" / "worker.py"),
+        lib_binds=((str(checkout / "autotuner"), "autotuner"),
+                   (str(venv / "lib" / "site-packages" / "numpy"), "numpy"),
+                   (str(checkout / "baselines"), "baselines")))
+    return [real, fake]
+
+
+def test_bwrap_binds_only_what_the_worker_needs(tmp_path, monkeypatch):
+    """What matters is what is bound, not where the checkout lives: the system directories,
+    the interpreter, and exactly the worker's own files; never a directory that holds them
+    (the checkout, the home directory, /tmp, /) and nothing writable."""
+    from autotuner.isolation.bwrap import _SYSTEM_DIRS, bwrap_argv
+
+    real, fake = _layouts(tmp_path)
+    for layout, home in ((real, os.path.expanduser("~")), (fake, str(tmp_path / "home"))):
+        monkeypatch.setenv("HOME", home)
+        argv = bwrap_argv(layout, LIMITS)
+        needed = {*_SYSTEM_DIRS, "/etc/ld.so.cache", "/etc/ld.so.conf", layout.prefix,
+                  layout.python, layout.worker, *(host for host, _ in layout.lib_binds)}
+        sources = _bind_sources(argv)
+        assert set(sources) <= needed, set(sources) - needed
+        assert {layout.worker, *(host for host, _ in layout.lib_binds)} <= set(sources)
+        checkout = str(Path(layout.worker).parents[1])
+        for path in sources:
+            for holder in ("/", os.path.expanduser("~"), "/home", "/root", "/tmp", "/var",
+                           "/run", "/etc", checkout):
+                assert not _inside(holder, path), f"{path} exposes all of {holder}"
+        assert "--bind" not in argv and "--bind-try" not in argv  # nothing host-side writable
+        assert "--unshare-all" in argv and "--unshare-user" in argv and "--clearenv" in argv
+        assert "--die-with-parent" in argv and "--remount-ro" in argv
 
 
 # ------------------------------------------------------------------------------ behaviour
@@ -367,3 +402,34 @@ def test_the_same_policy_decides_the_same_in_every_worker(backend, scratch_root)
     assert routes[0] == routes[1] == routes[2], "str hashing differs between workers"
     assert runs[0].metrics == runs[1].metrics == runs[2].metrics
     assert_no_leftovers(scratch_root, backend)
+
+
+def test_the_sweep_removes_only_what_dead_owners_left(scratch_root):
+    me = iso.owner_tag()
+    pid, start, ns = me.split("-")
+    reused = f"{pid}-{int(start) + 1}-{ns}"  # this pid, started at another time: a dead owner
+    foreign = f"{pid}-{int(start) + 1}-{int(ns) + 1}"  # another pid namespace: not judged here
+    names = {tag: scratch_root / f"autotuner-sandbox-{tag}-abcd1234"
+             for tag in (me, reused, foreign)}
+    for path in names.values():
+        (path / "scratch").mkdir(parents=True)
+        (path / "scratch" / "file").write_text("x")
+        os.chmod(path / "scratch", 0o500)  # as a worker may leave it
+    cgroups = []
+    root = iso.pids_cgroup_root()
+    if root is not None:
+        for tag in (me, reused, foreign):
+            cgroups.append(root / f"autotuner-sandbox-{tag}-999999")
+            cgroups[-1].mkdir()
+    try:
+        removed = iso.sweep_orphans()
+        assert not names[reused].exists() and str(names[reused]) in removed
+        assert names[me].exists() and names[foreign].exists()
+        if cgroups:
+            assert [c.exists() for c in cgroups] == [True, False, True]
+    finally:
+        for path in cgroups:
+            if path.exists():
+                path.rmdir()
+        for path in names.values():
+            iso.remove_scratch(path)

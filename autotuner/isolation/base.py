@@ -12,6 +12,12 @@ built only of what the worker needs, read-only), ``docker`` (no network, read-on
 scratch, cgroup limits, no capabilities, non-root; gVisor's runsc when registered) and
 ``process`` (a plain child with rlimits and a scrubbed environment; namespaces where it can get
 them). ``detect_backend()`` runs the worker's self-test under each and keeps the first that works.
+
+Workers die with this process and never before: every one is forked by a single long-lived
+thread (``in_forker``; parent-death signals are per thread), and the worker exits when its stdin,
+which only this process holds open, ends. What a ``kill -9`` leaves on the host (pids cgroups,
+scratch directories, containers) is named after its owner and removed by the next process that
+starts a backend (``sweep_orphans``).
 """
 
 from __future__ import annotations

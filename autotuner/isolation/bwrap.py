@@ -9,6 +9,8 @@ the baseline policies, each bound read-only. Nothing of ``/home``, ``/root``, ``
 ``/var`` or the checkout is visible. Writable: ``/scratch`` and ``/tmp``, size-capped tmpfs.
 Limits: rlimits on the bwrap process (inherited: CPU, address space, file size, open files) and
 RLIMIT_NPROC set by the worker inside its user namespace, where it counts only its own tasks.
+``--die-with-parent`` ties the sandbox to the thread that forked bwrap, which is why every worker
+is forked by the forker thread (base.in_forker), which lives as long as this process.
 """
 
 from __future__ import annotations

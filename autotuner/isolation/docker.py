@@ -240,6 +240,9 @@ class DockerBackend(Backend):
             mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes,
             pids_limit=limits.processes, nano_cpus=1_000_000_000,
             cap_drop=["ALL"], security_opt=["no-new-privileges"], ipc_mode="none",
+            # docker's init as pid 1, so the worker is not pid 1: a pid 1 ignores signals it has
+            # no handler for, SIGXCPU included, and the CPU limit then ends as a bare SIGKILL.
+            init=True,
             ulimits=[Ulimit(name="cpu", soft=cpu, hard=cpu + 1),
                      Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes),
                      Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
