@@ -160,12 +160,14 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
     """
     if isinstance(raw, tuple) and len(raw) == 2:  # the common, well-formed case, checked fast
         budget, chunks = raw
-        if type(budget) is int and 0 <= budget < INT_LIMIT and type(chunks) is tuple:
+        low, high = -INT_LIMIT, INT_LIMIT
+        if type(budget) is int and 0 <= budget < high and type(chunks) is tuple:
             for c in chunks:
-                if type(c) is not tuple or len(c) != 2 or type(c[0]) is not int or type(
-                    c[1]
-                ) is not int or not -INT_LIMIT < c[0] < INT_LIMIT or not (
-                    -INT_LIMIT < c[1] < INT_LIMIT
+                if type(c) is not tuple or len(c) != 2:
+                    break
+                rid, tokens = c
+                if type(rid) is not int or type(tokens) is not int or not (
+                    low < rid < high and low < tokens < high
                 ):
                     break
             else:
