@@ -305,3 +305,26 @@ def test_cli_reports_a_broken_sandbox_in_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "before the policy ran" in err and "Traceback" not in err
+
+
+def test_evaluation_processes_lost_twice_is_one_clear_error(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from autotuner import scoring
+    from autotuner.archive import Archive
+
+    def lost(*args, **kwargs):
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(scoring.Evaluator, "_run_pool", staticmethod(lost))
+    archive = Archive(tmp_path / "archive.sqlite")
+    code = baseline_path("fixed_chunk").read_text()
+    jobs = [scoring.Job(code, {}, scoring.Instance("chat", seed, 50)) for seed in (0, 1)]
+    evaluator = scoring.Evaluator(archive, parallelism=2)
+    try:
+        with pytest.raises(SandboxBroken, match="died twice in a row.*resume"):
+            evaluator.evaluate(jobs)
+    finally:
+        evaluator.close(cancel=True)
+    assert archive.get_evaluations([job.key() for job in jobs]) == {}
+    archive.close()

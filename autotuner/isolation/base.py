@@ -76,8 +76,10 @@ class SandboxUnavailable(RuntimeError):
 
 
 class SandboxBroken(SandboxUnavailable):
-    """The sandbox itself failed, repeatedly, before the policy ran: nothing about the policy is
-    known, so nothing is recorded (a retry, or ``autotuner resume``, evaluates it afresh)."""
+    """The evaluation machinery (the sandbox, or the processes that drive it) failed repeatedly
+    for reasons that are not the policy's, e.g. a worker killed before the policy ran: nothing
+    about the policy is known, so nothing is recorded (``autotuner resume`` evaluates it
+    afresh)."""
 
 
 class WorkerFault(Exception):
