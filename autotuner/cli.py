@@ -450,12 +450,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from autotuner.isolation import SandboxUnavailable
+
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print(f"autotuner {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, KeyError, FileNotFoundError, OSError) as exc:
+    except (CLIError, SandboxUnavailable, ValueError, KeyError, FileNotFoundError,
+            OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"autotuner {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,7 +13,10 @@ it is made printable, cut short and scrubbed of the parent's environment values.
 
 ``evaluate`` never raises for a bad proposal: every fault (crash, timeout, exception, garbage or
 oversized output, a killed worker, an illegal decision) is a ``failed`` Evaluation with a reason.
-It raises only for the caller's own mistakes (an unknown sandbox, a bad workload spec).
+It raises for the caller's own mistakes (an unknown sandbox, a bad workload spec), and
+``SandboxBroken`` when the sandbox itself keeps failing before any policy code ran (the worker
+is started, and speaks first, before it reads the policy): such a failure says nothing about the
+policy, so it is retried and, if it persists, is never returned as a verdict to be recorded.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from autotuner.isolation import Backend, Limits, WorkerFault, get_backend
+from autotuner.isolation import Backend, Limits, SandboxBroken, WorkerFault, get_backend
 from autotuner.isolation.base import available_backends
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
+INFRA_ATTEMPTS = 3  # runs of one evaluation while the sandbox fails before the policy ran
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 MAX_REASON_CHARS = 400
 
@@ -132,6 +136,7 @@ def _replay_class() -> type:
             self.handle = handle
             self.fingerprint = fingerprint
             self.state = "hello"  # -> "decisions" -> "end" -> "eof"
+            self.greeted = False  # a valid hello came: from here on the policy may have run
             self.end: dict[str, Any] | None = None
             self.fault: str | None = None
             self.ran_out = False
@@ -153,7 +158,7 @@ def _replay_class() -> type:
                 if body.get("workload") != self.fingerprint:
                     raise WorkerFault("the worker built a different workload than the trusted "
                                       "side (fingerprints differ): results would not replay")
-                self.state = "decisions"
+                self.state, self.greeted = "decisions", True
             elif self.state == "decisions" and kind == "d" and isinstance(body, list):
                 self.log.extend(body)
             elif self.state == "decisions" and kind == "end" and isinstance(body, dict):
@@ -211,10 +216,10 @@ def evaluate(
     of the sandbox's own defences only; never for real proposals).
     """
     from autotuner.policy import PolicyFileError, read_policy_source
-    from autotuner.sim.engine import ClusterSpec, simulate
+    from autotuner.sim.engine import ClusterSpec
     from autotuner.sim.metrics import SLO
     from autotuner.sim.workload import Workload
-    from autotuner.simulation import WorkloadSpec, metrics_of
+    from autotuner.simulation import WorkloadSpec
 
     t0 = time.perf_counter()
     cluster = cluster or ClusterSpec()
@@ -259,16 +264,54 @@ def evaluate(
     }
     payload = (json.dumps(request, allow_nan=False) + "\n").encode()
 
-    def failed(reason: str, phase: str, decisions: int = 0) -> Evaluation:
-        return Evaluation(FAILED, [reason], None, decisions, time.perf_counter() - t0,
-                          backend.name, name, dict(resolved), [], phase)
+    # 3. the sandboxed run, replayed as it streams; retried while the sandbox fails on its own
+    last = ""
+    for attempt in range(INFRA_ATTEMPTS):
+        try:
+            return _run_and_replay(backend, payload, limits, wl, workload, cluster, slo,
+                                   horizon, name, dict(resolved), t0,
+                                   warm=warm and attempt == 0)
+        except _BeforeThePolicy as exc:
+            last = str(exc)
+            if attempt + 1 < INFRA_ATTEMPTS:
+                time.sleep(0.5 * (attempt + 1))
+    raise SandboxBroken(
+        f"the {backend.name} sandbox failed {INFRA_ATTEMPTS} times in a row before the policy "
+        f"ran (last: {_clip(last)}); nothing was recorded for {name}, so running the same "
+        "command again (or `autotuner resume`) evaluates it afresh")
 
-    # 3. the sandboxed run, replayed as it streams
+
+class _BeforeThePolicy(Exception):
+    """The worker failed before its hello, that is before any policy code existed in it: the
+    sandbox's fault (a killed spare, a start-up failure, a loaded machine), never the policy's.
+    Such a failure is retried and, if it persists, raised: it is never a verdict."""
+
+
+def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, workload: Any,
+                    cluster: Any, slo: Any, horizon: float | None, name: str,
+                    params: dict[str, Any], t0: float, *, warm: bool) -> Evaluation:
+    """One sandboxed run with the trusted replay; raises _BeforeThePolicy for the sandbox's own
+    failures."""
+    from autotuner.sim.engine import simulate
+    from autotuner.simulation import metrics_of
+
     try:
         handle = backend.start(payload, limits, warm=warm)
     except Exception as exc:  # noqa: BLE001 - the backend could not even start
-        return failed(f"the {backend.name} sandbox could not start the worker: "
-                      f"{type(exc).__name__}: {exc}", "sandbox")
+        raise _BeforeThePolicy(f"the {backend.name} sandbox could not start the worker: "
+                               f"{type(exc).__name__}: {exc}") from None
+    replay = None
+
+    def failed(reason: str, phase: str, decisions: int = 0) -> Evaluation:
+        if replay is None or not replay.greeted:
+            raise _BeforeThePolicy(reason)
+        return Evaluation(FAILED, [_clip(reason)], None, decisions, time.perf_counter() - t0,
+                          backend.name, name, params, [], phase)
+
     try:
         if wl is None:
             wl = workload.build()
@@ -304,7 +347,7 @@ def evaluate(
             return failed(info.reason, "sandbox", replay.pos)
         metrics = metrics_of(cluster, wl, result, slo)
         return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0, backend.name,
-                          name, dict(resolved), [], "done", result)
+                          name, params, [], "done", result)
     except WorkerFault as exc:
         return failed(str(exc), "sandbox")
     finally:
@@ -373,8 +416,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         backend = get_backend(args.sandbox)
     except SandboxUnavailable as exc:
         raise CLIError(str(exc)) from None
-    ev = evaluate_file(path, params=params, cluster=cluster, workload=spec, slo=slo,
-                       horizon=args.horizon, sandbox=backend, limits=limits)
+    try:
+        ev = evaluate_file(path, params=params, cluster=cluster, workload=spec, slo=slo,
+                           horizon=args.horizon, sandbox=backend, limits=limits)
+    except SandboxUnavailable as exc:  # SandboxBroken: the sandbox, not the policy, failed
+        raise CLIError(str(exc)) from None
     if args.json:
         report = ev.to_dict()
         report["sandbox"] = backend.describe()

@@ -92,6 +92,38 @@ def _heldout_gain(c: Candidate) -> float | None:
     return comps[0].get("mean_gain") if comps else None
 
 
+def attempt_outcomes(archive: Archive, cand: Candidate) -> list[str]:
+    """What each of a proposal's replies came to, one line per attempt, for a failed proposal
+    with more than one reply (else ``[]``).
+
+    The archive keeps the proposer's raw replies but only the last attempt's reasons, and an
+    earlier attempt (a refused escape, say) matters to a reviewer as much as the last: so each
+    reply is parsed against what it edited and checked again here, as the proposer did.
+    """
+    if cand.status != A.PROPOSAL_FAILED or len(cand.raw) < 2:
+        return []
+    from autotuner.check import check_policy
+    from autotuner.proposers.edits import UNCHANGED, parse_reply
+
+    parent = archive.find(cand.parent_id) if cand.parent_id else None
+    base = (parent.code if parent is not None else None) or ""
+    rejected = False
+    outcomes = []
+    for reply in cand.raw:
+        code, why = parse_reply(str(reply), base)
+        if code is None:
+            outcomes.append("repeated the refused file unchanged"
+                            if why == UNCHANGED and rejected else why)
+            continue
+        reasons = check_policy(code).reasons()
+        if reasons:
+            outcomes.append("refused by the check: " + "; ".join(reasons))
+            base, rejected = code, True
+        else:
+            outcomes.append("passed the check")
+    return outcomes
+
+
 # ------------------------------------------------------------------------------- status
 def status_rows(archive: Archive) -> list[dict[str, Any]]:
     rows = []
@@ -104,6 +136,7 @@ def status_rows(archive: Archive) -> list[dict[str, Any]]:
             "category": failure_category(c.status, c.failure) if c.status in (
                 A.PROPOSAL_FAILED, A.FAILED, A.SCREENED_OUT) else "",
             "tokens": c.prompt_tokens + c.completion_tokens, "cost_usd": c.cost_usd,
+            "attempts": attempt_outcomes(archive, c),
         })
     return rows
 
@@ -128,7 +161,10 @@ def print_status(folder: Path, cfg: CampaignConfig, archive: Archive, out: TextI
     headers = ("id", "parent", "isl", "status", "screen", "train", "valid", "held-out",
                "params / failure")
     rows = []
+    attempts: dict[str, list[str]] = {}
     for r in status_rows(archive):
+        if r["attempts"]:
+            attempts[r["id"]] = r["attempts"]
         detail = r["failure"] if r["status"] in (A.PROPOSAL_FAILED, A.FAILED,
                                                   A.SCREENED_OUT, A.GATE_FAILED) \
             else _params_text(r["params"])
@@ -144,6 +180,9 @@ def print_status(folder: Path, cfg: CampaignConfig, archive: Archive, out: TextI
         cells = [v.rjust(w) if 4 <= i <= 7 else v.ljust(w)
                  for i, (v, w) in enumerate(zip(row[:-1], widths, strict=False))]
         out.write("  ".join(cells) + "  " + _short(row[-1], widths[-1]) + "\n")
+        # every attempt of a failed proposal, oldest first: the last alone can hide the worst
+        for k, outcome in enumerate(attempts.get(row[0], ()), 1):
+            out.write(f"    attempt {k}: {_short(outcome, max(40, width - 16))}\n")
     fails = archive.failures_by_reason()
     if fails:
         out.write("\nfailures by reason: " + ", ".join(f"{k} {v}" for k, v in
@@ -264,6 +303,10 @@ def show_text(archive: Archive, cand: Candidate) -> str:
         lines.append(f"tuned parameters: {_params_text(cand.params)}")
     if cand.failure:
         lines.append(f"failures: {cand.failure}")
+    outcomes = attempt_outcomes(archive, cand)
+    if outcomes:
+        lines.append("attempts (each reply checked again here):")
+        lines += [f"  {k}: {_short(o, 300)}" for k, o in enumerate(outcomes, 1)]
     cost = (f"cost: {cand.prompt_tokens:,} prompt + {cand.completion_tokens:,} completion tokens,"
             f" ${cand.cost_usd:.4f}, {cand.attempts} attempt(s); evaluation "
             f"{cand.eval_seconds:.0f} s, {archive.evaluation_count(cand.id)} evaluations")
@@ -294,9 +337,10 @@ def show_text(archive: Archive, cand: Candidate) -> str:
     if cand.code is not None:
         lines.append(f"\n--- {cand.id}.py ---")
         lines.append(cand.code.rstrip("\n"))
-    elif cand.raw:
-        lines.append("\n--- proposer's last reply ---")
-        lines.append(str(cand.raw[-1])[:4000])
+    else:
+        for k, reply in enumerate(cand.raw, 1):
+            lines.append(f"\n--- proposer's reply {k} of {len(cand.raw)} ---")
+            lines.append(str(reply)[:4000])
     return "\n".join(lines) + "\n"
 
 

@@ -449,7 +449,12 @@ class Evaluator:
                     self.close(cancel=True)
                     left = [i for i in left if results[i] is None]
                     if attempt:
-                        raise
+                        from autotuner.isolation import SandboxBroken
+
+                        raise SandboxBroken(
+                            "an evaluation process died twice in a row (killed from outside, "
+                            "or out of memory); the evaluations it was running were not "
+                            "recorded, and `autotuner resume` runs them again") from None
         for i in todo:
             if results[i] is None:
                 results[i] = results[first[keys[i]]]

@@ -107,6 +107,40 @@ def test_show(campaign, capsys):
     assert "failures: no code in reply" in out
 
 
+def test_status_and_show_give_every_attempt_of_a_failed_proposal(campaign, capsys, tmp_path):
+    import shutil
+
+    from autotuner import archive as A
+
+    folder = tmp_path / "r"
+    shutil.copytree(campaign, folder)
+    escape = FIXED.replace("    return request.id % len(cluster.replicas)",
+                           "    ().__class__.__base__.__subclasses__()\n    return 0")
+    importing = "import os\n" + FIXED
+    replies = [f"```python\n{escape}```", "I cannot do that.", f"```python\n{importing}```"]
+    with Archive(folder / "archive.sqlite") as archive:
+        cand = archive.add_candidate(
+            origin="proposal", code=None, status=A.PROPOSAL_FAILED, parent_id="baseline",
+            failure="check rejected after 3 attempts: line 1: import os is not allowed",
+            attempts=3, raw=replies, files_dir=folder / "candidates")
+    rc, out, _ = cli(capsys, "show", str(folder), cand.id)
+    assert rc == 0
+    attempts = out.split("attempts (each reply checked again here):\n")[1].splitlines()[:3]
+    assert attempts[0].startswith("  1: refused by the check:") and "__" in attempts[0]
+    assert attempts[1] == "  2: no code in reply"
+    assert attempts[2].startswith("  3: refused by the check:") and "import" in attempts[2]
+    assert "--- proposer's reply 1 of 3 ---" in out and "__subclasses__" in out
+    rc, out, _ = cli(capsys, "status", str(folder))
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(cand.id))
+    assert lines[row + 1].startswith("    attempt 1: refused by the check: line 30")
+    assert lines[row + 2] == "    attempt 2: no code in reply"
+    assert lines[row + 3].startswith("    attempt 3: refused by the check:")
+    rc, out, _ = cli(capsys, "status", str(folder), "--json")
+    (data,) = [c for c in json.loads(out)["candidates"] if c["id"] == cand.id]
+    assert len(data["attempts"]) == 3
+
+
 def test_replay_beside_the_tuned_baseline(campaign, capsys):
     rc, out, err = cli(capsys, "replay", f"{campaign}:c0001", "--workload", "multiturn",
                        "--requests", "120", "--rate", "1.5", "--sandbox", "process")

@@ -12,6 +12,12 @@ built only of what the worker needs, read-only), ``docker`` (no network, read-on
 scratch, cgroup limits, no capabilities, non-root; gVisor's runsc when registered) and
 ``process`` (a plain child with rlimits and a scrubbed environment; namespaces where it can get
 them). ``detect_backend()`` runs the worker's self-test under each and keeps the first that works.
+
+Workers die with this process and never before: every one is forked by a single long-lived
+thread (``in_forker``; parent-death signals are per thread), and the worker exits when its stdin,
+which only this process holds open, ends. What a ``kill -9`` leaves on the host (pids cgroups,
+scratch directories, containers) is named after its owner and removed by the next process that
+starts a backend (``sweep_orphans``).
 """
 
 from __future__ import annotations
@@ -19,18 +25,28 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import queue
+import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 BACKEND_ORDER = ("bwrap", "docker", "process")
+PR_SET_PDEATHSIG = 1
+
+# The longest line the protocol can need: the worker flushes its decision log in batches well
+# below this (sandbox/worker.py). Past it the trusted side stops buffering and gives up.
+MAX_LINE_BYTES = 32 << 20
 
 # Environment variables a worker may see: only these, with these values, never the parent's.
 WORKER_ENV = {
@@ -38,6 +54,9 @@ WORKER_ENV = {
     "LANG": "C.UTF-8",
     "HOME": "/scratch",
     "TMPDIR": "/scratch",
+    # str and bytes hashes (hash(), set order) the same in every run: a policy's decisions must
+    # not depend on a per-process salt. Read because the worker runs without -E/-I (see below).
+    "PYTHONHASHSEED": "0",
     # numpy's BLAS would otherwise start one thread per core (and each counts as a process).
     "OPENBLAS_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
@@ -45,8 +64,22 @@ WORKER_ENV = {
 }
 
 
+# How every backend starts the worker's interpreter: no site (-S), no user site (-s), no script
+# directory on sys.path (-P), no bytecode written (-B). Not -I/-E: those would also ignore
+# PYTHONHASHSEED, and the worker's environment is exactly WORKER_ENV anyway (each backend
+# clears everything else), so no other PYTHON* variable can reach it.
+PYTHON_FLAGS = ("-S", "-s", "-P", "-B")
+
+
 class SandboxUnavailable(RuntimeError):
     """A backend that cannot run here (forced with ``--sandbox`` or asked for by name)."""
+
+
+class SandboxBroken(SandboxUnavailable):
+    """The evaluation machinery (the sandbox, or the processes that drive it) failed repeatedly
+    for reasons that are not the policy's, e.g. a worker killed before the policy ran: nothing
+    about the policy is known, so nothing is recorded (``autotuner resume`` evaluates it
+    afresh)."""
 
 
 class WorkerFault(Exception):
@@ -148,6 +181,85 @@ def pids_cgroup_root() -> Path | None:
     return found
 
 
+# ------------------------------------------------------------------------------- ownership
+# Everything a worker leaves on the host (pids cgroups, scratch directories, containers) is named
+# after its owner: pid, the pid's start time (so a reused pid is not mistaken for the owner) and
+# the pid namespace (so another container's processes are never judged from here). A kill -9
+# skips every teardown; whoever next starts a backend removes what dead owners left.
+_NAME = re.compile(r"^autotuner-sandbox-(\d+)-(\d+)-(\d+)-")
+_OLD_CGROUP = re.compile(r"^autotuner-sandbox-(\d+)-\d+-\d{15,}$")  # before owner tags
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def owner_tag() -> str:
+    """``PID-STARTTIME-PIDNS`` of this process: the prefix of every name it leaves on the host."""
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid) or 0}-{_pid_namespace()}"
+
+
+def owner_alive(tag: str) -> bool | None:
+    """Whether the process a tag names still runs; None when it cannot be told from here
+    (another pid namespace)."""
+    try:
+        pid, start, ns = (int(part) for part in tag.split("-"))
+    except ValueError:
+        return None
+    if ns != _pid_namespace():
+        return None
+    return _start_time(pid) == start
+
+
+def orphaned(name: str) -> bool:
+    """Whether a leftover's name says its owner is dead (never for a live or unknown owner)."""
+    old = _OLD_CGROUP.match(name)
+    if old:
+        return not Path(f"/proc/{old.group(1)}").exists()
+    m = _NAME.match(name + "-")
+    return bool(m) and owner_alive("-".join(m.groups())) is False
+
+
+def remove_scratch(path: Path) -> None:
+    """rmtree, also of files and directories the worker made read-only."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        subprocess.run(["chmod", "-R", "u+rwX", str(path)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_orphans() -> list[str]:
+    """Remove pids cgroups (killing what is left in them) and scratch directories whose owner
+    is dead. Returns their paths."""
+    removed = []
+    root = pids_cgroup_root()
+    if root is not None:
+        for path in root.glob("autotuner-sandbox-*"):
+            if path.is_dir() and orphaned(path.name):
+                PidsCgroup.remove_path(path)
+                if not path.exists():
+                    removed.append(str(path))
+    for path in Path(tempfile.gettempdir()).glob("autotuner-sandbox-*"):
+        m = _NAME.match(path.name)
+        if m and path.is_dir() and owner_alive("-".join(m.groups())) is False:
+            remove_scratch(path)
+            if not path.exists():
+                removed.append(str(path))
+    return removed
+
+
 class PidsCgroup:
     """A throw-away pids cgroup holding one worker: the process limit when running as root."""
 
@@ -158,7 +270,7 @@ class PidsCgroup:
         if root is None:
             raise OSError("no writable pids cgroup")
         PidsCgroup._seq += 1
-        self.path = root / f"autotuner-sandbox-{os.getpid()}-{PidsCgroup._seq}-{time.time_ns()}"
+        self.path = root / f"autotuner-sandbox-{owner_tag()}-{PidsCgroup._seq}"
         self.path.mkdir()
         try:
             (self.path / "pids.max").write_text(str(max_pids))
@@ -176,15 +288,20 @@ class PidsCgroup:
             os.close(fd)
 
     def remove(self) -> None:
+        self.remove_path(self.path)
+
+    @staticmethod
+    def remove_path(path: Path) -> None:
+        """rmdir, killing whatever still runs in it first (a cgroup with tasks cannot go)."""
         for _ in range(200):
             try:
-                self.path.rmdir()
+                path.rmdir()
                 return
             except FileNotFoundError:
                 return
             except OSError:
                 try:
-                    for pid in (self.path / "cgroup.procs").read_text().split():
+                    for pid in (path / "cgroup.procs").read_text().split():
                         try:
                             os.kill(int(pid), signal.SIGKILL)
                         except (ProcessLookupError, PermissionError, ValueError):
@@ -194,15 +311,37 @@ class PidsCgroup:
                 time.sleep(0.01)
 
 
-def child_setup(limits: Limits, cgroup: PidsCgroup | None) -> Callable[[], None]:
-    """``preexec_fn``: join the pids cgroup (if any), then apply the rlimits."""
-    apply = rlimit_preexec(limits)
-    if cgroup is None:
-        return apply
+def die_with_parent_preexec() -> Callable[[], None]:
+    """A ``preexec_fn`` part: SIGKILL this child when the thread that forked it ends.
+
+    Only meaningful for children forked by the forker thread (``in_forker``), which ends only
+    with the process. If the parent is already gone by the time the signal is armed, exit.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
+def child_setup(limits: Limits, cgroup: PidsCgroup | None, *,
+                die_with_parent: bool = False) -> Callable[[], None]:
+    """``preexec_fn``: join the pids cgroup (if any), arm the parent-death signal (if asked),
+    then apply the rlimits."""
+    steps = [cgroup.join] if cgroup is not None else []
+    if die_with_parent:
+        steps.append(die_with_parent_preexec())
+    steps.append(rlimit_preexec(limits))
 
     def setup() -> None:
-        cgroup.join()
-        apply()
+        for step in steps:
+            step()
 
     return setup
 
@@ -326,6 +465,10 @@ class WorkerHandle:
                     *lines, rest = bytes(self._buf).split(b"\n")
                     self._lines.extend(lines)
                     self._buf = bytearray(rest)
+                if len(self._buf) > MAX_LINE_BYTES:
+                    raise self._fault(f"garbage output: a line of more than "
+                                      f"{MAX_LINE_BYTES >> 20} MiB (the protocol's lines are "
+                                      "far shorter)")
             else:
                 if not data:
                     self.err_eof = True
@@ -433,17 +576,15 @@ class PopenWorker(WorkerHandle):
         return self.proc.poll() is None
 
     def _write(self, request: bytes) -> None:
+        # stdin stays open after the request: the worker takes its end of file as this
+        # process's death (sandbox/worker.py), so only close() or a kill -9 may close it.
         stdin = self.proc.stdin
         assert stdin is not None
         try:
             stdin.write(request)
+            stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass
-        finally:
-            try:
-                stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
 
     def _poll(self, timeout: float) -> list[tuple[str, bytes]]:
         chunks = []
@@ -528,7 +669,8 @@ class HostLayout:
 
     The worker finds ``autotuner`` and ``numpy`` in ``/sandbox/lib`` (bound read-only one by
     one, so nothing else from site-packages or the checkout is visible) and is started with
-    ``python -I -S -B``, so no site-packages, user site, PYTHON* variable or cwd reaches it.
+    ``PYTHON_FLAGS`` in exactly ``WORKER_ENV``, so no site-packages, user site, other PYTHON*
+    variable or cwd reaches it.
     """
 
     python: str  # the real interpreter binary
@@ -557,6 +699,77 @@ class HostLayout:
         )
 
 
+# ------------------------------------------------------------------------------- the forker
+_FORKERS: dict[int, tuple[threading.Thread, queue.SimpleQueue]] = {}
+_FORKER_LOCK = threading.Lock()
+
+
+def _serve_forever(jobs: queue.SimpleQueue) -> None:
+    while True:
+        fn, args, future = jobs.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
+
+
+def in_forker(fn: Callable[..., Any], *args: Any) -> Future:
+    """Run ``fn(*args)`` on this process's forker thread; every worker is forked there.
+
+    Why one thread: a worker's parent-death signal (bwrap's ``--die-with-parent``, the process
+    backend's PR_SET_PDEATHSIG) is sent when the *thread* that forked it ends, not the process.
+    Workers are asked for from threads that end at any moment (spare preparation, proposal
+    threads), which used to kill them mid-evaluation. The forker never returns, so its workers
+    die exactly when this process dies (including ``kill -9``), and never before.
+    """
+    pid = os.getpid()
+    with _FORKER_LOCK:
+        entry = _FORKERS.get(pid)
+        if entry is None or not entry[0].is_alive():
+            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            thread = threading.Thread(target=_serve_forever, args=(jobs,), daemon=True,
+                                      name="autotuner-worker-forker")
+            thread.start()
+            entry = _FORKERS[pid] = (thread, jobs)
+    future: Future = Future()
+    if threading.current_thread() is entry[0]:  # already on it (a backend's own start-up)
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001
+            future.set_exception(exc)
+        return future
+    entry[1].put((fn, args, future))
+    return future
+
+
+def settle(future: Future) -> WorkerHandle:
+    """The forker's handle; if the caller is interrupted while waiting, the handle is closed
+    once it exists, so no worker is left behind."""
+    try:
+        return future.result()
+    except BaseException:
+        future.add_done_callback(_close_if_handle)
+        raise
+
+
+def settled_or_none(future: Future | None) -> WorkerHandle | None:
+    """A spare's handle, or None when there is none or it could not start."""
+    if future is None:
+        return None
+    try:
+        return settle(future)
+    except Exception:  # noqa: BLE001 - no spare; the next start() spawns one
+        return None
+
+
+def _close_if_handle(future: Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
 # ------------------------------------------------------------------------------- backends
 @dataclass
 class Backend:
@@ -568,24 +781,44 @@ class Backend:
     same_runtime: bool = True  # the worker runs this process's Python and numpy
     detail: str = ""  # filled in by available(): variant, runtime, versions
     _status: tuple[bool, str] | None = field(default=None, repr=False)
-    _spare: WorkerHandle | None = field(default=None, repr=False)
-    _spare_thread: threading.Thread | None = field(default=None, repr=False)
+    _spare: Future | None = field(default=None, repr=False)  # of a WorkerHandle
     _spare_lock: Any = field(default_factory=threading.Lock, repr=False)
+    _swept: bool = field(default=False, repr=False)
 
     def spawn(self, limits: Limits) -> WorkerHandle:
-        """Start a worker that imports its code and then waits for its request."""
+        """Start a worker that imports its code and then waits for its request.
+
+        Called only on the forker thread (see ``in_forker``); never call it directly.
+        """
         raise NotImplementedError
+
+    def sweep_orphans(self) -> list[str]:
+        """Remove what sandboxes of dead owners left (a ``kill -9`` skips every teardown).
+
+        Runs once per process, before this backend's first worker. Returns what was removed.
+        """
+        return sweep_orphans()
+
+    def _spawn(self, limits: Limits) -> WorkerHandle:
+        if not self._swept:
+            self._swept = True
+            try:
+                self.sweep_orphans()
+            except Exception:  # noqa: BLE001 - someone else's leftovers must not stop us
+                pass
+        return self.spawn(limits)
 
     def start(self, request: bytes, limits: Limits, *, warm: bool = False) -> WorkerHandle:
         """A worker running ``request``. ``warm``: use (and afterwards prepare) a spare worker.
 
         A spare is a fresh worker started ahead of time, so that its interpreter and imports
         overlap other work; it still serves exactly one request. ``release_spares()`` (also run
-        at exit) stops any that are left.
+        at exit) stops any that are left. Every worker is forked by the forker thread, whichever
+        thread asks.
         """
         handle = self._take_spare(limits) if warm else None
         if handle is None:
-            handle = self.spawn(limits)
+            handle = settle(in_forker(self._spawn, limits))
         try:
             handle.send(request)
         except BaseException:
@@ -596,11 +829,9 @@ class Backend:
         return handle
 
     def _take_spare(self, limits: Limits) -> WorkerHandle | None:
-        thread = self._spare_thread
-        if thread is not None:
-            thread.join()
         with self._spare_lock:
-            spare, self._spare = self._spare, None
+            pending, self._spare = self._spare, None
+        spare = settled_or_none(pending)
         if spare is None:
             return None
         if spare.limits == limits and spare.alive():
@@ -609,26 +840,17 @@ class Backend:
         return None
 
     def _prepare_spare(self, limits: Limits) -> None:
-        def make() -> None:
-            try:
-                spare = self.spawn(limits)
-            except Exception:  # noqa: BLE001 - no spare; the next start() spawns one
-                return
-            with self._spare_lock:
-                old, self._spare = self._spare, spare
-            if old is not None:
-                old.close()
-
-        self._spare_thread = threading.Thread(target=make, daemon=True)
-        self._spare_thread.start()
+        pending = in_forker(self._spawn, limits)
+        with self._spare_lock:
+            old, self._spare = self._spare, pending
+        spare = settled_or_none(old)
+        if spare is not None:
+            spare.close()
 
     def release_spare(self) -> None:
-        thread = self._spare_thread
-        if thread is not None:
-            thread.join()
-            self._spare_thread = None
         with self._spare_lock:
-            spare, self._spare = self._spare, None
+            pending, self._spare = self._spare, None
+        spare = settled_or_none(pending)
         if spare is not None:
             spare.close()
 
