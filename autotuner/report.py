@@ -419,10 +419,13 @@ class _Builder:
         import optuna
 
         from autotuner.policy import read_policy_source
-        from autotuner.scoring import ladder_jobs, ladder_scores
-        from autotuner.tune import tune
+        from autotuner.yardstick import from_campaign, tune_reference
 
         cfg = self.cfg
+        by_campaign = from_campaign(self.archive, f"{stem}.py", code)
+        if by_campaign is not None:  # a seed, or a reference the campaign's gate tuned
+            return {"params": dict(by_campaign.params), "value": by_campaign.value,
+                    "by": by_campaign.by}
         caps, ref = base["caps"]["train"], base["reference"]["train"]
         key = sha256(canonical({
             "code": sha256(code), "trials": cfg.budget.trials, "seed": cfg.seed,
@@ -434,22 +437,12 @@ class _Builder:
         if hit is not None:
             return hit
         source = read_policy_source(code, f"{stem}.py")
-        name = f"seed-{stem}"
-
-        def objective(params: dict[str, Any]) -> tuple[float | None, str | None]:
-            res = self.evaluator.evaluate(ladder_jobs(code, params, train, caps, cfg,
-                                                      name=f"{stem}.py"), name)
-            score = ladder_scores(res, train, ref, cfg)
-            return (None, score.error) if score.error else (score.objective, None)
-
         n = cfg.budget.trials if source.tunables else 1
         self.log(f"tuning reference {stem} ({n} Optuna trials on {len(train)} training "
                  "instances, as the campaign tunes a seed)")
-        result = tune(storage=optuna.storages.InMemoryStorage(), study_name=name,
-                      tunables=source.tunables, n_trials=cfg.budget.trials, objective=objective,
-                      seed=cfg.seed, start=[base["params"]])
-        out = {"params": result.params, "value": result.value, "trials": result.trials,
-               "failures": result.failures[:3], "by": "this report"}
+        result = tune_reference(self.evaluator, cfg, f"{stem}.py", code, train, caps, ref,
+                                base["params"], optuna.storages.InMemoryStorage(), "this report")
+        out = {"params": dict(result.params), "value": result.value, "by": result.by}
         self.cache.put("tuned", key, out)
         return out
 
@@ -811,14 +804,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
             from autotuner.resources import baseline_path
 
             code = baseline_path(stem).read_text(encoding="utf-8")
-            seed_cand = archive.find(f"seed-{stem}")
-            if (seed_cand is not None and seed_cand.code == code
-                    and seed_cand.train_score is not None
-                    and seed_cand.status in (A.TUNED, A.FINALIST, A.GATE_FAILED)):
-                tuned = {"params": dict(seed_cand.params), "value": seed_cand.train_score,
-                         "by": "the campaign (seed)"}
-            else:
-                tuned = b.tune_reference(stem, code, base_meta, train)
+            tuned = b.tune_reference(stem, code, base_meta, train)
             refs.append(_Policy(f"ref:{stem}", stem, code, dict(tuned["params"]),
                                 P.PALETTE[k % len(P.PALETTE)],
                                 note=f"tuned by {tuned['by']}; training objective "

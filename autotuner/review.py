@@ -27,6 +27,9 @@ from autotuner.campaign import CampaignError, campaign_dir
 from autotuner.config import CampaignConfig, ConfigError, SandboxConfig, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# "At saturation": this multiple of the tuned baseline's capacity, where every policy is
+# overloaded and output tokens/s shows what it really delivers.
+SATURATION_FACTOR = 2.0
 
 
 class ReviewError(RuntimeError):
@@ -77,6 +80,66 @@ def _params_text(params: Mapping[str, Any]) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     return ", ".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
+
+
+# Fairness beside capacity: what a share-of-requests capacity hides (run metrics keys).
+FAIRNESS_COLUMNS = (
+    ("goodput_tok_s", "tok goodput", "{:,.0f}/s"),
+    ("longest_wait_s", "longest wait", "{:.3g} s"),
+    ("max_wait_over_deadline", "wait/deadline", "{:.3g}x"),
+    ("late_finish_share", "late finish", "{:.0%}"),
+    ("jain_slowdown", "Jain", "{:.3f}"),
+    ("starved", "starved", "{:d}"),
+    ("priority_inversions", "inversions", "{:d}"),
+)
+
+
+def _fmt_or_dash(value: Any, fmt: str) -> str:
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return "-"
+    try:
+        return fmt.format(int(value) if fmt.endswith("d}") else value)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def fairness_row(metrics: Mapping[str, Any]) -> list[str]:
+    """The fairness columns of one run's metrics, formatted ('-' where not measured)."""
+    return [_fmt_or_dash(metrics.get(key), fmt) for key, _, fmt in FAIRNESS_COLUMNS]
+
+
+def named_requests(metrics: Mapping[str, Any]) -> str:
+    """The starved requests and priority inversions a run names (request ids, worst first)."""
+    parts = []
+    if metrics.get("starved"):
+        ids = ", ".join(f"#{i}" for i in (metrics.get("starved_ids") or [])[:10])
+        parts.append(f"starved {metrics['starved']}" + (f" ({ids})" if ids else ""))
+    if metrics.get("priority_inversions"):
+        ids = ", ".join(f"#{i}" for i in (metrics.get("inversion_ids") or [])[:10])
+        parts.append(f"inversions {metrics['priority_inversions']}" + (f" ({ids})" if ids
+                                                                         else ""))
+    return "; ".join(parts)
+
+
+def fairness_lines(capacities: Mapping[str, Any], at_claim: Mapping[str, Mapping[str, Any]],
+                   sides: tuple[str, str] = ("candidate", "baseline")) -> list[str]:
+    """A table: per instance, each side's capacity and its fairness figures at that capacity,
+    then the requests it starved or overtook, by id."""
+    head = [f"{'instance':<24} {'':<9} {'capacity':>10}"] + [
+        f"{label:>13}" for _, label, _ in FAIRNESS_COLUMNS]
+    lines = [" ".join(head)]
+    for label, caps in capacities.items():
+        rows = at_claim.get(label) or {}
+        for n, side in enumerate(sides):
+            metrics = rows.get(side) or {}
+            cap = caps[n] if n < len(caps) else None
+            cells = [f"{label if n == 0 else '':<24} {side:<9} "
+                     f"{_fmt_or_dash(cap, '{:.3g} r/s'):>10}"]
+            cells += [f"{c:>13}" for c in fairness_row(metrics)]
+            lines.append(" ".join(cells))
+            if named := named_requests(metrics):
+                lines.append(f"{'':<24} {'':<9} {named}")
+    return lines
 
 
 def _use_color(mode: str, stream: TextIO) -> bool:
@@ -288,9 +351,7 @@ def show_text(archive: Archive, cand: Candidate) -> str:
             for label, (c, r) in comp["capacities"].items():
                 lines.append(f"    {label:<24} {c:9.3g} vs {r:9.3g} req/s  "
                              f"{_gain(comp['gains'][label])}")
-        for metric, row in (gate.get("slo") or {}).items():
-            lines.append(f"  {metric:<12} at baseline capacity: {row['candidate']:.3f} vs "
-                         f"{row['baseline']:.3f} (tolerance {row['tolerance']:.3f})")
+        lines += _gate_conditions_text(gate)
     if cand.code is not None:
         lines.append(f"\n--- {cand.id}.py ---")
         lines.append(cand.code.rstrip("\n"))
@@ -298,6 +359,20 @@ def show_text(archive: Archive, cand: Candidate) -> str:
         lines.append("\n--- proposer's last reply ---")
         lines.append(str(cand.raw[-1])[:4000])
     return "\n".join(lines) + "\n"
+
+
+def _gate_conditions_text(gate: Mapping[str, Any]) -> list[str]:
+    """The gate's conditions with their figures, and the fairness figures at the claim."""
+    lines = []
+    for cond in gate.get("conditions") or []:
+        lines.append(f"  {'pass' if cond['passed'] else 'FAIL'}  {cond['name']:<12} "
+                     f"{cond['figures']}")
+    at_claim = gate.get("at_claim") or {}
+    comps = gate.get("comparisons") or []
+    if at_claim and comps:
+        lines.append("  at the claimed capacity:")
+        lines += [f"    {x}" for x in fairness_lines(comps[0]["capacities"], at_claim)]
+    return lines
 
 
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
@@ -463,16 +538,18 @@ def _replay(args: argparse.Namespace) -> int:
     evaluator = Evaluator(NoCache(), args.parallelism or cfg.parallelism)
     try:
         results = evaluator.evaluate(jobs)
+        rows = []
+        for n, inst in enumerate(insts):
+            pol, base = results[2 * n], results[2 * n + 1]
+            row: dict[str, Any] = {"workload": inst.label, "policy": pol, "baseline": base}
+            if kind == "capacity":
+                c, b = pol.get("capacity") or 0.0, base.get("capacity") or 0.0
+                row["gain"] = (c / b - 1.0) if b > 0 else None
+            rows.append(row)
+        if kind == "capacity":
+            _add_saturation(evaluator, jobs, rows)
     finally:
         evaluator.close()
-    rows = []
-    for n, inst in enumerate(insts):
-        pol, base = results[2 * n], results[2 * n + 1]
-        row: dict[str, Any] = {"workload": inst.label, "policy": pol, "baseline": base}
-        if kind == "capacity":
-            c, b = pol.get("capacity") or 0.0, base.get("capacity") or 0.0
-            row["gain"] = (c / b - 1.0) if b > 0 else None
-        rows.append(row)
     report = {"target": t.name, "params": t.params, "baseline": t.baseline_name,
               "baseline_params": t.baseline_params, "note": t.note, "kind": kind,
               "slo": {"ttft_s": cfg.slo.ttft_s, "tpot_s": cfg.slo.tpot_s,
@@ -485,6 +562,27 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         _print_replay(report, sys.stdout)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _add_saturation(evaluator: Any, jobs: list[Any], rows: list[dict[str, Any]]) -> None:
+    """Output tokens/s of both policies at ``SATURATION_FACTOR`` x the baseline's capacity:
+    what each delivers when overloaded (a policy that starves requests may keep its SLO share
+    there while serving no more tokens)."""
+    runs, where = [], []
+    for n, row in enumerate(rows):
+        cap = row["baseline"].get("capacity") or 0.0
+        if cap <= 0:
+            continue
+        rate = SATURATION_FACTOR * cap
+        for k in (0, 1):
+            runs.append(dataclasses.replace(jobs[2 * n + k], kind="run", rate=rate))
+        where.append((row, rate))
+    results = evaluator.evaluate(runs)
+    for m, (row, rate) in enumerate(where):
+        pol, base = results[2 * m], results[2 * m + 1]
+        row["saturation"] = {"rate": rate, "policy": pol.get("throughput_tok_s"),
+                             "baseline": base.get("throughput_tok_s"),
+                             "error": pol.get("error") or base.get("error")}
 
 
 def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
@@ -513,6 +611,7 @@ def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
         gains = [r["gain"] for r in report["results"] if r.get("gain") is not None]
         if len(gains) > 1:
             out.write(f"  {'mean':<32} {'':>12} {'':>12} {_gain(sum(gains) / len(gains)):>8}\n")
+        _print_capacity_fairness(report["results"], out)
         return
     keys = (("rate", "offered rate (req/s)", "{:.3g}"), ("attainment", "SLO attainment", "{:.1%}"),
             ("goodput_rps", "goodput (req/s)", "{:.3g}"),
@@ -520,18 +619,42 @@ def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
             ("throughput_tok_s", "throughput (tok/s)", "{:,.0f}"),
             ("ttft_p50", "TTFT p50 (s)", "{:.3f}"), ("ttft_p90", "TTFT p90 (s)", "{:.3f}"),
             ("ttft_p99", "TTFT p99 (s)", "{:.3f}"), ("tpot_p50", "TPOT p50 (s)", "{:.4f}"),
-            ("tpot_p90", "TPOT p90 (s)", "{:.4f}"), ("tpot_p99", "TPOT p99 (s)", "{:.4f}"))
+            ("tpot_p90", "TPOT p90 (s)", "{:.4f}"), ("tpot_p99", "TPOT p99 (s)", "{:.4f}"),
+            *((key, label, fmt) for key, label, fmt in FAIRNESS_COLUMNS if key != "goodput_tok_s"))
     for r in report["results"]:
         out.write(f"\n{r['workload']}:\n  {'':<22} {'policy':>12} {'baseline':>12}\n")
         for key, label, fmt in keys:
-            vals = []
-            for side in (r["policy"], r["baseline"]):
-                v = side.get(key)
-                vals.append("-" if v is None else fmt.format(v))
+            vals = [_fmt_or_dash(side.get(key), fmt) for side in (r["policy"], r["baseline"])]
             out.write(f"  {label:<22} {vals[0]:>12} {vals[1]:>12}\n")
         for side in ("policy", "baseline"):
+            if named := named_requests(r[side]):
+                out.write(f"  {side} {named}\n")
             if r[side].get("error"):
                 out.write(f"  {side} error: {r[side]['error']}\n")
+
+
+def _print_capacity_fairness(results: list[Mapping[str, Any]], out: TextIO) -> None:
+    """Beside capacity: each side's fairness at its own capacity, and output tokens/s at
+    saturation."""
+    caps = {r["workload"]: (r["policy"].get("capacity"), r["baseline"].get("capacity"))
+            for r in results}
+    at = {r["workload"]: {"policy": r["policy"].get("at_capacity") or {},
+                          "baseline": r["baseline"].get("at_capacity") or {}} for r in results}
+    out.write("\nat each policy's own capacity:\n")
+    for line in fairness_lines(caps, at, ("policy", "baseline")):
+        out.write(f"  {line}\n")
+    sat = [r for r in results if r.get("saturation")]
+    if sat:
+        out.write(f"\noutput tokens/s at saturation ({SATURATION_FACTOR:g} x the baseline's "
+                  "capacity):\n")
+        for r in sat:
+            s = r["saturation"]
+            p, b = s.get("policy"), s.get("baseline")
+            ratio = _gain(p / b - 1.0) if p is not None and b else "-"
+            out.write(f"  {r['workload']:<32} at {s['rate']:.3g} r/s: policy "
+                      f"{_fmt_or_dash(p, '{:,.0f}')} tok/s, baseline {_fmt_or_dash(b, '{:,.0f}')}"
+                      f" tok/s ({ratio})" + (f"  error: {s['error']}" if s.get("error") else "")
+                      + "\n")
 
 
 # ------------------------------------------------------------------------------- reproduce

@@ -1,4 +1,5 @@
-"""The promotion gate: paired capacity on held-out instances, bootstrap bound, SLO guard, records.
+"""The promotion gate: the claim judged at its own capacity, paired geometric-mean capacity on
+held-out instances with a bootstrap bound, regressions, the reference bar, records.
 
 The simulations here run trusted files (the shipped baselines and variants of them) in process,
 through the same Evaluator and capacity search the campaign uses, on small multiturn instances
@@ -15,12 +16,16 @@ import pytest
 
 from autotuner.config import load_config
 from autotuner.gate import (
+    CLAIM_CONDITIONS,
+    GateInputError,
     PolicyRef,
     bake_params,
     bootstrap_bound,
+    claim_conditions,
     compare,
+    family_gains,
+    regression_condition,
     run_gate,
-    slo_check,
     write_promotion,
 )
 from autotuner.policy import read_policy_file, read_policy_source
@@ -43,7 +48,8 @@ TUNED = {"chunk_size": 2048}
 def cfg():
     return load_config(**{"workloads.scenarios": ["multiturn"], "workloads.screen": [],
                           "workloads.requests": 250, "workloads.scenario_requests": {},
-                          "gate.bootstrap": 2000, "gate.capacity_rel_tol": 0.04})
+                          "gate.bootstrap": 2000, "gate.capacity_rel_tol": 0.04,
+                          "gate.references": []})
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +80,69 @@ def test_bootstrap_bound():
     assert math.isnan(bootstrap_bound([], confidence=0.95, samples=100, seed=0)[0])
 
 
-def test_compare_pairs_by_instance(cfg):
+def test_compare_is_a_geometric_mean_of_paired_ratios(cfg):
     comp = compare({"a": 12.0, "b": 24.0}, {"a": 10.0, "b": 20.0, "c": 5.0}, "baseline",
                    cfg.gate, 0)
     assert comp.gains == {"a": pytest.approx(0.2), "b": pytest.approx(0.2)}
     assert comp.passed and comp.lower_bound == pytest.approx(0.2)
     flat = compare({"a": 10.0, "b": 20.0}, {"a": 10.0, "b": 20.0}, "baseline", cfg.gate, 0)
-    assert not flat.passed and flat.mean_gain == 0.0
+    assert not flat.passed and flat.mean_gain == pytest.approx(0.0)
+    # one workload with a tiny baseline cannot carry the rest: x10 on one, x0.5 on two others
+    skew = compare({"a": 10.0, "b": 5.0, "c": 5.0}, {"a": 1.0, "b": 10.0, "c": 10.0},
+                   "baseline", cfg.gate, 0)
+    assert skew.mean_gain == pytest.approx(10 ** (1 / 3) * 0.25 ** (1 / 3) - 1)
+    assert not skew.passed
+    # a reference capacity of 0 gives no ratio: listed, not averaged in as 0 %
+    zero = compare({"a": 3.0, "b": 12.0}, {"a": 0.0, "b": 10.0}, "baseline", cfg.gate, 0)
+    assert zero.excluded == ["a"] and set(zero.gains) == {"b"}
+    # its own margin (the reference bar)
+    assert not compare({"a": 10.4, "b": 20.8}, {"a": 10.0, "b": 20.0}, "ref", cfg.gate, 0,
+                       margin=0.05).passed
 
 
-def test_slo_check_flags_regressions_beyond_the_tolerance():
-    base = {"a": {"attainment": 0.9, "ttft_ok": 0.95, "tpot_ok": 0.95}}
-    ok, reasons = slo_check({"a": {"attainment": 0.89, "ttft_ok": 0.99, "tpot_ok": 0.94}}, base,
-                            0.02)
-    assert reasons == [] and ok["attainment"]["delta"] == pytest.approx(-0.01)
-    _, reasons = slo_check({"a": {"attainment": 0.95, "ttft_ok": 0.99, "tpot_ok": 0.90}}, base,
-                           0.02)
-    assert len(reasons) == 1 and "tpot_ok" in reasons[0]
-    # a share the evaluation did not report is skipped, not treated as zero
-    _, reasons = slo_check({"a": {"attainment": 0.95}}, {"a": {"attainment": 0.9}}, 0.02)
-    assert reasons == []
+def _row(**kw):
+    row = {"attainment": 0.93, "sustainable": True, "backlog_growth": 0.0,
+           "max_wait_over_deadline": 2.0, "unfinished": 0, "starved": 0,
+           "ttft_over_deadline_p99": 1.5, "longest_wait_s": 4.0}
+    return row | kw
+
+
+def test_claim_conditions_judge_each_instance_at_its_claim(cfg):
+    gate = cfg.gate
+    claimed = {"a": 10.0, "b": 20.0}
+    base = {"a": _row(), "b": _row()}
+    ok = claim_conditions(claimed, {"a": _row(), "b": _row()}, base, 0.9, gate)
+    assert [c.name for c in ok] == list(CLAIM_CONDITIONS) and all(c.passed for c in ok)
+    bad = {c.name: c for c in claim_conditions(
+        claimed, {"a": _row(max_wait_over_deadline=31.0, starved=4),
+                  "b": _row(unfinished=7, ttft_over_deadline_p99=1.6, sustainable=False,
+                            backlog_growth=0.4, attainment=0.85)}, base, 0.9, gate)}
+    assert not any(c.passed for c in bad.values())
+    assert "31 x" in bad["max_wait"].figures and "on a" in bad["max_wait"].figures
+    assert "4 starved" in bad["max_wait"].figures
+    assert "7 request(s) unfinished" in bad["finished"].figures
+    assert "worst 0.850 on b" in bad["share"].figures
+    assert "1.6 vs 1.5 on b" in bad["tail"].figures
+    # what was not measured cannot be vouched for
+    lost = {c.name: c for c in claim_conditions(claimed, {"a": {}, "b": _row()}, base, 0.9,
+                                                gate)}
+    assert not any(c.passed for c in lost.values())
+    assert "not measured" in lost["max_wait"].figures
+    # an instance without a claim (capacity 0) is left to the capacity conditions
+    part = claim_conditions({"a": 0.0, "b": 20.0}, {"b": _row()}, base, 0.9, gate)
+    assert all(c.passed for c in part)
+    assert not any(c.passed for c in claim_conditions({"a": 0.0}, {}, base, 0.9, gate))
+
+
+def test_regression_is_per_workload_family(cfg):
+    comp = compare({"chat@1": 12.0, "chat@2": 11.0, "mt@1": 9.7},
+                   {"chat@1": 10.0, "chat@2": 10.0, "mt@1": 10.0}, "baseline", cfg.gate, 0)
+    fams = family_gains(comp, {"chat@1": "chat", "chat@2": "chat", "mt@1": "mt"})
+    assert fams["chat"] == pytest.approx((1.2 * 1.1) ** 0.5 - 1)
+    assert fams["mt"] == pytest.approx(-0.03)
+    assert not regression_condition(fams, 0.0).passed
+    assert "worst workload mt -3.0%" in regression_condition(fams, 0.0).figures
+    assert regression_condition(fams, 0.05).passed
 
 
 def test_a_candidate_identical_to_the_baseline_is_never_promoted(cfg, instances, evaluator):
@@ -116,7 +165,9 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     comp = result.baseline
     assert comp.lower_bound >= cfg.gate.margin and comp.mean_gain > 0.2
     assert set(comp.capacities) == {i.label for i in instances}
-    assert "attainment" in result.slo and result.per_family["multiturn"] > 0.2
+    assert result.failed() == [] and result.per_family["multiturn"] > 0.2
+    assert [c.name for c in result.conditions] == [*CLAIM_CONDITIONS, "capacity", "regression",
+                                                   "reference"]
 
     # the same policy again must beat the promoted one, and cannot
     again = PolicyRef("c0003.py", LEAST + "\n", dict(TUNED))
