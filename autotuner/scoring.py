@@ -29,7 +29,7 @@ import numpy as np
 from autotuner.archive import canonical, evaluation_key, sha256
 from autotuner.config import CampaignConfig, ClusterConfig, SandboxConfig, SLOConfig
 from autotuner.sim.engine import ClusterSpec, SimResult
-from autotuner.sim.metrics import SLO, per_request, probe_horizon, search_capacity
+from autotuner.sim.metrics import SLO, RunMetrics, probe_horizon, run_metrics, search_capacity
 from autotuner.sim.workload import Workload, load_trace, make_workload
 
 
@@ -201,7 +201,7 @@ def _sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: W
     ev = evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
                   horizon=horizon, sandbox=_backend(sandbox.backend), limits=limits, warm=True)
     if not ev.ok:
-        return _failure(wl, "; ".join(ev.reasons) or ev.verdict)
+        return _failure(wl, "; ".join(ev.reasons) or ev.verdict, slo)
     return _metrics(wl, ev.result, slo)
 
 
@@ -215,9 +215,9 @@ def in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: W
         source = read_policy_source(code, name)
         result = run_policy(source, cluster, wl, params=params, horizon=horizon)
     except PolicyFileError as exc:
-        return _failure(wl, str(exc))
+        return _failure(wl, str(exc), slo)
     except Exception as exc:  # noqa: BLE001 - the policy raised while loading
-        return _failure(wl, f"policy error: {type(exc).__name__}: {exc}")
+        return _failure(wl, f"policy error: {type(exc).__name__}: {exc}", slo)
     return _metrics(wl, result, slo)
 
 
@@ -227,44 +227,13 @@ def simulator_for(backend: str) -> Simulator:
     return _sandboxed
 
 
-def _failure(wl: Workload, reason: str) -> dict[str, Any]:
-    return {"error": reason, "requests": len(wl), "rate": wl.rate, "attainment": 0.0,
-            "goodput_rps": 0.0, "goodput_tok_s": 0.0}
+def _failure(wl: Workload, reason: str, slo: SLO | None = None) -> dict[str, Any]:
+    return RunMetrics.failed(wl, reason, slo.kind if slo else "deadline").to_dict()
 
 
 def _metrics(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
-    """Trusted metrics from a trusted SimResult (every arrival counts)."""
-    r = per_request(wl, result)
-    with np.errstate(invalid="ignore"):
-        ttft_ok = r["ttft"] <= slo.ttft_s
-        tpot_ok = r["tpot"] <= slo.tpot_s
-    met = ttft_ok & tpot_ok
-    n = len(wl)
-    finished = ~np.isnan(result.finish)
-    t0 = float(wl.arrival[0]) if n else 0.0
-    t_end = float(np.nanmax(result.finish)) if finished.any() else result.end_time
-    if not finished.all():
-        t_end = max(t_end, result.end_time)
-    span = max(t_end - t0, 1e-9)
-
-    def p(values: np.ndarray, q: float) -> float | None:
-        values = values[~np.isnan(values)]
-        return float(np.percentile(values, q)) if values.size else None
-
-    return {
-        "error": result.error,
-        "requests": n,
-        "rate": wl.rate,
-        "finished": int(finished.sum()),
-        "attainment": float(met.mean()) if n else 0.0,
-        "ttft_ok": float(ttft_ok.mean()) if n else 0.0,
-        "tpot_ok": float(tpot_ok.mean()) if n else 0.0,
-        "goodput_rps": float(met.sum()) / span,
-        "goodput_tok_s": float(wl.output[met].sum()) / span,
-        "throughput_tok_s": float(wl.output[finished].sum()) / span,
-        "ttft_p50": p(r["ttft"], 50), "ttft_p90": p(r["ttft"], 90), "ttft_p99": p(r["ttft"], 99),
-        "tpot_p50": p(r["tpot"], 50), "tpot_p90": p(r["tpot"], 90), "tpot_p99": p(r["tpot"], 99),
-    }
+    """Trusted metrics from a trusted SimResult: ``RunMetrics`` as a dict (archive rows)."""
+    return run_metrics(wl, result, slo).to_dict()
 
 
 def run_at(job: Job, rate: float | None, simulator: Simulator) -> dict[str, Any]:
@@ -283,19 +252,12 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
     if job.kind == "run":
         out = run_at(job, job.rate, simulator)
     elif job.kind == "capacity":
-        probe_metrics: dict[float, dict[str, Any]] = {}
-
-        def attainment(rate: float) -> tuple[float, str | None]:
-            m = run_at(job, rate, simulator)
-            probe_metrics[rate] = m
-            return m["attainment"], m["error"]
-
         start = job.rate or build_workload(job.instance).rate
-        found = search_capacity(attainment, start, job.slo.share, job.rel_tol)
-        cap, probes, error = found.rate, list(found.probes), found.error
-        at_cap = probe_metrics.get(cap)
-        out = {"error": error, "capacity": cap, "probes": probes,
-               "at_capacity": {k: v for k, v in (at_cap or {}).items() if k != "error"}}
+        found = search_capacity(lambda rate: RunMetrics.from_dict(run_at(job, rate, simulator)),
+                                start, job.slo.share, job.rel_tol)
+        out = {"error": found.error, "capacity": found.rate,
+               "probes": [list(p) for p in found.probes],
+               "at_capacity": found.at_capacity.to_dict() if found.at_capacity else None}
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
     out["seconds"] = time.perf_counter() - t0

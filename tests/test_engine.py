@@ -77,7 +77,9 @@ def test_all_requests_finish_and_metrics_are_sane():
     assert m["finished"] == 400 and m["unfinished"] == 0
     assert 0 < m["ttft_s"]["p50"] <= m["ttft_s"]["p99"]
     assert 0 < m["throughput_tok_s"] and 0 < m["cost_per_mtok_usd"] < 100
-    assert m["goodput_tok_s"] <= m["throughput_tok_s"] + 1e-9
+    # at low load everything meets the SLO: the good tokens are the tokens served
+    assert m["attainment"] == 1.0 and m["sustainable"] and m["starved"] == 0
+    assert m["goodput_tok_s"] == pytest.approx(m["throughput_tok_s"], rel=0.1)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -250,7 +252,9 @@ def test_horizon_leaves_unfinished_requests_as_missed():
     res = simulate(ClusterSpec(replicas=1), wl, baseline(), horizon=3.0)
     m = summarize(wl, res, SLO(), num_gpus=1, gpu_hour_usd=1.0)
     assert m["unfinished"] > 0 and m["requests"] == 200
-    assert m["slo_attainment"] <= m["finished"] / 200
+    met = slo_met(wl, res, SLO())
+    assert met.any() and not (met & np.isnan(res.finish)).any()  # only finished ones meet it
+    assert m["starved"] >= m["unfinished"]
 
 
 def test_recorded_decisions_replay_to_identical_run():
