@@ -1,16 +1,22 @@
 """Scoring policies on workload instances: single runs, capacity, and the ladder objective.
 
 The unit of work is a ``Job``: one policy (code + parameter values) on one workload instance,
-either at one arrival rate (``run``) or searched for its capacity (``capacity``: the highest rate
-at which ``share`` of requests meet both SLOs, by bisection over the instance's time-scaled
-arrivals). Jobs are plain picklable data, so a process pool runs them; every job goes through
+either at one arrival rate (``run``: the result is ``RunMetrics.to_dict()`` plus ``seconds``) or
+searched for its capacity (``capacity``: the highest sustainable rate at which ``share`` of the
+window's requests meet their SLO, by bisection over the instance's time-scaled arrivals; the
+result is ``capacity``, ``probes`` as (rate, attainment, sustainable), ``at_capacity`` (the
+``RunMetrics`` dict of the run at that rate, None when no rate qualified), ``error`` and
+``seconds``). Jobs are plain picklable data, so a process pool runs them; every job goes through
 ``autotuner.evaluate`` (the sandbox with trusted replay) when it is available, for the baseline
 exactly as for a proposal. Results are small JSON-able dicts, cached in the archive by
 ``Job.key()`` so nothing finished is ever run twice.
 
 The objective (``ladder_scores``) is a cheap, smooth stand-in for capacity: for each instance, a
 policy's goodput summed over a ladder of rates (factors of the tuned baseline's capacity on that
-instance) divided by the tuned baseline's, paired on the same instance, minus one.
+instance) divided by the tuned baseline's, paired on the same instance, minus one. It uses the
+gate's yardstick: goodput counts requests meeting the same per-request SLO over the same window,
+and a rung whose backlog grows earns nothing (``goodput_of``), so deferring work past the
+sustainable rate, which raises goodput at an overloaded rung, does not raise the objective.
 """
 
 from __future__ import annotations
@@ -408,8 +414,26 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------------------- objective
+def sustained_share(result: Mapping[str, Any]) -> float:
+    """How much of a run's goodput the objective credits: all of it while the backlog does not
+    grow, none once it grows by twice the limit, linearly in between (a cliff at the limit would
+    make the objective jump on noise; the gate applies the limit itself). Legacy runs and
+    results from before the sustainability test are credited in full."""
+    if result.get("slo_kind") == "legacy" or "backlog_growth" not in result:
+        return 1.0
+    growth, limit = result["backlog_growth"], result.get("backlog_limit") or 0.0
+    if growth is None:  # a failed run (infinite growth, stored as null)
+        return 0.0
+    if growth <= limit:
+        return 1.0
+    return 0.0 if limit <= 0 else min(1.0, max(0.0, 2.0 - growth / limit))
+
+
 def goodput_of(result: Mapping[str, Any], kind: str) -> float:
-    return float(result["goodput_rps" if kind == "requests" else "goodput_tok_s"])
+    """A ladder rung's credit: goodput (requests/s or tokens/s meeting the SLO, over the window)
+    times ``sustained_share``."""
+    good = float(result["goodput_rps" if kind == "requests" else "goodput_tok_s"])
+    return good * sustained_share(result)
 
 
 def ladder_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instance],

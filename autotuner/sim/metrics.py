@@ -170,10 +170,11 @@ class RunMetrics:
     cut-off (``cutoff_s``); *over deadline* is that wait divided by its TTFT deadline.
 
     attainment: share of window requests meeting the SLO; ttft_ok, tpot_ok, tbt_ok: each condition
-    alone (tpot and tbt only for finished requests). sustainable, backlog_growth: see
-    ``SLO.max_backlog_growth``. late_finish_share: share of all requests not finished by the last
-    arrival. goodput_rps, goodput_tok_s: window requests meeting the SLO (and their output tokens)
-    per second of window. throughput_tok_s: output tokens emitted inside the window, by any
+    alone (tpot and tbt only for finished requests). sustainable, backlog_growth, backlog_limit:
+    see ``SLO.max_backlog_growth`` (the limit is recorded so a reader can grade the margin).
+    late_finish_share: share of all requests not finished by the last arrival. goodput_rps,
+    goodput_tok_s: window requests meeting the SLO (and their output tokens) per second of
+    window. throughput_tok_s: output tokens emitted inside the window, by any
     request, per second of window (the service rate; at saturation, the cluster's).
     jain_slowdown: Jain's fairness index (sum x)^2 / (n sum x^2) over the ten prompt-length
     deciles of window requests, x being a decile's mean wait over deadline (BLIS reports fairness
@@ -199,6 +200,7 @@ class RunMetrics:
     tbt_ok: float
     sustainable: bool
     backlog_growth: float
+    backlog_limit: float
     max_wait_over_deadline: float
     ttft_over_deadline_p99: float | None
     longest_wait_s: float
@@ -238,6 +240,9 @@ class RunMetrics:
     def from_dict(cls, d: Mapping[str, Any]) -> RunMetrics:
         """Read back ``to_dict()`` (extra keys such as ``seconds`` are ignored)."""
         values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for name in _INFINITE_WHEN_FAILED:  # JSON has no inf: the archive stores null
+            if name in values and values[name] is None:
+                values[name] = math.inf
         values["starved_ids"] = tuple(values.get("starved_ids") or ())
         values["inversion_ids"] = tuple(values.get("inversion_ids") or ())
         return cls(**values)
@@ -246,9 +251,21 @@ class RunMetrics:
     def failed(cls, workload: Workload, reason: str, slo_kind: str = "deadline") -> RunMetrics:
         """A run that produced no trustworthy result: nothing served, nothing sustainable."""
         n = len(workload)
-        return cls(slo_kind, n, n, float(workload.rate) if n else 0.0, 0.0, 0.0, 0, n, 0.0, 0.0,
-                   0.0, 0.0, False, math.inf, math.inf, None, math.inf, 1.0, 0.0, 0.0, 0.0, 0.0,
-                   0, n, (), (), None, None, None, None, None, None, None, 0, reason)
+        nothing = {f.name: None for f in fields(cls) if f.name.startswith(("ttft_p", "tpot_p"))}
+        return cls(
+            slo_kind=slo_kind, requests=n, window_requests=n,
+            rate=float(workload.rate) if n else 0.0, window_s=0.0, cutoff_s=0.0, finished=0,
+            unfinished=n, attainment=0.0, ttft_ok=0.0, tpot_ok=0.0, tbt_ok=0.0,
+            sustainable=False, backlog_growth=math.inf, backlog_limit=0.0,
+            max_wait_over_deadline=math.inf, ttft_over_deadline_p99=None,
+            longest_wait_s=math.inf, late_finish_share=1.0, goodput_rps=0.0, goodput_tok_s=0.0,
+            throughput_tok_s=0.0, jain_slowdown=0.0, priority_inversions=0, starved=n,
+            starved_ids=(), inversion_ids=(), tbt_p99=None, preemptions=0, error=reason,
+            **nothing)
+
+
+# Figures a failed run reports as infinite (no wait ended, no backlog was served).
+_INFINITE_WHEN_FAILED = ("backlog_growth", "max_wait_over_deadline", "longest_wait_s")
 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
@@ -376,6 +393,7 @@ def run_metrics(workload: Workload, result: SimResult, slo: SLO) -> RunMetrics:
         tbt_ok=float(v["tbt_ok"][window].mean()) if nw else 0.0,
         sustainable=bool(growth <= slo.max_backlog_growth),
         backlog_growth=growth,
+        backlog_limit=slo.max_backlog_growth,
         max_wait_over_deadline=float(over.max()),
         ttft_over_deadline_p99=_pct(over[window], 99),
         longest_wait_s=float(wait.max()),
