@@ -278,3 +278,48 @@ def test_tampered_log_fails_or_changes_nothing_trusted():
     assert res.error and "allowed" in res.error
     short = simulate(CLUSTER, wl, ReplayPolicy(rec.log[:10]))
     assert short.error and "ended early" in short.error
+
+
+def _token_times(wl, policy, cost_model=None):
+    """Step-by-step run that records every token of every request (the slow reference)."""
+    from autotuner.sim import engine
+
+    times = [[] for _ in range(len(wl))]
+    original = engine._Simulation._complete
+
+    def complete(sim, rep, now):
+        pending = rep.pending
+        for i in rep.running:  # every decode emits one token in this iteration
+            times[i].append(now)
+        if pending[0] == 1:
+            for rid, tokens in pending[1]:
+                if sim.prefilled[rid] + tokens == sim.target[rid]:
+                    times[rid].append(now)  # a finished prefill yields a token
+        original(sim, rep, now)
+
+    engine._Simulation._complete = complete
+    try:
+        res = simulate(CLUSTER, wl, policy, fast_forward=False, cost_model=cost_model)
+    finally:
+        engine._Simulation._complete = original
+    return res, times
+
+
+@pytest.mark.parametrize("kv", [None, 12_000])
+def test_longest_gap_per_request_is_exact_with_fast_forward_and_preemption(kv):
+    wl = make_workload("chat", 200, rate=30.0, seed=4)
+    cost = SmallKV(kv) if kv else None
+    slow, times = _token_times(wl, baseline(), cost)
+    fast = simulate(CLUSTER, wl, baseline(), cost_model=cost)
+    expect = np.array([np.diff(t).max() if len(t) > 1 else 0.0 for t in times])
+    finished = ~np.isnan(slow.finish)
+    assert all(len(times[i]) == wl.output[i] for i in np.flatnonzero(finished))
+    np.testing.assert_allclose(slow.max_gap[finished], expect[finished], rtol=1e-9)
+    np.testing.assert_allclose(fast.max_gap, slow.max_gap, rtol=1e-9)
+    if kv:
+        pre_req, pre_at, pre_back = fast.preempted
+        assert len(pre_req) > 0 and not np.isnan(pre_back).any()
+        # a preempted request's longest gap is at least its wait for the recompute
+        assert (fast.max_gap[pre_req] >= pre_back - pre_at - 1e-12).all()
+        # and for some it is that wait: the stall a reader sees
+        assert np.isclose(fast.max_gap[pre_req], pre_back - pre_at, rtol=1e-12).any()
