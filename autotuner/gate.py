@@ -47,7 +47,7 @@ import numpy as np
 
 from autotuner.archive import canonical, sha256
 from autotuner.config import CampaignConfig, GateConfig, to_dict
-from autotuner.scoring import Evaluator, Instance, capacity_jobs
+from autotuner.scoring import Evaluator, Instance, Job, capacity_jobs
 
 # A candidate with no capacity on an instance has ratio 0; its log is clamped here so that the
 # geometric mean stays defined (and far below any margin).
@@ -146,17 +146,21 @@ def _number(row: Mapping[str, Any], key: str) -> float | None:
 
 def claim_conditions(claimed: Mapping[str, float], at_claim: Mapping[str, Mapping[str, Any]],
                      baseline_at_capacity: Mapping[str, Mapping[str, Any]], share: float,
-                     gate: GateConfig) -> list[Condition]:
+                     gate: GateConfig, no_claim: Sequence[str] = ()) -> list[Condition]:
     """Pure: the conditions on the candidate's own run at its claimed capacity, per instance.
 
-    ``claimed``: instance -> claimed capacity (req/s); ``at_claim``: instance -> the run metrics
+    ``claimed``: instance -> the rate judged (req/s); ``at_claim``: instance -> the run metrics
     at that rate; ``baseline_at_capacity``: the same for the tuned baseline at its capacity.
-    An instance with no claim (capacity 0) is left to the capacity conditions. A figure the run
-    did not report fails its condition: what was not measured cannot be vouched for.
+    ``no_claim``: instances where the candidate has no capacity, judged instead at the rate
+    given in ``claimed`` (the baseline's capacity) so the figures say what went wrong there.
+    A rate of 0 is not judged (left to the capacity conditions). A figure the run did not report
+    fails its condition: what was not measured cannot be vouched for.
     """
     labels = [k for k, c in claimed.items() if c > 0]
     none = "no claim: the candidate has no capacity on any instance"
     rows = {k: at_claim.get(k) or {} for k in labels}
+    note = (f" [no claim on {', '.join(no_claim[:3])}{' ...' if len(no_claim) > 3 else ''}: "
+            "judged at the baseline's capacity]") if no_claim else ""
 
     def missing(key: str) -> list[str]:
         return [k for k in labels if _number(rows[k], key) is None]
@@ -232,7 +236,8 @@ def claim_conditions(claimed: Mapping[str, float], at_claim: Mapping[str, Mappin
             f"p99 TTFT/deadline at the claimed capacity vs the tuned baseline's at its capacity:"
             f" worst {pairs[k][0]:.3g} vs {pairs[k][1]:.3g} on {k} ({v:+.0%}, tolerance "
             f"{gate.tail_tolerance:+.0%})"), {j: list(p) for j, p in pairs.items()}))
-    return out
+    return [Condition(c.name, c.passed, c.figures + note, c.detail) for c in out] if note \
+        else out
 
 
 def capacity_condition(name: str, comp: Comparison, who: str, confidence: float) -> Condition:
@@ -343,9 +348,8 @@ def refusal_line(label: str, capacity: float, who: str, cfg: CampaignConfig) -> 
             f"capacity ratio is defined; drop it from the workloads or change the [slo] targets")
 
 
-def _at_claim(raw: Mapping[str, Any]) -> dict[str, Any]:
-    at = raw.get("at_capacity") or {}
-    return {k: at.get(k) for k in AT_CLAIM_FIELDS if k in at}
+def _fairness(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: metrics.get(k) for k in AT_CLAIM_FIELDS if k in metrics}
 
 
 def measure_references(evaluator: Evaluator, cfg: CampaignConfig, references: Sequence[PolicyRef],
@@ -396,9 +400,11 @@ def run_gate(
     conditions: list[Condition] = []
     if cand_err:
         conditions.append(Condition("evaluation", False, f"evaluation failed: {cand_err}"))
+    judged, at_claim, no_claim = _claims(evaluator, cfg, candidate, candidate_id, instances,
+                                         cand_caps, cand_raw, base_caps)
     conditions += claim_conditions(
-        cand_caps, {k: v.get("at_capacity") or {} for k, v in cand_raw.items()},
-        {k: v.get("at_capacity") or {} for k, v in base_raw.items()}, cfg.slo.share, gate)
+        judged, at_claim, {k: v.get("at_capacity") or {} for k, v in base_raw.items()},
+        cfg.slo.share, gate, no_claim)
     comparisons = [compare(cand_caps, base_caps, "baseline", gate, cfg.seed)]
     conditions.append(capacity_condition("capacity", comparisons[0], "the tuned baseline",
                                          gate.confidence))
@@ -438,9 +444,29 @@ def run_gate(
         confidence=gate.confidence, bootstrap=gate.bootstrap, seed=cfg.seed,
         seconds=time.perf_counter() - t0, per_family=per_family, reference=best_ref,
         references=ref_table, per_family_reference=per_family_ref,
-        at_claim={k: {"candidate": _at_claim(cand_raw[k]), "baseline": _at_claim(base_raw[k])}
+        at_claim={k: {"candidate": _fairness(at_claim.get(k) or {}),
+                      "baseline": _fairness(base_raw[k].get("at_capacity") or {})}
                   for k in cand_raw},
     )
+
+
+def _claims(evaluator: Evaluator, cfg: CampaignConfig, candidate: PolicyRef, candidate_id: str,
+            instances: Sequence[Instance], cand_caps: Mapping[str, float],
+            cand_raw: Mapping[str, Any], base_caps: Mapping[str, float]
+            ) -> tuple[dict[str, float], dict[str, dict[str, Any]], list[str]]:
+    """The rate each instance is judged at, the run there, and the instances without a claim.
+
+    The candidate's own capacity and its capacity search's run at that rate; where it has no
+    capacity (and did not fail), one run at the tuned baseline's capacity shows why."""
+    judged = dict(cand_caps)
+    at_claim = {k: dict(v.get("at_capacity") or {}) for k, v in cand_raw.items()}
+    lost = [i for i in instances if cand_caps[i.label] <= 0 and not cand_raw[i.label].get("error")]
+    runs = [Job(candidate.code, dict(candidate.params), i, "run", base_caps[i.label], cfg.cluster,
+                cfg.slo, cfg.sandbox, name=candidate.name) for i in lost]
+    for inst, res in zip(lost, evaluator.evaluate(runs, candidate_id) if runs else [],
+                         strict=True):
+        judged[inst.label], at_claim[inst.label] = base_caps[inst.label], res
+    return judged, at_claim, [i.label for i in lost]
 
 
 # ------------------------------------------------------------------------------- promotion

@@ -43,6 +43,10 @@ from autotuner.sim.workload import Workload
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CACHE_VERSION = 1
+# Fairness figures at a policy's own capacity: averaged over instances, or summed (counts).
+FAIRNESS_MEANS = ("goodput_tok_s", "longest_wait_s", "max_wait_over_deadline",
+                  "late_finish_share", "jain_slowdown")
+FAIRNESS_COUNTS = ("starved", "priority_inversions", "unfinished")
 # Load factors (of the tuned baseline's capacity) of the capacity-curve sweep.
 CURVE_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
 DASHBOARD_PACKAGE = "optuna-dashboard"
@@ -355,6 +359,15 @@ class _Policy:
     note: str = ""
     caps: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    at_capacity: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> run metrics
+
+    def measured(self, results: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take capacity results (label -> capacity job result): capacities, the run metrics
+        at each capacity, and the first error."""
+        self.caps = {k: float(r.get("capacity") or 0.0) for k, r in results.items()}
+        self.at_capacity = {k: dict(r.get("at_capacity") or {}) for k, r in results.items()}
+        errs = [f"{k}: {r['error']}" for k, r in results.items() if r.get("error")]
+        self.error = errs[0] if errs else None
 
 
 class _Builder:
@@ -646,11 +659,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         insts = split_instances(cfg)["heldout"]
 
     b.log(f"held-out capacity of the tuned baseline on {len(insts)} instances")
-    base_res = b.capacities(baseline, insts, None)
-    baseline.caps = {k: float(r.get("capacity") or 0.0) for k, r in base_res.items()}
-    errs = [f"{k}: {r['error']}" for k, r in base_res.items() if r.get("error")]
-    if errs:
-        baseline.error = errs[0]
+    baseline.measured(b.capacities(baseline, insts, None))
 
     subject: _Policy | None = None
     if subject_cand is not None:
@@ -669,11 +678,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         except Exception as exc:  # noqa: BLE001 - a missing diff must not sink the report
             data["diff"] = f"(no diff: {exc})"
         b.log(f"held-out capacity of {label}")
-        sub_res = b.capacities(subject, insts, baseline.caps)
-        subject.caps = {k: float(r.get("capacity") or 0.0) for k, r in sub_res.items()}
-        errs = [f"{k}: {r['error']}" for k, r in sub_res.items() if r.get("error")]
-        if errs:
-            subject.error = errs[0]
+        subject.measured(b.capacities(subject, insts, baseline.caps))
 
     # -- per-workload gains with confidence intervals (the gate's statistics)
     g = cfg.gate
@@ -724,6 +729,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
             y_label="capacity gain", width=1000,
             rules=[P.Rule(g.margin, f"gate margin {g.margin:.0%}", "y", P.COLORS["bound"])])
 
+    data["fairness"] = _fairness(b, insts, [baseline] + ([subject] if subject else []))
     # -- the capacity curve and latency CDFs on one held-out instance
     focus = next((i for i in insts if i.family == "mixed"), insts[0] if insts else None)
     policies = [baseline] + ([subject] if subject is not None else [])
@@ -812,10 +818,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         b.log(f"held-out capacity of {len(refs)} reference policies on {len(ref_insts)} "
               "instances")
         for r in refs:
-            res = b.capacities(r, ref_insts, baseline.caps)
-            r.caps = {k: float(v.get("capacity") or 0.0) for k, v in res.items()}
-            errs = [f"{k}: {v['error']}" for k, v in res.items() if v.get("error")]
-            r.error = errs[0] if errs else None
+            r.measured(b.capacities(r, ref_insts, baseline.caps))
     data["reference_instances"] = [i.label for i in ref_insts] if refs else []
     rows, bars = [], []
     for k, p in enumerate(([subject] if subject else []) + refs):
@@ -910,6 +913,42 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
     return _finish(b, data)
 
 
+def _fairness(b: _Builder, insts: Sequence[Any], policies: Sequence[_Policy]
+              ) -> list[dict[str, Any]]:
+    """Per workload family and policy, beside capacity: the fairness figures at the policy's
+    own capacity (means over instances; counts summed) and output tokens/s at saturation
+    (``SATURATION_FACTOR`` x the tuned baseline's capacity), with the starved requests and
+    priority inversions named."""
+    from autotuner.review import SATURATION_FACTOR, named_requests
+
+    base = policies[0]
+    rows = []
+    fams: dict[str, list[Any]] = {}
+    for inst in insts:
+        fams.setdefault(inst.family, []).append(inst)
+    for fam, members in fams.items():
+        for p in policies:
+            at = [p.at_capacity.get(i.label) or {} for i in members]
+            sat = [b.runs(p, i, [SATURATION_FACTOR * base.caps[i.label]])[0] for i in members
+                   if base.caps.get(i.label, 0) > 0]
+            rows.append({"family": fam, "key": p.key, "label": p.label,
+                         "capacity": _mean([p.caps.get(i.label) for i in members]),
+                         **{k: _mean([m.get(k) for m in at]) for k in FAIRNESS_MEANS},
+                         **{k: int(sum(m.get(k) or 0 for m in at)) for k in FAIRNESS_COUNTS},
+                         "saturation_tok_s": _mean([r.get("throughput_tok_s") for r in sat]),
+                         "named": "; ".join(f"{i.label}: {n}" for i, m in zip(members, at,
+                                                                             strict=True)
+                                            if (n := named_requests(m)))})
+    return rows
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    """Mean of the numbers in ``values`` (None when there are none: not measured)."""
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)]
+    return float(np.mean(nums)) if nums else None
+
+
 def _finish(b: _Builder, data: dict[str, Any]) -> dict[str, Any]:
     ev = b.evaluator
     data["compute"] = {"seconds": time.perf_counter() - b.t0, "simulations": ev.ran,
@@ -949,6 +988,9 @@ def render_html(data: Mapping[str, Any]) -> str:
 
     env = _template_env()
     plots = {k: markupsafe.Markup(v) for k, v in data["plots"].items()}
+    from autotuner.review import SATURATION_FACTOR
+
+    data = {**data, "fairness_intro": FAIRNESS_INTRO.format(factor=SATURATION_FACTOR)}
     return env.get_template("report.html.j2").render(
         d=data, plots=plots, diff_lines=_diff_lines(data.get("diff") or ""))
 
@@ -988,6 +1030,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         g = data["gains"]
         lines += [f"| **all** | | | **{_pct(g['mean'])}** | [{_pct(g['lo'])}, {_pct(g['hi'])}]"
                   " |", ""]
+    lines += _fairness_markdown(data.get("fairness") or [])
     if data.get("references"):
         lines += [f"Against the reference policies in `baselines/`, each tuned like the baseline "
                   f"({len(data['reference_instances'])} held-out instances):", "",
@@ -1018,6 +1061,39 @@ def render_markdown(data: Mapping[str, Any]) -> str:
               f"Optuna dashboard: `{data['dashboard']}` (`pip install {DASHBOARD_PACKAGE}`).",
               "", "Plots, diff and details: `report.html`.", ""]
     return "\n".join(lines)
+
+
+FAIRNESS_INTRO = (
+    "Beside capacity, at each policy's own capacity (means over the held-out instances): "
+    "token goodput, output tokens/s at saturation ({factor:g} x the tuned baseline's "
+    "capacity), the longest wait for a first token (seconds, and as a multiple of the request's "
+    "TTFT deadline), the share of requests finished after the last arrival, Jain's index of TTFT "
+    "slowdown over prompt-length deciles (1 = every length served alike), and the requests "
+    "starved or overtaken (priority inversions), summed over instances.")
+
+
+def _fairness_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    from autotuner.review import SATURATION_FACTOR
+
+    if not rows:
+        return []
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else fmt.format(v)
+
+    lines = [FAIRNESS_INTRO.format(factor=SATURATION_FACTOR), "",
+             "| workload | policy | capacity (req/s) | goodput (tok/s) | tok/s at saturation | "
+             "longest wait | wait/deadline | late finish | Jain | starved | inversions |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['family']} | {r['label']} | {f(r['capacity'], '{:.3g}')} | "
+            f"{f(r['goodput_tok_s'], '{:,.0f}')} | {f(r['saturation_tok_s'], '{:,.0f}')} | "
+            f"{f(r['longest_wait_s'], '{:.3g} s')} | {f(r['max_wait_over_deadline'], '{:.3g}x')}"
+            f" | {f(r['late_finish_share'], '{:.0%}')} | {f(r['jain_slowdown'], '{:.3f}')} | "
+            f"{r['starved']} | {r['priority_inversions']} |")
+    named = [f"- {r['family']}, {r['label']}: {r['named']}" for r in rows if r["named"]]
+    return lines + ([""] + named if named else []) + [""]
 
 
 def write_report(folder: Path, out_dir: Path | None = None,

@@ -9,6 +9,7 @@ fixed-chunk baseline's (FCFS, no request is ever reordered or deferred).
 """
 
 TUNABLES = {
+    "chunk_size": {"type": "int", "low": 32, "high": 8192, "log": True, "default": 2048},
     "decode_weight": {"type": "float", "low": 0.0, "high": 4096.0, "default": 64.0},
 }
 
