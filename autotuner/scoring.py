@@ -13,7 +13,8 @@ exactly as for a proposal. Results are small JSON-able dicts, cached in the arch
 
 The objective (``ladder_scores``) is a cheap, smooth stand-in for capacity: for each instance, a
 policy's goodput summed over a ladder of rates (factors of the tuned baseline's capacity on that
-instance) divided by the tuned baseline's, paired on the same instance, minus one. It uses the
+instance) divided by the tuned baseline's, paired on the same instance; the geometric mean of
+those ratios over instances, minus one. It uses the
 gate's yardstick: goodput counts requests meeting the same per-request SLO over the same window,
 and a rung whose backlog grows earns nothing (``goodput_of``), so deferring work past the
 sustainable rate, which raises goodput at an overloaded rung, does not raise the objective.
@@ -414,11 +415,16 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------------------- objective
+# A rung's goodput is credited in full up to the backlog limit, and not at all from this multiple
+# of it (linearly in between): a cliff at the limit would make the objective jump on noise (the
+# gate applies the limit itself), and a starvation policy's overloaded rungs grow their backlog
+# far past it (chat, deferring the longest 7 % at 1.2x the baseline's capacity: ~15 %).
+FADE_MULTIPLE = 5.0
+
+
 def sustained_share(result: Mapping[str, Any]) -> float:
-    """How much of a run's goodput the objective credits: all of it while the backlog does not
-    grow, none once it grows by twice the limit, linearly in between (a cliff at the limit would
-    make the objective jump on noise; the gate applies the limit itself). Legacy runs and
-    results from before the sustainability test are credited in full."""
+    """How much of a run's goodput the objective credits (see ``FADE_MULTIPLE``). Legacy runs
+    and results from before the sustainability test are credited in full."""
     if result.get("slo_kind") == "legacy" or "backlog_growth" not in result:
         return 1.0
     growth, limit = result["backlog_growth"], result.get("backlog_limit") or 0.0
@@ -426,7 +432,9 @@ def sustained_share(result: Mapping[str, Any]) -> float:
         return 0.0
     if growth <= limit:
         return 1.0
-    return 0.0 if limit <= 0 else min(1.0, max(0.0, 2.0 - growth / limit))
+    if limit <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (FADE_MULTIPLE - growth / limit) / (FADE_MULTIPLE - 1.0)))
 
 
 def goodput_of(result: Mapping[str, Any], kind: str) -> float:
@@ -457,11 +465,14 @@ def capacity_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Inst
     ]
 
 
+MIN_RATIO = 0.01
+
+
 @dataclass
 class LadderScore:
     """The objective on a set of instances, with its evidence."""
 
-    objective: float  # mean over instances of (policy ladder goodput / reference) - 1
+    objective: float  # geometric mean over instances of (ladder goodput / reference), minus 1
     per_instance: dict[str, float]
     detail: dict[str, dict[str, Any]]
     error: str | None = None
@@ -470,7 +481,11 @@ class LadderScore:
 def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Instance],
                   reference: Mapping[str, Sequence[float]], cfg: CampaignConfig) -> LadderScore:
     """Score ladder results (as ``ladder_jobs`` ordered them) against reference goodputs per
-    instance and rung. An error anywhere fails the whole score with that reason."""
+    instance and rung. An error anywhere fails the whole score with that reason.
+
+    Instances are combined as the gate combines capacity ratios, by a geometric mean (a ratio
+    below ``MIN_RATIO`` counts as that, so one lost instance weighs heavily but finitely): one
+    workload with a large ratio cannot carry the mean."""
     rungs = len(cfg.objective.ladder)
     per: dict[str, float] = {}
     detail: dict[str, dict[str, Any]] = {}
@@ -488,7 +503,8 @@ def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Inst
             "attainment": [r["attainment"] for r in chunk],
             "rates": [r["rate"] for r in chunk],
         }
-    objective = float(np.mean(list(per.values()))) if per else 0.0
+    ratios = np.maximum(1.0 + np.array(list(per.values())), MIN_RATIO)
+    objective = float(np.exp(np.log(ratios).mean()) - 1.0) if per else 0.0
     return LadderScore(objective, per, detail)
 
 

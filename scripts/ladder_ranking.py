@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 from multiprocessing import Pool
 from pathlib import Path
@@ -32,9 +33,10 @@ from autotuner.sim.workload import make_workload
 REQUESTS = {"chat": 2000, "bursty": 2000, "summarize": 1000, "multiturn": 600, "mixed": 1000}
 POLICIES = ("fixed_chunk", "shortest_first", "defer_long", "least_outstanding", "prefix_aware",
             "power_of_two", "sarathi_shrinking")
-LADDERS = {"1,1.5,2 (default)": (1.0, 1.5, 2.0), "1,1.25,1.5": (1.0, 1.25, 1.5),
-           "0.8,1,1.2,1.5": (0.8, 1.0, 1.2, 1.5)}
+LADDERS = {"1,1.2,1.5 (default)": (1.0, 1.2, 1.5), "1,1.5,2 (old default)": (1.0, 1.5, 2.0),
+           "1,1.2,1.5,2": (1.0, 1.2, 1.5, 2.0)}
 FACTORS = sorted({f for ladder in LADDERS.values() for f in ladder})
+CREDITS = {"sustained": lambda m: goodput_of(m, "requests"), "plain": lambda m: m["goodput_rps"]}
 
 
 def _source(name: str):
@@ -52,7 +54,7 @@ def _measure(job: tuple[str, str, int, float | None]):
     if base_cap:
         for f in FACTORS:
             m = metrics_at(ClusterSpec(), wl, lambda: load_policy(source), slo, f * base_cap)
-            rungs[f] = goodput_of(m.to_dict(), "requests")
+            rungs[f] = m.to_dict()
     return name, scenario, cap.rate, len(cap.probes), rungs
 
 
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--out", default="scripts/output/ladder_ranking.md")
+    ap.add_argument("--credit", choices=sorted(CREDITS), default="sustained",
+                    help="a rung's credit: the objective's (sustained goodput) or plain goodput")
     args = ap.parse_args(argv)
     scenarios = args.scenarios.split(",")
     with Pool(args.procs) as pool:
@@ -79,8 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             _measure, [("fixed_chunk", s, args.seed, None) for s in scenarios])}
         rows = pool.map(_measure, [(n, s, args.seed, base[s]) for n in POLICIES
                                    for s in scenarios], chunksize=1)
-    data = {(n, s): (cap, probes, rungs) for n, s, cap, probes, rungs in rows}
-    lines = ["# Ladder objective against capacity (deadline SLO, sustainable capacity)", "",
+    raw = {(n, s): (cap, probes, rungs) for n, s, cap, probes, rungs in rows}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(
+        {f"{n}|{s}": v for (n, s), v in raw.items()}, default=str))
+    credit = CREDITS[args.credit]
+    data = {k: (cap, probes, {f: credit(m) for f, m in rungs.items()})
+            for k, (cap, probes, rungs) in raw.items()}
+    lines = [f"# Ladder objective ({args.credit} credit) against capacity (deadline SLO, "
+             "sustainable capacity)", "",
              f"Seed {args.seed}; training-size instances; policies at their default parameters; "
              "gains over fixed_chunk (512). Cells: capacity gain | ladder gains "
              f"({' / '.join(LADDERS)}).", ""]

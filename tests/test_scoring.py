@@ -110,11 +110,11 @@ def rung(goodput: float, growth: float = 0.0, limit: float = 0.02, **kw: Any) ->
 
 def test_a_rung_whose_backlog_grows_earns_nothing():
     assert sustained_share(rung(10.0, growth=0.01)) == 1.0
-    assert sustained_share(rung(10.0, growth=0.03)) == pytest.approx(0.5)
-    assert sustained_share(rung(10.0, growth=0.05)) == 0.0
+    assert sustained_share(rung(10.0, growth=0.06)) == pytest.approx(0.5)
+    assert sustained_share(rung(10.0, growth=0.10)) == 0.0
     assert sustained_share(rung(10.0, growth=None)) == 0.0  # a failed run, stored as null
     assert sustained_share(rung(10.0, growth=0.5, slo_kind="legacy")) == 1.0
-    assert goodput_of(rung(10.0, growth=0.05), "requests") == 0.0
+    assert goodput_of(rung(10.0, growth=0.2), "requests") == 0.0
     assert goodput_of(rung(10.0), "tokens") == 1000.0
 
 
@@ -128,7 +128,7 @@ def test_ladder_scores_against_the_reference():
                  rung(4.0), rung(4.0), rung(2.0)]
     s = ladder_scores(honest, insts, ref, cfg)
     assert s.error is None and s.per_instance["chat@1"] == pytest.approx(0.2)
-    assert s.objective == pytest.approx(0.1)
+    assert s.objective == pytest.approx(1.2 ** 0.5 - 1)  # geometric, as the gate's capacity
     d = ladder_scores(deferring, insts, ref, cfg)
     assert d.per_instance["chat@1"] == pytest.approx(-0.6) and d.objective < s.objective
     broken = honest[:4] + [rung(0.0, error="boom")] + honest[5:]

@@ -59,10 +59,11 @@ class SLO:
         stretches, counts a preemption's recompute wait, and for the typical request (a few
         hundred tokens) a p99 is its maximum anyway.
     warmup: share of the arrival span, from the first arrival, whose requests are not scored.
-    max_backlog_growth: a rate is sustainable when the waiting backlog (prompt tokens of
-        requests waiting for a prefill or a recompute) grows over the window by at most this share
-        of the prompt tokens that arrived in it (linear trend). Overloaded by a share x, the
-        backlog grows by about x; starving a share of requests grows it by their share of tokens.
+    max_backlog_growth: a rate is sustainable when the waiting backlog (prefill work, prompt
+        tokens net of prefix-cache hits, of requests waiting for a prefill or a recompute) grows
+        over the window by at most this share of the prefill work that arrived in it (linear
+        trend). Overloaded by a share x, the backlog grows by about x; starving a share of
+        requests grows it by their share of the work.
     starve_multiple: a request is starved when it waited longer than this multiple of its
         deadline, or never finished.
     """
@@ -318,15 +319,23 @@ def _inversions(wl: Workload, result: SimResult, wait_end: np.ndarray,
     return out
 
 
-def _backlog_growth(wl: Workload, result: SimResult, t_from: float, t_to: float,
-                    window_tokens: float) -> float:
-    """Linear trend of the waiting backlog over [t_from, t_to], as a share of the prompt tokens
-    that arrived in that window. The backlog at t is the prompt tokens of requests arrived and
-    without a first token, plus those preempted and not yet back; refused requests never wait."""
-    if t_to <= t_from or window_tokens <= 0:
+def _prefill_work(wl: Workload, result: SimResult) -> np.ndarray:
+    """Prompt tokens each request needs computed: net of prefix-cache hits (per start), at
+    least one. A multiturn turn whose history is cached waits with little work behind it."""
+    hits = result.cached_tokens / (1.0 + result.preemptions)
+    return np.maximum(wl.prompt - hits, 1.0)
+
+
+def _backlog_growth(wl: Workload, result: SimResult, t_from: float, t_to: float) -> float:
+    """Linear trend of the waiting backlog over [t_from, t_to], as a share of the prefill work
+    that arrived in that window. The backlog at t is the prefill work (``_prefill_work``) of
+    requests arrived and without a first token, plus those preempted and not yet back; refused
+    requests never wait."""
+    w = _prefill_work(wl, result)
+    window_work = float(w[(wl.arrival >= t_from) & (wl.arrival <= t_to)].sum())
+    if t_to <= t_from or window_work <= 0:
         return 0.0
     keep = ~result.refused
-    w = wl.prompt.astype(np.float64)
     pre_req, pre_at, pre_back = result.preempted
     times = np.concatenate([wl.arrival[keep], result.first_token[keep], pre_at, pre_back])
     weights = np.concatenate([w[keep], -w[keep], w[pre_req], -w[pre_req]])
@@ -337,7 +346,7 @@ def _backlog_growth(wl: Workload, result: SimResult, t_from: float, t_to: float,
     idx = np.searchsorted(times[order], ts, side="right") - 1
     backlog = np.where(idx >= 0, level[np.maximum(idx, 0)], 0.0)
     slope = np.polyfit(ts - t_from, backlog, 1)[0]
-    return float(slope * (t_to - t_from) / window_tokens)
+    return float(slope * (t_to - t_from) / window_work)
 
 
 def _tokens_within(wl: Workload, result: SimResult, t_from: float, t_to: float) -> float:
@@ -373,8 +382,7 @@ def run_metrics(workload: Workload, result: SimResult, slo: SLO) -> RunMetrics:
     starved_mask = ~finished | (over > slo.starve_multiple)
     wait_end = np.where(np.isnan(result.first_token), np.inf, result.first_token)
     inverted = _inversions(wl, result, wait_end, deadline)
-    growth = _backlog_growth(wl, result, t_warm, t_last,
-                             float(wl.prompt[window].sum()))
+    growth = _backlog_growth(wl, result, t_warm, t_last)
     out_w = wl.output[window]
     met_w = met[window]
     r = per_request(wl, result)
