@@ -342,7 +342,7 @@ def zero_capacity(caps: Mapping[str, float], minimum: float) -> list[str]:
 
 def refusal_line(label: str, capacity: float, who: str, cfg: CampaignConfig) -> str:
     """Why a workload with a (near) zero baseline capacity cannot be judged, in one line."""
-    return (f"workload {label} refused: the {who}'s capacity there is {capacity:.3g} req/s "
+    return (f"workload {label} refused: the capacity of the {who} there is {capacity:.3g} req/s "
             f"(below gate.min_baseline_capacity {cfg.gate.min_baseline_capacity:g}): fewer than "
             f"{cfg.slo.share:.0%} of its requests meet the SLO at any sustainable rate, so no "
             f"capacity ratio is defined; drop it from the workloads or change the [slo] targets")

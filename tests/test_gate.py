@@ -186,6 +186,11 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     assert record["params"] == TUNED and record["baseline"]["params"] == TUNED
     assert len(record["instances"]) == len(instances)
     assert {"autotuner", "python", "numpy", "optuna"} <= set(record["versions"])
+    claim = record["claims"]["multiturn"]
+    assert claim["gain_vs_baseline"] == pytest.approx(result.per_family["multiturn"])
+    assert claim["capacity"] > claim["baseline_capacity"] > 0
+    assert "geometric mean" in record["claim"] and "multiturn +" in record["claim"]
+    assert {c["name"] for c in record["statistics"]["conditions"]} >= set(CLAIM_CONDITIONS)
     baked = read_policy_file(policy_path)
     assert baked.defaults() == TUNED
     out = io.StringIO()
@@ -211,3 +216,51 @@ def test_bake_params_keeps_the_file_and_sets_defaults():
     baked = bake_params(empty, {"chunk_size": 1024})
     assert read_policy_source(baked).defaults() == {"chunk_size": 1024}
     assert baked.endswith("def route(request, cluster, params):\n    return 0\n")
+
+
+def test_the_best_tuned_reference_is_a_bar_of_its_own(cfg, instances, evaluator):
+    from dataclasses import replace
+
+    base = PolicyRef("fixed_chunk.py", FIXED, TUNED)
+    better = PolicyRef("c0004.py", LEAST, dict(TUNED))
+    with_refs = replace(cfg, gate=replace(cfg.gate, references=("least_outstanding",)))
+    # the same routing as a reference: the candidate beats the baseline, not the bar
+    ref = PolicyRef("least_outstanding.py", LEAST, dict(TUNED))
+    result = run_gate(evaluator, with_refs, "c0004", better, base, instances, references=[ref])
+    assert result.baseline.passed and not result.passed
+    assert result.failed() == ["reference"]
+    assert result.reference == "least_outstanding"
+    assert result.references["least_outstanding"]["mean_gain"] > 0.2
+    assert "best tuned reference least_outstanding" in result.reasons[0]
+    # a bar that is configured but not measured refuses, it is never skipped
+    unmeasured = run_gate(evaluator, with_refs, "c0004", better, base, instances)
+    assert unmeasured.failed() == ["reference"]
+    assert "no reference measured" in unmeasured.reasons[0]
+
+
+def test_a_baseline_without_capacity_cannot_be_judged(cfg, evaluator):
+    from dataclasses import replace
+
+    hopeless = replace(cfg, slo=replace(cfg.slo, tbt_s=1e-4))  # no gap between tokens that short
+    base = PolicyRef("fixed_chunk.py", FIXED, TUNED)
+    with pytest.raises(GateInputError, match=r"workload multiturn@1001 refused: .*capacity"):
+        run_gate(evaluator, hopeless, "c0005", PolicyRef("c0005.py", LEAST, dict(TUNED)), base,
+                 [Instance("multiturn", 1001, 120)])
+
+
+def test_a_campaign_refuses_a_workload_without_baseline_capacity_at_its_start(tmp_path):
+    from autotuner.campaign import Campaign, WorkloadRefused
+
+    cfg = load_config(**{"workloads.scenarios": ["multiturn"], "workloads.screen": [],
+                         "workloads.requests": 120, "workloads.scenario_requests": {},
+                         "workloads.heldout_requests": {}, "slo.tbt_s": 1e-4,
+                         "results_dir": str(tmp_path), "name": "hopeless", "parallelism": 1})
+    out = io.StringIO()
+    with pytest.raises(WorkloadRefused) as info:
+        Campaign(cfg, simulator=in_process, stream=out, tty=False).run()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("workload multiturn@1 refused: the capacity of the baseline (at "
+                              "its default parameters) there is 0 req/s")
+    assert "no capacity ratio is defined" in message
+    assert not (tmp_path / "hopeless").exists()  # a refused new campaign leaves nothing behind
