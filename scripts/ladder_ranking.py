@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 from multiprocessing import Pool
 from pathlib import Path
@@ -33,7 +34,7 @@ from autotuner.sim.workload import make_workload
 REQUESTS = {"chat": 2000, "bursty": 2000, "summarize": 1000, "multiturn": 600, "mixed": 1000}
 POLICIES = ("fixed_chunk", "shortest_first", "defer_long", "least_outstanding", "prefix_aware",
             "power_of_two", "sarathi_shrinking")
-LADDERS = {"1,1.2,1.5 (default)": (1.0, 1.2, 1.5), "1,1.5,2 (old default)": (1.0, 1.5, 2.0),
+LADDERS = {"1,1.5,2 (default)": (1.0, 1.5, 2.0), "1,1.2,1.5": (1.0, 1.2, 1.5),
            "1,1.2,1.5,2": (1.0, 1.2, 1.5, 2.0)}
 FACTORS = sorted({f for ladder in LADDERS.values() for f in ladder})
 CREDITS = {"sustained": lambda m: goodput_of(m, "requests"), "plain": lambda m: m["goodput_rps"]}
@@ -56,6 +57,11 @@ def _measure(job: tuple[str, str, int, float | None]):
             m = metrics_at(ClusterSpec(), wl, lambda: load_policy(source), slo, f * base_cap)
             rungs[f] = m.to_dict()
     return name, scenario, cap.rate, len(cap.probes), rungs
+
+
+def _geomean(gains: list[float]) -> float:
+    """Geometric mean of (1 + gain), minus one, as ``ladder_scores`` and the gate combine."""
+    return math.exp(sum(math.log(max(1 + g, 0.01)) for g in gains) / len(gains)) - 1
 
 
 def _concordance(a: list[float], b: list[float], tie: float = 0.02) -> tuple[int, int]:
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Ladder objective ({args.credit} credit) against capacity (deadline SLO, "
              "sustainable capacity)", "",
              f"Seed {args.seed}; training-size instances; policies at their default parameters; "
-             "gains over fixed_chunk (512). Cells: capacity gain | ladder gains "
+             "gains over fixed_chunk (512); mean = geometric. Cells: capacity gain | ladder gains "
              f"({' / '.join(LADDERS)}).", ""]
     lines += ["| policy | " + " | ".join(scenarios) + " | mean |",
               "|---|" + "---|" * (len(scenarios) + 1)]
@@ -111,20 +117,21 @@ def main(argv: list[str] | None = None) -> int:
                 gains[label].setdefault(n, []).append(lg)
                 parts.append(f"{100 * lg:+.0f}")
             cells.append(f"{100 * cg:+.0f}% \\| " + " / ".join(parts))
-        mean = {k: sum(v[n]) / len(v[n]) for k, v in gains.items()}
+        mean = {k: _geomean(v[n]) for k, v in gains.items()}
         cells.append(f"{100 * mean['capacity']:+.0f}% \\| "
                      + " / ".join(f"{100 * mean[k]:+.0f}" for k in LADDERS))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "Pairs of policies ordered the same way by the ladder as by capacity "
-              "(per scenario, and on the mean over scenarios, which is what the search ranks):", ""]
+              "(per scenario, and on the geometric mean over scenarios, which is what the search "
+              "ranks and the gate judges):", ""]
     for label in LADDERS:
         per = []
         for k, s in enumerate(scenarios):
             caps = [gains["capacity"][n][k] for n in POLICIES]
             lad = [gains[label][n][k] for n in POLICIES]
             per.append((s, *_concordance(caps, lad)))
-        caps = [sum(gains["capacity"][n]) for n in POLICIES]
-        lad = [sum(gains[label][n]) for n in POLICIES]
+        caps = [_geomean(gains["capacity"][n]) for n in POLICIES]
+        lad = [_geomean(gains[label][n]) for n in POLICIES]
         a, t = _concordance(caps, lad)
         lines.append(f"- {label}: " + ", ".join(f"{s} {x}/{y}" for s, x, y in per)
                      + f"; mean over scenarios {a}/{t}")
