@@ -12,6 +12,10 @@ held-out instance:
 - ``sustainable``: the backlog does not grow over the window;
 - ``max_wait``: no request waits longer than ``gate.max_wait_multiple`` times its TTFT deadline;
 - ``finished``: every request finishes before the drain cut-off;
+- ``inversions``: no more requests are overtaken while overdue (a later arrival on the same
+  replica gets its first token after this request's deadline passed and before this request
+  does) than under the tuned baseline at its capacity (``gate.inversion_tolerance``). FCFS and
+  earliest-deadline-first make none; every reordering cheat in ``tests/gaming`` makes some;
 - ``tail``: the p99 of TTFT over deadline is no worse than the tuned baseline's at the baseline's
   own capacity (``gate.tail_tolerance``).
 
@@ -53,7 +57,7 @@ from autotuner.scoring import Evaluator, Instance, Job, capacity_jobs
 # geometric mean stays defined (and far below any margin).
 MIN_RATIO = 1e-3
 # The conditions in the order they are printed; test and report code refer to these names.
-CLAIM_CONDITIONS = ("share", "sustainable", "max_wait", "finished", "tail")
+CLAIM_CONDITIONS = ("share", "sustainable", "max_wait", "finished", "inversions", "tail")
 CONDITIONS = ("evaluation", *CLAIM_CONDITIONS, "capacity", "regression", "reference",
               "promoted")
 
@@ -219,8 +223,9 @@ def claim_conditions(claimed: Mapping[str, float], at_claim: Mapping[str, Mappin
             f"{total} request(s) unfinished at the drain cut-off: "
             + ", ".join(f"{j} {left[j]}" for j in worst[:3])) if total else
             f"every request finished on all {len(labels)} instances", left))
-    # tail
     base_rows = {k: baseline_at_capacity.get(k) or {} for k in labels}
+    out.append(_inversions(labels, rows, base_rows, gate.inversion_tolerance))
+    # tail
     lost = missing("ttft_over_deadline_p99") + [
         k for k in labels if _number(base_rows[k], "ttft_over_deadline_p99") is None]
     if lost:
@@ -238,6 +243,35 @@ def claim_conditions(claimed: Mapping[str, float], at_claim: Mapping[str, Mappin
             f"{gate.tail_tolerance:+.0%})"), {j: list(p) for j, p in pairs.items()}))
     return [Condition(c.name, c.passed, c.figures + note, c.detail) for c in out] if note \
         else out
+
+
+def _inversions(labels: Sequence[str], rows: Mapping[str, Mapping[str, Any]],
+                base_rows: Mapping[str, Mapping[str, Any]], tolerance: float) -> Condition:
+    """Requests overtaken while overdue, as a share of requests, against the baseline's share
+    at its capacity. First-come-first-served and earliest-deadline-first orders make none; a
+    policy that serves later arrivals while earlier ones are already late is starving them."""
+    lost = [k for k in labels for row in (rows[k], base_rows[k])
+            if _number(row, "priority_inversions") is None or not _number(row, "requests")]
+    if lost:
+        return Condition("inversions", False, "priority_inversions not measured at the claimed "
+                         f"capacity on {', '.join(sorted(set(lost))[:3])}")
+
+    def share(row: Mapping[str, Any]) -> float:
+        return float(row["priority_inversions"]) / float(row["requests"])
+
+    excess = {k: share(rows[k]) - share(base_rows[k]) for k in labels}
+    k, v = _worst(excess)
+    ok = v <= tolerance
+    ids = ", ".join(f"#{i}" for i in (rows[k].get("inversion_ids") or [])[:5])
+    total = sum(int(rows[j]["priority_inversions"]) for j in labels)
+    return Condition("inversions", ok, (
+        f"{total} request(s) overtaken while overdue in all; worst {k}: "
+        f"{int(rows[k]['priority_inversions'])} of {int(rows[k]['requests'])}"
+        + (f" ({ids})" if ids else "") + f" vs the baseline's "
+        f"{int(base_rows[k]['priority_inversions'])} at its capacity ({v:+.2%} of requests, "
+        f"tolerance {tolerance:+.2%})"),
+        {j: [int(rows[j]["priority_inversions"]), int(base_rows[j]["priority_inversions"])]
+         for j in labels})
 
 
 def capacity_condition(name: str, comp: Comparison, who: str, confidence: float) -> Condition:

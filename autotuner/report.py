@@ -38,7 +38,7 @@ from autotuner import report_plots as P
 from autotuner.archive import Archive, Candidate, canonical, sha256
 from autotuner.config import CampaignConfig, ConfigError, load_config
 from autotuner.sim.engine import ClusterSpec, SimResult
-from autotuner.sim.metrics import SLO, per_request
+from autotuner.sim.metrics import SLO, per_request, run_metrics
 from autotuner.sim.workload import Workload
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -319,12 +319,12 @@ def _trusted_result(code: str, params: Mapping[str, Any], cfg: CampaignConfig, w
 
 
 def _distributions(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
+    """Latency CDFs of one run, with its SLO shares (the one definition: ``run_metrics``)."""
     r = per_request(wl, result)
     ttft = np.where(np.isnan(r["ttft"]), np.inf, r["ttft"])
     tpot = np.where(np.isnan(r["tpot"]), np.inf, r["tpot"])
     d, n = result.tbt_samples
-    with np.errstate(invalid="ignore"):
-        met = (ttft <= slo.ttft_s) & (tpot <= slo.tpot_s)
+    m = run_metrics(wl, result, slo)
     tbt_x, tbt_y = P.cdf_points(d, n) if len(d) else ([], [])
     ttft_x, ttft_y = P.cdf_points(ttft)
     tpot_x, tpot_y = P.cdf_points(tpot)
@@ -337,9 +337,8 @@ def _distributions(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
     tbt_w = np.repeat(d, n) if len(d) and int(n.sum()) < 5_000_000 else np.asarray(d)
     return {
         "ttft": [ttft_x, ttft_y], "tbt": [tbt_x, tbt_y], "tpot": [tpot_x, tpot_y],
-        "attainment": float(met.mean()) if len(wl) else 0.0,
-        "ttft_ok": float((ttft <= slo.ttft_s).mean()) if len(wl) else 0.0,
-        "tpot_ok": float((tpot <= slo.tpot_s).mean()) if len(wl) else 0.0,
+        "attainment": m.attainment, "ttft_ok": m.ttft_ok, "tpot_ok": m.tpot_ok,
+        "tbt_ok": m.tbt_ok,
         "first_token_share": float(fin.mean()) if len(wl) else 0.0,
         "ttft_p50": q(ttft, 50), "ttft_p90": q(ttft, 90), "ttft_p99": q(ttft, 99),
         "tbt_p50": q(tbt_w, 50), "tbt_p90": q(tbt_w, 90), "tbt_p99": q(tbt_w, 99),

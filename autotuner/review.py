@@ -553,7 +553,7 @@ def _replay(args: argparse.Namespace) -> int:
     report = {"target": t.name, "params": t.params, "baseline": t.baseline_name,
               "baseline_params": t.baseline_params, "note": t.note, "kind": kind,
               "slo": {"ttft_s": cfg.slo.ttft_s, "tpot_s": cfg.slo.tpot_s,
-                      "share": cfg.slo.share},
+                      "share": cfg.slo.share, "text": cfg.slo.slo().describe()},
               "cluster": f"{cfg.cluster.replicas} x {cfg.cluster.model} on {cfg.cluster.gpu}",
               "results": rows}
     failed = any(r["policy"].get("error") or r["baseline"].get("error") for r in rows)
@@ -589,13 +589,12 @@ def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
     out.write(f"policy    {report['target']}  {_params_text(report['params'])}\n")
     out.write(f"baseline  {report['baseline']}  {_params_text(report['baseline_params'])}\n")
     slo = report["slo"]
-    out.write(f"cluster   {report['cluster']}; SLO TTFT <= {slo['ttft_s']:g} s, TPOT <= "
-              f"{slo['tpot_s']:g} s\n")
+    out.write(f"cluster   {report['cluster']}; SLO {slo['text']}\n")
     if report["note"]:
         out.write(f"note      {report['note']}\n")
     if report["kind"] == "capacity":
-        out.write(f"\ncapacity under SLO (highest rate with >= {slo['share']:.0%} of requests "
-                  "meeting both targets):\n")
+        out.write(f"\ncapacity under SLO (highest sustainable rate with >= {slo['share']:.0%} "
+                  "of requests meeting it):\n")
         out.write(f"  {'workload':<32} {'policy':>12} {'baseline':>12} {'gain':>8}\n")
         for r in report["results"]:
             p, b = r["policy"], r["baseline"]

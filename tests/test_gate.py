@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,12 @@ LEAST = FIXED.replace(
     "    return best.replica",
 )
 TUNED = {"chunk_size": 2048}
+# Routing by waiting prefill work net of prefix-cache hits (FCFS batching): an honest gain on
+# multi-turn sessions that holds at its own claim. (Least-outstanding routing gains capacity too,
+# but at its claim its p99 TTFT/deadline is worse than the baseline's, and the gate says so.)
+HONEST_PATH = Path(__file__).resolve().parent / "gaming" / "honest_cache_aware.py"
+HONEST = HONEST_PATH.read_text()
+HONEST_PARAMS = {"chunk_size": 2048, "decode_weight": 64.0}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +110,8 @@ def test_compare_is_a_geometric_mean_of_paired_ratios(cfg):
 def _row(**kw):
     row = {"attainment": 0.93, "sustainable": True, "backlog_growth": 0.0,
            "max_wait_over_deadline": 2.0, "unfinished": 0, "starved": 0,
-           "ttft_over_deadline_p99": 1.5, "longest_wait_s": 4.0}
+           "ttft_over_deadline_p99": 1.5, "longest_wait_s": 4.0, "requests": 1000,
+           "priority_inversions": 0}
     return row | kw
 
 
@@ -116,13 +124,15 @@ def test_claim_conditions_judge_each_instance_at_its_claim(cfg):
     bad = {c.name: c for c in claim_conditions(
         claimed, {"a": _row(max_wait_over_deadline=31.0, starved=4),
                   "b": _row(unfinished=7, ttft_over_deadline_p99=1.6, sustainable=False,
-                            backlog_growth=0.4, attainment=0.85)}, base, 0.9, gate)}
+                            backlog_growth=0.4, attainment=0.85, priority_inversions=3,
+                            inversion_ids=[17, 4])}, base, 0.9, gate)}
     assert not any(c.passed for c in bad.values())
     assert "31 x" in bad["max_wait"].figures and "on a" in bad["max_wait"].figures
     assert "4 starved" in bad["max_wait"].figures
     assert "7 request(s) unfinished" in bad["finished"].figures
     assert "worst 0.850 on b" in bad["share"].figures
     assert "1.6 vs 1.5 on b" in bad["tail"].figures
+    assert "worst b: 3 of 1000 (#17, #4) vs the baseline's 0" in bad["inversions"].figures
     # what was not measured cannot be vouched for
     lost = {c.name: c for c in claim_conditions(claimed, {"a": {}, "b": _row()}, base, 0.9,
                                                 gate)}
@@ -159,7 +169,7 @@ def test_a_candidate_identical_to_the_baseline_is_never_promoted(cfg, instances,
 def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
         cfg, instances, evaluator, tmp_path):
     base = PolicyRef("fixed_chunk.py", FIXED, TUNED)
-    better = PolicyRef("c0002.py", LEAST, dict(TUNED))
+    better = PolicyRef("c0002.py", HONEST, dict(HONEST_PARAMS))
     result = run_gate(evaluator, cfg, "c0002", better, base, instances)
     assert result.passed, result.reasons
     comp = result.baseline
@@ -170,7 +180,7 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
                                                    "reference"]
 
     # the same policy again must beat the promoted one, and cannot
-    again = PolicyRef("c0003.py", LEAST + "\n", dict(TUNED))
+    again = PolicyRef("c0003.py", HONEST + "\n", dict(HONEST_PARAMS))
     second = run_gate(evaluator, cfg, "c0003", again, base, instances, promoted=better,
                       promoted_id="c0002")
     assert second.baseline.passed
@@ -183,7 +193,7 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
                                                "fixed_chunk.py", result, None)
     record = json.loads(record_path.read_text())
     assert record["reproduce"] == f"autotuner replay {record_path}"
-    assert record["params"] == TUNED and record["baseline"]["params"] == TUNED
+    assert record["params"] == HONEST_PARAMS and record["baseline"]["params"] == TUNED
     assert len(record["instances"]) == len(instances)
     assert {"autotuner", "python", "numpy", "optuna"} <= set(record["versions"])
     claim = record["claims"]["multiturn"]
@@ -192,7 +202,7 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     assert "geometric mean" in record["claim"] and "multiturn +" in record["claim"]
     assert {c["name"] for c in record["statistics"]["conditions"]} >= set(CLAIM_CONDITIONS)
     baked = read_policy_file(policy_path)
-    assert baked.defaults() == TUNED
+    assert baked.defaults() == HONEST_PARAMS
     out = io.StringIO()
     assert reproduce(record_path, out=out, simulator=in_process) == 0
     assert "capacities identical" in out.getvalue()
@@ -222,16 +232,16 @@ def test_the_best_tuned_reference_is_a_bar_of_its_own(cfg, instances, evaluator)
     from dataclasses import replace
 
     base = PolicyRef("fixed_chunk.py", FIXED, TUNED)
-    better = PolicyRef("c0004.py", LEAST, dict(TUNED))
-    with_refs = replace(cfg, gate=replace(cfg.gate, references=("least_outstanding",)))
+    better = PolicyRef("c0004.py", HONEST, dict(HONEST_PARAMS))
+    with_refs = replace(cfg, gate=replace(cfg.gate, references=(str(HONEST_PATH),)))
     # the same routing as a reference: the candidate beats the baseline, not the bar
-    ref = PolicyRef("least_outstanding.py", LEAST, dict(TUNED))
+    ref = PolicyRef(HONEST_PATH.name, HONEST, dict(HONEST_PARAMS))
     result = run_gate(evaluator, with_refs, "c0004", better, base, instances, references=[ref])
     assert result.baseline.passed and not result.passed
     assert result.failed() == ["reference"]
-    assert result.reference == "least_outstanding"
-    assert result.references["least_outstanding"]["mean_gain"] > 0.2
-    assert "best tuned reference least_outstanding" in result.reasons[0]
+    assert result.reference == "honest_cache_aware"
+    assert result.references["honest_cache_aware"]["mean_gain"] > 0.2
+    assert "best tuned reference honest_cache_aware" in result.reasons[0]
     # a bar that is configured but not measured refuses, it is never skipped
     unmeasured = run_gate(evaluator, with_refs, "c0004", better, base, instances)
     assert unmeasured.failed() == ["reference"]

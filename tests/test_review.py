@@ -46,7 +46,8 @@ def campaign(tmp_path_factory):
         "workloads.requests": 150, "workloads.scenario_requests": {},
         "workloads.heldout_seeds": [1001, 1002, 1003], "objective.ladder": [1.0, 1.4],
         "budget.trials": 2, "budget.proposals": 2, "search.seeds": [], "search.finalists": 1,
-        "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05, "parallelism": 1,
+        "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05, "gate.references": [],
+        "parallelism": 1,
         # 150 multiturn requests are too few to rank two policies reliably: the review views
         # need a tuned proposal, whatever its score
         "search.screen_threshold": -0.5})
