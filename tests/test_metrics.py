@@ -260,3 +260,10 @@ def test_deferring_long_prompts_buys_no_capacity_past_the_baselines_sustainable_
         assert old.rate > sustainable * 1.2, name  # what the share-only yardstick credited
         above = metrics_at(cluster, wl, _policy(name), slo, sustainable * 1.1)
         assert above.attainment >= 0.9 and not above.sustainable, name
+
+
+def test_a_refused_request_is_starved_but_never_overtaken():
+    wl = workload([0.0, 1.0], [1, 1], [1, 1])
+    res = result([NAN, 4.0], [NAN, 4.0], horizon=30.0, refused=[True, False])
+    m = run_metrics(wl, res, SLO(ttft_s=2.0, ttft_s_per_token=0.0, warmup=0.0))
+    assert m.priority_inversions == 0 and m.starved == 1 and m.unfinished == 1

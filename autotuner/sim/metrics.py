@@ -319,7 +319,7 @@ def _inversions(wl: Workload, result: SimResult, wait_end: np.ndarray,
         hi = np.searchsorted(t_sorted, wait_end[ids], side="left")
         latest = range_max(a_sorted, lo, hi)
         out[ids] = latest > wl.arrival[ids]
-    return out
+    return out & ~result.refused  # a prompt the server refused was never waiting
 
 
 def _prefill_work(wl: Workload, result: SimResult) -> np.ndarray:
