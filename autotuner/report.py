@@ -251,6 +251,18 @@ def bootstrap_interval(values: Sequence[float], confidence: float, samples: int,
             float(np.quantile(means, confidence)))
 
 
+def gain_interval(gains: Sequence[float], confidence: float, samples: int, seed: int
+                  ) -> tuple[float, float, float]:
+    """The gate's statistic for capacity gains: the geometric mean of the ratios (minus one)
+    and its bootstrap interval, resampled in log space (the lower end is the gate's bound)."""
+    from autotuner.gate import MIN_RATIO
+
+    logs = [math.log(max(1.0 + g, MIN_RATIO)) for g in gains if math.isfinite(g)]
+    mean, lo, hi = bootstrap_interval(logs, confidence, samples, seed)
+    return tuple(math.exp(x) - 1.0 if not math.isnan(x) else x  # type: ignore[return-value]
+                 for x in (mean, lo, hi))
+
+
 def _gain(a: float, b: float) -> float:
     return a / b - 1.0 if b > 0 else (0.0 if a <= 0 else math.inf)
 
@@ -696,8 +708,8 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
             if not same:
                 b.notes.append("The re-measured held-out capacities differ from the gate's "
                                "record (see `autotuner replay` of the record).")
-        mean, lo, hi = bootstrap_interval(list(comp.gains.values()), g.confidence,
-                                          g.bootstrap, cfg.seed)
+        mean, lo, hi = gain_interval(list(comp.gains.values()), g.confidence, g.bootstrap,
+                                     cfg.seed)
         fams: dict[str, list[tuple[str, float, float, float]]] = {}
         for inst in insts:
             lab = inst.label
@@ -707,7 +719,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         bars = []
         for k, (fam, rows) in enumerate(fams.items()):
             gains = [r[3] for r in rows]
-            m, flo, fhi = bootstrap_interval(gains, g.confidence, g.bootstrap, cfg.seed + 7 + k)
+            m, flo, fhi = gain_interval(gains, g.confidence, g.bootstrap, cfg.seed + 7 + k)
             fam_rows.append({"family": fam, "mean": m, "lo": flo, "hi": fhi, "rows": rows,
                              "cap_subject": float(np.mean([r[1] for r in rows])),
                              "cap_baseline": float(np.mean([r[2] for r in rows]))})
@@ -823,13 +835,13 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
     for k, p in enumerate(([subject] if subject else []) + refs):
         labels = [i.label for i in ref_insts]
         gains = [_gain(p.caps.get(x, 0.0), baseline.caps.get(x, 0.0)) for x in labels]
-        m, lo, hi = bootstrap_interval(gains, g.confidence, g.bootstrap, cfg.seed + 101 + k)
+        m, lo, hi = gain_interval(gains, g.confidence, g.bootstrap, cfg.seed + 101 + k)
         row = {"label": p.label, "key": p.key, "params": _params_text(p.params),
                "note": p.note, "mean_cap": float(np.mean([p.caps.get(x, 0.0) for x in labels]))
                if labels else math.nan, "gain": m, "lo": lo, "hi": hi, "error": p.error}
         if subject is not None and p is not subject:
             sg = [_gain(subject.caps.get(x, 0.0), p.caps.get(x, 0.0)) for x in labels]
-            sm, slo_, shi = bootstrap_interval(sg, g.confidence, g.bootstrap,
+            sm, slo_, shi = gain_interval(sg, g.confidence, g.bootstrap,
                                                cfg.seed + 201 + k)
             row |= {"subject_gain": sm, "subject_lo": slo_, "subject_hi": shi}
         rows.append(row)
