@@ -184,3 +184,32 @@ def test_autotuner_gate_command_bad_input_is_one_line_and_exit_2(tmp_path, capsy
         err = capsys.readouterr().err
         assert err.startswith("autotuner gate: error: ") and needle in err, err
         assert err.count("\n") == 1
+
+
+def test_autotuner_gate_command_uses_a_campaigns_tuned_baseline(tmp_path):
+    """--campaign: the tuned baseline from the archive (read only), on its held-out workloads."""
+    from autotuner.archive import Archive
+    from autotuner.config import write_config
+    from autotuner.gate_cmd import run_gate_command
+
+    folder = tmp_path / "results" / "c"
+    cfg = load_config(**{"name": "c", "results_dir": str(tmp_path / "results"),
+                         "workloads.scenarios": ["multiturn"], "workloads.screen": [],
+                         "workloads.heldout_requests": {"multiturn": 300},
+                         "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05,
+                         "gate.references": [], "parallelism": 1})
+    write_config(cfg, folder / "config.toml")
+    with Archive(folder / "archive.sqlite") as archive:
+        archive.set_meta("baseline", {"name": "fixed_chunk.py", "code": BASELINE.code,
+                                      "params": dict(CHUNK), "caps": {"train": {}},
+                                      "reference": {"train": {}}})
+    before = (folder / "archive.sqlite").read_bytes()
+    out = io.StringIO()
+    args = argparse.Namespace(policy=str(CORPUS / "honest_cache_aware.py"), config=None,
+                              campaign=str(folder), sandbox=None, parallelism=1, json=False)
+    assert run_gate_command(args, out, io.StringIO(), simulator=in_process) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "baseline   fixed_chunk.py (chunk_size=2048), tuned by campaign c" in text
+    assert "held-out   3 instances" in text and "multiturn@1003" in text
+    assert "pass  reference    not required: gate.references is empty" in text
+    assert (folder / "archive.sqlite").read_bytes() == before  # nothing written

@@ -176,6 +176,14 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     assert comp.lower_bound >= cfg.gate.margin and comp.mean_gain > 0.2
     assert set(comp.capacities) == {i.label for i in instances}
     assert result.failed() == [] and result.per_family["multiturn"] > 0.2
+    # `autotuner show` states each condition and the fairness figures at the claim
+    from autotuner.review import _gate_conditions_text
+
+    shown = "\n".join(_gate_conditions_text(result.to_dict()))
+    for name in CLAIM_CONDITIONS:
+        assert f"pass  {name}" in shown
+    assert "at the claimed capacity:" in shown and "longest wait" in shown
+    assert all(label in shown for label in comp.capacities)
     assert [c.name for c in result.conditions] == [*CLAIM_CONDITIONS, "capacity", "regression",
                                                    "reference"]
 

@@ -117,6 +117,8 @@ def test_replay_beside_the_tuned_baseline(campaign, capsys):
     assert rc == 0, err
     assert "policy" in out and "baseline" in out and "SLO attainment" in out
     assert "TTFT p90" in out
+    for row in ("longest wait", "wait/deadline", "late finish", "Jain", "starved", "inversions"):
+        assert row in out
     rc, out, err = cli(capsys, "replay", f"{campaign}:c0001", "--workload", "multiturn",
                        "--requests", "120", "--capacity", "--json", "--sandbox", "process")
     assert rc == 0, err
@@ -127,6 +129,11 @@ def test_replay_beside_the_tuned_baseline(campaign, capsys):
     assert row["gain"] == pytest.approx(row["policy"]["capacity"] / row["baseline"]["capacity"]
                                         - 1)
     assert report["baseline"].startswith("tuned fixed_chunk")
+    # beside capacity: output tokens/s of both at 2 x the baseline's capacity
+    sat = row["saturation"]
+    assert sat["rate"] == pytest.approx(2 * row["baseline"]["capacity"])
+    assert sat["policy"] > 0 and sat["baseline"] > 0
+    assert row["policy"]["at_capacity"]["jain_slowdown"] > 0
 
 
 def test_replay_of_a_policy_file_and_bad_targets(campaign, capsys, tmp_path):
