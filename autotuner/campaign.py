@@ -56,7 +56,9 @@ from autotuner.yardstick import (
     TunedPolicy,
     YardstickError,
     capacities,
+    from_campaign,
     ladder_goodput,
+    read_named_policy,
     reference_names,
     tune_baseline,
     tuned_references,
@@ -252,6 +254,7 @@ class Campaign:
         self._status_cache = ""
         self._status_at = 0.0
         self.sandbox_line: tuple[str, bool] | None = None
+        self._reference_files: list[tuple[str, str]] | None = None  # gate.references (name, code)
 
     # -- time ----------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -278,13 +281,13 @@ class Campaign:
         yet, and their held-out capacities (cached once measured)."""
         if self.archive is None:
             return 0
-        names = reference_names(self.cfg)
-        stored = self.archive.get_meta("references", {}) or {}
-        untuned = [n for n in names if Path(n).stem not in stored
-                   and self.archive.find(f"seed-{Path(n).stem}") is None]
+        if self._reference_files is None:
+            self._reference_files = [read_named_policy(n) for n in reference_names(self.cfg)]
+        untuned = [name for name, code in self._reference_files
+                   if from_campaign(self.archive, name, code) is None]
         per_trial = len(self.cfg.objective.ladder) * len(self.instances["train"])
         return (len(untuned) * self.cfg.budget.trials * per_trial
-                + len(names) * len(self.instances["heldout"]) * 9)
+                + len(self._reference_files) * len(self.instances["heldout"]) * 9)
 
     def finalize_estimate(self) -> float:
         """Seconds validation and one gate will take, from the measured speed so far."""
