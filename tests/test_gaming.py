@@ -1,8 +1,9 @@
 """The starvation corpus (``tests/gaming/``) against the promotion gate.
 
 Every policy there games a share-of-requests capacity without serving better (deferring long
-prompts, never serving them, shortest-first with no or token aging, newest-first, abandoning
-late requests, a sacrificial replica, and a real routing gain padded with newest-first). Each is
+prompts, never serving them, trickling them a few tokens at a time, shortest-first with no or
+token aging, newest-first, abandoning late requests, starving every n-th request, a sacrificial
+replica, and a real routing gain padded with newest-first). Each is
 refused, and by the condition that catches it; the honest control (routing by waiting prefill
 work net of prefix-cache hits) still passes on multiturn and mixed, against the baseline and a
 reference bar.
@@ -45,6 +46,8 @@ STARVING = {
     "sacrificial_replica.py": ("chat", 2000, SEEDS, {"tail", "capacity", "regression"}),
     "abandon_late.py": ("multiturn", 600, SEEDS, {"inversions", "tail", "capacity"}),
     "cache_aware_newest_first.py": ("multiturn", 600, SEEDS, {"inversions", "tail"}),
+    "starve_by_id.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
+    "trickle_long.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity", "regression"}),
     "never_serve_long.py": ("chat", 400, (1001,), {"finished", "max_wait", "sustainable",
                                                    "capacity"}),
 }
