@@ -1004,10 +1004,12 @@ class Campaign:
                 return
             comp = result.baseline
             if result.passed:
+                best_ref = next((r for r in references or []
+                                 if Path(r.name).stem == result.reference), None)
                 policy_path, record_path = write_promotion(
                     self.dir, cfg, cand.id, PolicyRef(f"{cand.id}.py", cand.code or "",
                                                       cand.params),
-                    base_ref, b.name, result, promoted_id)
+                    base_ref, b.name, result, promoted_id, best_ref)
                 self.archive.update(cand.id, status=A.PROMOTED, gate=result.to_dict())
                 promotions = self.archive.get_meta("promotions", [])
                 self.archive.set_meta_many({"promoted": cand.id,

@@ -58,8 +58,6 @@ from autotuner.scoring import Evaluator, Instance, Job, capacity_jobs
 MIN_RATIO = 1e-3
 # The conditions in the order they are printed; test and report code refer to these names.
 CLAIM_CONDITIONS = ("share", "sustainable", "max_wait", "finished", "inversions", "tail")
-CONDITIONS = ("evaluation", *CLAIM_CONDITIONS, "capacity", "regression", "reference",
-              "promoted")
 
 
 class GateInputError(ValueError):
@@ -583,8 +581,11 @@ def write_promotion(
     baseline_name: str,
     result: GateResult,
     previous: str | None,
+    reference: PolicyRef | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``promotions/<id>.py`` (tuned defaults baked in) and ``promotions/<id>.json``."""
+    """Write ``promotions/<id>.py`` (tuned defaults baked in) and ``promotions/<id>.json``;
+    beside them the tuned baseline and the best tuned reference (``reference.py``) the claim
+    was measured against, so that the record alone reproduces the whole gate."""
     out = campaign_dir / "promotions"
     out.mkdir(parents=True, exist_ok=True)
     policy_path = out / f"{candidate_id}.py"
@@ -593,6 +594,11 @@ def write_promotion(
     baseline_path = out / "baseline.py"
     _atomic_write(baseline_path, bake_params(baseline.code, baseline.params))
     record_path = out / f"{candidate_id}.json"
+    ref_entry = None
+    if reference is not None and result.reference is not None:
+        _atomic_write(out / "reference.py", bake_params(reference.code, reference.params))
+        ref_entry = {"name": result.reference, "file": "reference.py",
+                     "params": dict(reference.params), "code_sha256": sha256(reference.code)}
     record = {
         "kind": "autotuner promotion",
         "campaign": cfg.name,
@@ -607,8 +613,7 @@ def write_promotion(
         "params": dict(candidate.params),
         "baseline": {"name": baseline_name, "file": baseline_path.name,
                      "params": dict(baseline.params), "code_sha256": sha256(baseline.code)},
-        "reference": None if result.reference is None else {
-            "name": result.reference, "params": result.references[result.reference]["params"]},
+        "reference": ref_entry,
         "previous_promoted": previous,
         "cluster": to_dict(cfg.cluster),
         "slo": to_dict(cfg.slo),

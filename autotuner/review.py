@@ -659,11 +659,12 @@ def _print_capacity_fairness(results: list[Mapping[str, Any]], out: TextIO) -> N
 # ------------------------------------------------------------------------------- reproduce
 def reproduce(record_path: Path, args: argparse.Namespace | None = None,
               out: TextIO | None = None, simulator: Any = None) -> int:
-    """Repeat a promotion's held-out measurement from its record alone and compare."""
-    from autotuner.config import GateConfig, config_from_mapping
-    from autotuner.gate import PolicyRef, compare
+    """Repeat a promotion's whole gate from its record alone (its files, cluster, SLO, gate
+    settings, held-out instances and best reference) and compare with what was recorded."""
+    from autotuner.config import config_from_mapping
+    from autotuner.gate import GateInputError, PolicyRef, run_gate
     from autotuner.policy import read_policy_file
-    from autotuner.scoring import Evaluator, Instance, NoCache, capacity_jobs
+    from autotuner.scoring import Evaluator, Instance, NoCache
 
     out = out or sys.stdout
     record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -673,51 +674,58 @@ def reproduce(record_path: Path, args: argparse.Namespace | None = None,
     policy = read_policy_file(folder / record["policy_file"])
     base = read_policy_file(folder / record["baseline"]["file"])
     backend = getattr(args, "sandbox", None) if args else None
-    cfg = config_from_mapping({
-        "cluster": record["cluster"], "slo": record["slo"], "gate": record["gate"],
-        "sandbox": {"backend": backend or "auto"}})
+    try:
+        cfg = config_from_mapping({
+            "cluster": record["cluster"], "slo": record["slo"], "gate": record["gate"],
+            "sandbox": {"backend": backend or "auto"}, "seed": record["statistics"]["seed"]})
+    except ConfigError as exc:
+        raise ReviewError(f"{record_path}: written under another yardstick ({exc})") from None
     insts = [Instance.from_dict(d) for d in record["instances"]]
-    stats = record["statistics"]
-    base_comp = stats["comparisons"][0]
-    hints = {k: v[1] for k, v in base_comp["capacities"].items()}
-    p_ref = PolicyRef(record["policy_file"], policy.code, dict(record["params"]))
-    b_ref = PolicyRef(record["baseline"]["file"], base.code, dict(record["baseline"]["params"]))
+    refs = []
+    if record.get("reference"):
+        ref = read_policy_file(folder / record["reference"]["file"])
+        refs = [PolicyRef(f"{record['reference']['name']}.py", ref.code,
+                          dict(record["reference"]["params"]))]
     evaluator = Evaluator(NoCache(), (getattr(args, "parallelism", None) if args else None) or 2,
                           simulator)
     try:
-        b_res = evaluator.evaluate(capacity_jobs(b_ref.code, b_ref.params, insts, cfg, None,
-                                                 name=b_ref.name))
-        p_res = evaluator.evaluate(capacity_jobs(p_ref.code, p_ref.params, insts, cfg, hints,
-                                                 name=p_ref.name))
+        result = run_gate(evaluator, cfg, record["candidate"],
+                          PolicyRef(record["policy_file"], policy.code, dict(record["params"])),
+                          PolicyRef(record["baseline"]["file"], base.code,
+                                    dict(record["baseline"]["params"])), insts, references=refs)
+    except GateInputError as exc:
+        raise ReviewError(str(exc)) from None
     finally:
         evaluator.close()
-    b_caps = {i.label: float(r.get("capacity") or 0.0) for i, r in zip(insts, b_res, strict=True)}
-    p_caps = {i.label: float(r.get("capacity") or 0.0) for i, r in zip(insts, p_res, strict=True)}
-    gate = GateConfig(**record["gate"]) if isinstance(record["gate"], dict) else cfg.gate
-    comp = compare(p_caps, b_caps, "baseline", gate, int(stats.get("seed", 0)))
-    same = all(abs(p_caps[k] - base_comp["capacities"][k][0]) <= 1e-9 * max(1, p_caps[k])
-               and abs(b_caps[k] - base_comp["capacities"][k][1]) <= 1e-9 * max(1, b_caps[k])
-               for k in p_caps if k in base_comp["capacities"])
-    result = {"record": str(record_path), "claim": record["claim"],
-              "recorded": {"mean_gain": base_comp["mean_gain"],
-                           "lower_bound": base_comp["lower_bound"]},
-              "reproduced": {"mean_gain": comp.mean_gain, "lower_bound": comp.lower_bound,
-                             "passed": comp.passed},
-              "identical_capacities": same,
-              "capacities": {k: [p_caps[k], b_caps[k]] for k in p_caps}}
+    recorded = record["statistics"]["comparisons"]
+    same = all(
+        sorted(comp.capacities.items()) == sorted((k, tuple(v)) for k, v in rec["capacities"]
+                                                  .items())
+        for comp, rec in zip(result.comparisons, recorded, strict=False))
+    comp = result.baseline
+    summary = {"record": str(record_path), "claim": record["claim"],
+               "recorded": {"mean_gain": recorded[0]["mean_gain"],
+                            "lower_bound": recorded[0]["lower_bound"]},
+               "reproduced": {"mean_gain": comp.mean_gain, "lower_bound": comp.lower_bound,
+                              "passed": result.passed, "failed": result.failed()},
+               "identical_capacities": same,
+               "capacities": {k: list(v) for k, v in comp.capacities.items()}}
     if args is not None and getattr(args, "json", False):
-        out.write(json.dumps(A._clean(result), indent=2) + "\n")
+        out.write(json.dumps(A._clean(summary), indent=2) + "\n")
     else:
         out.write(f"record   {record_path}\nclaim    {record['claim']}\n")
         out.write(f"  {'instance':<28} {'policy':>10} {'baseline':>10} {'gain':>8}\n")
-        for k, (c, b) in result["capacities"].items():
+        for k, (c, b) in comp.capacities.items():
             out.write(f"  {k:<28} {c:>10.3g} {b:>10.3g} {_gain(c / b - 1 if b else None):>8}\n")
-        out.write(f"reproduced: mean gain {_gain(comp.mean_gain)}, {gate.confidence:.0%} lower "
-                  f"bound {_gain(comp.lower_bound)} (recorded {_gain(base_comp['mean_gain'])}, "
-                  f"{_gain(base_comp['lower_bound'])}); capacities "
-                  f"{'identical' if same else 'DIFFER'}; gate "
-                  f"{'passes' if comp.passed else 'FAILS'} at margin {gate.margin:.0%}\n")
-    return EXIT_OK if comp.passed else EXIT_FAILED
+        for cond in result.conditions:
+            out.write(f"  {cond.line()}\n")
+        out.write(f"reproduced: geometric mean gain {_gain(comp.mean_gain)}, "
+                  f"{cfg.gate.confidence:.0%} lower bound {_gain(comp.lower_bound)} (recorded "
+                  f"{_gain(recorded[0]['mean_gain'])}, {_gain(recorded[0]['lower_bound'])}); "
+                  f"capacities {'identical' if same else 'DIFFER'}; gate "
+                  + ("passes" if result.passed else f"FAILS ({', '.join(result.failed())})")
+                  + "\n")
+    return EXIT_OK if result.passed else EXIT_FAILED
 
 
 def _guard(command: str, fn: Any) -> int:

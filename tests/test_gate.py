@@ -168,10 +168,17 @@ def test_a_candidate_identical_to_the_baseline_is_never_promoted(cfg, instances,
 
 def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
         cfg, instances, evaluator, tmp_path):
+    from dataclasses import replace
+
     base = PolicyRef("fixed_chunk.py", FIXED, TUNED)
     better = PolicyRef("c0002.py", HONEST, dict(HONEST_PARAMS))
-    result = run_gate(evaluator, cfg, "c0002", better, base, instances)
+    # least-outstanding routing as the reference bar (it gains capacity too, less)
+    cfg = replace(cfg, gate=replace(cfg.gate, references=("least_outstanding",)))
+    least = PolicyRef("least_outstanding.py", LEAST, dict(TUNED))
+    result = run_gate(evaluator, cfg, "c0002", better, base, instances, references=[least])
     assert result.passed, result.reasons
+    assert result.reference == "least_outstanding"
+    assert result.comparison("reference:").lower_bound >= cfg.gate.reference_margin
     comp = result.baseline
     assert comp.lower_bound >= cfg.gate.margin and comp.mean_gain > 0.2
     assert set(comp.capacities) == {i.label for i in instances}
@@ -190,15 +197,15 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     # the same policy again must beat the promoted one, and cannot
     again = PolicyRef("c0003.py", HONEST + "\n", dict(HONEST_PARAMS))
     second = run_gate(evaluator, cfg, "c0003", again, base, instances, promoted=better,
-                      promoted_id="c0002")
+                      promoted_id="c0002", references=[least])
     assert second.baseline.passed
-    assert not second.passed
-    assert second.comparisons[1].reference == "c0002"
+    assert second.failed() == ["promoted"]
+    assert second.comparisons[2].reference == "c0002"
     assert any("c0002" in r for r in second.reasons)
 
     # the promotion record reproduces the claim with one command
     policy_path, record_path = write_promotion(tmp_path, cfg, "c0002", better, base,
-                                               "fixed_chunk.py", result, None)
+                                               "fixed_chunk.py", result, None, least)
     record = json.loads(record_path.read_text())
     assert record["reproduce"] == f"autotuner replay {record_path}"
     assert record["params"] == HONEST_PARAMS and record["baseline"]["params"] == TUNED
@@ -208,12 +215,17 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     assert claim["gain_vs_baseline"] == pytest.approx(result.per_family["multiturn"])
     assert claim["capacity"] > claim["baseline_capacity"] > 0
     assert "geometric mean" in record["claim"] and "multiturn +" in record["claim"]
+    assert "over the best tuned reference least_outstanding" in record["claim"]
+    assert claim["gain_vs_reference"] > 0.05 and claim["reference"] == "least_outstanding"
+    assert record["reference"]["file"] == "reference.py"
+    assert read_policy_file(tmp_path / "promotions" / "reference.py").defaults() == TUNED
     assert {c["name"] for c in record["statistics"]["conditions"]} >= set(CLAIM_CONDITIONS)
     baked = read_policy_file(policy_path)
     assert baked.defaults() == HONEST_PARAMS
     out = io.StringIO()
-    assert reproduce(record_path, out=out, simulator=in_process) == 0
-    assert "capacities identical" in out.getvalue()
+    assert reproduce(record_path, out=out, simulator=in_process) == 0, out.getvalue()
+    assert "capacities identical" in out.getvalue() and "gate passes" in out.getvalue()
+    assert "pass  reference" in out.getvalue()
 
 
 def test_bake_params_keeps_the_file_and_sets_defaults():
