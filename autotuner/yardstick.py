@@ -130,14 +130,18 @@ def tune_against_baseline(
 def tune_baseline(evaluator: Evaluator, cfg: CampaignConfig, name: str, code: str,
                   train: Sequence[Instance], storage: Any,
                   tick: Callable[[str], None] = lambda _: None,
-                  on_result: OnResult | None = None) -> BaselineTuning:
+                  on_result: OnResult | None = None,
+                  after_defaults: Callable[[], None] = lambda: None) -> BaselineTuning:
     """Capacity at the defaults, tuning against the defaults' ladder goodput, then capacity and
-    ladder goodput at the tuned parameters (the yardstick every candidate is scored on)."""
+    ladder goodput at the tuned parameters (the yardstick every candidate is scored on).
+    ``after_defaults`` runs once the defaults' capacity is known (the first real evaluation:
+    a campaign ends its setup there)."""
     source = read_policy_source(code, name)
     defaults = source.defaults()
     tick(f"baseline: capacity at default parameters {defaults}")
     caps0 = capacities(evaluator, cfg, PolicyRef(name, code, defaults), train, "baseline",
                        who="baseline (at its default parameters)")
+    after_defaults()
     good0 = ladder_goodput(evaluator.evaluate(
         ladder_jobs(code, defaults, train, caps0, cfg, name=name), "baseline", on_result),
         train, cfg)
