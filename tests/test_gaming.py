@@ -216,3 +216,18 @@ def test_autotuner_gate_command_uses_a_campaigns_tuned_baseline(tmp_path):
     assert "held-out   3 instances" in text and "multiturn@1003" in text
     assert "pass  reference    not required: gate.references is empty" in text
     assert (folder / "archive.sqlite").read_bytes() == before  # nothing written
+
+
+def test_the_audits_policy_gains_capacity_on_mixed_and_is_refused_for_what_it_overtakes(
+        evaluator):
+    """Deferring prompts above the running 93rd length percentile buys sustainable capacity on
+    mixed (long multi-turn prompts have long deadlines), and its tail even improves; what gives
+    it away is that at its claim it serves later arrivals while earlier ones are overdue."""
+    insts = [Instance("mixed", seed, 2000) for seed in SEEDS]
+    result = run_gate(evaluator, _config(["mixed"]), "audit", _policy("defer_above_quantile.py"),
+                      BASELINE, insts)
+    by_name = {c.name: c for c in result.conditions}
+    assert by_name["capacity"].passed and result.baseline.mean_gain > 0.1
+    assert not by_name["inversions"].passed
+    assert sum(r["candidate"]["priority_inversions"] for r in result.at_claim.values()) > 0
+    assert not result.passed
