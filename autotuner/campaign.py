@@ -47,8 +47,14 @@ from typing import Any, TextIO
 
 from autotuner import archive as A
 from autotuner.archive import Archive, Candidate
-from autotuner.config import CampaignConfig, ConfigError, load_config, write_config
-from autotuner.gate import PolicyRef, run_gate, write_promotion
+from autotuner.config import (
+    CampaignConfig,
+    ConfigError,
+    load_config,
+    policy_file,
+    write_config,
+)
+from autotuner.gate import GateInputError, PolicyRef, run_gate, write_promotion
 from autotuner.policy import PolicyFileError, Tunable, read_policy_source
 from autotuner.proposers.base import (
     ClusterInfo,
@@ -59,18 +65,26 @@ from autotuner.proposers.base import (
     Proposer,
     WorkloadInfo,
 )
-from autotuner.resources import baseline_path
 from autotuner.scoring import (
     Evaluator,
     Instance,
     Simulator,
-    capacity_jobs,
-    goodput_of,
     ladder_jobs,
     ladder_scores,
     split_instances,
 )
 from autotuner.tune import open_storage, repair_journal, tune
+from autotuner.yardstick import (
+    TunedPolicy,
+    YardstickError,
+    capacities,
+    from_campaign,
+    ladder_goodput,
+    read_named_policy,
+    reference_names,
+    tune_baseline,
+    tuned_references,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PHASES = ("baseline", "seeds", "search", "finalize", "done")
@@ -93,9 +107,11 @@ def staging_dir(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.setup"
 
 
-def policy_file_path(name: str) -> Path:
-    """A policy named in a campaign file: a path ending in .py, or a shipped baseline's name."""
-    return Path(name) if Path(name).suffix == ".py" else baseline_path(name)
+
+
+class WorkloadRefused(CampaignError):
+    """The tuned baseline cannot serve as a yardstick on a workload (it fails there, or has
+    (nearly) no capacity): the campaign stops before searching, and a new one leaves no folder."""
 
 
 # ------------------------------------------------------------------------------- progress
@@ -282,6 +298,7 @@ class Campaign:
         self._status_cache = ""
         self._status_at = 0.0
         self.sandbox_line: tuple[str, bool] | None = None
+        self._reference_files: list[tuple[str, str]] | None = None  # gate.references (name, code)
 
     # -- time ----------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -299,9 +316,22 @@ class Campaign:
         return True
 
     def _gate_sims(self) -> int:
-        # baseline capacities (cached after the first gate), the candidate's (bracketed by the
-        # baseline's, so fewer probes), and one run per instance for the SLO check
-        return len(self.instances["heldout"]) * (12 + 9 + 1)
+        # baseline capacities (cached after the first gate) and the candidate's (bracketed by
+        # the baseline's, so fewer probes); the claim is judged on the capacity search's runs
+        return len(self.instances["heldout"]) * (12 + 9)
+
+    def _reference_sims(self) -> int:
+        """Simulations the gate's reference policies still need: tuning the ones not tuned
+        yet, and their held-out capacities (cached once measured)."""
+        if self.archive is None:
+            return 0
+        if self._reference_files is None:
+            self._reference_files = [read_named_policy(n) for n in reference_names(self.cfg)]
+        untuned = [name for name, code in self._reference_files
+                   if from_campaign(self.archive, name, code) is None]
+        per_trial = len(self.cfg.objective.ladder) * len(self.instances["train"])
+        return (len(untuned) * self.cfg.budget.trials * per_trial
+                + len(self._reference_files) * len(self.instances["heldout"]) * 9)
 
     def finalize_estimate(self) -> float:
         """Seconds validation and one gate will take, from the measured speed so far."""
@@ -309,7 +339,8 @@ class Campaign:
             return 0.0
         n_val = len(self.instances["validation"])
         rungs = len(self.cfg.objective.ladder)
-        sims = 12 * n_val + rungs * n_val * (1 + self.cfg.search.finalists) + self._gate_sims()
+        sims = rungs * n_val * (1 + self.cfg.search.finalists) + self._gate_sims() \
+            + self._reference_sims()
         return 1.15 * sims * self.evaluator.wall_per_sim()
 
     def _save_elapsed(self) -> None:
@@ -349,6 +380,10 @@ class Campaign:
                     f"interrupted: {self.cfg.name} stopped cleanly; continue with "
                     f"`autotuner resume {self._resume_arg()}`")
                 return EXIT_INTERRUPTED
+            except WorkloadRefused:
+                if not self.resume:  # a refused yardstick: a new campaign keeps nothing
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                raise
             except CampaignError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one line for the user, never a traceback
@@ -534,7 +569,7 @@ class Campaign:
         named += [("search.seeds", seed) for seed in self.cfg.search.seeds]
         for field_name, name in named:
             try:
-                path = policy_file_path(name)
+                path = policy_file(name)
                 code = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise CampaignError(f"{field_name}: {name}: {one_line(exc)}") from None
@@ -718,39 +753,20 @@ class Campaign:
 
         return self.evaluator.evaluate(jobs, candidate_id, on_result)
 
-    def _capacities(self, code: str, params: Mapping[str, Any], split: str, candidate_id: str,
-                    name: str, hints: Mapping[str, float] | None = None
-                    ) -> tuple[dict[str, float], str | None]:
-        assert self.evaluator is not None
-        insts = self.instances[split]
-        results = self.evaluator.evaluate(
-            capacity_jobs(code, params, insts, self.cfg, hints, name=name), candidate_id)
-        caps: dict[str, float] = {}
-        for inst, res in zip(insts, results, strict=True):
-            if res.get("error"):
-                return caps, f"{inst.label}: {res['error']}"
-            caps[inst.label] = float(res["capacity"])
-            if caps[inst.label] <= 0:
-                return caps, f"{inst.label}: no load level meets the SLO"
-        return caps, None
-
     def _reference(self, results: Sequence[Mapping[str, Any]], split: str
                    ) -> dict[str, list[float]]:
-        rungs = len(self.cfg.objective.ladder)
-        out = {}
-        for n, inst in enumerate(self.instances[split]):
-            out[inst.label] = [goodput_of(r, self.cfg.objective.goodput)
-                               for r in results[n * rungs:(n + 1) * rungs]]
-        return out
+        return ladder_goodput(results, self.instances[split], self.cfg)
 
     # -- phase 1: the tuned baseline -------------------------------------------------------
     def _baseline_phase(self) -> None:
-        assert self.archive is not None
+        """Tune the baseline, then measure it on every split: a workload where the tuned
+        baseline has (nearly) no capacity is refused now, before anything is searched, since no
+        capacity ratio to it means anything."""
+        assert self.archive is not None and self.evaluator is not None
         cfg = self.cfg
         name = cfg.objective.baseline
-        path = policy_file_path(name)
+        path = policy_file(name)
         code = path.read_text(encoding="utf-8")
-        source = read_policy_source(code, path.name)
         cand = self.archive.find("baseline")
         if cand is None:
             cand = self.archive.add_candidate(
@@ -758,37 +774,31 @@ class Campaign:
                 proposer=f"baseline file {path.name}", files_dir=self.dir / "candidates")
         elif cand.code != code:
             raise CampaignError("the baseline file changed since this campaign started")
-        defaults = source.defaults()
-        self._tick(f"baseline: capacity at default parameters {defaults}")
-        caps0, err = self._capacities(code, defaults, "train", "baseline", path.name)
-        if err:
-            raise CampaignError(f"the baseline fails on a training workload: {err}")
-        self._end_setup()
-        ref0 = self._reference(self._ladder(code, defaults, "train", caps0, "baseline",
-                                            path.name), "train")
 
-        def objective(params: dict[str, Any]) -> tuple[float | None, str | None]:
-            res = self._ladder(code, params, "train", caps0, "baseline", path.name)
-            score = ladder_scores(res, self.instances["train"], ref0, cfg)
-            return (None, score.error) if score.error else (score.objective, None)
+        def on_result(i: int, result: dict[str, Any]) -> None:
+            self.progress.status(self._status_text())
 
-        self._tick(f"baseline: tuning {', '.join(t.name for t in source.tunables) or '-'} "
-                   f"({cfg.budget.trials} trials)")
-        result = tune(storage=self.storage, study_name="baseline", tunables=source.tunables,
-                      n_trials=cfg.budget.trials, objective=objective, seed=cfg.seed,
-                      on_trial=lambda n, v, e: self._tick(
-                          f"baseline: trial {n}/{cfg.budget.trials}"))
-        if result.value is None:
-            raise CampaignError("every tuning trial of the baseline failed: "
-                                + (result.failures[0] if result.failures else "?"))
-        params = result.params
-        self._tick("baseline: capacity at tuned parameters")
-        caps, err = self._capacities(code, params, "train", "baseline", path.name, caps0)
-        if err:
-            raise CampaignError(f"the tuned baseline fails on a training workload: {err}")
-        ref = self._reference(self._ladder(code, params, "train", caps, "baseline", path.name),
-                              "train")
-        self.baseline = BaselineState(path.name, code, params, {"train": caps},
+        try:
+            # The defaults' capacity is the first real evaluation: the setup ends once it
+            # passed (the folder moves into place, the storages reopen there); tuning then
+            # finds these capacities in the evaluation cache.
+            defaults = read_policy_source(code, path.name).defaults()
+            self._tick(f"baseline: capacity at default parameters {defaults}")
+            capacities(self.evaluator, cfg, PolicyRef(path.name, code, defaults),
+                       self.instances["train"], "baseline",
+                       who="baseline (at its default parameters)")
+            self._end_setup()
+            tuned = tune_baseline(self.evaluator, cfg, path.name, code, self.instances["train"],
+                                  self.storage, tick=self._tick, on_result=on_result)
+            self._tick("baseline: capacity on the validation and held-out workloads")
+            other = {split: capacities(self.evaluator, cfg, tuned.policy.ref(),
+                                       self.instances[split], "baseline", who="tuned baseline")
+                     for split in ("validation", "heldout")}
+        except YardstickError as exc:
+            raise WorkloadRefused(str(exc)) from None
+        params, caps, caps0, ref = dict(tuned.policy.params), tuned.caps, tuned.caps_default, \
+            tuned.goodput
+        self.baseline = BaselineState(path.name, code, params, {"train": caps, **other},
                                       {"train": ref})
         self.archive.set_scores("baseline", "train", {
             label: (0.0, {"capacity": caps[label], "capacity_default_params": caps0[label],
@@ -808,7 +818,7 @@ class Campaign:
         for k, name in enumerate(self.cfg.search.seeds):
             cid = f"seed-{Path(name).stem}"
             if self.archive.find(cid) is None:
-                path = policy_file_path(name)
+                path = policy_file(name)
                 code = path.read_text(encoding="utf-8")
                 island = (k + 1) % self.cfg.search.islands
                 self.archive.add_candidate(
@@ -1140,12 +1150,16 @@ class Campaign:
         cfg = self.cfg
         b = self.baseline
         base_ref = PolicyRef(b.name, b.code, b.params)
-        if "validation" not in b.caps:
-            self._tick("validation: baseline capacity")
-            caps, err = self._capacities(b.code, b.params, "validation", "baseline", b.name,
-                                         None)
-            if err:
-                raise CampaignError(f"the tuned baseline fails on a validation workload: {err}")
+        if "validation" not in b.reference:
+            self._tick("validation: baseline ladder")
+            caps = b.caps.get("validation")
+            if caps is None:  # a campaign started before the baseline was measured on it
+                try:
+                    caps = capacities(self.evaluator, cfg, base_ref,
+                                      self.instances["validation"], "baseline",
+                                      who="tuned baseline")
+                except YardstickError as exc:
+                    raise CampaignError(str(exc)) from None
             ref = self._reference(self._ladder(b.code, b.params, "validation", caps, "baseline",
                                                b.name), "validation")
             b.caps["validation"], b.reference["validation"] = caps, ref
@@ -1175,6 +1189,7 @@ class Campaign:
         finalists = sorted((self.archive.get(c.id) for c in finalists),
                            key=lambda c: -(c.validation_score or -1.0))
         gated = 0
+        references: list[PolicyRef] | None = None
         for cand in finalists:
             if cand.status != A.FINALIST:
                 continue
@@ -1200,19 +1215,27 @@ class Campaign:
                 self.progress.log(f"finalist {cand.id} {skip}")
                 continue
             gated += 1
+            if references is None:
+                references = self._tuned_references()
             self._tick(f"gate: {cand.id} on {len(self.instances['heldout'])} held-out instances")
-            result = run_gate(
-                self.evaluator, cfg, cand.id,
-                PolicyRef(f"{cand.id}.py", cand.code or "", cand.params), base_ref,
-                self.instances["heldout"],
-                PolicyRef(f"{promoted.id}.py", promoted.code or "", promoted.params)
-                if promoted else None, promoted.id if promoted else None)
+            try:
+                result = run_gate(
+                    self.evaluator, cfg, cand.id,
+                    PolicyRef(f"{cand.id}.py", cand.code or "", cand.params), base_ref,
+                    self.instances["heldout"],
+                    PolicyRef(f"{promoted.id}.py", promoted.code or "", promoted.params)
+                    if promoted else None, promoted.id if promoted else None, references)
+            except GateInputError as exc:
+                self.progress.log(f"the gate cannot judge on these workloads: {exc}")
+                return
             comp = result.baseline
             if result.passed:
+                best_ref = next((r for r in references or []
+                                 if Path(r.name).stem == result.reference), None)
                 policy_path, record_path = write_promotion(
                     self.dir, cfg, cand.id, PolicyRef(f"{cand.id}.py", cand.code or "",
                                                       cand.params),
-                    base_ref, b.name, result, promoted_id)
+                    base_ref, b.name, result, promoted_id, best_ref)
                 self.archive.update(cand.id, status=A.PROMOTED, gate=result.to_dict())
                 promotions = self.archive.get_meta("promotions", [])
                 self.archive.set_meta_many({"promoted": cand.id,
@@ -1224,7 +1247,29 @@ class Campaign:
             else:
                 self.archive.update(cand.id, status=A.GATE_FAILED, gate=result.to_dict(),
                                     failure="gate: " + "; ".join(result.reasons))
-                self.progress.log(f"gate refused {cand.id}: " + "; ".join(result.reasons))
+                self.progress.log(f"gate refused {cand.id} ({', '.join(result.failed())}):")
+            for condition in result.conditions:
+                self.progress.log(f"  {condition.line()}")
+
+    def _tuned_references(self) -> list[PolicyRef]:
+        """The gate's reference policies, tuned like the baseline: a seed the campaign tuned
+        keeps its tuned values; any other is tuned here once (kept in the archive's meta)."""
+        assert self.archive is not None and self.baseline is not None
+        assert self.evaluator is not None
+        b, archive = self.baseline, self.archive
+
+        def keep(tuned: TunedPolicy) -> None:
+            stored = dict(archive.get_meta("references", {}) or {})
+            archive.set_meta("references", stored | {tuned.stem: dataclasses.asdict(tuned)})
+            self.progress.log(f"reference {tuned.stem} tuned like the baseline: "
+                              f"{dict(tuned.params)} (training {_fmt_gain(tuned.value)})")
+
+        refs = tuned_references(
+            self.evaluator, self.cfg, self.instances["train"],
+            TunedPolicy(b.name, b.code, b.params, 0.0, "campaign"), b.caps["train"],
+            b.reference["train"], self.storage, "this campaign", archive=archive,
+            log=self._tick, on_tuned=keep)
+        return [r.ref() for r in refs]
 
     def _summary(self) -> None:
         assert self.archive is not None

@@ -160,30 +160,60 @@ def _fmt(value: Any, unit: str = "") -> str:
             return f"{value * 1000:.1f} ms" if abs(value) < 1 else f"{value:.2f} s"
         if unit == "%":
             return f"{value * 100:.1f} %"
+        if unit == "x":
+            return f"{value:.2f}"
         return f"{value:,.1f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _ids(ids: Sequence[int], total: int) -> str:
+    shown = ", ".join(str(i) for i in ids)
+    return f" (requests {shown}{', ...' if total > len(ids) else ''}; worst first)" if ids else ""
+
+
 def format_metrics(m: dict[str, Any]) -> str:
+    """``summarize``'s dict as the table ``simulate`` and ``evaluate`` print."""
+    from autotuner.sim.metrics import SLO
+
     lines = []
-    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("tbt_s", "TBT"),
-                       ("e2e_s", "end-to-end"), ("queue_s", "queueing delay")):
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("tbt_s", "TBT (iterations)"),
+                       ("max_gap_s", "longest gap/req"), ("e2e_s", "end-to-end"),
+                       ("queue_s", "queueing delay")):
         s = m[key]
         lines.append(
-            f"  {label:<16}" + "".join(
+            f"  {label:<18}" + "".join(
                 f"{k} {_fmt(s[k], 's'):>10}   " for k in ("mean", "p50", "p90", "p99")
             ).rstrip()
         )
-    slo = m["slo"]
+    slo = SLO(**m["slo"])
+    growth = m["backlog_growth"]
     rows = [
-        ("requests", f"{m['requests']:,} ({m['finished']:,} finished, {m['unfinished']:,} not)"),
+        ("requests", f"{m['requests']:,} ({m['finished']:,} finished, {m['unfinished']:,} not "
+                     f"by the cut-off at {_fmt(m['cutoff_s'], 's')})"),
+        ("scored window", f"{m['window_requests']:,} requests over {_fmt(m['window_s'], 's')} "
+                          f"(warm-up excluded, up to the last arrival)"),
         ("duration", _fmt(m["duration_s"], "s")),
-        ("throughput", f"{_fmt(m['throughput_tok_s'])} output tok/s, "
-                       f"{_fmt(m['total_throughput_tok_s'])} total tok/s"),
-        (f"SLO attainment (TTFT<={slo['ttft_s']}s, TPOT<={slo['tpot_s']}s)",
-         _fmt(m["slo_attainment"], "%")),
+        ("throughput", f"{_fmt(m['throughput_tok_s'])} output tok/s in the window, "
+                       f"{_fmt(m['total_throughput_tok_s'])} total tok/s over the run"),
+        ("SLO per request", slo.describe()),
+        ("SLO attainment", _fmt(m["attainment"], "%")),
+        ("  each condition", f"TTFT {_fmt(m['ttft_ok'], '%')}, TPOT {_fmt(m['tpot_ok'], '%')}, "
+                             f"longest gap {_fmt(m['tbt_ok'], '%')}"),
+        ("sustainable", f"{'yes' if m['sustainable'] else 'NO'} (waiting backlog grew by "
+                        f"{_fmt(growth, '%')} of the window's prompt tokens; limit "
+                        f"{_fmt(slo.max_backlog_growth, '%')})"),
         ("goodput", f"{_fmt(m['goodput_tok_s'])} tok/s ({m['goodput_rps']:.2f} req/s)"),
-        ("cost", f"${m['cost_per_mtok_usd']:.3f} per million output tokens"),
+        ("longest wait", f"{_fmt(m['longest_wait_s'], 's')} (at worst "
+                         f"{m['max_wait_over_deadline']:.2f}x a deadline; p99 "
+                         f"{_fmt(m['ttft_over_deadline_p99'], 'x')}x)"),
+        ("finished after last arrival", _fmt(m["late_finish_share"], "%")),
+        ("fairness (Jain, deciles)", f"{m['jain_slowdown']:.3f} (1 = every prompt-length decile "
+                                     "waits the same share of its deadline)"),
+        ("starved", f"{m['starved']:,}{_ids(m['starved_ids'], m['starved'])}"),
+        ("priority inversions", f"{m['priority_inversions']:,}"
+                                f"{_ids(m['inversion_ids'], m['priority_inversions'])}"),
+        ("cost", "-" if m["cost_per_mtok_usd"] is None
+         else f"${m['cost_per_mtok_usd']:.3f} per million output tokens"),
         ("preemptions", _fmt(m["preemptions"])),
         ("prefix-cache hits", f"{m['prefix_cached_tokens']:,} prompt tokens"),
         ("iterations", f"{m['iterations']:,} ({m['policy_calls']:,} policy calls)"),
@@ -263,7 +293,7 @@ def policy_runner(args: argparse.Namespace, path: Path, shipped: bool, source: A
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from autotuner.policy import read_policy_file
-    from autotuner.sim.metrics import probe_horizon, search_capacity, slo_met
+    from autotuner.sim.metrics import RunMetrics, probe_horizon, run_metrics, search_capacity
     from autotuner.simulation import metrics_of
 
     path, shipped = resolve_policy(args.policy)
@@ -285,14 +315,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "metrics": None if result is None else metrics_of(cluster, workload, result, slo),
         }
         if args.capacity and not error:
-            def attainment(rate: float) -> tuple[float, str | None]:
+            def probe(rate: float) -> RunMetrics:
                 wl = workload.with_rate(rate)
-                probe, err = run_once(wl, probe_horizon(wl, slo))
-                if err or probe is None:
-                    return 0.0, err or "the run failed"
-                return float(slo_met(wl, probe, slo).mean()), None
+                result, err = run_once(wl, probe_horizon(wl, slo))
+                if err or result is None:
+                    return RunMetrics.failed(wl, err or "the run failed", slo.kind)
+                return run_metrics(wl, result, slo)
 
-            cap = search_capacity(attainment, max(workload.rate, 1e-3), args.capacity_share)
+            cap = search_capacity(probe, max(workload.rate, 1e-3), args.capacity_share)
             report["capacity"] = {"rate": cap.rate, "share": cap.share, "probes": cap.probes,
                                   "error": cap.error}
     finally:
@@ -308,7 +338,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(format_metrics(report["metrics"]))
         if "capacity" in report:
             c = report["capacity"]
-            print(f"  capacity: {c['rate']:.2f} req/s with >= {c['share']:.0%} of requests in SLO")
+            print(f"  capacity: {c['rate']:.2f} req/s (the highest sustainable rate at which "
+                  f">= {c['share']:.0%} of the window's requests meet the SLO)")
     if error:
         print(f"autotuner simulate: policy failed: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -436,6 +467,13 @@ def _add_campaign_commands(sub: Any) -> None:
                        "baseline (or re-check a promotion record)")
     review.add_replay_arguments(p)
     p.set_defaults(func=review.run_replay)
+
+    from autotuner import gate_cmd
+
+    p = sub.add_parser("gate", help="run the promotion gate on a policy file against the tuned "
+                       "baseline and print each condition with its figures")
+    gate_cmd.add_gate_arguments(p)
+    p.set_defaults(func=gate_cmd.run_gate_command)
 
     from autotuner import report
 

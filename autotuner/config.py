@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from autotuner.proposers.llm import LLMConfig
 from autotuner.resources import baseline_path
 from autotuner.sim.engine import ClusterSpec
-from autotuner.sim.metrics import SLO
+from autotuner.sim.metrics import SLO, SLO_KINDS
 from autotuner.sim.traces import TraceError, load_trace, window_seconds
 from autotuner.sim.workload import MAX_REQUESTS
 
@@ -95,21 +95,50 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class SLOConfig:
-    """Latency targets, and the share of requests that must meet them for a rate to count.
+    """Per-request latency targets, the share of requests that must meet them, and the rule that
+    a rate counts only if the cluster sustains it (``autotuner.sim.metrics.SLO`` says where each
+    default comes from).
 
     Fields:
-        ttft_s: time-to-first-token target, seconds.
-        tpot_s: time-per-output-token target (mean gap after the first token), seconds.
-        share: capacity is the highest request rate at which at least this share of requests
-            meet both targets (0.9, as Sarathi-Serve, Vidur and DistServe report it).
+        kind: ``"deadline"`` (a request meets its SLO only if it finishes, within a TTFT deadline
+            growing with its prompt, the mean TPOT and the longest gap between its tokens; a rate
+            counts only if sustainable) or ``"legacy"`` (a fixed TTFT target and mean TPOT over
+            every request, share alone; kept to compare against).
+        ttft_s: the TTFT deadline's base, seconds (MLPerf's server-scenario target).
+        ttft_s_per_token: seconds the TTFT deadline grows per prompt token (about 7x the
+            uncontended prefill time per token of Llama-3-8B on an H100), so long prompts are
+            not hopeless by design.
+        tpot_s: mean time per output token after the first, seconds.
+        tbt_s: the longest gap allowed between two consecutive tokens of one request (a
+            preemption's recompute wait included), seconds.
+        share: capacity is the highest sustainable request rate at which at least this share of
+            the window's requests meet their SLO (0.9, as Sarathi-Serve, Vidur and DistServe
+            report it).
+        warmup: share of the arrival span, from the first arrival, whose requests are not scored
+            (the window runs from there to the last arrival).
+        max_backlog_growth: a rate is sustainable when the waiting backlog (prompt tokens waiting
+            for a prefill or recompute) grows over the window by at most this share of the prompt
+            tokens that arrived in it; overloaded by x %, it grows by about x %.
+        starve_multiple: a request waiting longer than this many times its TTFT deadline, or
+            never finishing, is reported as starved; the run is cut off once every request has
+            had that long (plus its output at the target TPOT).
     """
 
+    kind: str = SLO.kind
     ttft_s: float = SLO.ttft_s
+    ttft_s_per_token: float = SLO.ttft_s_per_token
     tpot_s: float = SLO.tpot_s
+    tbt_s: float = SLO.tbt_s
     share: float = 0.9
+    warmup: float = SLO.warmup
+    max_backlog_growth: float = SLO.max_backlog_growth
+    starve_multiple: float = SLO.starve_multiple
 
     def slo(self) -> SLO:
-        return SLO(ttft_s=self.ttft_s, tpot_s=self.tpot_s)
+        return SLO(kind=self.kind, ttft_s=self.ttft_s, ttft_s_per_token=self.ttft_s_per_token,
+                   tpot_s=self.tpot_s, tbt_s=self.tbt_s, warmup=self.warmup,
+                   max_backlog_growth=self.max_backlog_growth,
+                   starve_multiple=self.starve_multiple)
 
 
 @dataclass(frozen=True)
@@ -176,15 +205,20 @@ class ObjectiveConfig:
     For each training instance, the tuned baseline's capacity C is found once; a policy is then
     run at the rates ``factor * C`` for each ladder factor, and its goodput summed over the
     ladder is divided by the tuned baseline's on the same instances (paired). The objective is
-    the mean over instances of that ratio minus one: 0.0 is the baseline, 0.10 is 10 % better.
-    Near C a policy can gain at most ~11 % goodput; the rungs above C are where a policy with
-    more capacity shows it. The gate and reports state capacity itself.
+    the geometric mean over instances of that ratio, minus one: 0.0 is the baseline, 0.10 is
+    10 % better. Goodput counts requests meeting the same per-request SLO as the gate, and a
+    rung whose backlog grows past the sustainability limit earns nothing (fading out by five
+    times the limit), so the search ranks policies as the gate's capacity does
+    (``scripts/ladder_ranking.py`` measures how often). The gate and reports state capacity
+    itself.
 
     Fields:
         baseline: the policy every score is relative to (a file in ``baselines/`` or a path).
             It is tuned first, with the same trial budget a candidate gets.
-        ladder: load factors relative to the tuned baseline's capacity on each instance.
-        goodput: ``"requests"`` (requests/s meeting both SLOs) or ``"tokens"`` (output tokens/s
+        ladder: load factors relative to the tuned baseline's capacity on each instance. The top
+            rung is where a policy with much more capacity shows it (routing gains on multiturn
+            and mixed traffic reach 1.5-2.8x); rungs a policy cannot sustain earn it nothing.
+        goodput: ``"requests"`` (requests/s meeting the SLO) or ``"tokens"`` (output tokens/s
             of those requests).
     """
 
@@ -283,23 +317,55 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Promotion: a paired capacity comparison on the held-out instances.
+    """Promotion: the candidate judged at its own claimed capacity, then paired capacity
+    comparisons on the held-out instances (``autotuner.gate`` says why each condition exists).
 
     Fields:
-        margin: the one-sided lower confidence bound of the mean relative capacity gain over the
-            tuned baseline (and over the promoted policy, if any) must reach this.
+        margin: the one-sided lower confidence bound of the geometric-mean capacity ratio over
+            the tuned baseline (and over the promoted policy, if any), minus one, must reach
+            this.
         confidence: level of that one-sided bound (0.95: the 5th percentile of the bootstrap).
-        bootstrap: bootstrap resamples of the per-instance relative gains.
-        slo_tolerance: no SLO metric (share of requests meeting the TTFT target, the TPOT target,
-            and both) may fall by more than this, on average over the held-out instances, at the
-            tuned baseline's capacity.
+        bootstrap: bootstrap resamples of the per-instance capacity ratios.
+        max_wait_multiple: at its claimed capacity, no request of the candidate may wait for
+            its first token longer than this many times its own TTFT deadline (an unfinished
+            request counts with its wait until the cut-off). The metrics call such a request
+            starved (``slo.starve_multiple``, 10 by default). The fixed-chunk baseline (chunk
+            2048) at its own capacity waits at most 5.8 x on the default held-out workloads;
+            newest-first scheduling at its claim, 11 to 18 x.
+        inversion_tolerance: at its claimed capacity, the share of the candidate's requests
+            overtaken while overdue (a later arrival on the same replica served first although
+            this request's deadline had passed) may exceed the tuned baseline's share at its
+            capacity by at most this, on every held-out instance. First-come-first-served and
+            earliest-deadline-first orders make none; newest-first, deferral and shortest-first
+            without aging make them as soon as they starve someone.
+        tail_tolerance: at its claimed capacity, the candidate's p99 of TTFT over deadline may
+            exceed the tuned baseline's p99 at the baseline's capacity by at most this share,
+            on every held-out instance (0.0: no worse).
+        regression_tolerance: no workload family's geometric-mean capacity ratio over the tuned
+            baseline may fall below ``1 - regression_tolerance`` (0.0: every workload >= 0 %).
+        reference_margin: the same lower bound against the best tuned reference policy (of
+            ``references``) must reach this: a promotion beats what is already known.
+        references: reference policies from ``baselines/`` (or paths) the candidate must beat,
+            each tuned like the baseline (same trials, same training objective); the one with
+            the highest held-out capacity is the bar. Empty: no reference comparison (said in
+            the gate's output).
+        min_baseline_capacity: a workload on which the tuned baseline's capacity is below this
+            (requests/s) is refused when the campaign starts (and by ``autotuner gate``): no
+            ratio to a capacity of (nearly) zero means anything.
         capacity_rel_tol: bisection stops when the capacity bracket is this tight (relative).
     """
 
     margin: float = 0.05
     confidence: float = 0.95
     bootstrap: int = 10000
-    slo_tolerance: float = 0.02
+    max_wait_multiple: float = 10.0
+    inversion_tolerance: float = 0.0
+    tail_tolerance: float = 0.0
+    regression_tolerance: float = 0.0
+    reference_margin: float = 0.05
+    references: tuple[str, ...] = ("least_outstanding", "power_of_two", "prefix_aware",
+                                   "sarathi_shrinking")
+    min_baseline_capacity: float = 0.1
     capacity_rel_tol: float = 0.02
 
 
@@ -445,11 +511,15 @@ def _validate(cfg: CampaignConfig) -> None:
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"cluster: {exc.args[0] if exc.args else exc}") from None
     s = cfg.slo
-    _require(s.ttft_s > 0, "slo.ttft_s", "must be > 0")
-    _require(s.tpot_s > 0, "slo.tpot_s", "must be > 0")
-    _require(s.ttft_s <= MAX_SLO_S, "slo.ttft_s", f"must be at most {MAX_SLO_S:g} s")
-    _require(s.tpot_s <= MAX_SLO_S, "slo.tpot_s", f"must be at most {MAX_SLO_S:g} s")
+    _require(s.kind in SLO_KINDS, "slo.kind", f"must be one of {', '.join(SLO_KINDS)}")
+    for key in ("ttft_s", "tpot_s", "tbt_s", "starve_multiple"):
+        _require(getattr(s, key) > 0, f"slo.{key}", "must be > 0")
+    _require(s.ttft_s_per_token >= 0, "slo.ttft_s_per_token", "must be >= 0")
+    for key in ("ttft_s", "tpot_s", "tbt_s"):
+        _require(getattr(s, key) <= MAX_SLO_S, f"slo.{key}", f"must be at most {MAX_SLO_S:g} s")
     _require(0 < s.share < 1, "slo.share", "must be between 0 and 1")
+    _require(0 <= s.warmup < 1, "slo.warmup", "must be in [0, 1)")
+    _require(s.max_backlog_growth >= 0, "slo.max_backlog_growth", "must be >= 0")
     w = cfg.workloads
     for scen in w.scenarios + w.screen:
         _require(scen in SCENARIO_NAMES, "workloads.scenarios",
@@ -516,7 +586,15 @@ def _validate(cfg: CampaignConfig) -> None:
     _require(0 <= g.margin < 10, "gate.margin", "must be >= 0")
     _require(0.5 <= g.confidence < 1, "gate.confidence", "must be in [0.5, 1)")
     _bounded(g.bootstrap, 100, MAX_BOOTSTRAP, "gate.bootstrap")
-    _require(0 <= g.slo_tolerance <= 1, "gate.slo_tolerance", "must be in [0, 1]")
+    _require(g.max_wait_multiple >= 1, "gate.max_wait_multiple", "must be at least 1")
+    _require(0 <= g.tail_tolerance <= 10, "gate.tail_tolerance", "must be in [0, 10]")
+    _require(0 <= g.inversion_tolerance <= 1, "gate.inversion_tolerance", "must be in [0, 1]")
+    _require(0 <= g.regression_tolerance < 1, "gate.regression_tolerance", "must be in [0, 1)")
+    _require(0 <= g.reference_margin < 10, "gate.reference_margin", "must be >= 0")
+    _require(g.min_baseline_capacity > 0, "gate.min_baseline_capacity", "must be > 0")
+    for ref in g.references:
+        _require(policy_file(ref).is_file(), "gate.references",
+                 f"no reference policy {ref!r} (a name in baselines/ or a .py path)")
     _require(0 < g.capacity_rel_tol < 0.5, "gate.capacity_rel_tol", "must be in (0, 0.5)")
     _require(cfg.sandbox.backend in ("auto", "bwrap", "docker", "process"),
              "sandbox.backend", "must be 'auto', 'bwrap', 'docker' or 'process'")

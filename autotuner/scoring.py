@@ -1,16 +1,23 @@
 """Scoring policies on workload instances: single runs, capacity, and the ladder objective.
 
 The unit of work is a ``Job``: one policy (code + parameter values) on one workload instance,
-either at one arrival rate (``run``) or searched for its capacity (``capacity``: the highest rate
-at which ``share`` of requests meet both SLOs, by bisection over the instance's time-scaled
-arrivals). Jobs are plain picklable data, so a process pool runs them; every job goes through
+either at one arrival rate (``run``: the result is ``RunMetrics.to_dict()`` plus ``seconds``) or
+searched for its capacity (``capacity``: the highest sustainable rate at which ``share`` of the
+window's requests meet their SLO, by bisection over the instance's time-scaled arrivals; the
+result is ``capacity``, ``probes`` as (rate, attainment, sustainable), ``at_capacity`` (the
+``RunMetrics`` dict of the run at that rate, None when no rate qualified), ``error`` and
+``seconds``). Jobs are plain picklable data, so a process pool runs them; every job goes through
 ``autotuner.evaluate`` (the sandbox with trusted replay) when it is available, for the baseline
 exactly as for a proposal. Results are small JSON-able dicts, cached in the archive by
 ``Job.key()`` so nothing finished is ever run twice.
 
 The objective (``ladder_scores``) is a cheap, smooth stand-in for capacity: for each instance, a
 policy's goodput summed over a ladder of rates (factors of the tuned baseline's capacity on that
-instance) divided by the tuned baseline's, paired on the same instance, minus one.
+instance) divided by the tuned baseline's, paired on the same instance; the geometric mean of
+those ratios over instances, minus one. It uses the
+gate's yardstick: goodput counts requests meeting the same per-request SLO over the same window,
+and a rung whose backlog grows earns nothing (``goodput_of``), so deferring work past the
+sustainable rate, which raises goodput at an overloaded rung, does not raise the objective.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 from autotuner.archive import canonical, evaluation_key, sha256
 from autotuner.config import CampaignConfig, ClusterConfig, SandboxConfig, SLOConfig
 from autotuner.sim.engine import ClusterSpec, SimResult
-from autotuner.sim.metrics import SLO, per_request, probe_horizon, search_capacity
+from autotuner.sim.metrics import SLO, RunMetrics, probe_horizon, run_metrics, search_capacity
 from autotuner.sim.traces import window_seconds
 from autotuner.sim.workload import Workload, load_trace, make_workload
 
@@ -200,7 +207,7 @@ def _sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: W
     ev = evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
                   horizon=horizon, sandbox=_backend(sandbox.backend), limits=limits, warm=True)
     if not ev.ok:
-        return _failure(wl, "; ".join(ev.reasons) or ev.verdict)
+        return _failure(wl, "; ".join(ev.reasons) or ev.verdict, slo)
     return _metrics(wl, ev.result, slo)
 
 
@@ -214,9 +221,9 @@ def in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: W
         source = read_policy_source(code, name)
         result = run_policy(source, cluster, wl, params=params, horizon=horizon)
     except PolicyFileError as exc:
-        return _failure(wl, str(exc))
+        return _failure(wl, str(exc), slo)
     except Exception as exc:  # noqa: BLE001 - the policy raised while loading
-        return _failure(wl, f"policy error: {type(exc).__name__}: {exc}")
+        return _failure(wl, f"policy error: {type(exc).__name__}: {exc}", slo)
     return _metrics(wl, result, slo)
 
 
@@ -226,44 +233,13 @@ def simulator_for(backend: str) -> Simulator:
     return _sandboxed
 
 
-def _failure(wl: Workload, reason: str) -> dict[str, Any]:
-    return {"error": reason, "requests": len(wl), "rate": wl.rate, "attainment": 0.0,
-            "goodput_rps": 0.0, "goodput_tok_s": 0.0}
+def _failure(wl: Workload, reason: str, slo: SLO | None = None) -> dict[str, Any]:
+    return RunMetrics.failed(wl, reason, slo.kind if slo else "deadline").to_dict()
 
 
 def _metrics(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
-    """Trusted metrics from a trusted SimResult (every arrival counts)."""
-    r = per_request(wl, result)
-    with np.errstate(invalid="ignore"):
-        ttft_ok = r["ttft"] <= slo.ttft_s
-        tpot_ok = r["tpot"] <= slo.tpot_s
-    met = ttft_ok & tpot_ok
-    n = len(wl)
-    finished = ~np.isnan(result.finish)
-    t0 = float(wl.arrival[0]) if n else 0.0
-    t_end = float(np.nanmax(result.finish)) if finished.any() else result.end_time
-    if not finished.all():
-        t_end = max(t_end, result.end_time)
-    span = max(t_end - t0, 1e-9)
-
-    def p(values: np.ndarray, q: float) -> float | None:
-        values = values[~np.isnan(values)]
-        return float(np.percentile(values, q)) if values.size else None
-
-    return {
-        "error": result.error,
-        "requests": n,
-        "rate": wl.rate,
-        "finished": int(finished.sum()),
-        "attainment": float(met.mean()) if n else 0.0,
-        "ttft_ok": float(ttft_ok.mean()) if n else 0.0,
-        "tpot_ok": float(tpot_ok.mean()) if n else 0.0,
-        "goodput_rps": float(met.sum()) / span,
-        "goodput_tok_s": float(wl.output[met].sum()) / span,
-        "throughput_tok_s": float(wl.output[finished].sum()) / span,
-        "ttft_p50": p(r["ttft"], 50), "ttft_p90": p(r["ttft"], 90), "ttft_p99": p(r["ttft"], 99),
-        "tpot_p50": p(r["tpot"], 50), "tpot_p90": p(r["tpot"], 90), "tpot_p99": p(r["tpot"], 99),
-    }
+    """Trusted metrics from a trusted SimResult: ``RunMetrics`` as a dict (archive rows)."""
+    return run_metrics(wl, result, slo).to_dict()
 
 
 def run_at(job: Job, rate: float | None, simulator: Simulator) -> dict[str, Any]:
@@ -282,19 +258,12 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
     if job.kind == "run":
         out = run_at(job, job.rate, simulator)
     elif job.kind == "capacity":
-        probe_metrics: dict[float, dict[str, Any]] = {}
-
-        def attainment(rate: float) -> tuple[float, str | None]:
-            m = run_at(job, rate, simulator)
-            probe_metrics[rate] = m
-            return m["attainment"], m["error"]
-
         start = job.rate or build_workload(job.instance).rate
-        found = search_capacity(attainment, start, job.slo.share, job.rel_tol)
-        cap, probes, error = found.rate, list(found.probes), found.error
-        at_cap = probe_metrics.get(cap)
-        out = {"error": error, "capacity": cap, "probes": probes,
-               "at_capacity": {k: v for k, v in (at_cap or {}).items() if k != "error"}}
+        found = search_capacity(lambda rate: RunMetrics.from_dict(run_at(job, rate, simulator)),
+                                start, job.slo.share, job.rel_tol)
+        out = {"error": found.error, "capacity": found.rate,
+               "probes": [list(p) for p in found.probes],
+               "at_capacity": found.at_capacity.to_dict() if found.at_capacity else None}
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
     out["seconds"] = time.perf_counter() - t0
@@ -464,8 +433,33 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------------------- objective
+# A rung's goodput is credited in full up to the backlog limit, and not at all from this multiple
+# of it (linearly in between): a cliff at the limit would make the objective jump on noise (the
+# gate applies the limit itself), and a starvation policy's overloaded rungs grow their backlog
+# far past it (chat, deferring the longest 7 % at 1.2x the baseline's capacity: ~15 %).
+FADE_MULTIPLE = 5.0
+
+
+def sustained_share(result: Mapping[str, Any]) -> float:
+    """How much of a run's goodput the objective credits (see ``FADE_MULTIPLE``). Legacy runs
+    and results from before the sustainability test are credited in full."""
+    if result.get("slo_kind") == "legacy" or "backlog_growth" not in result:
+        return 1.0
+    growth, limit = result["backlog_growth"], result.get("backlog_limit") or 0.0
+    if growth is None:  # a failed run (infinite growth, stored as null)
+        return 0.0
+    if growth <= limit:
+        return 1.0
+    if limit <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (FADE_MULTIPLE - growth / limit) / (FADE_MULTIPLE - 1.0)))
+
+
 def goodput_of(result: Mapping[str, Any], kind: str) -> float:
-    return float(result["goodput_rps" if kind == "requests" else "goodput_tok_s"])
+    """A ladder rung's credit: goodput (requests/s or tokens/s meeting the SLO, over the window)
+    times ``sustained_share``."""
+    good = float(result["goodput_rps" if kind == "requests" else "goodput_tok_s"])
+    return good * sustained_share(result)
 
 
 def ladder_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instance],
@@ -489,11 +483,14 @@ def capacity_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Inst
     ]
 
 
+MIN_RATIO = 0.01
+
+
 @dataclass
 class LadderScore:
     """The objective on a set of instances, with its evidence."""
 
-    objective: float  # mean over instances of (policy ladder goodput / reference) - 1
+    objective: float  # geometric mean over instances of (ladder goodput / reference), minus 1
     per_instance: dict[str, float]
     detail: dict[str, dict[str, Any]]
     error: str | None = None
@@ -502,7 +499,11 @@ class LadderScore:
 def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Instance],
                   reference: Mapping[str, Sequence[float]], cfg: CampaignConfig) -> LadderScore:
     """Score ladder results (as ``ladder_jobs`` ordered them) against reference goodputs per
-    instance and rung. An error anywhere fails the whole score with that reason."""
+    instance and rung. An error anywhere fails the whole score with that reason.
+
+    Instances are combined as the gate combines capacity ratios, by a geometric mean (a ratio
+    below ``MIN_RATIO`` counts as that, so one lost instance weighs heavily but finitely): one
+    workload with a large ratio cannot carry the mean."""
     rungs = len(cfg.objective.ladder)
     per: dict[str, float] = {}
     detail: dict[str, dict[str, Any]] = {}
@@ -520,7 +521,8 @@ def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Inst
             "attainment": [r["attainment"] for r in chunk],
             "rates": [r["rate"] for r in chunk],
         }
-    objective = float(np.mean(list(per.values()))) if per else 0.0
+    ratios = np.maximum(1.0 + np.array(list(per.values())), MIN_RATIO)
+    objective = float(np.exp(np.log(ratios).mean()) - 1.0) if per else 0.0
     return LadderScore(objective, per, detail)
 
 

@@ -496,7 +496,8 @@ def _setup_case(tmp_path: Path, case: str) -> tuple[Path, str]:
     elif case == "failing baseline":
         (tmp_path / "failing.py").write_text(fixed.replace(
             "return request.id % len(cluster.replicas)", "return 99"))
-        fields["baseline"], needle = str(tmp_path / "failing.py"), "the baseline fails"
+        fields["baseline"], needle = (str(tmp_path / "failing.py"),
+                                              "the baseline (at its default parameters) fails")
     elif case == "unreachable endpoint":
         import socket
 

@@ -35,7 +35,7 @@ def test_simulate_json_has_every_metric(capsys):
     assert code == 0
     data = json.loads(out)
     m = data["metrics"]
-    for key in ("ttft_s", "tpot_s", "e2e_s", "queue_s", "throughput_tok_s", "slo_attainment",
+    for key in ("ttft_s", "tpot_s", "e2e_s", "queue_s", "throughput_tok_s", "attainment",
                 "goodput_tok_s", "cost_per_mtok_usd"):
         assert key in m
     assert m["slo"]["ttft_s"] == 5.0 and data["cluster"]["replicas"] == 2
