@@ -284,13 +284,17 @@ def test_infrastructure_faults_are_never_cached_as_results(tmp_path, monkeypatch
     from autotuner import scoring
     from autotuner.archive import Archive
 
-    monkeypatch.setattr(scoring, "_backend", lambda name: DyingBackend(deaths=10**6))
+    backend = DyingBackend(deaths=10**6)
+    monkeypatch.setattr(scoring, "_backend", lambda name: backend)
     archive = Archive(tmp_path / "archive.sqlite")
     job = scoring.Job(baseline_path("fixed_chunk").read_text(), {},
                       scoring.Instance("chat", 0, 50))
     evaluator = scoring.Evaluator(archive, parallelism=1, simulator=scoring._sandboxed)
-    with pytest.raises(SandboxBroken):
-        evaluator.evaluate([job])
+    try:
+        with pytest.raises(SandboxBroken):
+            evaluator.evaluate([job])
+    finally:
+        backend.release_spare()  # the warm spare it prepared would otherwise outlive the test
     assert archive.get_evaluations([job.key()]) == {}
     archive.close()
 
@@ -299,9 +303,13 @@ def test_cli_reports_a_broken_sandbox_in_one_line(capsys, monkeypatch):
     from autotuner import cli
     from autotuner.isolation import base as iso
 
-    monkeypatch.setattr(iso, "get_backend", lambda *a, **k: DyingBackend(deaths=10**6))
-    monkeypatch.setattr("autotuner.evaluate.get_backend", lambda *a, **k: DyingBackend(10**6))
-    code = cli.main(["evaluate", "--policy", "fixed_chunk", "--requests", "20"])
+    backend = DyingBackend(deaths=10**6)
+    monkeypatch.setattr(iso, "get_backend", lambda *a, **k: backend)
+    monkeypatch.setattr("autotuner.evaluate.get_backend", lambda *a, **k: backend)
+    try:
+        code = cli.main(["evaluate", "--policy", "fixed_chunk", "--requests", "20"])
+    finally:
+        backend.release_spare()
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "before the policy ran" in err and "Traceback" not in err
