@@ -17,16 +17,10 @@ from pathlib import Path
 import pytest
 from sandbox_support import assert_no_leftovers, backend_params, make_subreaper
 
-from autotuner.evaluate import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REJECTED,
-    add_evaluate_arguments,
-    evaluate,
-    run_evaluate,
-    untrusted_text,
-    workload_fingerprint,
-)
+from autotuner.commands.common import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
+from autotuner.commands.evaluate import add_arguments as add_evaluate_arguments
+from autotuner.commands.evaluate import run as run_evaluate
+from autotuner.evaluate import evaluate, untrusted_text, workload_fingerprint
 from autotuner.isolation import Limits, SandboxBroken
 from autotuner.isolation.base import WORKER_ENV, Backend, PopenWorker
 from autotuner.policy import load_policy, read_policy_file
@@ -297,10 +291,8 @@ def test_infrastructure_faults_are_never_cached_as_results(tmp_path, monkeypatch
 
 def test_cli_reports_a_broken_sandbox_in_one_line(capsys, monkeypatch):
     from autotuner import cli
-    from autotuner.isolation import base as iso
-
-    monkeypatch.setattr(iso, "get_backend", lambda *a, **k: DyingBackend(deaths=10**6))
-    monkeypatch.setattr("autotuner.evaluate.get_backend", lambda *a, **k: DyingBackend(10**6))
+    monkeypatch.setattr("autotuner.commands.evaluate.get_backend",
+                        lambda *a, **k: DyingBackend(10**6))
     code = cli.main(["evaluate", "--policy", "fixed_chunk", "--requests", "20"])
     err = capsys.readouterr().err
     assert code == 2
