@@ -22,7 +22,9 @@ from autotuner.commands.evaluate import add_arguments as add_evaluate_arguments
 from autotuner.commands.evaluate import run as run_evaluate
 from autotuner.evaluate import evaluate, untrusted_text, workload_fingerprint
 from autotuner.isolation import Limits, SandboxBroken
-from autotuner.isolation.base import WORKER_ENV, Backend, PopenWorker
+from autotuner.isolation.base import Backend
+from autotuner.isolation.handle import PopenWorker
+from autotuner.isolation.limits import WORKER_ENV
 from autotuner.policy import load_policy, read_policy_file
 from autotuner.resources import asset_dir, baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
