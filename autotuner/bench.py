@@ -75,7 +75,7 @@ def run_bench(args: argparse.Namespace) -> int:
         out["large_100k_wall_s"] = time.perf_counter() - t0
         out["large_100k_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
-        from autotuner.cli import print_json
+        from autotuner.commands.common import print_json
 
         print_json(out)
         return 0

@@ -1,11 +1,11 @@
-"""Transitional: the command line moved to ``autotuner.commands``. This keeps ``autotuner.cli:main``
-and ``python -m autotuner.cli`` working while branches that still use them are merged (and
-``print_json`` for ``autotuner.bench``); then it goes, with every import of it."""
+"""Transitional: the command line moved to ``autotuner.commands``. This keeps
+``autotuner.cli:main``, ``python -m autotuner.cli`` and ``from autotuner.cli import print_json``
+working while branches that still use them are merged; then it goes, with every import of it."""
 
 import sys
 
-from autotuner.commands import main
 from autotuner.commands.common import print_json
+from autotuner.commands.main import main
 
 __all__ = ["main", "print_json"]
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from autotuner.commands import main
+from autotuner.commands.main import main
 
 sys.exit(main())
