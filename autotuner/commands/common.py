@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autotuner.identity import json_safe
 from autotuner.isolation import BACKEND_ORDER
 from autotuner.resources import baseline_path
 from autotuner.sim.engine import ClusterSpec
@@ -200,16 +201,6 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _clean(value: Any) -> Any:
-    """NaN and inf are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def print_json(obj: Any) -> None:
-    print(json.dumps(_clean(obj), indent=2, default=_json_default))
+    """``obj`` as indented JSON, NaN and inf as null."""
+    print(json.dumps(json_safe(obj), indent=2, default=_json_default))
