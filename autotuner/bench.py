@@ -101,7 +101,7 @@ def run_bench(args: argparse.Namespace) -> int:
         out["large_100k_wall_s"] = time.perf_counter() - t0
         out["large_100k_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
-        from autotuner.cli import print_json
+        from autotuner.commands.common import print_json
 
         print_json(out)
         return 0
@@ -194,7 +194,7 @@ def run_capacity_length(args: argparse.Namespace) -> int:
                     print(f"  {name:<16} {scen:<10} {kind:<9} {caps[0]:9.2f} {caps[1]:9.2f}  "
                           f"{ratio:10.3f}  {row['seconds']:7.1f}", flush=True)
     if args.json:
-        from autotuner.cli import print_json
+        from autotuner.commands.common import print_json
 
         print_json(rows)
     return 0

@@ -21,12 +21,9 @@ policy, so it is retried and, if it persists, is never returned as a verdict to 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -34,11 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from autotuner.isolation import Backend, Limits, SandboxBroken, WorkerFault, get_backend
-from autotuner.isolation.base import available_backends
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 INFRA_ATTEMPTS = 3  # runs of one evaluation while the sandbox fails before the policy ran
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 MAX_REASON_CHARS = 400
 
 # Environment variables whose values are harmless to show (everything else is scrubbed from
@@ -363,176 +358,3 @@ def evaluate_file(path: str | Path, **kwargs: Any) -> Evaluation:
     except UnicodeDecodeError:
         return _rejected([f"{path}: the file is not UTF-8 text"], str(path), t0, ["file"])
     return evaluate(code, name=kwargs.pop("name", str(path)), **kwargs)
-
-
-# ------------------------------------------------------------------------------ CLI
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``autotuner evaluate`` (the lead wires it in autotuner/cli.py)."""
-    from autotuner.cli import add_cluster_options, add_slo_options, add_workload_options
-
-    p.add_argument("--policy", required=True, help="policy file (or a shipped baseline's name)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a declared tunable (repeatable)")
-    add_cluster_options(p)
-    add_workload_options(p)
-    add_slo_options(p)
-    p.add_argument("--horizon", type=float, help="stop at this simulated time (s)")
-    g = p.add_argument_group("sandbox")
-    g.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "docker", "process"],
-                   help="isolation backend (default: the strongest that works here)")
-    g.add_argument("--timeout", type=float, default=Limits.wall_s,
-                   help=f"wall-time limit, seconds (default {Limits.wall_s:g})")
-    g.add_argument("--cpu-limit", type=int, default=Limits.cpu_s,
-                   help=f"CPU-time limit, seconds (default {Limits.cpu_s})")
-    g.add_argument("--memory-limit", type=int, default=Limits.memory_bytes >> 20,
-                   help=f"memory limit, MiB (default {Limits.memory_bytes >> 20})")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``autotuner evaluate``: exit 0 ok, 1 failed, 3 rejected, 2 usage or setup error."""
-    from autotuner.cli import (
-        CLIError,
-        cluster_from,
-        format_metrics,
-        parse_params,
-        print_json,
-        resolve_policy_path,
-        slo_from,
-        workload_spec_from,
-    )
-    from autotuner.isolation import SandboxUnavailable
-
-    path = resolve_policy_path(args.policy)
-    if not path.is_file():
-        raise CLIError(f"{args.policy}: no such policy file")
-    if not (args.timeout > 0 and args.cpu_limit > 0 and args.memory_limit >= 64):
-        raise CLIError("--timeout and --cpu-limit must be positive, --memory-limit >= 64 MiB")
-    limits = Limits(wall_s=args.timeout, cpu_s=args.cpu_limit,
-                    memory_bytes=args.memory_limit << 20)
-    params = parse_params(args.param)
-    cluster, spec, slo = cluster_from(args), workload_spec_from(args), slo_from(args)
-    try:
-        backend = get_backend(args.sandbox)
-    except SandboxUnavailable as exc:
-        raise CLIError(str(exc)) from None
-    try:
-        ev = evaluate_file(path, params=params, cluster=cluster, workload=spec, slo=slo,
-                           horizon=args.horizon, sandbox=backend, limits=limits)
-    except SandboxUnavailable as exc:  # SandboxBroken: the sandbox, not the policy, failed
-        raise CLIError(str(exc)) from None
-    if args.json:
-        report = ev.to_dict()
-        report["sandbox"] = backend.describe()
-        report["workload"] = spec.label()
-        print_json(report)
-    else:
-        print(f"policy    {ev.policy}  {ev.params}")
-        print(f"sandbox   {backend.describe()}" + ("  [WEAKER]" if backend.weaker else ""))
-        print(f"workload  {spec.label()}: {spec.requests:,} requests"
-              + (f" at {spec.rate:g} req/s" if spec.rate else ""))
-        print(f"verdict   {ev.verdict}  ({ev.wall_s:.2f} s, {ev.decisions:,} decisions replayed)")
-        for reason in ev.reasons:
-            print(f"  - {reason}")
-        if ev.metrics:
-            print(format_metrics(ev.metrics))
-    sys.stdout.flush()
-    return {OK: EXIT_OK, FAILED: EXIT_FAILED, REJECTED: EXIT_REJECTED}[ev.verdict]
-
-
-# ------------------------------------------------------------------------------ benchmark
-def bench_sandbox(args: argparse.Namespace) -> int:
-    """``autotuner bench --sandbox``: each backend's fixed cost, and sandboxed/in-process ratio.
-
-    The in-process figure is what ``autotuner simulate`` does (load, simulate, metrics); the
-    sandboxed one is a whole ``evaluate`` (check, worker, streamed trusted replay, metrics) of
-    the same file on the same workload: cold (the worker starts with the evaluation) and with a
-    warm spare (started ahead, as a campaign does). Fixed cost: a 10-request evaluation minus
-    the same in-process. Best of ``--repeat`` each.
-    """
-    from autotuner.policy import load_policy, read_policy_file
-    from autotuner.resources import baseline_path
-    from autotuner.sim.engine import ClusterSpec, simulate
-    from autotuner.sim.metrics import SLO
-    from autotuner.simulation import WorkloadSpec, metrics_of
-
-    requests = int(getattr(args, "requests", 10_000) or 10_000)
-    rate = float(getattr(args, "rate", 8.0) or 8.0)
-    repeat = max(1, int(getattr(args, "repeat", 3) or 3))
-    cluster = ClusterSpec(model="llama-3-8b", gpu="h100", tp=1, replicas=4)
-    slo = SLO()
-    path = baseline_path("fixed_chunk")
-    code = path.read_text()
-    spec = WorkloadSpec(scenario="chat", requests=requests, rate=rate, seed=0)
-    tiny = WorkloadSpec(scenario="chat", requests=10, rate=rate, seed=0)
-
-    def in_process(s: WorkloadSpec) -> tuple[float, dict[str, Any]]:
-        best, metrics = math.inf, {}
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            wl = s.build()
-            result = simulate(cluster, wl, load_policy(read_policy_file(path)))
-            metrics = metrics_of(cluster, wl, result, slo)
-            best = min(best, time.perf_counter() - t0)
-        return best, metrics
-
-    base_s, base_metrics = in_process(spec)
-    tiny_s, _ = in_process(tiny)
-    out: dict[str, Any] = {
-        "scenario": f"chat, Poisson {rate:g} req/s, 4 x llama-3-8b on h100, {requests:,} "
-                    "requests, fixed_chunk",
-        "in_process_s": base_s, "target_ratio": 1.5, "backends": {},
-    }
-    for name, ok, why in available_backends():
-        if not ok:
-            out["backends"][name] = {"available": False, "reason": why}
-            continue
-        backend = get_backend(name, warn=False)
-        row: dict[str, Any] = {"available": True, "detail": backend.describe()}
-        fixed = cold = warm = math.inf
-        same, error = True, None
-        for _ in range(repeat):
-            ev = evaluate(code, name=str(path), cluster=cluster, workload=tiny, slo=slo,
-                          sandbox=backend)
-            fixed = min(fixed, ev.wall_s - tiny_s)
-            ev = evaluate(code, name=str(path), cluster=cluster, workload=spec, slo=slo,
-                          sandbox=backend)
-            cold = min(cold, ev.wall_s)
-            same = same and ev.metrics == base_metrics
-            error = error or ("; ".join(ev.reasons) if not ev.ok else None)
-        # Campaign mode: a spare worker is started while the previous evaluation finishes (and
-        # while the proposer works), so its interpreter start-up is off the critical path.
-        evaluate(code, name=str(path), cluster=cluster, workload=tiny, slo=slo, sandbox=backend,
-                 warm=True)
-        for _ in range(repeat):
-            time.sleep(0.5)
-            ev = evaluate(code, name=str(path), cluster=cluster, workload=spec, slo=slo,
-                          sandbox=backend, warm=True)
-            warm = min(warm, ev.wall_s)
-            same = same and ev.metrics == base_metrics
-        backend.release_spare()
-        if error:
-            row["error"] = error
-        row.update(fixed_cost_s=fixed, cold_s=cold, warm_s=warm, ratio_cold=cold / base_s,
-                   ratio_warm=warm / base_s, metrics_identical=same)
-        out["backends"][name] = row
-    if getattr(args, "json", False):
-        from autotuner.cli import print_json
-
-        print_json(out)
-        return 0
-    print(out["scenario"])
-    print(f"  in-process (load, simulate, metrics)  {base_s:.3f} s (best of {repeat})")
-    for name, row in out["backends"].items():
-        if not row.get("available"):
-            print(f"  {name:<8} unavailable: {row['reason']}")
-        elif "error" in row:
-            print(f"  {name:<8} failed: {row['error']}")
-        else:
-            print(f"  {name:<8} fixed cost {row['fixed_cost_s'] * 1000:5.0f} ms   "
-                  f"cold {row['cold_s']:.3f} s = {row['ratio_cold']:.2f}x   "
-                  f"warm spare {row['warm_s']:.3f} s = {row['ratio_warm']:.2f}x   "
-                  f"(target < 1.5x; metrics identical: "
-                  f"{'yes' if row['metrics_identical'] else 'NO'})")
-    sys.stdout.flush()
-    return 0

@@ -8,7 +8,7 @@ then replays their decisions through this same simulator.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,3 @@ def metrics_of(
     return summarize(
         workload, result, slo, num_gpus=cluster.num_gpus, gpu_hour_usd=gpu.price_per_hour
     )
-
-
-def cluster_dict(cluster: ClusterSpec) -> dict[str, object]:
-    return asdict(cluster)

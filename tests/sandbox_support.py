@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from autotuner.isolation import BACKEND_ORDER, backend_status
-from autotuner.isolation.base import release_spares
+from autotuner.isolation import BACKEND_ORDER, backend_status, release_spares
 
 PR_SET_CHILD_SUBREAPER = 36
 CANARY_ENV = "AUTOTUNER_CANARY"

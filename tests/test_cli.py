@@ -116,8 +116,9 @@ def test_simulate_real_traces(capsys, trace):
     assert json.loads(out)["metrics"]["requests"] == 300
 
 
-def test_console_script_runs():
-    proc = subprocess.run([sys.executable, "-m", "autotuner.cli", "workloads"],
+@pytest.mark.parametrize("module", ["autotuner.commands", "autotuner.cli"])
+def test_console_script_runs(module):
+    proc = subprocess.run([sys.executable, "-m", module, "workloads"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "chat" in proc.stdout
 

@@ -17,18 +17,14 @@ from pathlib import Path
 import pytest
 from sandbox_support import assert_no_leftovers, backend_params, make_subreaper
 
-from autotuner.evaluate import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REJECTED,
-    add_evaluate_arguments,
-    evaluate,
-    run_evaluate,
-    untrusted_text,
-    workload_fingerprint,
-)
+from autotuner.commands.common import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
+from autotuner.commands.evaluate import add_arguments as add_evaluate_arguments
+from autotuner.commands.evaluate import run as run_evaluate
+from autotuner.evaluate import evaluate, untrusted_text, workload_fingerprint
 from autotuner.isolation import Limits, SandboxBroken
-from autotuner.isolation.base import WORKER_ENV, Backend, PopenWorker
+from autotuner.isolation.base import Backend
+from autotuner.isolation.handle import PopenWorker
+from autotuner.isolation.limits import WORKER_ENV
 from autotuner.policy import load_policy, read_policy_file
 from autotuner.resources import asset_dir, baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
@@ -301,11 +297,8 @@ def test_infrastructure_faults_are_never_cached_as_results(tmp_path, monkeypatch
 
 def test_cli_reports_a_broken_sandbox_in_one_line(capsys, monkeypatch):
     from autotuner import cli
-    from autotuner.isolation import base as iso
-
     backend = DyingBackend(deaths=10**6)
-    monkeypatch.setattr(iso, "get_backend", lambda *a, **k: backend)
-    monkeypatch.setattr("autotuner.evaluate.get_backend", lambda *a, **k: backend)
+    monkeypatch.setattr("autotuner.commands.evaluate.get_backend", lambda *a, **k: backend)
     try:
         code = cli.main(["evaluate", "--policy", "fixed_chunk", "--requests", "20"])
     finally:

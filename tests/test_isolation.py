@@ -24,9 +24,12 @@ from autotuner.isolation import (
     SandboxUnavailable,
     detect_backend,
     get_backend,
+    host,
+    registry,
 )
-from autotuner.isolation import base as iso
-from autotuner.isolation.base import WORKER_ENV, Backend, HostLayout, WorkerHandle, describe_exit
+from autotuner.isolation.base import Backend
+from autotuner.isolation.handle import WorkerHandle, describe_exit
+from autotuner.isolation.limits import WORKER_ENV, HostLayout
 from autotuner.simulation import WorkloadSpec
 
 SPEC = WorkloadSpec(scenario="chat", requests=50, seed=0)
@@ -86,7 +89,7 @@ def test_detect_picks_the_strongest_working_backend_and_caches_it():
     first = detect_backend()
     assert detect_backend() is first
     for name in BACKEND_ORDER:
-        ok, _ = iso.backend_status(name)
+        ok, _ = registry.backend_status(name)
         if ok:
             assert first.name == name
             break
@@ -98,17 +101,17 @@ def test_unknown_backend_is_a_clear_error():
 
 
 def test_forced_unavailable_backend_is_a_clear_error(monkeypatch):
-    backend = iso._cached("docker")
+    backend = registry._cached("docker")
     monkeypatch.setattr(backend, "_status", (False, "no docker engine answers"))
     with pytest.raises(SandboxUnavailable, match="'docker' is not available here: no docker"):
         get_backend("docker")
 
 
 def test_process_backend_warns_once(capsys, monkeypatch):
-    ok, why = iso.backend_status("process")
+    ok, why = registry.backend_status("process")
     if not ok:
         pytest.skip(why)
-    monkeypatch.setattr(iso, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
     get_backend("process")
     get_backend("process")
     err = capsys.readouterr().err
@@ -292,14 +295,14 @@ def test_spares_outlive_the_threads_that_prepared_them(backend, scratch_root, mo
     from autotuner.resources import baseline_path
 
     wasted: list[bool] = []
-    close = iso.WorkerHandle.close
+    close = WorkerHandle.close
 
     def counting_close(self: WorkerHandle) -> None:
         if not self._closed:
             wasted.append(not self.sent)  # a spare that never got its request
         close(self)
 
-    monkeypatch.setattr(iso.WorkerHandle, "close", counting_close)
+    monkeypatch.setattr(WorkerHandle, "close", counting_close)
     code = baseline_path("fixed_chunk").read_text()
     proxy = StartedFromAThread(get_backend(backend, warn=False), linger_s=0.0)
     for _ in range(4):
@@ -405,7 +408,7 @@ def test_the_same_policy_decides_the_same_in_every_worker(backend, scratch_root)
 
 
 def test_the_sweep_removes_only_what_dead_owners_left(scratch_root):
-    me = iso.owner_tag()
+    me = host.owner_tag()
     pid, start, ns = me.split("-")
     reused = f"{pid}-{int(start) + 1}-{ns}"  # this pid, started at another time: a dead owner
     foreign = f"{pid}-{int(start) + 1}-{int(ns) + 1}"  # another pid namespace: not judged here
@@ -416,13 +419,13 @@ def test_the_sweep_removes_only_what_dead_owners_left(scratch_root):
         (path / "scratch" / "file").write_text("x")
         os.chmod(path / "scratch", 0o500)  # as a worker may leave it
     cgroups = []
-    root = iso.pids_cgroup_root()
+    root = host.pids_cgroup_root()
     if root is not None:
         for tag in (me, reused, foreign):
             cgroups.append(root / f"autotuner-sandbox-{tag}-999999")
             cgroups[-1].mkdir()
     try:
-        removed = iso.sweep_orphans()
+        removed = host.sweep_orphans()
         assert not names[reused].exists() and str(names[reused]) in removed
         assert names[me].exists() and names[foreign].exists()
         if cgroups:
@@ -432,4 +435,4 @@ def test_the_sweep_removes_only_what_dead_owners_left(scratch_root):
             if path.exists():
                 path.rmdir()
         for path in names.values():
-            iso.remove_scratch(path)
+            host.remove_scratch(path)

@@ -10,7 +10,7 @@ the baseline policies, each bound read-only. Nothing of ``/home``, ``/root``, ``
 Limits: rlimits on the bwrap process (inherited: CPU, address space, file size, open files) and
 RLIMIT_NPROC set by the worker inside its user namespace, where it counts only its own tasks.
 ``--die-with-parent`` ties the sandbox to the thread that forked bwrap, which is why every worker
-is forked by the forker thread (base.in_forker), which lives as long as this process.
+is forked by the forker thread (forker.in_forker), which lives as long as this process.
 """
 
 from __future__ import annotations
@@ -21,18 +21,10 @@ import shutil
 import subprocess
 import sys
 
-from .base import (
-    PYTHON_FLAGS,
-    WORKER_ENV,
-    Backend,
-    HostLayout,
-    Limits,
-    PidsCgroup,
-    PopenWorker,
-    WorkerHandle,
-    child_setup,
-    pids_cgroup_root,
-)
+from .base import Backend
+from .handle import PopenWorker, WorkerHandle
+from .host import PidsCgroup, child_setup, pids_cgroup_root
+from .limits import PYTHON_FLAGS, WORKER_ENV, HostLayout, Limits
 
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 

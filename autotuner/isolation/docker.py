@@ -22,19 +22,10 @@ import socket
 import struct
 from typing import Any
 
-from .base import (
-    PYTHON_FLAGS,
-    WORKER_ENV,
-    Backend,
-    ExitInfo,
-    HostLayout,
-    Limits,
-    WorkerHandle,
-    describe_exit,
-    owner_alive,
-    owner_tag,
-    sweep_orphans,
-)
+from .base import Backend
+from .handle import ExitInfo, WorkerHandle, describe_exit
+from .host import owner_alive, owner_tag, sweep_orphans
+from .limits import PYTHON_FLAGS, WORKER_ENV, HostLayout, Limits
 
 IMAGE = os.environ.get("AUTOTUNER_SANDBOX_IMAGE", "autotuner-sandbox:latest")
 LABEL = "org.autotuner.sandbox"

@@ -30,20 +30,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .base import (
-    PYTHON_FLAGS,
-    WORKER_ENV,
-    Backend,
-    HostLayout,
-    Limits,
-    PidsCgroup,
-    PopenWorker,
-    WorkerHandle,
-    child_setup,
-    owner_tag,
-    pids_cgroup_root,
-    remove_scratch,
-)
+from .base import Backend
+from .handle import PopenWorker, WorkerHandle
+from .host import PidsCgroup, child_setup, owner_tag, pids_cgroup_root, remove_scratch
+from .limits import PYTHON_FLAGS, WORKER_ENV, HostLayout, Limits
 
 NOBODY = 65534
 _NS = ["--net", "--pid", "--fork", "--kill-child", "--ipc", "--uts", "--mount-proc"]
