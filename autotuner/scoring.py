@@ -197,6 +197,21 @@ def sandbox_description(name: str) -> tuple[str, bool]:
     return backend.describe(), bool(backend.weaker)
 
 
+def sandboxed_evaluation(code: str, params: Mapping[str, Any], cluster: ClusterSpec,
+                         wl: Workload, slo: SLO, horizon: float, sandbox: SandboxConfig,
+                         name: str, warm: bool = False) -> Any:
+    """One run through the configured sandbox and the trusted replay, as the whole
+    ``autotuner.evaluate.Evaluation`` (its ``result`` keeps per-request timestamps, which the
+    report's latency distributions need beyond the metrics a job returns)."""
+    from autotuner.evaluate import evaluate
+    from autotuner.isolation import Limits
+
+    limits = Limits(wall_s=sandbox.timeout_s, cpu_s=max(1, int(sandbox.timeout_s)),
+                    memory_bytes=int(sandbox.memory_mb) << 20)
+    return evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
+                    horizon=horizon, sandbox=_backend(sandbox.backend), limits=limits, warm=warm)
+
+
 def _sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
                slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> dict[str, Any]:
     from autotuner.evaluate import evaluate
