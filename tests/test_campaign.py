@@ -186,9 +186,10 @@ KILLABLE = textwrap.dedent("""
     from autotuner import scoring
     from autotuner.campaign import Campaign
     from autotuner.config import load_config
+    from autotuner.scoring import evaluator
 
     log = open(sys.argv[2], "a")
-    real = scoring.execute_job
+    real = evaluator.execute_job
 
     def logged(job, simulator=None):
         key = job.key()
@@ -196,7 +197,7 @@ KILLABLE = textwrap.dedent("""
         out = real(job, simulator)
         return out
 
-    scoring.execute_job = logged
+    evaluator.execute_job = logged
     overrides = json.loads(sys.argv[1])
     cfg = load_config(**overrides)
     resume = os.path.exists(os.path.join(cfg.results_dir, cfg.name, "archive.sqlite"))
@@ -548,7 +549,7 @@ def test_a_baseline_that_breaks_the_evaluator_is_one_line(tmp_path, capsys, monk
     def broken(*args, **kwargs):
         raise RuntimeError("the worker was killed before it wrote anything (SIGKILL)\nmore")
 
-    monkeypatch.setattr(scoring, "simulator_for", lambda backend: broken)
+    monkeypatch.setattr(scoring.evaluator, "simulator_for", lambda: broken)
     monkeypatch.setattr(scoring, "sandbox_description", lambda backend: ("test", False))
     config, _ = _setup_case(tmp_path, "missing baseline")
     config.write_text(config.read_text().replace(str(tmp_path / "nowhere.py"), "fixed_chunk"))

@@ -281,11 +281,11 @@ def test_infrastructure_faults_are_never_cached_as_results(tmp_path, monkeypatch
     from autotuner.archive import Archive
 
     backend = DyingBackend(deaths=10**6)
-    monkeypatch.setattr(scoring, "_backend", lambda name: backend)
+    monkeypatch.setattr(scoring.evaluator, "sandbox_backend", lambda name: backend)
     archive = Archive(tmp_path / "archive.sqlite")
     job = scoring.Job(baseline_path("fixed_chunk").read_text(), {},
                       scoring.Instance("chat", 0, 50))
-    evaluator = scoring.Evaluator(archive, parallelism=1, simulator=scoring._sandboxed)
+    evaluator = scoring.Evaluator(archive, parallelism=1, simulator=scoring.sandboxed)
     try:
         with pytest.raises(SandboxBroken):
             evaluator.evaluate([job])
