@@ -68,7 +68,7 @@ RUNNER = textwrap.dedent("""
     evaluator.execute_job = execute_job
 
     if __name__ == "__main__":
-        from autotuner.cli import main
+        from autotuner.commands.main import main
         sys.exit(main(sys.argv[1:]))
 """)
 

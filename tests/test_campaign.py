@@ -332,13 +332,13 @@ def test_autotuner_run_through_the_cli_with_the_real_sandbox(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-m", "autotuner.cli", "run", "--config", str(config)], cwd=tmp_path,
+        [sys.executable, "-m", "autotuner", "run", "--config", str(config)], cwd=tmp_path,
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr
     assert "offline proposer (no LLM endpoint configured)" in err
     assert "sandbox:" in err and "finished" in err
-    status = subprocess.run([sys.executable, "-m", "autotuner.cli", "status", "cli"],
+    status = subprocess.run([sys.executable, "-m", "autotuner", "status", "cli"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert "baseline" in status.stdout and "c0001" in status.stdout
@@ -387,7 +387,7 @@ def test_proposals_still_out_when_time_is_up_are_abandoned_and_recorded(tmp_path
 
 
 def test_a_setup_error_leaves_no_campaign_behind(tmp_path, capsys):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     rc = main(["run", "--proposer", "llm", "--name", "nomodel", "--results-dir",
                str(tmp_path / "results")])
@@ -417,7 +417,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def test_resume_of_a_finished_campaign_says_so_and_changes_nothing(tmp_path, capsys):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     # the wall-time budget ends the search after one proposal of three: finished, with
     # proposals left in the budget (the case that used to reopen the search)
@@ -518,7 +518,7 @@ def _setup_case(tmp_path: Path, case: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("case", ["missing baseline", "refused baseline", "bad trace",
                                   "failing baseline", "unreachable endpoint"])
 def test_a_failed_setup_leaves_nothing_and_the_same_command_runs_again(tmp_path, capsys, case):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     if case == "failing baseline":
         from autotuner.isolation import detect_backend
@@ -544,7 +544,7 @@ def test_a_failed_setup_leaves_nothing_and_the_same_command_runs_again(tmp_path,
 
 def test_a_baseline_that_breaks_the_evaluator_is_one_line(tmp_path, capsys, monkeypatch):
     from autotuner import scoring
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("the worker was killed before it wrote anything (SIGKILL)\nmore")
