@@ -161,3 +161,16 @@ def argument_names(point: str) -> tuple[str, ...]:
 def where_field(name: str) -> list[View]:
     """The views that have a field called ``name`` (to say where a misplaced one lives)."""
     return [v for v in views().values() if v.field(name) is not None]
+
+
+def point_views(point: str) -> list[View]:
+    """The views a decision point can reach: its arguments' views, then their entries."""
+    found: list[View] = []
+    todo = [name for name in argument_views(point) if name]
+    while todo:
+        view = views()[todo.pop(0)]
+        if view in found:
+            continue
+        found.append(view)
+        todo.extend(f.view or f.entries for f in view.fields if f.view or f.entries)
+    return found

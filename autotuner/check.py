@@ -36,7 +36,6 @@ import builtins
 import string
 import symtable
 import sys
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from autotuner.check_views import scopes_for, view_issues
 from autotuner.policy import (
     DECISION_POINTS,
     MAX_POLICY_BYTES,
+    PARSE_LOCK,
     PolicyFileError,
     PolicySource,
     read_policy_source,
@@ -63,9 +63,10 @@ MAX_SHIFT = 4_096
 MAX_REPEAT_ITEMS = 100_000  # "ab" * N, [0] * N with constant N
 MAX_ISSUES = 25
 
-# warnings.catch_warnings swaps process-wide state; proposers call the check from threads, so
-# the parse and compile steps that silence SyntaxWarnings ("\\d" escapes) take turns.
-_WARNINGS_LOCK = threading.Lock()
+# warnings.catch_warnings swaps process-wide state, and CPython's AST conversion is not safe from
+# several threads at once (see policy.PARSE_LOCK); proposers call the check from threads, so the
+# parse, compile and analysis steps take turns.
+_WARNINGS_LOCK = PARSE_LOCK
 
 # --- allow-lists --------------------------------------------------------------------------------
 
@@ -148,6 +149,9 @@ _BUILTIN_HINTS = {
     "breakpoint": "policies may not debug interactively",
     "memoryview": "not needed for arithmetic on the views",
 }
+
+# The refused built-ins a model reaches for, in the order the prompt names them.
+REFUSED_BUILTINS: tuple[str, ...] = tuple(_BUILTIN_HINTS)
 
 # Attribute names of frames, code, generators, coroutines and tracebacks: introspection routes
 # to globals and builtins that need no dunder.

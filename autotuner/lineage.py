@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from autotuner.policy import (
     DECISION_POINTS,
     FALLBACK_BASELINE,
+    PARSE_LOCK,
     PolicyFileError,
     read_policy_file,
     read_policy_source,
@@ -58,6 +59,11 @@ def program_fingerprint(code: str) -> str | None:
 
 def canonical_program(code: str) -> str | None:
     """The program with everything that cannot change a decision removed, as text."""
+    with PARSE_LOCK:
+        return _canonical_program(code)
+
+
+def _canonical_program(code: str) -> str | None:
     try:
         source = read_policy_source(code)
         tree = ast.parse(source.code)
