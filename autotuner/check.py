@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import string
 import symtable
 import sys
@@ -1010,8 +1011,30 @@ def _depth_and_count(tree: ast.AST) -> tuple[int, int, ast.AST | None]:
     return deepest, count, where
 
 
+# A list of names a reason spells out (allowed built-ins, a view's fields, a module's members).
+_NAME_LIST = re.compile(r"(?<=: )[A-Za-z_][A-Za-z0-9_]*(?:, [A-Za-z_][A-Za-z0-9_]*){4,}")
+
+
+def _without_repeated_lists(issues: list[CheckIssue]) -> list[CheckIssue]:
+    """Each long list of names spelt out once: six refused built-ins would otherwise end six
+    reasons with the same seventy names, and a model reads the first anyway."""
+    seen: set[str] = set()
+    out = []
+    for issue in issues:
+        def once(match: re.Match[str]) -> str:
+            if match.group(0) in seen:
+                return "(listed above)"
+            seen.add(match.group(0))
+            return match.group(0)
+
+        message = _NAME_LIST.sub(once, issue.message)
+        out.append(issue if message == issue.message else
+                   CheckIssue(issue.line, issue.col, issue.construct, message))
+    return out
+
+
 def _result(issues: list[CheckIssue], source: PolicySource | None = None) -> CheckResult:
-    issues = sorted(issues, key=lambda i: (i.line, i.col))
+    issues = _without_repeated_lists(sorted(issues, key=lambda i: (i.line, i.col)))
     if len(issues) > MAX_ISSUES:
         extra = len(issues) - MAX_ISSUES
         issues = issues[:MAX_ISSUES] + [

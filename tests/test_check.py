@@ -864,3 +864,12 @@ def test_params_is_a_mapping_and_views_are_not_dicts():
     by = {i.construct: i for i in check_policy(code).issues}
     assert 'params["chunk"]' in by["params-attribute"].message
     assert "replica.replica" in by["api-field"].message and "named tuple" in by["api-field"].message
+
+
+def test_a_long_list_of_names_is_spelt_out_once():
+    code = HEAD + "def f(x):\n    print(x)\n    print(getattr(x, 'a'))\n    return type(x)\n"
+    reasons = check_policy(code).reasons()
+    assert len(reasons) == 4
+    assert "allowed built-ins are: ArithmeticError, " in reasons[0]
+    assert all(r.endswith("allowed built-ins are: (listed above)") for r in reasons[1:])
+    assert sum(len(r) for r in reasons) < 1200
