@@ -1178,11 +1178,11 @@ def _scope_issues(text: str, tree: ast.Module,
             for n in ast.walk(tree)
             if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)
         ]
-        # The use that no enclosing scope binds: a legal use of a local of the same name in
-        # another function must not take the blame.
         loads = [n for n in loads if id(n) not in in_tunables]
         if not loads:
             continue  # only inside TUNABLES, whose own reason says what to write instead
+        # The use that no enclosing scope binds: a legal use of a local of the same name in
+        # another function must not take the blame.
         unbound = [n for n in loads if scopes.resolve(n, name) is None] or loads
         node = min(unbound, key=lambda n: (n.lineno, n.col_offset), default=None)
         line = getattr(node, "lineno", 0)
@@ -1240,6 +1240,26 @@ def undefined_name_advice(name: str, tunables: frozenset[str] = frozenset(), *, 
             f"or import it from an allowed module ({_allowed_modules_text()})")
 
 
+def _tunable_entry_line(tree: ast.Module, reason: str) -> int:
+    """The line of the TUNABLES entry (and key) a reason names ("TUNABLES['x']['high'] ..."),
+    so that it points at the entry, not at the first line of a long table; 0 if none."""
+    found = re.match(r"TUNABLES\[('[^']*'|\"[^\"]*\")\](?:\[('[^']*'|\"[^\"]*\")\])?", reason)
+    if not found:
+        return 0
+    entry, key = (ast.literal_eval(g) if g else None for g in found.groups())
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in stmt.targets)):
+            for k, v in zip(stmt.value.keys, stmt.value.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value == entry:
+                    if key is not None and isinstance(v, ast.Dict):
+                        for kk, vv in zip(v.keys, v.values, strict=True):
+                            if isinstance(kk, ast.Constant) and kk.value == key:
+                                return vv.lineno
+                    return k.lineno
+    return 0
+
+
 def _read_tunables(
     code: str, name: str, tree: ast.Module
 ) -> tuple[PolicySource | None, list[CheckIssue]]:
@@ -1265,6 +1285,8 @@ def _read_tunables(
                     text = text.split(": ", 1)[-1]
                 break
         construct = "decision-point" if "neither" in text else "tunables"
+        if construct == "tunables":
+            line = _tunable_entry_line(tree, text) or line
         return None, [_file_issue(construct, text, line if construct == "tunables" else 0)]
     except Exception as exc:  # unhashable keys, deep literals: refuse, never crash
         return None, [

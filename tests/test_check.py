@@ -873,3 +873,24 @@ def test_a_long_list_of_names_is_spelt_out_once():
     assert "allowed built-ins are: ArithmeticError, " in reasons[0]
     assert all(r.endswith("allowed built-ins are: (listed above)") for r in reasons[1:])
     assert sum(len(r) for r in reasons) < 1200
+
+
+def test_a_tunables_reason_points_at_the_entry_it_names():
+    code = _policy(
+        """
+        TUNABLES = {
+            "a": {"type": "int", "low": 1, "high": 9, "default": 2},
+            "b": {"type": "int", "low": 5, "high": 1,
+                  "default": 2},
+            "c": {"type": "int", "low": 1, "high": 9, "default": 2.5},
+        }
+
+        def partition(replica, params):
+            return (params["a"], ())
+        """
+    )
+    (issue,) = check_policy(code).issues
+    assert issue.line == 3 and "TUNABLES['b'] needs low < high" in issue.message
+    fixed = code.replace('"low": 5, "high": 1,', '"low": 1, "high": 9,')
+    (issue,) = check_policy(fixed).issues
+    assert issue.line == 5 and "TUNABLES['c']['default'] must be whole" in issue.message
