@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model name (default: the first the server lists)")
     p.add_argument("--proposals", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=768, help="cap on one reply")
-    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--temperature", type=float, default=LLMConfig().temperature)
     p.add_argument("--retries", type=int, default=2, help="max_check_retries")
     p.add_argument("--cap", type=int, default=LLMConfig().prompt_token_cap,
                    help="prompt_token_cap (0: none)")

@@ -210,7 +210,6 @@ class PromptBuilder:
             objective=request.objective,
             cluster=request.cluster,
             workloads=request.workloads,
-            baseline_params=request.baseline_params,
             parent=request.parent,
             parent_code=self.shown_parent(request),
             inspirations=request.inspirations,

@@ -300,8 +300,9 @@ class LLMProposer:
         talk.last_key = key
         if copy_of is not None:
             talk.reasons = [f"your file is {copy_of}, unchanged up to names, comments, "
-                            "docstrings and tunable defaults (the tuner already searches "
-                            "those); write a policy that decides differently"]
+                            "docstrings and TUNABLES (the tuner already searches those); change "
+                            "the code of partition or route: what the budget depends on, which "
+                            "waiting requests get chunks first, or how a replica is chosen"]
             return produced, talk.reasons
         if code is None and parse_reason == UNCHANGED:  # the refused file, sent back as it was
             return talk.base, ["your reply repeated the refused file unchanged", *talk.reasons]
