@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import builtins
 import math
+import threading
 import types
 import warnings
 from collections.abc import Callable, Mapping
@@ -29,6 +30,13 @@ DECISION_POINTS = ("partition", "route")
 FALLBACK_BASELINE = "fixed_chunk"
 MAX_POLICY_BYTES = 64_000
 TUNABLE_TYPES = ("int", "float")
+
+
+# CPython 3.11 keeps the AST converter's recursion counter in interpreter-wide state: two threads
+# parsing at once (a garbage collection in one lets the other run) can fail with "SystemError:
+# AST constructor recursion depth mismatch". Proposers parse in threads, so every parse of policy
+# code in this package takes this lock (reentrant: the check parses inside its own parse step).
+PARSE_LOCK = threading.RLock()
 
 
 class PolicyFileError(ValueError):
@@ -129,7 +137,7 @@ def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
         line = code.count("\n", 0, code.index("\x00")) + 1
         raise PolicyFileError(f"{name} line {line}: the file contains a null byte; remove it")
     try:
-        with warnings.catch_warnings():
+        with PARSE_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tree = ast.parse(code, filename=name)
     except (SyntaxError, ValueError) as exc:
@@ -156,7 +164,8 @@ def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
         if dup:
             raise PolicyFileError(f"{where}: TUNABLES declares {', '.join(dup)} twice")
     try:
-        raw = ast.literal_eval(value)
+        with PARSE_LOCK:
+            raw = ast.literal_eval(value)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise PolicyFileError(f"{where}: TUNABLES must be a literal dict of dicts") from None
     if not isinstance(raw, dict):
