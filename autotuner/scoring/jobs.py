@@ -18,8 +18,8 @@ from typing import Any
 from autotuner.config import CampaignConfig, ClusterConfig, SandboxConfig, SLOConfig
 from autotuner.identity import evaluation_key, sha256
 from autotuner.sim.metrics import probe_horizon
-from autotuner.sim.traces import window_seconds
-from autotuner.sim.workload import Workload, load_trace, make_workload
+from autotuner.sim.traces import load_trace, window_seconds
+from autotuner.sim.workload import Workload, make_workload
 
 
 # ------------------------------------------------------------------------------- instances
