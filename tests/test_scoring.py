@@ -17,6 +17,7 @@ from autotuner.scoring import (
     goodput_of,
     in_process,
     ladder_scores,
+    run_at,
     sandboxed,
     simulator_for,
     sustained_share,
@@ -59,6 +60,9 @@ def test_a_run_result_is_run_metrics_plus_seconds():
     assert m.error is None and m.requests == 400 and m.slo_kind == "deadline"
     assert set(RunMetrics.__dataclass_fields__) <= set(out)
     assert m.attainment == 1.0 and m.sustainable
+    typed = run_at(job(rate=8.0), 8.0, in_process)  # the record a Simulator returns
+    assert isinstance(typed, RunMetrics)
+    assert typed.to_dict() == {k: v for k, v in out.items() if k != "seconds"}
 
 
 def test_a_capacity_result_names_its_probes_and_the_run_at_capacity():

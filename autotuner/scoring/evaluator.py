@@ -29,16 +29,21 @@ from autotuner.identity import sha256
 from autotuner.isolation import Backend, Limits, SandboxBroken, get_backend
 from autotuner.policy import PolicyFileError, read_policy_source
 from autotuner.scoring.jobs import Job, build_workload, horizon_for
-from autotuner.sim.engine import ClusterSpec, SimResult
-from autotuner.sim.metrics import SLO, RunMetrics, run_metrics, search_capacity
+from autotuner.sim.engine import ClusterSpec
+from autotuner.sim.metrics import (
+    SLO,
+    CapacityResult,
+    RunMetrics,
+    run_metrics,
+    search_capacity,
+)
 from autotuner.sim.workload import Workload
 from autotuner.simulation import run_policy
 
-# The function that runs one policy on one workload and returns trusted metrics (a
-# ``RunMetrics`` dict). It is the sandbox (``sandboxed``) for every policy; tests may pass
-# ``in_process`` for trusted files.
+# The function that runs one policy on one workload and returns its trusted metrics. It is the
+# sandbox (``sandboxed``) for every policy; tests may pass ``in_process`` for trusted files.
 Simulator = Callable[[str, Mapping[str, Any], ClusterSpec, Workload, SLO, float, SandboxConfig,
-                      str], dict[str, Any]]
+                      str], RunMetrics]
 
 
 # ------------------------------------------------------------------------------- one run
@@ -68,25 +73,25 @@ def sandboxed_evaluation(code: str, params: Mapping[str, Any], cluster: ClusterS
 
 
 def sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
-              slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> dict[str, Any]:
+              slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> RunMetrics:
     """The ``Simulator`` every policy runs through: the sandbox, then the trusted replay."""
     ev = sandboxed_evaluation(code, params, cluster, wl, slo, horizon, sandbox, name, warm=True)
     if not ev.ok:
-        return _failure(wl, "; ".join(ev.reasons) or ev.verdict, slo)
-    return _metrics(wl, ev.result, slo)
+        return RunMetrics.failed(wl, "; ".join(ev.reasons) or ev.verdict, slo.kind)
+    return run_metrics(wl, ev.result, slo)
 
 
 def in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
-               slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> dict[str, Any]:
+               slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> RunMetrics:
     """Trusted files only (tests): runs the policy in this process, no sandbox."""
     try:
         source = read_policy_source(code, name)
         result = run_policy(source, cluster, wl, params=params, horizon=horizon)
     except PolicyFileError as exc:
-        return _failure(wl, str(exc), slo)
+        return RunMetrics.failed(wl, str(exc), slo.kind)
     except Exception as exc:  # noqa: BLE001 - the policy raised while loading
-        return _failure(wl, f"policy error: {type(exc).__name__}: {exc}", slo)
-    return _metrics(wl, result, slo)
+        return RunMetrics.failed(wl, f"policy error: {type(exc).__name__}: {exc}", slo.kind)
+    return run_metrics(wl, result, slo)
 
 
 def simulator_for() -> Simulator:
@@ -95,16 +100,7 @@ def simulator_for() -> Simulator:
     return sandboxed
 
 
-def _failure(wl: Workload, reason: str, slo: SLO) -> dict[str, Any]:
-    return RunMetrics.failed(wl, reason, slo.kind).to_dict()
-
-
-def _metrics(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
-    """Trusted metrics from a trusted SimResult: ``RunMetrics`` as a dict (archive rows)."""
-    return run_metrics(wl, result, slo).to_dict()
-
-
-def run_at(job: Job, rate: float | None, simulator: Simulator) -> dict[str, Any]:
+def run_at(job: Job, rate: float | None, simulator: Simulator) -> RunMetrics:
     """The job's policy on its instance at ``rate`` (None: the instance's own)."""
     base = build_workload(job.instance)
     wl = base if rate is None else base.with_rate(rate)
@@ -114,23 +110,29 @@ def run_at(job: Job, rate: float | None, simulator: Simulator) -> dict[str, Any]
 
 
 def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
-    """Run one job (in a pool worker). Never raises for a policy's failure: the reason is the
-    result's ``error``. Infrastructure failures (the sandbox itself broken) do raise."""
+    """Run one job (in a pool worker) and return its archive row: the typed result
+    (``RunMetrics``, or ``CapacityResult`` for a capacity job) as plain data, plus ``seconds``.
+    Never raises for a policy's failure: the reason is the result's ``error``. Infrastructure
+    failures (the sandbox itself broken) do raise."""
     simulator = simulator or simulator_for()
     t0 = time.perf_counter()
     if job.kind == "run":
-        out = run_at(job, job.rate, simulator)
+        out = run_at(job, job.rate, simulator).to_dict()
     elif job.kind == "capacity":
         start = job.rate or build_workload(job.instance).rate
-        found = search_capacity(lambda rate: RunMetrics.from_dict(run_at(job, rate, simulator)),
-                                start, job.slo.share, job.rel_tol)
-        out = {"error": found.error, "capacity": found.rate,
-               "probes": [list(p) for p in found.probes],
-               "at_capacity": found.at_capacity.to_dict() if found.at_capacity else None}
+        found = search_capacity(lambda rate: run_at(job, rate, simulator), start, job.slo.share,
+                                job.rel_tol)
+        out = _capacity_row(found)
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _capacity_row(found: CapacityResult) -> dict[str, Any]:
+    return {"error": found.error, "capacity": found.rate,
+            "probes": [list(p) for p in found.probes],
+            "at_capacity": found.at_capacity.to_dict() if found.at_capacity else None}
 
 
 # ------------------------------------------------------------------------------- the pool
