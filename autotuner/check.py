@@ -44,6 +44,9 @@ from dataclasses import dataclass
 from autotuner.api_views import DECISION_ARGS, argument_names
 from autotuner.check_views import scopes_for, view_issues
 from autotuner.policy import (
+    ALLOWED_BUILTINS,
+    ALLOWED_IMPORTS,
+    ALLOWED_MODULES,
     DECISION_POINTS,
     MAX_POLICY_BYTES,
     PARSE_LOCK,
@@ -71,54 +74,8 @@ _WARNINGS_LOCK = PARSE_LOCK
 
 # --- allow-lists --------------------------------------------------------------------------------
 
-# Pure-computation modules, and of each only the members a heuristic needs. Members are listed
-# rather than taken whole because these modules import others (statistics.sys, typing.sys).
-# random: only the Random class, so randomness is always a seeded instance (scores must be
-# reproducible: the gate pairs runs by seed). statistics: no NormalDist (its samples() is
-# unseeded). typing: annotation helpers only (get_type_hints evaluates strings).
-ALLOWED_MODULES: dict[str, frozenset[str]] = {
-    "math": frozenset(
-        """acos acosh asin asinh atan atan2 atanh cbrt ceil comb copysign cos cosh degrees dist
-        e erf erfc exp exp2 expm1 fabs factorial floor fmod frexp fsum gamma gcd hypot inf isclose
-        isfinite isinf isnan isqrt lcm ldexp lgamma log log10 log1p log2 modf nan nextafter perm
-        pi pow prod radians remainder sin sinh sqrt tan tanh tau trunc ulp""".split()
-    ),
-    "random": frozenset({"Random"}),
-    "statistics": frozenset(
-        """fmean geometric_mean harmonic_mean mean median median_grouped median_high median_low
-        mode multimode pstdev pvariance quantiles stdev variance StatisticsError""".split()
-    ),
-    "collections": frozenset({"Counter", "OrderedDict", "defaultdict", "deque", "namedtuple"}),
-    "itertools": frozenset(
-        """accumulate batched chain combinations combinations_with_replacement compress count
-        cycle dropwhile filterfalse groupby islice pairwise permutations product repeat starmap
-        takewhile tee zip_longest""".split()
-    ),
-    "functools": frozenset({"cache", "cmp_to_key", "lru_cache", "partial", "reduce"}),
-    "heapq": frozenset(
-        """heapify heappop heappush heappushpop heapreplace merge nlargest nsmallest""".split()
-    ),
-    "bisect": frozenset(
-        """bisect bisect_left bisect_right insort insort_left insort_right""".split()
-    ),
-    "typing": frozenset(
-        """Any Callable Dict FrozenSet Iterable Iterator List Mapping Optional Sequence Set Tuple
-        Union""".split()
-    ),
-}
-ALLOWED_IMPORTS: tuple[str, ...] = tuple(ALLOWED_MODULES)
-
-# Built-ins a heuristic uses. Everything else in ``builtins`` (getattr, type, eval, open, print,
-# id, object, super, vars, globals, ...) is refused by name. print is out because the worker's
-# standard streams are not the policy's to write; id is out because it is not reproducible.
-ALLOWED_BUILTINS = frozenset(
-    """abs all any bin bool callable chr complex dict divmod enumerate filter float format
-    frozenset hash hex int isinstance iter len list map max min next oct ord pow range repr
-    reversed round set slice sorted str sum tuple zip
-    ArithmeticError AssertionError AttributeError Exception IndexError KeyError LookupError
-    NotImplementedError OverflowError RuntimeError StopIteration TypeError ValueError
-    ZeroDivisionError""".split()
-)
+# ALLOWED_MODULES, ALLOWED_IMPORTS and ALLOWED_BUILTINS are part of the file format, in
+# autotuner.policy: the check refuses everything else, and the loader admits nothing else.
 
 # Names that mean a built-in when unbound. Underscore names are left out (``_`` exists only in
 # interactive sessions; dunders have their own rule); the site helpers are added by hand because

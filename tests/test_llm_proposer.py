@@ -562,7 +562,7 @@ def test_campaign_budget_and_seed_reach_the_llm_proposer():
 
 
 def test_llm_model_option_and_its_deprecated_alias(tmp_path, capsys, monkeypatch):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"):
         monkeypatch.delenv(var, raising=False)
