@@ -65,6 +65,7 @@ from autotuner.proposers.base import (
     Proposer,
     WorkloadInfo,
 )
+from autotuner.proposers.prompt import brief
 from autotuner.scoring import (
     Evaluator,
     Instance,
@@ -1062,7 +1063,8 @@ class Campaign:
                 elif self.proposer_dead:
                     self.progress.log(f"search stopped: {self.proposer_dead}")
                 break
-            self._tick("waiting for the proposer" if not pending else "")
+            status = getattr(proposer, "status", lambda: "")() or "waiting for the proposer"
+            self._tick(status if not pending else "")
             self._collect(results, in_flight, wait_s=1.0)
 
     def _collect(self, results: queue.Queue, in_flight: dict[int, tuple[str, int]],
@@ -1140,7 +1142,7 @@ class Campaign:
             return
         cand = self.archive.add_candidate(code=code, status=A.PROPOSAL_FAILED,
                                           failure=reason or "no usable proposal", **common)
-        self._event(cand, f"proposal failed: {cand.failure}")
+        self._event(cand, f"proposal failed: {brief(cand.failure)}")  # `show` has it whole
         if proposal.fatal and not self.proposer_dead:
             self.proposer_dead = f"the proposer cannot go on: {proposal.reason}"
 

@@ -16,7 +16,8 @@ from autotuner.policy import LoadedPolicy, PolicySource, load_policy
 from autotuner.sim.engine import ClusterSpec, SimResult, simulate
 from autotuner.sim.hardware import get_gpu
 from autotuner.sim.metrics import SLO, summarize
-from autotuner.sim.workload import Workload, load_trace, make_workload
+from autotuner.sim.traces import load_trace
+from autotuner.sim.workload import Workload, make_workload
 
 
 @dataclass(frozen=True)

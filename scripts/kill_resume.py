@@ -10,8 +10,8 @@ every core loaded (``--load``), and finally prints and checks:
   ``done``, the whole proposal budget archived, no candidate left half-done), no traceback;
 - evaluations lost: stored in the archive before a kill, missing afterwards; repeated: started
   again after they had been stored (every job's start and end is logged by a shim around
-  ``autotuner.scoring.execute_job`` that also runs in the pool's spawned workers); evaluations
-  the kills turned into stored failures ("killed", "SIGKILL", "lost");
+  ``autotuner.scoring.evaluator.execute_job`` that also runs in the pool's spawned workers);
+  evaluations the kills turned into stored failures ("killed", "SIGKILL", "lost");
 - leftovers: processes the campaign started that are still alive ``--grace`` seconds after the
   campaign process died (its parent gone: pool workers, bwrap, sandbox workers), pids cgroups
   (``autotuner-sandbox-<pid>-*``) and Docker containers (label ``...parent=<pid>``) of those
@@ -46,10 +46,10 @@ NAME = "killme"
 # pool workers import this file as __mp_main__, so the shim is in place there too.
 RUNNER = textwrap.dedent("""
     import os, sys
-    from autotuner import scoring
+    from autotuner.scoring import evaluator
 
     _LOG = os.environ["KILL_RESUME_LOG"]
-    _real = scoring.execute_job
+    _real = evaluator.execute_job
 
     def _write(line):
         fd = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -65,10 +65,10 @@ RUNNER = textwrap.dedent("""
         _write(f"done {key} {os.getpid()}")
         return out
 
-    scoring.execute_job = execute_job
+    evaluator.execute_job = execute_job
 
     if __name__ == "__main__":
-        from autotuner.cli import main
+        from autotuner.commands.main import main
         sys.exit(main(sys.argv[1:]))
 """)
 

@@ -186,9 +186,10 @@ KILLABLE = textwrap.dedent("""
     from autotuner import scoring
     from autotuner.campaign import Campaign
     from autotuner.config import load_config
+    from autotuner.scoring import evaluator
 
     log = open(sys.argv[2], "a")
-    real = scoring.execute_job
+    real = evaluator.execute_job
 
     def logged(job, simulator=None):
         key = job.key()
@@ -196,7 +197,7 @@ KILLABLE = textwrap.dedent("""
         out = real(job, simulator)
         return out
 
-    scoring.execute_job = logged
+    evaluator.execute_job = logged
     overrides = json.loads(sys.argv[1])
     cfg = load_config(**overrides)
     resume = os.path.exists(os.path.join(cfg.results_dir, cfg.name, "archive.sqlite"))
@@ -331,13 +332,13 @@ def test_autotuner_run_through_the_cli_with_the_real_sandbox(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-m", "autotuner.cli", "run", "--config", str(config)], cwd=tmp_path,
+        [sys.executable, "-m", "autotuner", "run", "--config", str(config)], cwd=tmp_path,
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr
     assert "offline proposer (no LLM endpoint configured)" in err
     assert "sandbox:" in err and "finished" in err
-    status = subprocess.run([sys.executable, "-m", "autotuner.cli", "status", "cli"],
+    status = subprocess.run([sys.executable, "-m", "autotuner", "status", "cli"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert "baseline" in status.stdout and "c0001" in status.stdout
@@ -386,7 +387,7 @@ def test_proposals_still_out_when_time_is_up_are_abandoned_and_recorded(tmp_path
 
 
 def test_a_setup_error_leaves_no_campaign_behind(tmp_path, capsys):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     rc = main(["run", "--proposer", "llm", "--name", "nomodel", "--results-dir",
                str(tmp_path / "results")])
@@ -416,7 +417,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def test_resume_of_a_finished_campaign_says_so_and_changes_nothing(tmp_path, capsys):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     # the wall-time budget ends the search after one proposal of three: finished, with
     # proposals left in the budget (the case that used to reopen the search)
@@ -517,7 +518,7 @@ def _setup_case(tmp_path: Path, case: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("case", ["missing baseline", "refused baseline", "bad trace",
                                   "failing baseline", "unreachable endpoint"])
 def test_a_failed_setup_leaves_nothing_and_the_same_command_runs_again(tmp_path, capsys, case):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     if case == "failing baseline":
         from autotuner.isolation import detect_backend
@@ -543,12 +544,12 @@ def test_a_failed_setup_leaves_nothing_and_the_same_command_runs_again(tmp_path,
 
 def test_a_baseline_that_breaks_the_evaluator_is_one_line(tmp_path, capsys, monkeypatch):
     from autotuner import scoring
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("the worker was killed before it wrote anything (SIGKILL)\nmore")
 
-    monkeypatch.setattr(scoring, "simulator_for", lambda backend: broken)
+    monkeypatch.setattr(scoring.evaluator, "simulator_for", lambda: broken)
     monkeypatch.setattr(scoring, "sandbox_description", lambda backend: ("test", False))
     config, _ = _setup_case(tmp_path, "missing baseline")
     config.write_text(config.read_text().replace(str(tmp_path / "nowhere.py"), "fixed_chunk"))

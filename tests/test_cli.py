@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autotuner.cli import main
+from autotuner.commands.main import main
 
 SHARED = Path(os.environ.get("AUTOTUNER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".."
                               / "shared" / "data"))
@@ -75,15 +75,41 @@ def test_workloads_lists_the_scenarios(capsys):
         (["simulate", "--window", "0:10"], "--window"),
         (["simulate", "--model", "llama-3-70b", "--gpu", "a100"], "fit"),
         (["simulate", "--ttft-slo", "0"], "SLO"),
+        (["bench", "--requests", "0"], "--requests"),
+        (["bench", "--rate", "nan"], "--rate"),
+        (["bench", "--capacity-length", "--lengths", "5"], "SHORT,LONG"),
+        (["bench", "--capacity-length", "--lengths", "100,50"], "SHORT < LONG"),
+        (["bench", "--capacity-length", "--scenarios", "chatty"], "chatty"),
+        (["bench", "--capacity-length", "--slo-kinds", "strict"], "strict"),
+        (["bench", "--capacity-length", "--policy", "no_such_policy"], "no_such_policy"),
     ],
 )
 def test_bad_input_gets_one_clear_line(capsys, argv, needle):
     code, out, err = run(capsys, *argv)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("autotuner simulate: error:"), err
+    assert len(lines) == 1 and lines[0].startswith(f"autotuner {argv[0]}: error:"), err
     assert needle in lines[0]
     assert "Traceback" not in err
+
+
+def test_bench_prints_the_speed_and_its_ratios(capsys):
+    code, out, err = run(capsys, "bench", "--requests", "300", "--repeat", "1", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["wall_s"] > 0 and data["requests_per_s"] == pytest.approx(300 / data["wall_s"])
+    assert data["fast_forward_speedup"] > 0 and data["max_finish_time_difference_s"] < 1e-6
+    code, out, err = run(capsys, "bench", "--requests", "300", "--repeat", "1", "--no-reference")
+    assert code == 0 and "simulated requests/s" in out and "step-by-step" not in out
+
+
+def test_bench_capacity_against_run_length(capsys):
+    code, out, err = run(capsys, "bench", "--capacity-length", "--lengths", "100,200",
+                         "--scenarios", "chat", "--policy", "fixed_chunk", "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["policy"] == "fixed_chunk" and row["capacity_short"] > 0
+    assert row["ratio"] == pytest.approx(row["capacity_long"] / row["capacity_short"])
 
 
 def test_malformed_trace_names_line_and_field(capsys, tmp_path):
@@ -116,7 +142,7 @@ def test_simulate_real_traces(capsys, trace):
     assert json.loads(out)["metrics"]["requests"] == 300
 
 
-@pytest.mark.parametrize("module", ["autotuner.commands", "autotuner.cli"])
+@pytest.mark.parametrize("module", ["autotuner", "autotuner.commands"])
 def test_console_script_runs(module):
     proc = subprocess.run([sys.executable, "-m", module, "workloads"],
                           capture_output=True, text=True, timeout=120)

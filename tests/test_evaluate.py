@@ -90,7 +90,7 @@ def test_horizon_is_applied_on_both_sides():
 
 
 def test_cli_evaluate_matches_cli_simulate(capsys, tmp_path):
-    from autotuner import cli
+    from autotuner.commands.main import main
 
     common = ["--requests", "250", "--seed", "2", "--replicas", "2", "--json"]
     parser = argparse.ArgumentParser()
@@ -98,7 +98,7 @@ def test_cli_evaluate_matches_cli_simulate(capsys, tmp_path):
     args = parser.parse_args(["--policy", "sarathi_shrinking", *common])
     assert run_evaluate(args) == EXIT_OK
     evaluated = json.loads(capsys.readouterr().out)
-    assert cli.main(["simulate", "--policy", "sarathi_shrinking", *common]) == 0
+    assert main(["simulate", "--policy", "sarathi_shrinking", *common]) == 0
     simulated = json.loads(capsys.readouterr().out)
     assert evaluated["verdict"] == "ok"
     assert evaluated["metrics"] == simulated["metrics"]
@@ -281,11 +281,11 @@ def test_infrastructure_faults_are_never_cached_as_results(tmp_path, monkeypatch
     from autotuner.archive import Archive
 
     backend = DyingBackend(deaths=10**6)
-    monkeypatch.setattr(scoring, "_backend", lambda name: backend)
+    monkeypatch.setattr(scoring.evaluator, "sandbox_backend", lambda name: backend)
     archive = Archive(tmp_path / "archive.sqlite")
     job = scoring.Job(baseline_path("fixed_chunk").read_text(), {},
                       scoring.Instance("chat", 0, 50))
-    evaluator = scoring.Evaluator(archive, parallelism=1, simulator=scoring._sandboxed)
+    evaluator = scoring.Evaluator(archive, parallelism=1, simulator=scoring.sandboxed)
     try:
         with pytest.raises(SandboxBroken):
             evaluator.evaluate([job])
@@ -296,11 +296,11 @@ def test_infrastructure_faults_are_never_cached_as_results(tmp_path, monkeypatch
 
 
 def test_cli_reports_a_broken_sandbox_in_one_line(capsys, monkeypatch):
-    from autotuner import cli
+    from autotuner.commands.main import main
     backend = DyingBackend(deaths=10**6)
     monkeypatch.setattr("autotuner.commands.evaluate.get_backend", lambda *a, **k: backend)
     try:
-        code = cli.main(["evaluate", "--policy", "fixed_chunk", "--requests", "20"])
+        code = main(["evaluate", "--policy", "fixed_chunk", "--requests", "20"])
     finally:
         backend.release_spare()
     err = capsys.readouterr().err

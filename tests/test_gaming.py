@@ -170,7 +170,7 @@ def test_autotuner_gate_command_refuses_and_passes(tmp_path):
 
 
 def test_autotuner_gate_command_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     bad = tmp_path / "bad.py"
     bad.write_text("import os\n\nTUNABLES = {}\n\n\n"

@@ -16,6 +16,8 @@ MAX_FUNCTION_LINES = 80
 # the stages whose functions must each fit on a screen (the bar)
 SHORT_FUNCTION_STAGES = ("campaign", "gate", "scoring", "report")
 MODULE_SIZE_EXEMPT = ("sim", "check.py")
+# ``python -m autotuner``: the command's other door, three lines that only call commands.main
+ENTRY_POINTS = ("autotuner.__main__",)
 
 
 def _modules() -> dict[str, Path]:
@@ -112,7 +114,7 @@ def test_simulator_imports_nothing_from_the_rest() -> None:
 
 def test_argparse_only_in_the_commands_wing() -> None:
     for name, path in _modules().items():
-        if name.startswith("autotuner.commands"):
+        if name.startswith("autotuner.commands") or name in ENTRY_POINTS:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):

@@ -10,8 +10,8 @@ files, each run through the command a user would type, give
 - nothing left under the results folder.
 
 The inputs are generated here, so the corpus grows by adding a line. Each case runs
-``autotuner.cli.main`` in-process; a few also run in a fresh interpreter, as a user's shell
-would start it. A config that is wrongly accepted must not start a campaign: ``Campaign._run``
+``autotuner.commands.main.main`` in-process; a few also run in a fresh interpreter, as a user's
+shell would start it. A config that is wrongly accepted must not start a campaign: ``Campaign._run``
 is replaced by a guard that fails the case, so a regression costs a failure, not a campaign.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from autotuner import campaign
-from autotuner.cli import main
+from autotuner.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINE = 1000  # characters in the one line; a 4,000-digit number must not be echoed whole
@@ -430,7 +430,7 @@ SUBPROCESS_CASES = [c for c in CASES if c.subprocess]
 _GUARDED_CLI = """
 import sys
 from autotuner import campaign
-from autotuner.cli import main
+from autotuner.commands.main import main
 
 class Accepted(BaseException):
     pass

@@ -257,7 +257,7 @@ def test_recombine_renames_what_would_clash():
 
 
 def _cost(r, params):
-    return r.outstanding * params["w"]
+    return r.kv_free_tokens * params["w"]
 
 
 def partition(replica, params):

@@ -30,7 +30,7 @@ from autotuner import archive as A
 from autotuner import report_plots as P
 from autotuner.archive import Archive
 from autotuner.campaign import Campaign
-from autotuner.cli import main
+from autotuner.commands.main import main
 from autotuner.config import load_config
 from autotuner.proposers.base import Proposal
 from autotuner.report import (

@@ -1,4 +1,4 @@
-"""Reviewing a campaign: status, diff, show, replay (through ``autotuner.cli.main``)."""
+"""Reviewing a campaign: status, diff, show, replay (through ``autotuner.commands.main.main``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from autotuner.archive import Archive
 from autotuner.campaign import Campaign
-from autotuner.cli import main
+from autotuner.commands.main import main
 from autotuner.config import load_config
 from autotuner.proposers.base import Proposal
 from autotuner.resources import baseline_path

@@ -17,6 +17,9 @@ from autotuner.scoring import (
     goodput_of,
     in_process,
     ladder_scores,
+    run_at,
+    sandboxed,
+    simulator_for,
     sustained_share,
 )
 from autotuner.sim.metrics import RunMetrics
@@ -57,6 +60,9 @@ def test_a_run_result_is_run_metrics_plus_seconds():
     assert m.error is None and m.requests == 400 and m.slo_kind == "deadline"
     assert set(RunMetrics.__dataclass_fields__) <= set(out)
     assert m.attainment == 1.0 and m.sustainable
+    typed = run_at(job(rate=8.0), 8.0, in_process)  # the record a Simulator returns
+    assert isinstance(typed, RunMetrics)
+    assert typed.to_dict() == {k: v for k, v in out.items() if k != "seconds"}
 
 
 def test_a_capacity_result_names_its_probes_and_the_run_at_capacity():
@@ -99,6 +105,36 @@ def test_duplicate_jobs_run_once_and_cached_jobs_never_again():
     assert ev.ran == 2 and first[0] == first[1]
     again = ev.evaluate(jobs)
     assert ev.ran == 2 and ev.cached == 3 and again == first
+
+
+def test_a_dead_pool_is_replaced_once_and_runs_only_what_has_no_result(monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    calls: list[list[int]] = []
+
+    def flaky_pool(pool, jobs, run, store):
+        calls.append(list(run))
+        for i in run[: 1 if len(calls) == 1 else None]:
+            store(i, execute_job(jobs[i], in_process))
+        if len(calls) == 1:
+            raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(Evaluator, "_run_pool", staticmethod(flaky_pool))
+    archive = MemoryArchive()
+    ev = Evaluator(archive, parallelism=2)
+    jobs = [job(rate=8.0), job(rate=9.0), job(rate=10.0)]
+    try:
+        results = ev.evaluate(jobs)
+    finally:
+        ev.close(cancel=True)
+    assert len(calls) == 2 and calls[1] == [i for i in calls[0] if i != calls[0][0]]
+    assert ev.ran == 3 and len(archive.rows) == 3
+    assert [r["rate"] for r in results] == pytest.approx([8.0, 9.0, 10.0])
+
+
+def test_untrusted_code_runs_in_the_sandbox_unless_a_test_says_otherwise():
+    assert simulator_for() is sandboxed
+    assert Evaluator(MemoryArchive(), parallelism=1).simulator is None
 
 
 # ------------------------------------------------------------------------------- the ladder

@@ -24,7 +24,7 @@ MAX_WAITING_VIEW = 256
 class WaitingView(NamedTuple):
     """A request on this replica with prefill tokens left to compute."""
 
-    id: int
+    id: int  # request id, as chunks name it
     arrival: float  # seconds
     prompt_tokens: int  # tokens its prefill covers (prompt, plus generated ones if preempted)
     prefilled: int  # tokens already in KV (computed chunks and prefix-cache hits)
@@ -37,7 +37,7 @@ class WaitingView(NamedTuple):
 class ReplicaView(NamedTuple):
     """One replica just before an iteration: what partition() decides on."""
 
-    replica: int
+    replica: int  # this replica's index
     now: float  # seconds
     decodes: int  # running requests that decode one token each in this iteration (always run)
     decode_context: int  # sum of their context lengths (tokens of KV they read)
@@ -55,27 +55,29 @@ class RequestView(NamedTuple):
     """An arriving request, as route() sees it. Output length is unknown to a real router."""
 
     id: int  # arrival index: 0, 1, 2, ...
-    arrival: float
-    prompt_tokens: int
+    arrival: float  # seconds
+    prompt_tokens: int  # prompt length
     prefix_blocks: int  # how many prefix-block ids it carries (0 when the workload has none)
 
 
 class ReplicaLoad(NamedTuple):
     """One replica's load at the moment a request arrives."""
 
-    replica: int
+    replica: int  # its index
     running: int  # requests in decode
     waiting: int  # requests with prefill left
     waiting_tokens: int  # prefill tokens left on it
     outstanding: int  # running + waiting
-    kv_free_tokens: int
-    kv_capacity_tokens: int
+    kv_free_tokens: int  # free KV-cache room, tokens
+    kv_capacity_tokens: int  # whole KV cache, tokens
     prefix_hit_tokens: int  # tokens of this request's prompt already in this replica's prefix cache
 
 
 class ClusterView(NamedTuple):
-    now: float
-    replicas: tuple[ReplicaLoad, ...]
+    """The cluster as route() sees it."""
+
+    now: float  # seconds
+    replicas: tuple[ReplicaLoad, ...]  # one per replica, in index order
 
 
 class Partition(NamedTuple):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotuner.proposers.llm.config import LLMConfig
+from autotuner.proposers.prompt import estimate_tokens, messages_tokens
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class ChatClient:
                 detail = self.scrub(f"{type(exc).__name__}: {exc}")[:300]
                 last = f"{self.endpoint} sent something that is not a chat completion ({detail})"
             else:
-                return self._read(response, charge)
+                return self._read(response, messages, charge)
             if attempt == retries:
                 break
             delay = self._backoff(attempt) if wait is None else wait
@@ -266,7 +267,8 @@ class ChatClient:
                 return True
         return False
 
-    def _read(self, response: Any, charge: bool = True) -> ChatReply:
+    def _read(self, response: Any, messages: Sequence[Mapping[str, str]],
+              charge: bool = True) -> ChatReply:
         choices = getattr(response, "choices", None) or []
         message = choices[0].message if choices else None
         text = (getattr(message, "content", None) or "") if message is not None else ""
@@ -276,7 +278,8 @@ class ChatClient:
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         if usage is None:
             # Some local servers send no usage; estimate so a token budget still binds.
-            completion_tokens = max(1, len(text) // 4)
+            prompt_tokens = messages_tokens(messages)
+            completion_tokens = max(1, estimate_tokens(text))
         cost = self._charge(prompt_tokens, completion_tokens) if charge else 0.0
         return ChatReply(text, prompt_tokens, completion_tokens, cost, finish)
 
