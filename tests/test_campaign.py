@@ -361,9 +361,9 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_otherwi
 def test_proposals_still_out_when_time_is_up_are_abandoned_and_recorded(tmp_path, monkeypatch):
     import threading
 
-    from autotuner import campaign as campaign_module
+    from autotuner.campaign import search
 
-    monkeypatch.setattr(campaign_module, "ABANDON_GRACE_S", 0.2)
+    monkeypatch.setattr(search, "ABANDON_GRACE_S", 0.2)
     asked = threading.Event()
 
     class Hanging:
