@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from autotuner import __version__
-from autotuner.commands import bench, calibrate, evaluate, simulate, workloads
+from autotuner.commands import bench, calibrate, evaluate, resume, run, simulate, workloads
 from autotuner.commands.common import EXIT_INTERRUPTED, EXIT_USAGE, CLIError
 from autotuner.isolation import SandboxUnavailable
 
 # in the order ``autotuner --help`` lists them
 COMMANDS = {
     "simulate": simulate, "workloads": workloads, "calibrate": calibrate, "bench": bench,
-    "evaluate": evaluate,
+    "evaluate": evaluate, "run": run, "resume": resume,
 }
 
 
@@ -39,16 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_campaign_commands(sub: Any) -> None:
     """The campaign loop's subcommands (autotuner.campaign, autotuner.review, autotuner.report),
     still wired from their own modules."""
-    from autotuner import campaign
-
-    p = sub.add_parser("run", help="run a search campaign (defaults: offline proposer, minutes)")
-    campaign.add_run_arguments(p)
-    p.set_defaults(func=campaign.run_run)
-
-    p = sub.add_parser("resume", help="continue a stopped or killed campaign")
-    campaign.add_resume_arguments(p)
-    p.set_defaults(func=campaign.run_resume)
-
     from autotuner import review
 
     p = sub.add_parser("status", help="a campaign's candidates as a table")
