@@ -75,9 +75,9 @@ def describe_setup(state: CampaignState) -> None:
     c = cfg.cluster
     n = {k: len(v) for k, v in state.instances.items()}
     log = state.progress.log
-    log(f"cluster: {c.replicas} x {c.model} on {c.gpu} (tp={c.tp}); SLO: TTFT <= "
-        f"{cfg.slo.ttft_s:g} s, TPOT <= {cfg.slo.tpot_s:g} s for {cfg.slo.share:.0%} of "
-        f"requests")
+    log(f"cluster: {c.replicas} x {c.model} on {c.gpu} (tp={c.tp}); SLO per request: "
+        f"{cfg.slo.slo().describe()}; capacity: the highest sustainable rate with "
+        f"{cfg.slo.share:.0%} of the scored window's requests in SLO")
     log(f"workloads: {', '.join(cfg.workloads.scenarios)}"
         + (f" + {len(cfg.workloads.traces)} trace(s)" if cfg.workloads.traces else "")
         + "; requests per instance (held-out): " + ", ".join(
