@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from autotuner.api_views import View, argument_views, views, where_field
 from autotuner.check_scopes import FUNCTIONS as _FUNCTIONS
 from autotuner.check_scopes import Scopes as _Scopes
-from autotuner.check_scopes import scopes_for  # noqa: F401 - the check imports it from here
 
 _TUPLE_METHODS = frozenset({"count", "index"})
 _MAPPING_METHODS = frozenset({"get", "keys", "values", "items", "copy"})
