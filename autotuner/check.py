@@ -42,7 +42,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from autotuner.api_views import DECISION_ARGS, argument_names
-from autotuner.check_views import scopes_for, view_issues
+from autotuner.check_scopes import scopes_for
+from autotuner.check_views import view_issues
 from autotuner.policy import (
     ALLOWED_BUILTINS,
     ALLOWED_IMPORTS,

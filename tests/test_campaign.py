@@ -87,17 +87,46 @@ def test_tiny_offline_campaign_end_to_end(tmp_path):
                    for c in proposals)
         seed = archive.get("seed-least_outstanding")
         assert seed.status == A.TUNED and seed.island == 1
+        # the archive's promotion and the files agree, whichever way the gate went
         promoted = archive.get_meta("promoted")
-        if promoted:
-            record = json.loads((folder / "promotions" / f"{promoted}.json").read_text())
-            assert record["candidate"] == promoted
+        winners = [c.id for c in proposals if c.status == A.PROMOTED]
+        assert winners == archive.get_meta("promotions", []) == ([promoted] if promoted else [])
+        written = sorted(p.name for p in (folder / "promotions").glob("c*"))
+        assert written == sorted(f"{c}.{ext}" for c in winners for ext in ("json", "py"))
     assert "finished" in out and "review: autotuner status" in out
+    assert f"promoted: {promoted or 'none'}" in out
 
     # a finished campaign resumes to "finished", and a new run refuses to overwrite it
     rc, out = run(cfg, resume=True)
     assert rc == 0 and "is finished" in out and "nothing was changed" in out
     with pytest.raises(Exception, match="already exists"):
         Campaign(cfg, simulator=in_process, stream=io.StringIO()).run()
+
+
+HONEST = (ROOT / "tests" / "gaming" / "honest_cache_aware.py").read_text()
+
+
+def test_a_clearly_better_proposal_is_promoted_with_its_record(tmp_path):
+    """Routing by waiting prefill net of prefix-cache hits gains capacity on multi-turn sessions
+    honestly (tests/test_gate.py): the campaign validates it, gates it and promotes it, and the
+    promoted files are the archived candidate's."""
+    cfg = tiny(tmp_path, name="win", **{"budget.proposals": 1, "search.seeds": []})
+    rc, out = run(cfg, proposer=ScriptedProposer([Proposal(HONEST, True, "")]))
+    assert rc == 0, out
+    folder = cfg.campaign_dir
+    with Archive(folder / "archive.sqlite") as archive:
+        (cand,) = archive.candidates(origin="proposal")
+        assert cand.status == A.PROMOTED, (cand.status, cand.failure, out)
+        assert cand.train_score > 0 and cand.validation_score > 0
+        assert archive.get_meta("promoted") == cand.id == "c0001"
+        assert archive.get_meta("promotions") == [cand.id]
+        gate = cand.gate
+    assert gate["passed"] and all(c["passed"] for c in gate["conditions"])
+    record = json.loads((folder / "promotions" / "c0001.json").read_text())
+    assert record["candidate"] == "c0001" and record["campaign"] == "win"
+    assert record["params"] == cand.params and record["baseline"]["name"] == "fixed_chunk.py"
+    assert (folder / "promotions" / "c0001.py").is_file()
+    assert "PROMOTED c0001" in out and "promoted: c0001 (held-out capacity +" in out
 
 
 class ScriptedProposer:
@@ -362,9 +391,9 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_otherwi
 def test_proposals_still_out_when_time_is_up_are_abandoned_and_recorded(tmp_path, monkeypatch):
     import threading
 
-    from autotuner import campaign as campaign_module
+    from autotuner.campaign import search
 
-    monkeypatch.setattr(campaign_module, "ABANDON_GRACE_S", 0.2)
+    monkeypatch.setattr(search, "ABANDON_GRACE_S", 0.2)
     asked = threading.Event()
 
     class Hanging:

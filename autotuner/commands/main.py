@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from autotuner import __version__
 from autotuner.commands import (
@@ -18,6 +17,8 @@ from autotuner.commands import (
     gate,
     replay,
     report,
+    resume,
+    run,
     show,
     simulate,
     status,
@@ -29,8 +30,8 @@ from autotuner.isolation import SandboxUnavailable
 # in the order ``autotuner --help`` lists them
 COMMANDS = {
     "simulate": simulate, "workloads": workloads, "calibrate": calibrate, "bench": bench,
-    "evaluate": evaluate, "status": status, "diff": diff, "show": show, "replay": replay,
-    "gate": gate, "report": report,
+    "evaluate": evaluate, "run": run, "resume": resume, "status": status, "diff": diff,
+    "show": show, "replay": replay, "gate": gate, "report": report,
 }
 
 
@@ -45,22 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.HELP)
         command.add_arguments(p)
         p.set_defaults(func=command.run)
-    _add_campaign_commands(sub)
     return parser
-
-
-def _add_campaign_commands(sub: Any) -> None:
-    """The campaign loop's subcommands (autotuner.campaign), still wired from their own
-    modules."""
-    from autotuner import campaign
-
-    p = sub.add_parser("run", help="run a search campaign (defaults: offline proposer, minutes)")
-    campaign.add_run_arguments(p)
-    p.set_defaults(func=campaign.run_run)
-
-    p = sub.add_parser("resume", help="continue a stopped or killed campaign")
-    campaign.add_resume_arguments(p)
-    p.set_defaults(func=campaign.run_resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
