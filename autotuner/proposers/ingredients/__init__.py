@@ -19,11 +19,13 @@ of Llama-3-8B on H100, TTFT 2 s, TPOT 100 ms, 90 % of requests): routing by wait
 net of prefix-cache hits is worth +2..3 % on chat and summarization and +70..140 % on multiturn
 and mixed traffic (a 100k-token prompt behind round robin stalls a replica for seconds, and every
 turn of a session that lands elsewhere re-prefills its history); ordering the queue shortest
-remaining prefill first, with requests that can no longer meet their TTFT target moved last, is
-worth another +10..35 % (mostly by deferring the longest prompts, which the 90 % share allows:
-``scripts/output/FINDINGS.md`` has the caveats); the budget shape matters little once the chunk
-is large (per-token cost is flat above ~512 tokens and the 100 ms TPOT target leaves room), so
-budgets are the weakest pieces and are here for diversity.
+remaining prefill first, with requests that can no longer meet their TTFT target moved last,
+was credited another +10..35 % by the old share-only yardstick, nearly all of it bought by
+deferring the longest prompts; under the per-request, sustainable yardstick (``sim/metrics.py``)
+such orders buy no sustainable rate and the gate refuses them for the inversions and the tail
+they cause, so they stay in the library only as raw material; the budget shape matters little
+once the chunk is large (per-token cost is flat above ~512 tokens and the 100 ms TPOT target
+leaves room), so budgets are the weakest pieces and are here for diversity.
 
 Layout: ``piece`` defines what a piece is; ``partition`` (budgets, orders, the fill that joins
 them) and ``route`` (routers, router wrappers) are the catalogue, pure data; this module holds
