@@ -741,3 +741,25 @@ def test_failure_lines_are_short_and_the_whole_reason_is_kept():
     assert len(short) <= 200 and "\n" not in short and short.endswith("...")
     assert short.startswith("check rejected after 3 attempts: line 0:")
     assert brief("a\n  b") == "a b"
+
+
+# ------------------------------------------------------------------ the campaign's dry run
+def test_the_campaigns_dry_run_reports_a_run_time_failure_and_passes_a_sound_file():
+    """The dry run the campaign gives the LLM proposer runs the file in the sandbox: an error
+    that only shows when the policy runs comes back as a reason; a sound policy gives none."""
+    from autotuner.campaign.proposers import sandbox_dry_run
+    from autotuner.config import load_config
+
+    try:
+        from autotuner.isolation import detect_backend
+
+        detect_backend()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no sandbox backend works here: {exc}")
+    dry_run = sandbox_dry_run(load_config())
+    assert dry_run(baseline_path("least_outstanding").read_text()) == []
+    broken = baseline_path("fixed_chunk").read_text().replace(
+        "return request.id % len(cluster.replicas)", "return len(cluster.replicas)")
+    assert broken != baseline_path("fixed_chunk").read_text()
+    reasons = dry_run(broken)
+    assert reasons and "replica 4 does not exist" in " ".join(reasons), reasons

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 
 from autotuner.campaign.errors import CampaignError, one_line
 from autotuner.config import CampaignConfig
-from autotuner.proposers.base import Proposer
+from autotuner.proposers.base import CheckFn, Proposer
 from autotuner.proposers.llm import EndpointError, LLMProposer, Spend
 from autotuner.proposers.offline import OfflineProposer
 
 LLM_PREFLIGHT_TIMEOUT_S = 20.0  # the setup's test request to a configured LLM endpoint
+DRY_RUN_REQUESTS = 40  # a proposal's first run: enough requests to reach route and partition
 
 
 def make_proposer(cfg: CampaignConfig, spent: Mapping[str, float] | None = None
@@ -29,12 +30,32 @@ def make_proposer(cfg: CampaignConfig, spent: Mapping[str, float] | None = None
                       int((spent or {}).get("completion_tokens", 0)),
                       float((spent or {}).get("cost_usd", 0.0)))
         try:
-            proposer = LLMProposer(llm, spent=spend)
+            proposer = LLMProposer(llm, spent=spend, dry_run=sandbox_dry_run(cfg))
         except ValueError as exc:
             raise CampaignError(f"LLM proposer: {exc}") from None
         return proposer, describe_proposer(proposer)
     why = ("no LLM endpoint configured" if kind == "auto" else "proposer.kind = \"offline\"")
     return offline_proposer(cfg), f"offline proposer ({why})"
+
+
+def sandbox_dry_run(cfg: CampaignConfig) -> CheckFn:
+    """A proposal's first run, on a few dozen requests of the first scenario, in the sandbox and
+    replayed like every evaluation, before the proposal is accepted: a file that raises or makes
+    an illegal decision goes back to the model with the reason (line, expression, rule) while
+    its repair loop can still fix it, for the cost of one small run instead of a screen that
+    fails on every workload. Returns the reasons (empty: it ran)."""
+    from autotuner.scoring import Instance, build_workload, horizon_for, sandboxed_evaluation
+
+    def dry_run(code: str) -> list[str]:
+        if not cfg.workloads.scenarios:
+            return []  # traces only: the screen is the first run
+        wl = build_workload(Instance(cfg.workloads.scenarios[0], cfg.seed, DRY_RUN_REQUESTS))
+        slo = cfg.slo.slo()
+        ev = sandboxed_evaluation(code, {}, cfg.cluster.spec(), wl, slo, horizon_for(wl, slo),
+                                  cfg.sandbox, "proposal (dry run)", warm=True)
+        return [] if ev.ok else (list(ev.reasons) or [ev.verdict])
+
+    return dry_run
 
 
 def offline_proposer(cfg: CampaignConfig) -> OfflineProposer:
