@@ -13,7 +13,7 @@ last arrival, and a policy that defers long prompts lets their backlog grow with
 share stays high, so its "capacity" fell from +56 % over the baseline at 2,000 requests to +7 % at
 40,000. ``capacity_against_length`` measures each policy's capacity at a short and a long run of
 the same scenario and seed: under the sustainable-capacity yardstick their ratio should stay within
-5 % of 1, for the baseline and for the starvation policies in ``audit_policies/``.
+5 % of 1, for the baseline and for the starvation policies in ``baselines/audit/``.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def length_policy_path(text: str) -> Path:
     path = Path(text)
     if path.suffix == ".py" or path.exists():
         return path
-    audit = asset_dir("audit_policies") / f"{text}.py"
+    audit = (asset_dir("baselines") / "audit") / f"{text}.py"
     return audit if audit.is_file() else baseline_path(text)
 
 

@@ -41,7 +41,7 @@ CREDITS = {"sustained": lambda m: goodput_of(m, "requests"), "plain": lambda m: 
 
 
 def _source(name: str):
-    audit = asset_dir("audit_policies") / f"{name}.py"
+    audit = (asset_dir("baselines") / "audit") / f"{name}.py"
     return read_policy_file(audit if audit.is_file() else baseline_path(name))
 
 

@@ -239,7 +239,7 @@ def test_capacity_needs_the_share_and_sustainability():
 
 
 def _policy(name: str):
-    audit = asset_dir("audit_policies") / f"{name}.py"
+    audit = (asset_dir("baselines") / "audit") / f"{name}.py"
     source = read_policy_file(audit if audit.is_file() else baseline_path(name))
     return lambda: load_policy(source)
 

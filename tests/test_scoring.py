@@ -25,7 +25,7 @@ from autotuner.scoring import (
 from autotuner.sim.metrics import RunMetrics
 
 FIXED = baseline_path("fixed_chunk").read_text()
-DEFER = (asset_dir("audit_policies") / "defer_long.py").read_text()
+DEFER = ((asset_dir("baselines") / "audit") / "defer_long.py").read_text()
 CHAT = Instance("chat", 1, 400)
 
 
