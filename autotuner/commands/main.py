@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from autotuner import __version__
-from autotuner.commands import bench, calibrate, evaluate, simulate, workloads
+from autotuner.commands import bench, calibrate, evaluate, router, simulate, workloads
 from autotuner.commands.common import EXIT_INTERRUPTED, EXIT_USAGE, CLIError
 from autotuner.isolation import SandboxUnavailable
 
 # in the order ``autotuner --help`` lists them
 COMMANDS = {
     "simulate": simulate, "workloads": workloads, "calibrate": calibrate, "bench": bench,
-    "evaluate": evaluate,
+    "evaluate": evaluate, "router": router,
 }
 
 

@@ -1,0 +1,177 @@
+"""The policy's ``route()`` in one long-lived sandboxed worker, asked once per request.
+
+The worker is the campaign's (sandbox/worker.py, started by an isolation backend) in its
+``serve_routes`` mode. A thread reads its answers and resolves the waiting futures by query id;
+an answer that is late (past the deadline), malformed, out of range or an exception is a
+``PolicyUnavailable`` and the caller falls back. A dead worker is restarted in the background
+(at most once per ``RESTART_BACKOFF_S``), so a killed worker costs decisions, never requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from autotuner.isolation import Backend, Limits, WorkerFault, get_backend
+from autotuner.sim.api import ClusterView, PolicyError, RequestView, coerce_route
+
+RESTART_BACKOFF_S = 1.0
+START_TIMEOUT_S = 60.0
+# A router runs for days: the per-run limits of a campaign's worker do not apply, but memory,
+# processes and output stay capped.
+LIVE_LIMITS = Limits(wall_s=10.0 * 365 * 86400, cpu_s=10 * 365 * 86400,
+                     output_bytes=1 << 62)
+
+
+class PolicyUnavailable(Exception):
+    """No usable decision from the policy for this request; ``kind`` names why (a label)."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+class PolicyWorker:
+    """One sandboxed worker serving route() decisions; restarted when it dies."""
+
+    def __init__(self, code: str, name: str, params: Mapping[str, Any] | None = None,
+                 sandbox: str | Backend | None = None):
+        self.code, self.name, self.params = code, name, dict(params or {})
+        self.backend = sandbox if isinstance(sandbox, Backend) else get_backend(sandbox)
+        self.restarts = 0
+        self.last_error = ""
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future] = {}
+        self._handle: Any = None
+        self._starting = False
+        self._last_start = 0.0
+        self._closed = False
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Start the worker and wait until the policy is loaded; raises when it cannot load."""
+        payload = {"serve_routes": True, "code": self.code, "name": self.name,
+                   "params": self.params, "limits": LIVE_LIMITS.as_dict()}
+        handle = self.backend.start((json.dumps(payload) + "\n").encode(), LIVE_LIMITS)
+        if not hasattr(handle, "proc"):
+            handle.close()
+            raise WorkerFault(f"the {self.backend.name} sandbox cannot serve a live router "
+                              "(it needs a local worker process: use bwrap or process)")
+        try:
+            first = handle.next_line()
+        except BaseException:
+            handle.close()
+            raise
+        message = json.loads(first) if first else {}
+        if not message.get("ready"):
+            handle.close()
+            error = (message.get("end") or {}).get("error") or "the worker exited at start"
+            raise WorkerFault(str(error)[:400])
+        with self._lock:
+            self._handle = handle
+        threading.Thread(target=self._read, args=(handle,), name="policy-reader",
+                         daemon=True).start()
+
+    def _read(self, handle: Any) -> None:
+        reason = "the policy worker exited"
+        try:
+            while (line := handle.next_line()) is not None:
+                self._resolve(json.loads(line))
+        except (WorkerFault, ValueError) as exc:
+            reason = f"the policy worker failed: {exc}"
+        with self._lock:
+            if self._handle is handle:
+                self._handle = None
+            pending, self._pending = self._pending, {}
+        self.last_error = reason
+        handle.close()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(PolicyUnavailable("worker_dead", reason))
+
+    def _resolve(self, answer: dict[str, Any]) -> None:
+        with self._lock:
+            future = self._pending.pop(answer.get("i", -1), None)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+    def _restart_later(self) -> None:
+        with self._lock:
+            if self._closed or self._starting or self._handle is not None:
+                return
+            if time.monotonic() - self._last_start < RESTART_BACKOFF_S:
+                return
+            self._starting, self._last_start = True, time.monotonic()
+
+        def restart() -> None:
+            try:
+                self.start()
+                self.restarts += 1
+            except Exception as exc:  # noqa: BLE001 - retried on a later request
+                self.last_error = f"restart failed: {exc}"
+            finally:
+                self._starting = False
+
+        threading.Thread(target=restart, name="policy-restart", daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
+
+    def pid(self) -> int | None:
+        handle = self._handle
+        return handle.proc.pid if handle is not None else None
+
+    # -- decisions
+    def _submit(self, request: RequestView, cluster: ClusterView) -> Future:
+        future: Future = Future()
+        query = {"i": next(self._ids), "q": list(request),
+                 "c": [cluster.now, [list(r) for r in cluster.replicas]]}
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                raise PolicyUnavailable("worker_dead", self.last_error)
+            self._pending[query["i"]] = future
+        try:
+            handle.proc.stdin.write((json.dumps(query) + "\n").encode())
+            handle.proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            with self._lock:
+                self._pending.pop(query["i"], None)
+            raise PolicyUnavailable("worker_dead", str(exc)) from exc
+        future.query_id = query["i"]  # type: ignore[attr-defined]
+        return future
+
+    async def decide(self, request: RequestView, cluster: ClusterView, timeout: float) -> int:
+        """The policy's replica for this request, checked; PolicyUnavailable otherwise."""
+        try:
+            future = self._submit(request, cluster)
+        except PolicyUnavailable:
+            self._restart_later()
+            raise
+        try:
+            answer = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError as exc:
+            with self._lock:
+                self._pending.pop(future.query_id, None)  # type: ignore[attr-defined]
+            raise PolicyUnavailable("timeout", f"no decision within {timeout * 1000:g} ms") \
+                from exc
+        except PolicyUnavailable:
+            self._restart_later()
+            raise
+        if "e" in answer:
+            raise PolicyUnavailable("error", str(answer["e"])[:400])
+        try:
+            return coerce_route(answer.get("k"), len(cluster.replicas), "route()")
+        except PolicyError as exc:
+            raise PolicyUnavailable("invalid", str(exc)) from exc
