@@ -1,0 +1,278 @@
+"""The live router (autotuner router) against local fake OpenAI servers on 127.0.0.1, and, where
+llama-cpp-python and the SmolLM2 model are installed, against two real llama.cpp servers."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp", reason="the router's extra (aiohttp) is not installed")
+from aiohttp import web  # noqa: E402
+
+from autotuner.isolation import backend_status  # noqa: E402
+from autotuner.router.proxy import RouterConfig  # noqa: E402
+from autotuner.router.runner import PolicyRefused, RouterThread, build_router  # noqa: E402
+
+SANDBOX = next((name for name in ("bwrap", "process") if backend_status(name)[0]), None)
+pytestmark = pytest.mark.skipif(SANDBOX is None, reason="no bwrap or process sandbox here")
+
+ALWAYS_LAST = '''"""Every request to the last backend."""
+
+TUNABLES = {}
+
+
+def route(request, cluster, params):
+    return len(cluster.replicas) - 1
+'''
+RAISES = '''"""A policy whose route() always raises."""
+
+TUNABLES = {}
+
+
+def route(request, cluster, params):
+    raise RuntimeError("no decision")
+'''
+SLOW = '''"""A policy whose route() takes far longer than the router waits (~0.3 s of CPU)."""
+
+TUNABLES = {}
+
+
+def route(request, cluster, params):
+    return sum(range(10_000_000)) % len(cluster.replicas)
+'''
+LEAST = str(Path(__file__).resolve().parents[1] / "baselines" / "least_outstanding.py")
+
+
+# -- fake backends -------------------------------------------------------------------------------
+class FakeBackend:
+    """A tiny OpenAI-style server on its own thread. The request body steers it: ``stream``,
+    ``chunks``, ``die_after`` (abort the connection after that many chunks), ``status``."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.requests = 0
+        self.loop = asyncio.new_event_loop()
+        bound: Future = Future()
+        app = web.Application()
+        app.router.add_post("/v1/completions", self.complete)
+        app.router.add_post("/v1/chat/completions", self.complete)
+        app.router.add_get("/v1/models", self.models)
+
+        async def start() -> None:
+            self.runner = web.AppRunner(app, access_log=None)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            bound.set_result(self.runner.addresses[0][1])
+
+        def main() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(start())
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.runner.cleanup())
+
+        self.thread = threading.Thread(target=main, daemon=True)
+        self.thread.start()
+        self.port = bound.result(10)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.name}]})
+
+    async def complete(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = await request.json()
+        if "status" in body:
+            return web.json_response({"error": {"message": "busy", "backend": self.name}},
+                                     status=body["status"])
+        chunks = int(body.get("chunks", 5))
+        if not body.get("stream"):
+            return web.json_response({"backend": self.name, "text": "x" * chunks})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(chunks):
+            if body.get("die_after") == i:
+                request.transport.abort()
+                return response
+            await response.write(f'data: {{"i": {i}, "text": "tok{i}"}}\n\n'.encode())
+            await asyncio.sleep(0.005)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def backends(request):
+    made: list[FakeBackend] = []
+
+    def make(n: int) -> list[FakeBackend]:
+        made.extend(FakeBackend(f"fake{i}") for i in range(n))
+        return made
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def router(tmp_path):
+    started: list[RouterThread] = []
+
+    def make(policy: str, urls: list[str], **config) -> RouterThread:
+        path = policy if policy.endswith(".py") and os.path.exists(policy) else None
+        if path is None:
+            path = tmp_path / "policy.py"
+            path.write_text(policy)
+        built = build_router(path, RouterConfig(tuple(urls), **config), sandbox=SANDBOX)
+        thread = RouterThread(built)
+        started.append(thread)
+        return thread
+
+    yield make
+    for thread in started:
+        thread.close()
+
+
+def post(url: str, path: str, body: dict, timeout: float = 30) -> tuple[int, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        try:
+            data = response.read()
+        except http.client.IncompleteRead as exc:
+            data = exc.partial
+        return response.status, data
+    finally:
+        conn.close()
+
+
+def status(thread: RouterThread) -> dict:
+    return json.loads(post_get(thread.url, "/router/status"))
+
+
+def post_get(url: str, path: str) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+# -- fake-backend tests --------------------------------------------------------------------------
+def test_routing_follows_the_policy(backends, router):
+    fakes = backends(3)
+    thread = router(ALWAYS_LAST, [f.url for f in fakes])
+    for _ in range(6):
+        code, body = post(thread.url, "/v1/completions", {"prompt": "hello"})
+        assert code == 200 and json.loads(body)["backend"] == "fake2"
+    assert [f.requests for f in fakes] == [0, 0, 6]
+    metrics = post_get(thread.url, "/metrics").decode()
+    assert f'autotuner_router_decisions_total{{backend="{fakes[2].url}",by="policy"}} 6' in metrics
+
+
+def test_streaming_is_passed_through_byte_for_byte(backends, router):
+    fakes = backends(2)
+    thread = router(ALWAYS_LAST, [f.url for f in fakes])
+    request = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "chunks": 12}
+    direct = post(fakes[1].url, "/v1/chat/completions", request)
+    routed = post(thread.url, "/v1/chat/completions", request)
+    assert routed == direct
+    assert routed[1].endswith(b"data: [DONE]\n\n") and routed[1].count(b"data: ") == 13
+
+
+def test_a_backend_error_status_is_passed_through(backends, router):
+    fakes = backends(2)
+    thread = router(ALWAYS_LAST, [f.url for f in fakes])
+    code, body = post(thread.url, "/v1/completions", {"prompt": "x", "status": 429})
+    assert code == 429 and json.loads(body)["error"]["backend"] == "fake1"
+    assert fakes[0].requests == 0  # an answer, however bad, is not retried
+
+
+def test_models_come_from_a_backend(backends, router):
+    fakes = backends(2)
+    thread = router(ALWAYS_LAST, [f.url for f in fakes])
+    assert json.loads(post_get(thread.url, "/v1/models"))["data"][0]["id"] == "fake0"
+
+
+def test_a_dead_backend_is_retried_elsewhere(backends, router):
+    fakes = backends(2)
+    with socket.socket() as dead:  # bound, never listening: every connection is refused
+        dead.bind(("127.0.0.1", 0))
+        thread = router(ALWAYS_LAST, [fakes[0].url, f"http://127.0.0.1:{dead.getsockname()[1]}"])
+        results = [post(thread.url, "/v1/completions", {"prompt": "p"}) for _ in range(5)]
+    assert all(code == 200 and json.loads(body)["backend"] == "fake0" for code, body in results)
+    assert "autotuner_router_retries_total 5" in post_get(thread.url, "/metrics").decode()
+
+
+def test_a_backend_dying_mid_stream_fails_only_that_request(backends, router):
+    fakes = backends(2)
+    thread = router(LEAST, [f.url for f in fakes])
+    bodies = [{"prompt": f"p{i}", "stream": True, "chunks": 20} for i in range(7)]
+    bodies.insert(3, {"prompt": "doomed", "stream": True, "chunks": 20, "die_after": 4})
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: post(thread.url, "/v1/completions", b), bodies))
+    doomed = results.pop(3)
+    assert doomed[0] == 200
+    events = [e for e in doomed[1].split(b"\n\n") if e.strip()]
+    assert [json.loads(e[6:])["i"] for e in events[:-1]] == [0, 1, 2, 3]
+    error = json.loads(events[-1].removeprefix(b"data: "))["error"]
+    assert error["type"] == "backend_error" and "mid-stream" in error["message"]
+    for code, body in results:
+        assert code == 200 and body.endswith(b"data: [DONE]\n\n") and body.count(b"data: ") == 21
+    assert status(thread)["loads"][0]["running"] == 0  # the dead stream was released
+
+
+def test_a_failing_or_slow_policy_falls_back_and_loses_nothing(backends, router):
+    fakes = backends(2)
+    thread = router(RAISES, [f.url for f in fakes])
+    assert all(post(thread.url, "/v1/completions", {"prompt": "q"})[0] == 200 for _ in range(4))
+    assert status(thread)["fallbacks"] == {"error": 4}
+    slow = router(SLOW, [f.url for f in fakes], policy_timeout_s=0.05)
+    assert all(post(slow.url, "/v1/completions", {"prompt": "q"})[0] == 200 for _ in range(2))
+    assert status(slow)["fallbacks"] == {"timeout": 2}
+
+
+def test_a_killed_policy_worker_falls_back_then_restarts(backends, router):
+    fakes = backends(2)
+    thread = router(ALWAYS_LAST, [f.url for f in fakes])
+    codes = [post(thread.url, "/v1/completions", {"prompt": "a"})[0] for _ in range(3)]
+    pid = status(thread)["policy_worker_pid"]
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        codes.append(post(thread.url, "/v1/completions", {"prompt": "b"})[0])
+        now = status(thread)
+        if now["policy_restarts"] >= 1 and now["policy_worker_pid"] not in (None, pid):
+            break
+        time.sleep(0.05)
+    now = status(thread)
+    assert now["policy_restarts"] >= 1 and now["fallbacks"].get("worker_dead", 0) >= 1
+    codes += [post(thread.url, "/v1/completions", {"prompt": "c"})[0] for _ in range(3)]
+    assert set(codes) == {200}  # 0 requests lost
+    after = status(thread)["decisions"]
+    assert after[f"{fakes[1].url}|policy"] >= 6  # the restarted worker decides again
+
+
+def test_a_refused_policy_starts_nothing(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("import os\n\ndef route(request, cluster, params):\n    return 0\n")
+    with pytest.raises(PolicyRefused):
+        build_router(path, RouterConfig(("http://127.0.0.1:9",)), sandbox=SANDBOX)
