@@ -276,3 +276,34 @@ def test_a_refused_policy_starts_nothing(tmp_path):
     path.write_text("import os\n\ndef route(request, cluster, params):\n    return 0\n")
     with pytest.raises(PolicyRefused):
         build_router(path, RouterConfig(("http://127.0.0.1:9",)), sandbox=SANDBOX)
+
+
+# -- real llama.cpp servers ----------------------------------------------------------------------
+def _llama_reason() -> str:
+    from autotuner.router.compare import llama_unavailable
+
+    return llama_unavailable()
+
+
+@pytest.fixture(scope="module")
+def llama_urls():
+    from autotuner.router.compare import llama_servers
+
+    with llama_servers(2) as urls:
+        yield urls
+
+
+@pytest.mark.skipif(bool(_llama_reason()), reason=_llama_reason() or "available")
+def test_real_llama_servers_round_robin_vs_policy(llama_urls):
+    from autotuner.resources import baseline_path
+    from autotuner.router.compare import measure, table
+    from autotuner.router.loadgen import chat_workload
+
+    shots = chat_workload(6, rate=1.5, seed=7, max_tokens=4, shared_prefix_share=0.3)
+    rows = [measure(baseline_path("fixed_chunk"), "round robin", llama_urls, shots, SANDBOX),
+            measure(LEAST, "least_outstanding", llama_urls, shots, SANDBOX)]
+    print("\n" + table(rows))
+    for row in rows:
+        assert row.ok == row.requests == 6 and row.fallbacks == 0
+    assert rows[0].per_backend == (3, 3)  # round robin alternates exactly
+    assert rows[0].ttft_p50_s > 0 and rows[1].ttft_p50_s > 0
