@@ -278,6 +278,20 @@ def test_a_refused_policy_starts_nothing(tmp_path):
         build_router(path, RouterConfig(("http://127.0.0.1:9",)), sandbox=SANDBOX)
 
 
+def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from autotuner.commands.main import main
+
+    assert main(["router", "--policy", "least_outstanding", "--backend", "localhost:1"]) == 2
+    assert "give a URL" in capsys.readouterr().err
+    path = tmp_path / "toplevel.py"
+    path.write_text('TUNABLES = {}\n\nraise ValueError("boom")\n\n\n'
+                    'def route(request, cluster, params):\n    return 0\n')
+    for argv in (["--policy", str(path)], ["--policy", "least_outstanding", "--param", "nope=1"]):
+        code = main(["router", *argv, "--backend", "http://127.0.0.1:9", "--sandbox", SANDBOX])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("autotuner router: error:")
+
+
 # -- real llama.cpp servers ----------------------------------------------------------------------
 def _llama_reason() -> str:
     from autotuner.router.compare import llama_unavailable

@@ -74,12 +74,16 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # aiohttp is the optional extra `router`
         raise CLIError(f"the router needs aiohttp: pip install 'autotuner[router]' ({exc})") \
             from exc
+    from autotuner.isolation import WorkerFault
+
     config = _config(args)
     try:
         router = build_router(resolve_policy_path(args.policy), config,
                               parse_params(args.param), args.sandbox)
     except PolicyRefused as exc:
         raise CLIError(str(exc)) from exc
+    except WorkerFault as exc:  # the policy failed to load in its worker, or the sandbox
+        raise CLIError(f"the policy worker did not start: {exc}") from exc
     print(f"autotuner router: http://{args.host}:{args.port} -> {', '.join(config.backends)} "
           f"(policy {args.policy}, worker pid {router.policy.pid()})", file=sys.stderr)
     try:
