@@ -278,6 +278,55 @@ def test_a_refused_policy_starts_nothing(tmp_path):
         build_router(path, RouterConfig(("http://127.0.0.1:9",)), sandbox=SANDBOX)
 
 
+def test_prefix_hits_are_estimated_from_the_prompts_sent():
+    from autotuner.router.observe import LiveCluster, block_hashes
+
+    shared = "s" * 64 * 10  # ten 16-token blocks of 4 chars a token
+    first, second = block_hashes(shared + "a" * 64), block_hashes(shared + "b" * 64)
+    assert len(first) == len(second) == 11 and first[:10] == second[:10] and first[10] != second[10]
+    cluster = LiveCluster(2, kv_capacity_tokens=1000)
+    cluster.sent(1, 176, first)
+    view = cluster.view(cluster.request(176, second), second)
+    assert [r.prefix_hit_tokens for r in view.replicas] == [0, 160]
+    assert [(r.waiting, r.waiting_tokens, r.outstanding) for r in view.replicas] == \
+        [(0, 0, 0), (1, 176, 1)]
+    assert view.replicas[1].kv_free_tokens == 1000 - 176
+    cluster.first_byte(1, 176)
+    cluster.done(1, 176, started=True)
+    assert cluster.view(cluster.request(1, []), []).replicas[1].outstanding == 0
+
+
+STICKY = '''"""Round robin, except to the backend holding most of the prompt's prefix."""
+
+TUNABLES = {}
+
+
+def route(request, cluster, params):
+    best = max(cluster.replicas, key=lambda r: (r.prefix_hit_tokens, -r.replica))
+    if best.prefix_hit_tokens > 0:
+        return best.replica
+    return request.id % len(cluster.replicas)
+'''
+
+
+def test_a_policy_sees_prefix_hits_live(backends, router):
+    fakes = backends(3)
+    thread = router(STICKY, [f.url for f in fakes])
+    system = "You are a careful assistant. " * 60  # about 440 estimated tokens
+    seen = set()
+    for i in range(6):
+        body = {"messages": [{"role": "system", "content": system},
+                             {"role": "user", "content": f"question {i}"}]}
+        code, answer = post(thread.url, "/v1/chat/completions", body)
+        assert code == 200
+        seen.add(json.loads(answer)["backend"])
+    assert seen == {"fake0"} and status(thread)["fallbacks"] == {}  # round robin: all three
+    code, answer = post(thread.url, "/v1/completions", {"prompt": "unrelated"})
+    assert json.loads(answer)["backend"] == "fake0"  # id 6 % 3: no hit, round robin again
+    code, answer = post(thread.url, "/v1/completions", {"prompt": "unrelated two"})
+    assert json.loads(answer)["backend"] == "fake1"
+
+
 def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):
     from autotuner.commands.main import main
 
