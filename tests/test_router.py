@@ -370,3 +370,34 @@ def test_real_llama_servers_round_robin_vs_policy(llama_urls):
         assert row.ok == row.requests == 6 and row.fallbacks == 0
     assert rows[0].per_backend == (3, 3)  # round robin alternates exactly
     assert rows[0].ttft_p50_s > 0 and rows[1].ttft_p50_s > 0
+
+
+@pytest.mark.skipif(bool(_llama_reason()), reason=_llama_reason() or "available")
+def test_a_real_server_killed_mid_stream_fails_only_its_streams():
+    from autotuner.router.compare import llama_servers
+    from autotuner.router.loadgen import Shot, chat_workload, replay
+
+    pids: dict[str, int] = {}
+    with llama_servers(2, pids=pids) as urls:
+        built = build_router(LEAST, RouterConfig(tuple(urls)), sandbox=SANDBOX)
+        with RouterThread(built) as thread:
+            shots = [Shot(0.01 * i, "/v1/completions", {
+                "prompt": f"Chapter {i}. Once upon a time, in a small village,", "stream": True,
+                "max_tokens": 300, "temperature": 0.0}) for i in range(4)]
+            def kill_when_streaming() -> None:  # server 1 mid-stream: bytes sent, not finished
+                deadline = time.monotonic() + 60
+                while built.cluster.loads[1].running < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.3)
+                os.killpg(pids[urls[1]], signal.SIGKILL)
+
+            killer = threading.Thread(target=kill_when_streaming)
+            killer.start()
+            during = replay(thread.url, shots, timeout=120)
+            killer.join()
+            after = replay(thread.url, chat_workload(3, rate=100.0, seed=4, max_tokens=2))
+            per_backend = [built.metrics.decisions[(i, "policy")] for i in range(2)]
+    assert all(o.status == 200 for o in during + after)  # every client got an answer
+    cut = [o for o in during if not o.complete]
+    assert 1 <= len(cut) <= per_backend[1] and all("failed mid-stream" in o.error for o in cut)
+    assert all(o.complete for o in after)  # the dead server's share is retried on the live one

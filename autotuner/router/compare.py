@@ -54,9 +54,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def llama_servers(count: int, n_ctx: int = 1024, start_timeout_s: float = 120.0
-                  ) -> Iterator[list[str]]:
-    """``count`` llama.cpp servers on 127.0.0.1, one thread each; all killed on the way out."""
+def llama_servers(count: int, n_ctx: int = 1024, start_timeout_s: float = 120.0,
+                  pids: dict[str, int] | None = None) -> Iterator[list[str]]:
+    """``count`` llama.cpp servers on 127.0.0.1, one thread each; all killed on the way out.
+    ``pids`` gets each URL's process id (its own process group)."""
     model = smollm2_model()
     if model is None:
         raise RuntimeError(llama_unavailable())
@@ -71,6 +72,8 @@ def llama_servers(count: int, n_ctx: int = 1024, start_timeout_s: float = 120.0
                  "--interrupt_requests", "False"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
             urls.append(f"http://127.0.0.1:{port}")
+            if pids is not None:
+                pids[urls[-1]] = procs[-1].pid
         deadline = time.monotonic() + start_timeout_s
         for proc, url in zip(procs, urls, strict=True):
             while True:
