@@ -67,6 +67,8 @@ class FakeBackend:
         app.router.add_post("/v1/completions", self.complete)
         app.router.add_post("/v1/chat/completions", self.complete)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/metrics", self.engine_metrics)
+        self.metrics_text: str | None = None  # what /metrics says; None: 404
 
         async def start() -> None:
             self.runner = web.AppRunner(app, access_log=None)
@@ -88,6 +90,11 @@ class FakeBackend:
 
     async def models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.name}]})
+
+    async def engine_metrics(self, _request: web.Request) -> web.Response:
+        if self.metrics_text is None:
+            return web.Response(status=404)
+        return web.Response(text=self.metrics_text)
 
     async def complete(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -325,6 +332,30 @@ def test_a_policy_sees_prefix_hits_live(backends, router):
     assert json.loads(answer)["backend"] == "fake0"  # id 6 % 3: no hit, round robin again
     code, answer = post(thread.url, "/v1/completions", {"prompt": "unrelated two"})
     assert json.loads(answer)["backend"] == "fake1"
+
+
+def test_an_engines_own_gauges_count_in_the_view(backends, router):
+    from autotuner.router.observe import parse_engine_metrics
+
+    vllm = ('# HELP vllm:num_requests_running x\n'
+            'vllm:num_requests_running{model_name="m"} 9.0\n'
+            'vllm:num_requests_waiting{model_name="m"} 5.0\n'
+            'vllm:gpu_cache_usage_perc{model_name="m"} 0.5\n')
+    assert vars(parse_engine_metrics(vllm)) == {"running": 9, "waiting": 5, "kv_usage": 0.5}
+    assert parse_engine_metrics("llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\n"
+                                ).running == 2
+    assert parse_engine_metrics("process_cpu_seconds_total 3\n") is None
+    fakes = backends(2)
+    fakes[0].metrics_text = vllm  # busy with other clients' requests
+    thread = router(LEAST, [f.url for f in fakes], engine_metrics_s=0.05,
+                    kv_capacity_tokens=1000)
+    deadline = time.monotonic() + 10
+    while status(thread)["loads"][0]["engine"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status(thread)["loads"][0]["engine"] == {"running": 9, "waiting": 5, "kv_usage": 0.5}
+    answers = [json.loads(post(thread.url, "/v1/completions", {"prompt": "x"})[1])["backend"]
+               for _ in range(3)]
+    assert answers == ["fake1"] * 3  # least-outstanding, counting fake0's own report
 
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):

@@ -25,7 +25,9 @@ waiting, and prefix-cache hits estimated from 16-token block hashes of the promp
 backend. Prompt tokens come from the first backend with a tokenize endpoint (llama-cpp-python's
 /extras/tokenize, vLLM's /tokenize); without one, and with --no-tokenize, they are ESTIMATED as
 characters/4 (the chat template's tokens are not counted either way). KV capacity cannot be
-observed: --kv-capacity-tokens sets it. The policy runs in one long-lived sandboxed worker; a
+observed: --kv-capacity-tokens sets it. Where a backend's /metrics has vLLM's or llama.cpp's
+gauges, its own running/waiting counts (every client's) raise the router's, and its KV use bounds
+the free room. The policy runs in one long-lived sandboxed worker; a
 decision later than --policy-timeout-ms, or one that fails, falls back to least-outstanding
 routing (counted at GET /metrics), and a dead worker is restarted. GET /v1/models is answered by
 the first backend that responds; GET /router/status shows the live view as JSON."""
@@ -45,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="each backend's KV cache in tokens, as the policy is told (default 65536)")
     p.add_argument("--no-tokenize", action="store_true",
                    help="never ask a backend to tokenize; estimate prompt tokens as chars/4")
+    p.add_argument("--engine-metrics-s", type=float, default=1.0,
+                   help="read each backend's /metrics this often (vLLM's or llama.cpp's gauges: "
+                   "running, waiting, KV use; 0: never; default 1)")
     p.add_argument("--read-timeout-s", type=float, default=600.0,
                    help="longest silence from a backend mid-response (default 600)")
     add_sandbox_option(p, help_text="isolation backend for the policy worker (bwrap or process; "
@@ -59,12 +64,15 @@ def _config(args: argparse.Namespace):
             raise CLIError(f"--backend {url!r}: give a URL such as http://127.0.0.1:8001")
     if not 0 <= args.port < 65536:
         raise CLIError(f"--port {args.port}: not a port number")
+    if args.engine_metrics_s < 0:
+        raise CLIError("--engine-metrics-s must be 0 (never) or positive")
     if args.policy_timeout_ms <= 0 or args.kv_capacity_tokens < 1 or args.read_timeout_s <= 0:
         raise CLIError("--policy-timeout-ms, --kv-capacity-tokens and --read-timeout-s must be "
                        "positive")
     return RouterConfig(tuple(args.backend), policy_timeout_s=args.policy_timeout_ms / 1000,
                         kv_capacity_tokens=args.kv_capacity_tokens, tokenize=not args.no_tokenize,
-                        read_timeout_s=args.read_timeout_s)
+                        read_timeout_s=args.read_timeout_s,
+                        engine_metrics_s=args.engine_metrics_s)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,13 +4,16 @@ Per backend: requests in flight, split into *waiting* (sent, no response byte ye
 prefill as far as the router can tell) and *running* (streaming their output); prompt tokens
 waiting; and the prefix-cache hits this request would get, estimated from chained hashes of
 fixed-size blocks of the prompts already sent to that backend (as vLLM's and SGLang's caches key
-them). The router cannot see a backend's KV cache: ``kv_capacity_tokens`` is a setting and
-``kv_free_tokens`` is that minus the prompt tokens in flight there.
+them). Where a backend exposes vLLM's or llama.cpp's gauges at /metrics, its own counts of
+running and waiting requests (every client's) raise ours, and its KV-cache use bounds the free
+room. ``kv_capacity_tokens`` is a setting; ``kv_free_tokens`` is that minus the prompt tokens in
+flight there (or the engine's reported use, when lower).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -41,6 +44,43 @@ def block_hashes(text: str, block_chars: int = BLOCK_CHARS) -> list[bytes]:
     return hashes
 
 
+# Gauges an engine's own /metrics gives, by engine: (running, waiting, KV cache use 0..1).
+ENGINE_GAUGES = {
+    "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting",
+             ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),
+    "llama.cpp": ("llamacpp:requests_processing", "llamacpp:requests_deferred",
+                  ("llamacpp:kv_cache_usage_ratio",)),
+}
+
+
+SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}\n]*\})?[ \t]+(\S+)", re.M)
+
+
+@dataclass(frozen=True)
+class EngineGauges:
+    """What a backend says about itself: it counts every client's requests, not only ours."""
+
+    running: int
+    waiting: int
+    kv_usage: float | None  # share of its KV cache in use, when it says
+
+
+def parse_engine_metrics(text: str) -> EngineGauges | None:
+    """vLLM's or llama.cpp's gauges from Prometheus text (summed over label sets); None when
+    neither engine's are there."""
+    values: dict[str, float] = {}
+    for match in SAMPLE_LINE.finditer(text):
+        try:
+            values[match[1]] = values.get(match[1], 0.0) + float(match[2])
+        except ValueError:
+            continue
+    for running, waiting, usage in ENGINE_GAUGES.values():
+        if running in values and waiting in values:
+            kv = next((values[u] for u in usage if u in values), None)
+            return EngineGauges(int(values[running]), int(values[waiting]), kv)
+    return None
+
+
 @dataclass
 class BackendLoad:
     """One backend's live counters (mutated only on the event loop)."""
@@ -50,6 +90,7 @@ class BackendLoad:
     waiting_tokens: int = 0
     tokens_in_flight: int = 0
     blocks: OrderedDict = field(default_factory=OrderedDict)
+    engine: EngineGauges | None = None  # the backend's own last report, when it has /metrics
 
     def hit_blocks(self, hashes: list[bytes]) -> int:
         hits = 0
@@ -89,11 +130,17 @@ class LiveCluster:
         replicas = []
         for index, load in enumerate(self.loads):
             hit = min(request.prompt_tokens, load.hit_blocks(hashes) * block_tokens)
-            replicas.append(ReplicaLoad(
-                index, load.running, load.waiting, load.waiting_tokens,
-                load.running + load.waiting,
-                max(0, self.kv_capacity_tokens - load.tokens_in_flight),
-                self.kv_capacity_tokens, hit))
+            running, waiting = load.running, load.waiting
+            kv_free = max(0, self.kv_capacity_tokens - load.tokens_in_flight)
+            if load.engine is not None:  # it also serves other clients: the larger count wins
+                running, waiting = max(running, load.engine.running), \
+                    max(waiting, load.engine.waiting)
+                if load.engine.kv_usage is not None:
+                    used = min(1.0, max(0.0, load.engine.kv_usage))
+                    kv_free = min(kv_free, int(self.kv_capacity_tokens * (1.0 - used)))
+            replicas.append(ReplicaLoad(index, running, waiting, load.waiting_tokens,
+                                        running + waiting, kv_free, self.kv_capacity_tokens,
+                                        hit))
         return ClusterView(request.arrival, tuple(replicas))
 
     def least_outstanding(self, exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from .metrics import RouterMetrics
-from .observe import LiveCluster, block_hashes, estimate_tokens
+from .observe import LiveCluster, block_hashes, estimate_tokens, parse_engine_metrics
 from .policy_worker import PolicyUnavailable, PolicyWorker
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -41,6 +41,7 @@ class RouterConfig:
     tokenize: bool = True  # ask a backend's tokenize endpoint when it has one
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
+    engine_metrics_s: float = 1.0  # how often to read each backend's /metrics (0: never)
 
 
 def prompt_text(path: str, payload: Any) -> str:
@@ -76,6 +77,7 @@ class Router:
         self.metrics = RouterMetrics(self.backends)
         self.tokenizer: tuple[str, str] | None = None  # (url, "llama.cpp"|"vllm")
         self.session: aiohttp.ClientSession | None = None
+        self._scraper: asyncio.Task | None = None
 
     # -- lifecycle
     def app(self) -> web.Application:
@@ -97,8 +99,34 @@ class Router:
             connector=aiohttp.TCPConnector(limit=0, force_close=False))
         if self.config.tokenize:
             self.tokenizer = await self._find_tokenizer()
+        if self.config.engine_metrics_s > 0:
+            self._scraper = asyncio.get_running_loop().create_task(self._scrape_engines())
+
+    async def _scrape_engines(self) -> None:
+        """Read each backend's own gauges (vLLM's, llama.cpp's) every ``engine_metrics_s``; a
+        backend that answers three times without them is not asked again."""
+        assert self.session is not None
+        misses = [0] * len(self.backends)
+        timeout = aiohttp.ClientTimeout(total=min(1.0, self.config.engine_metrics_s))
+        while True:
+            for index, url in enumerate(self.backends):
+                if misses[index] >= 3:
+                    continue
+                load = self.cluster.loads[index]
+                try:
+                    async with self.session.get(url + "/metrics", timeout=timeout) as r:
+                        gauges = parse_engine_metrics(await r.text()) if r.status == 200 \
+                            else None
+                except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
+                    load.engine = None  # unreachable: no stale report
+                    continue
+                load.engine = gauges
+                misses[index] = 0 if gauges is not None else misses[index] + 1
+            await asyncio.sleep(self.config.engine_metrics_s)
 
     async def _close(self, _app: web.Application) -> None:
+        if self._scraper is not None:
+            self._scraper.cancel()
         if self.session is not None:
             await self.session.close()
 
@@ -255,7 +283,9 @@ class Router:
                             content_type="text/plain", charset="utf-8")
 
     async def status(self, _request: web.Request) -> web.Response:
-        loads = [vars(load) | {"blocks": len(load.blocks)} for load in self.cluster.loads]
+        loads = [vars(load) | {"blocks": len(load.blocks),
+                               "engine": vars(load.engine) if load.engine else None}
+                 for load in self.cluster.loads]
         return web.json_response({
             "backends": self.backends, "loads": loads,
             "policy_worker_pid": self.policy.pid(), "policy_restarts": self.policy.restarts,
