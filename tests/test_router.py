@@ -50,6 +50,15 @@ TUNABLES = {}
 def route(request, cluster, params):
     return sum(range(10_000_000)) % len(cluster.replicas)
 '''
+ENDLESS = '''"""A policy whose route() never returns."""
+
+TUNABLES = {}
+
+
+def route(request, cluster, params):
+    while True:
+        pass
+'''
 LEAST = str(Path(__file__).resolve().parents[1] / "baselines" / "least_outstanding.py")
 
 
@@ -255,6 +264,25 @@ def test_a_failing_or_slow_policy_falls_back_and_loses_nothing(backends, router)
     slow = router(SLOW, [f.url for f in fakes], policy_timeout_s=0.05)
     assert all(post(slow.url, "/v1/completions", {"prompt": "q"})[0] == 200 for _ in range(2))
     assert status(slow)["fallbacks"] == {"timeout": 2}
+
+
+def test_a_stuck_policy_worker_is_killed_and_restarted(backends, router, monkeypatch):
+    from autotuner.router import policy_worker
+
+    monkeypatch.setattr(policy_worker, "MAX_UNANSWERED", 2)
+    monkeypatch.setattr(policy_worker, "STUCK_S", 0.3)
+    fakes = backends(2)
+    thread = router(ENDLESS, [f.url for f in fakes])
+    pid = status(thread)["policy_worker_pid"]
+    codes = []
+    deadline = time.monotonic() + 30
+    while status(thread)["policy_restarts"] < 1 and time.monotonic() < deadline:
+        codes.append(post(thread.url, "/v1/completions", {"prompt": "z"})[0])
+        time.sleep(0.05)
+    now = status(thread)
+    assert now["policy_restarts"] >= 1 and now["policy_worker_pid"] != pid
+    assert set(codes) == {200} and now["fallbacks"]["timeout"] == 2
+    assert now["fallbacks"]["backlog"] >= 1
 
 
 def test_a_killed_policy_worker_falls_back_then_restarts(backends, router):

@@ -27,6 +27,9 @@ MAX_ANSWER_BYTES = 1 << 20
 # Queries written and not yet answered (timed-out ones included): kept well below what a pipe
 # buffers (64 KiB), so that writing a query never blocks the event loop behind a slow policy.
 MAX_UNANSWERED = 128
+# A worker that has answered nothing for this long while decisions pile up is stuck (a policy in
+# an endless loop): it is killed, and so restarted.
+STUCK_S = 5.0
 START_TIMEOUT_S = 60.0
 # A router runs for days: the per-run limits of a campaign's worker do not apply, but memory,
 # processes and output stay capped.
@@ -58,6 +61,7 @@ class PolicyWorker:
         self._buffer = b""
         self._err_bytes = 0
         self._unanswered = 0
+        self._last_answer = 0.0
         self._handle: Any = None
         self._starting = False
         self._last_start = 0.0
@@ -94,6 +98,7 @@ class PolicyWorker:
         self._buffer = b""
         self._err_bytes = 0
         self._unanswered = 0
+        self._last_answer = time.monotonic()
         loop.add_reader(handle.proc.stdout.fileno(), self._readable, loop, handle, "out")
         loop.add_reader(handle.proc.stderr.fileno(), self._readable, loop, handle, "err")
         self._attached = True
@@ -118,6 +123,7 @@ class PolicyWorker:
                     lines, reason = [], "the policy worker sent a line too long"
                 else:
                     self._unanswered -= len(lines)
+                    self._last_answer = time.monotonic()
                     for line in lines:
                         self._resolve(line)
                     return
@@ -189,6 +195,8 @@ class PolicyWorker:
         if not self._attached:
             self._attach(handle)
         if self._unanswered >= MAX_UNANSWERED:
+            if time.monotonic() - self._last_answer > STUCK_S:
+                handle.kill()  # its end of output arrives next: _dead, then a restart
             raise PolicyUnavailable("backlog", f"{self._unanswered} decisions still unanswered")
         query_id = next(self._ids)
         query = {"i": query_id, "q": list(request),
