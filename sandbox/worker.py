@@ -109,6 +109,44 @@ def fingerprint(wl):
     return h.hexdigest()[:32]
 
 
+def _serve_routes(out, fd, request):
+    """The live router's long-lived mode (autotuner/router/policy_worker.py): load the policy
+    once, answer ``{"ready": ...}``, then one route() per stdin line until end of file.
+
+    A query is ``{"i": n, "q": [RequestView fields], "c": [now, [[ReplicaLoad fields], ...]]}``;
+    the answer ``{"i": n, "k": raw}`` or ``{"i": n, "e": reason}``. The trusted side checks every
+    answer (coerce_route) and falls back when it is late, wrong or missing, so nothing here is
+    believed. End of file (the router closed the pipe or died) ends the worker.
+    """
+    from autotuner.policy import load_policy, read_policy_source
+    from autotuner.sim.api import ClusterView, ReplicaLoad, RequestView
+
+    try:
+        source = read_policy_source(request["code"], request.get("name") or "<policy>")
+        route = load_policy(source, request.get("params") or {}).route
+    except BaseException as exc:  # noqa: BLE001 - a policy that fails to load is a result
+        _emit(out, {"end": {"error": f"the policy raised {_describe(exc)} while loading"}})
+        os._exit(0)
+    _emit(out, {"ready": True})
+    reader = os.fdopen(fd, "rb")
+    while True:
+        line = reader.readline(1 << 20)
+        if not line.endswith(b"\n"):
+            os._exit(0)
+        query = json.loads(line)
+        now, loads = query["c"]
+        cluster = ClusterView(now, tuple(ReplicaLoad(*load) for load in loads))
+        try:
+            raw = route(RequestView(*query["q"]), cluster)
+            answer = {"i": query["i"], "k": raw if isinstance(raw, (int, float)) else repr(raw)}
+        except BaseException as exc:  # noqa: BLE001 - a raising policy is an answer too
+            answer = {"i": query["i"], "e": _describe(exc)[:MAX_ERROR_CHARS]}
+        try:
+            _emit(out, answer)
+        except ValueError:  # NaN or an int too large for JSON: refused on the trusted side
+            _emit(out, {"i": query["i"], "e": "route() returned a non-finite number"})
+
+
 def main():
     out = os.dup(1)  # the result channel; fd 1 and sys.stdout become stderr from here on
     os.dup2(2, 1)
@@ -128,8 +166,11 @@ def main():
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    _die_with_parent(watched)
     request = json.loads(raw)
+    if request.get("serve_routes"):
+        _limit_self(request.get("limits") or {})
+        _serve_routes(out, watched, request)  # never returns
+    _die_with_parent(watched)
 
     if request.get("selftest"):
         _emit(out, {"selftest": "ok", "python": sys.version.split()[0],

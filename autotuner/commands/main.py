@@ -18,6 +18,7 @@ from autotuner.commands import (
     replay,
     report,
     resume,
+    router,
     run,
     show,
     simulate,
@@ -32,6 +33,7 @@ COMMANDS = {
     "simulate": simulate, "workloads": workloads, "calibrate": calibrate, "bench": bench,
     "evaluate": evaluate, "run": run, "resume": resume, "status": status, "diff": diff,
     "show": show, "replay": replay, "gate": gate, "report": report,
+    "router": router,
 }
 
 

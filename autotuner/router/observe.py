@@ -1,0 +1,173 @@
+"""What the router observes live, as the ClusterView the simulator gives a policy.
+
+Per backend: requests in flight, split into *waiting* (sent, no response byte yet: still in
+prefill as far as the router can tell) and *running* (streaming their output); prompt tokens
+waiting; and the prefix-cache hits this request would get, estimated from chained hashes of
+fixed-size blocks of the prompts already sent to that backend (as vLLM's and SGLang's caches key
+them). Where a backend exposes vLLM's or llama.cpp's gauges at /metrics, its own counts of
+running and waiting requests (every client's) raise ours, and its KV-cache use bounds the free
+room. ``kv_capacity_tokens`` is a setting; ``kv_free_tokens`` is that minus the prompt tokens in
+flight there (or the engine's reported use, when lower).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from autotuner.sim.api import ClusterView, ReplicaLoad, RequestView
+
+CHARS_PER_TOKEN = 4  # the estimate when no backend tokenizes: English text, BPE tokenizers
+PREFIX_BLOCK_TOKENS = 16  # the block the prefix estimate hashes (vLLM's default block size)
+MAX_REMEMBERED_BLOCKS = 50_000  # per backend, least recently sent dropped first
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+
+
+BLOCK_CHARS = PREFIX_BLOCK_TOKENS * CHARS_PER_TOKEN
+
+
+def block_hashes(text: str, block_chars: int = BLOCK_CHARS) -> list[bytes]:
+    """Chained digests of the prompt's full blocks: block k's digest covers blocks 0..k, so two
+    prompts share a digest exactly when they share that whole prefix."""
+    hashes: list[bytes] = []
+    chain = b""
+    data = text.encode("utf-8", "surrogatepass")
+    for start in range(0, len(data) - block_chars + 1, block_chars):
+        chain = hashlib.blake2b(chain + data[start:start + block_chars], digest_size=12).digest()
+        hashes.append(chain)
+    return hashes
+
+
+# Gauges an engine's own /metrics gives, by engine: (running, waiting, KV cache use 0..1).
+ENGINE_GAUGES = {
+    "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting",
+             ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),
+    "llama.cpp": ("llamacpp:requests_processing", "llamacpp:requests_deferred",
+                  ("llamacpp:kv_cache_usage_ratio",)),
+}
+
+
+SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}\n]*\})?[ \t]+(\S+)", re.M)
+
+
+@dataclass(frozen=True)
+class EngineGauges:
+    """What a backend says about itself: it counts every client's requests, not only ours."""
+
+    running: int
+    waiting: int
+    kv_usage: float | None  # share of its KV cache in use, when it says
+
+
+def parse_engine_metrics(text: str) -> EngineGauges | None:
+    """vLLM's or llama.cpp's gauges from Prometheus text (summed over label sets); None when
+    neither engine's are there."""
+    values: dict[str, float] = {}
+    for match in SAMPLE_LINE.finditer(text):
+        try:
+            values[match[1]] = values.get(match[1], 0.0) + float(match[2])
+        except ValueError:
+            continue
+    for running, waiting, usage in ENGINE_GAUGES.values():
+        if running in values and waiting in values:
+            kv = next((values[u] for u in usage if u in values), None)
+            return EngineGauges(int(values[running]), int(values[waiting]), kv)
+    return None
+
+
+@dataclass
+class BackendLoad:
+    """One backend's live counters (mutated only on the event loop)."""
+
+    running: int = 0
+    waiting: int = 0
+    waiting_tokens: int = 0
+    tokens_in_flight: int = 0
+    blocks: OrderedDict = field(default_factory=OrderedDict)
+    engine: EngineGauges | None = None  # the backend's own last report, when it has /metrics
+
+    def hit_blocks(self, hashes: list[bytes]) -> int:
+        hits = 0
+        for digest in hashes:
+            if digest not in self.blocks:
+                break
+            hits += 1
+        return hits
+
+    def remember(self, hashes: list[bytes]) -> None:
+        for digest in hashes:
+            self.blocks[digest] = None
+            self.blocks.move_to_end(digest)
+        while len(self.blocks) > MAX_REMEMBERED_BLOCKS:
+            self.blocks.popitem(last=False)
+
+
+class LiveCluster:
+    """The router's view of its backends; ``view()`` is what route() is given."""
+
+    def __init__(self, backends: int, kv_capacity_tokens: int):
+        self.loads = [BackendLoad() for _ in range(backends)]
+        self.kv_capacity_tokens = kv_capacity_tokens
+        self.started = time.monotonic()
+        self.arrivals = 0
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def request(self, prompt_tokens: int, hashes: list[bytes]) -> RequestView:
+        view = RequestView(self.arrivals, self.now(), prompt_tokens, len(hashes))
+        self.arrivals += 1
+        return view
+
+    def view(self, request: RequestView, hashes: list[bytes]) -> ClusterView:
+        block_tokens = max(1, request.prompt_tokens // max(1, len(hashes))) if hashes else 0
+        replicas = []
+        for index, load in enumerate(self.loads):
+            hit = min(request.prompt_tokens, load.hit_blocks(hashes) * block_tokens)
+            running, waiting = load.running, load.waiting
+            kv_free = max(0, self.kv_capacity_tokens - load.tokens_in_flight)
+            if load.engine is not None:  # it also serves other clients: the larger count wins
+                running, waiting = max(running, load.engine.running), \
+                    max(waiting, load.engine.waiting)
+                if load.engine.kv_usage is not None:
+                    used = min(1.0, max(0.0, load.engine.kv_usage))
+                    kv_free = min(kv_free, int(self.kv_capacity_tokens * (1.0 - used)))
+            replicas.append(ReplicaLoad(index, running, waiting, load.waiting_tokens,
+                                        running + waiting, kv_free, self.kv_capacity_tokens,
+                                        hit))
+        return ClusterView(request.arrival, tuple(replicas))
+
+    def least_outstanding(self, exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+        """The fallback: fewest in flight, then fewest prompt tokens waiting, then lowest index."""
+        candidates = [i for i in range(len(self.loads)) if i not in exclude] or \
+            list(range(len(self.loads)))
+        return min(candidates, key=lambda i: (self.loads[i].running + self.loads[i].waiting,
+                                              self.loads[i].waiting_tokens, i))
+
+    def sent(self, backend: int, prompt_tokens: int, hashes: list[bytes]) -> None:
+        load = self.loads[backend]
+        load.waiting += 1
+        load.waiting_tokens += prompt_tokens
+        load.tokens_in_flight += prompt_tokens
+        load.remember(hashes)
+
+    def first_byte(self, backend: int, prompt_tokens: int) -> None:
+        load = self.loads[backend]
+        load.waiting -= 1
+        load.waiting_tokens -= prompt_tokens
+        load.running += 1
+
+    def done(self, backend: int, prompt_tokens: int, started: bool) -> None:
+        load = self.loads[backend]
+        if started:
+            load.running -= 1
+        else:
+            load.waiting -= 1
+            load.waiting_tokens -= prompt_tokens
+        load.tokens_in_flight -= prompt_tokens
