@@ -198,6 +198,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     source = read_policy_file(resolve_policy_path(args.policy))
     params = source.resolve_params(parse_params(args.param))
     cluster = cluster_from(args)
+    if args.profile:
+        from dataclasses import replace
+
+        from autotuner.sim.measured import load_step_profile
+
+        step = load_step_profile(args.profile)
+        cluster = replace(cluster, profile=step, max_num_seqs=step.max_num_seqs)
     spec = workload_spec_from(args)
     slo = slo_from(args)
     workload = spec.build()
@@ -217,7 +224,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         print(f"policy    {source.name}  {params}")
         print(f"workload  {spec.label()}: {len(workload):,} requests at {workload.rate:.2f} req/s")
-        print(f"cluster   {cluster.replicas} x {cluster.model} on {cluster.gpu} (tp={cluster.tp})")
+        what = (
+            f"{cluster.profile.name} (measured step profile)"
+            if cluster.profile is not None
+            else f"{cluster.model} on {cluster.gpu} (tp={cluster.tp})"
+        )
+        print(f"cluster   {cluster.replicas} x {what}")
         print(format_metrics(metrics))
         if "capacity" in report:
             c = report["capacity"]
@@ -283,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_workload_options(p)
     add_slo_options(p)
     p.add_argument("--horizon", type=float, help="stop at this simulated time (s)")
+    p.add_argument("--profile", metavar="FILE", help="cost the cluster with a step-time "
+                   "profile of a live engine (autotuner profile) instead of --gpu's roofline")
     p.add_argument("--capacity", action="store_true",
                    help="also find the capacity: highest rate with --capacity-share in SLO")
     p.add_argument("--capacity-share", type=float, default=0.9)
@@ -313,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
+    from autotuner.commands import observe as observe_command
+    from autotuner.commands import profile as profile_command
+
+    profile_command.register(sub)
+    observe_command.register(sub)
     _add_campaign_commands(sub)
     return parser
 

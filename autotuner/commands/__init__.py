@@ -1,0 +1,1 @@
+"""Command-line wiring, one module per verb: argparse lines and exit codes, the work elsewhere."""
