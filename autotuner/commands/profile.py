@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--eos-token-id",
-        type=int,
+        type=int_list,
         action="append",
         default=[],
         metavar="ID",
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             concurrency=tuple(args.concurrency),
             kv_tokens=args.kv_tokens,
             prompt_chunk_tokens=args.prompt_chunk,
-            eos_token_ids=tuple(args.eos_token_id),
+            eos_token_ids=tuple(i for ids in args.eos_token_id for i in ids),
             timeout_s=args.timeout,
             seed=args.seed,
             name=args.name,
