@@ -531,3 +531,12 @@ def test_observe_command_prints_json_and_a_capacity_sweep(tmp_path, capsys):
     rates = [p["rate"] for p in data["capacity"]["points"]]
     assert rates == [2.0, 50.0]
     assert 0 <= data["capacity"]["measured_rate"] <= 50
+
+
+def test_a_profiled_cluster_spec_survives_the_sandbox_transport():
+    from dataclasses import asdict
+
+    spec = ClusterSpec(replicas=2, profile=PROFILE, max_num_seqs=1)
+    back = ClusterSpec(**json.loads(json.dumps(asdict(spec))))
+    assert back == spec and back.profile == PROFILE
+    assert back.cost_model().iteration_time(10, 55.0, 0, 0) == pytest.approx(0.035)

@@ -70,6 +70,11 @@ class ClusterSpec:
     max_num_seqs: int = 0
     profile: StepProfile | None = None
 
+    def __post_init__(self) -> None:
+        # A spec crosses the sandbox boundary as asdict() JSON: rebuild the profile record.
+        if isinstance(self.profile, dict):
+            object.__setattr__(self, "profile", StepProfile(**self.profile))
+
     def cost_model(self) -> CostModel | StepCostModel:
         if self.tp < 1 or self.replicas < 1:
             raise ValueError("tp and replicas must be at least 1")
