@@ -15,10 +15,15 @@ shape is controlled:
   stream's last token to the next stream's first token is the engine's own hand-off plus a
   prefill, with no client round trip in it: those become prefill observations too.
 
-The fit is non-negative least squares on relative error. Coefficients the probes cannot tell
-apart are pinned, and said so: with no iteration of more than one decode, ``decode_s`` is 0 and
+The fit is non-negative and minimises the mean absolute relative error (iteratively reweighted
+least squares), so a probe slowed by another process does not drag it. Coefficients the probes
+cannot tell apart are pinned, and said so: with no iteration of more than one decode, ``decode_s`` is 0 and
 ``base_s`` carries the whole decode step. The fit's error is reported per band of batch size
 (tokens in the iteration), not only overall.
+
+For a GPU engine the same linear model applies (BLIS uses it for vLLM); fitting the roofline
+constants of ``sim/costmodel.py`` from a live GPU engine is not done here (``autotuner
+calibrate`` fits them from operator profiles).
 
 No argparse here: ``autotuner/commands/profile.py`` is the command line.
 """
