@@ -259,6 +259,7 @@ class ObserveReport:
     failed: int
     attainment: dict[str, float]
     capacity: dict | None = None
+    drift: dict | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -276,6 +277,7 @@ class ObserveReport:
             "slo_attainment": self.attainment,
             **self.comparison,
             "capacity": self.capacity,
+            "engine_drift": self.drift,
         }
 
 
@@ -289,6 +291,7 @@ def observe(
     """Replay, simulate, compare; then the capacity sweep if the settings ask for one."""
     model, _ = server_model(endpoints[0])
     capped = cap_lengths(workload, profile, settings)
+    drift = decode_drift(endpoints, profile, settings, model)
     live = run_live(endpoints, capped, profile, settings, model)
     measured = measured_per_request(live)
     _, predicted = simulate_run(live.workload, profile, len(endpoints), settings.slo)
@@ -311,7 +314,29 @@ def observe(
         live.failed,
         attainment,
         capacity,
+        drift,
     )
+
+
+def decode_drift(
+    endpoints: Sequence[Endpoint], profile: StepProfile, settings: ObserveSettings, model: str
+) -> dict:
+    """One short probe per endpoint, all at once, before the replay: the engine's decode step
+    now against the profile's. Not used to correct anything; it says how much of a gap
+    between measured and predicted is the machine having changed since the profile."""
+    rng = random.Random(settings.seed + 7)
+    plan = [PlannedRequest(0.0, k, make_prompt(16, rng), 12) for k in range(len(endpoints))]
+    _, results = replay(
+        endpoints, model, plan, timeout=settings.timeout_s, eos_token_ids=settings.eos_token_ids
+    )
+    steps = [
+        (r.token_times[-1] - r.token_times[0]) / (len(r.token_times) - 1)
+        for r in results
+        if not r.error and len(r.token_times) >= 3
+    ]
+    expected = profile.iteration_time(0, 0.0, 1, 16 + 6)
+    now = float(np.median(steps)) if steps else math.nan
+    return {"decode_step_now_s": now, "decode_step_profile_s": expected, "ratio": now / expected}
 
 
 def capacity_sweep(
@@ -387,6 +412,12 @@ def format_report(rep: ObserveReport) -> str:
         lines.append(
             f"  per request {label:<11} MAPE {100 * p['mape']:.1f} %, Pearson r "
             f"{p['pearson_r']:.2f} (n={p['n']})"
+        )
+    if rep.drift and not math.isnan(rep.drift["ratio"]):
+        d = rep.drift
+        lines.append(
+            f"  engine now vs profile: decode step {_ms(d['decode_step_now_s'])} against "
+            f"{_ms(d['decode_step_profile_s'])} ({_err(d['ratio'] - 1)}; a shared machine drifts)"
         )
     a = rep.attainment
     lines.append(
