@@ -17,9 +17,9 @@ shape is controlled:
 
 The fit is non-negative and minimises the mean absolute relative error (iteratively reweighted
 least squares), so a probe slowed by another process does not drag it. Coefficients the probes
-cannot tell apart are pinned, and said so: with no iteration of more than one decode, ``decode_s`` is 0 and
-``base_s`` carries the whole decode step. The fit's error is reported per band of batch size
-(tokens in the iteration), not only overall.
+cannot tell apart are pinned, and said so: with no iteration of more than one decode,
+``decode_s`` is 0 and ``base_s`` carries the whole decode step. The fit's error is reported per
+band of batch size (tokens in the iteration), not only overall.
 
 For a GPU engine the same linear model applies (BLIS uses it for vLLM); fitting the roofline
 constants of ``sim/costmodel.py`` from a live GPU engine is not done here (``autotuner
