@@ -14,7 +14,6 @@ all writing; proposer threads hand their results back to it).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import math
 import sqlite3
@@ -24,6 +23,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from autotuner.identity import (
+    canonical,
+    evaluation_key,  # noqa: F401 - scoring still imports it from here (predates identity)
+    json_safe,
+    program_sha,
+    sha256,
+)
+
+_clean = json_safe  # review's name for it, from before autotuner.identity
 
 SCHEMA_VERSION = 1
 
@@ -96,48 +105,6 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 CREATE INDEX IF NOT EXISTS evaluations_candidate ON evaluations(candidate_id);
 """
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def canonical(obj: Any) -> str:
-    """JSON with sorted keys and no NaN (null instead), so equal inputs hash equally."""
-    return json.dumps(_clean(obj), sort_keys=True, separators=(",", ":"))
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        return _clean(value.item())
-    return value
-
-
-def program_sha(code: str) -> str:
-    """Identity of a program regardless of comments and formatting (two proposals that differ
-    only there behave identically, so the second is a duplicate)."""
-    import ast
-
-    try:
-        return sha256(ast.dump(ast.parse(code)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return sha256(code)
-
-
-def evaluation_key(code_sha: str, params: Mapping[str, Any], workload: Mapping[str, Any],
-                   rate: float | None, context: Mapping[str, Any]) -> str:
-    """The identity of one evaluation: policy code, parameter values, workload instance, rate,
-    and the context (cluster, SLO, request count) it was scored under."""
-    return sha256(canonical({
-        "code": code_sha, "params": params, "workload": workload,
-        "rate": None if rate is None else round(float(rate), 9), "context": context,
-    }))
 
 
 def unified_diff(old: str | None, new: str | None, old_name: str = "parent",
@@ -248,7 +215,7 @@ class Archive:
         self.conn.execute(
             "INSERT INTO meta(key, value) VALUES(?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (key, json.dumps(_clean(value))),
+            (key, json.dumps(json_safe(value))),
         )
 
     def set_meta(self, key: str, value: Any) -> None:

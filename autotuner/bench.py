@@ -1,60 +1,77 @@
-"""``autotuner bench``: the simulator's speed on the standard scenario, as figures and ratios.
+"""Benchmarks, as figures and ratios against a reference in the same process: the simulator's
+speed, what the sandbox costs on top of it, and whether capacity depends on run length.
 
 The standard scenario is the one the peer simulator Vidur was timed on: chat lengths, Poisson
 arrivals at 8 requests/s, 4 replicas of Llama-3-8B, 10,000 requests, fixed-chunk 512 with round
-robin. The reference in the same process is this simulator with decode fast-forward switched off
-(one Python step per iteration), so the ratio shows what the closed-form stretches buy.
+robin. The speed reference is this simulator with decode fast-forward switched off (one Python
+step per iteration), so the ratio shows what the closed-form stretches buy; the sandbox's is the
+same file run in process (load, simulate, metrics), as ``autotuner simulate`` runs it.
+
+A capacity that is a property of the policy, not of the run, must not move with the number of
+requests. Under a share-only yardstick it did: a short run absorbs a burst and drains it after the
+last arrival, and a policy that defers long prompts lets their backlog grow without bound while its
+share stays high, so its "capacity" fell from +56 % over the baseline at 2,000 requests to +7 % at
+40,000. ``capacity_against_length`` measures each policy's capacity at a short and a long run of
+the same scenario and seed: under the sustainable-capacity yardstick their ratio should stay within
+5 % of 1, for the baseline and for the starvation policies in ``audit_policies/``.
 """
 
 from __future__ import annotations
 
-import argparse
+import math
 import resource
-import sys
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from autotuner.policy import load_policy, read_policy_file
-from autotuner.resources import baseline_path
-from autotuner.sim.engine import ClusterSpec, simulate
-from autotuner.sim.metrics import SLO, slo_met
-from autotuner.sim.workload import make_workload
+from autotuner.evaluate import evaluate
+from autotuner.isolation import available_backends, get_backend
+from autotuner.policy import PolicySource, load_policy, read_policy_file
+from autotuner.resources import asset_dir, baseline_path
+from autotuner.sim.engine import ClusterSpec, SimResult, simulate
+from autotuner.sim.metrics import SLO, capacity, slo_met
+from autotuner.sim.workload import Workload, make_workload
+from autotuner.simulation import WorkloadSpec, metrics_of
 
 VIDUR_SECONDS = 30.0  # Vidur on a 2-core machine for the standard scenario (issue 2, measured)
+STANDARD_CLUSTER = ClusterSpec(model="llama-3-8b", gpu="h100", tp=1, replicas=4)
+SANDBOX_TARGET_RATIO = 1.5  # sandboxed over in-process wall time a campaign can live with
+DEFAULT_LENGTH_POLICIES = ("fixed_chunk", "shortest_first", "defer_long")
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--requests", type=int, default=10_000, help="requests (default 10,000)")
-    p.add_argument("--rate", type=float, default=8.0, help="arrival rate (default 8 req/s)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
-    p.add_argument("--large", action="store_true", help="also run 100,000 requests (memory)")
-    p.add_argument("--no-reference", action="store_true", help="skip the step-by-step run")
-    p.add_argument("--json", action="store_true")
-
-
-def _timed(cluster: ClusterSpec, wl: Any, fast: bool, repeat: int) -> tuple[float, Any]:
-    best, result = float("inf"), None
+# ------------------------------------------------------------------------------- speed
+def _timed(cluster: ClusterSpec, wl: Workload, fast: bool, repeat: int
+           ) -> tuple[float, SimResult]:
+    best, result = math.inf, None
     source = read_policy_file(baseline_path("fixed_chunk"))
     for _ in range(max(1, repeat)):
         policy = load_policy(source)
         t0 = time.perf_counter()
         result = simulate(cluster, wl, policy, fast_forward=fast)
         best = min(best, time.perf_counter() - t0)
+    assert result is not None
     return best, result
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    cluster = ClusterSpec(model="llama-3-8b", gpu="h100", tp=1, replicas=4)
+def simulator_speed(requests: int = 10_000, rate: float = 8.0, repeat: int = 3,
+                    reference: bool = True, large: bool = False) -> dict[str, Any]:
+    """The standard scenario's wall time (best of ``repeat``) and what it means: simulated
+    requests and iterations per second, the ratio to Vidur and, with ``reference``, to this
+    simulator step by step (with the largest finish-time difference between the two); ``large``
+    adds 100,000 requests' wall time and peak memory."""
+    cluster = STANDARD_CLUSTER
     t0 = time.perf_counter()
-    wl = make_workload("chat", args.requests, rate=args.rate, seed=0)
+    wl = make_workload("chat", requests, rate=rate, seed=0)
     gen_s = time.perf_counter() - t0
-    wall, result = _timed(cluster, wl, True, args.repeat)
+    wall, result = _timed(cluster, wl, True, repeat)
     out: dict[str, Any] = {
-        "scenario": f"chat, Poisson {args.rate:g} req/s, 4 x llama-3-8b on h100, "
-                    f"{args.requests:,} requests, fixed_chunk 512, round robin",
+        "scenario": f"chat, Poisson {rate:g} req/s, 4 x llama-3-8b on h100, "
+                    f"{requests:,} requests, fixed_chunk 512, round robin",
+        "repeat": repeat,
         "workload_generation_s": gen_s,
         "wall_s": wall,
-        "requests_per_s": args.requests / wall,
+        "requests_per_s": requests / wall,
         "iterations": result.iterations,
         "iterations_per_s": result.iterations / wall,
         "policy_calls": result.policy_calls,
@@ -63,35 +80,136 @@ def run_bench(args: argparse.Namespace) -> int:
         "slo_attainment": float(slo_met(wl, result, SLO()).mean()),
         "speedup_vs_vidur_30s": VIDUR_SECONDS / wall,
     }
-    if not args.no_reference:
+    if reference:
         ref_wall, ref = _timed(cluster, wl, False, 1)
         out["reference_step_by_step_s"] = ref_wall
         out["fast_forward_speedup"] = ref_wall / wall
         out["max_finish_time_difference_s"] = float(abs(ref.finish - result.finish).max())
-    if args.large:
-        big = make_workload("chat", 100_000, rate=args.rate, seed=0)
+    if large:
+        big = make_workload("chat", 100_000, rate=rate, seed=0)
         t0 = time.perf_counter()
         simulate(cluster, big, load_policy(read_policy_file(baseline_path("fixed_chunk"))))
         out["large_100k_wall_s"] = time.perf_counter() - t0
         out["large_100k_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.json:
-        from autotuner.cli import print_json
+    return out
 
-        print_json(out)
-        return 0
-    print(out["scenario"])
-    print(f"  wall time            {wall:.3f} s (best of {args.repeat})")
-    print(f"  simulated requests/s {out['requests_per_s']:,.0f}")
-    print(f"  iterations/s         {out['iterations_per_s']:,.0f} "
-          f"({result.iterations:,} iterations, {result.decode_stretches:,} decode stretches, "
-          f"{result.policy_calls:,} policy calls)")
-    print(f"  vs Vidur (~{VIDUR_SECONDS:.0f} s)    {out['speedup_vs_vidur_30s']:.0f}x faster")
-    if "reference_step_by_step_s" in out:
-        print(f"  vs step-by-step      {out['fast_forward_speedup']:.1f}x faster "
-              f"({out['reference_step_by_step_s']:.2f} s; finish times differ by at most "
-              f"{out['max_finish_time_difference_s']:.2e} s)")
-    if args.large:
-        print(f"  100,000 requests     {out['large_100k_wall_s']:.2f} s, "
-              f"peak RSS {out['large_100k_peak_rss_mb']:.0f} MB")
-    sys.stdout.flush()
-    return 0
+
+# ------------------------------------------------------------------------------- the sandbox
+def sandbox_costs(requests: int = 10_000, rate: float = 8.0, repeat: int = 3) -> dict[str, Any]:
+    """Each backend's fixed cost, and its sandboxed/in-process ratio, cold and with a warm spare.
+
+    The in-process figure is what ``autotuner simulate`` does (load, simulate, metrics); the
+    sandboxed one is a whole ``evaluate`` (check, worker, streamed trusted replay, metrics) of
+    the same file on the same workload: cold (the worker starts with the evaluation) and with a
+    warm spare (started ahead, as a campaign does). Fixed cost: a 10-request evaluation minus
+    the same in process. Best of ``repeat`` each.
+    """
+    repeat = max(1, repeat)
+    cluster, slo = STANDARD_CLUSTER, SLO()
+    path = baseline_path("fixed_chunk")
+    spec = WorkloadSpec(scenario="chat", requests=requests, rate=rate, seed=0)
+    tiny = WorkloadSpec(scenario="chat", requests=10, rate=rate, seed=0)
+
+    def in_process(s: WorkloadSpec) -> tuple[float, dict[str, Any]]:
+        best, metrics = math.inf, {}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            wl = s.build()
+            result = simulate(cluster, wl, load_policy(read_policy_file(path)))
+            metrics = metrics_of(cluster, wl, result, slo)
+            best = min(best, time.perf_counter() - t0)
+        return best, metrics
+
+    base_s, base_metrics = in_process(spec)
+    tiny_s, _ = in_process(tiny)
+    out: dict[str, Any] = {
+        "scenario": f"chat, Poisson {rate:g} req/s, 4 x llama-3-8b on h100, {requests:,} "
+                    "requests, fixed_chunk",
+        "repeat": repeat, "in_process_s": base_s, "target_ratio": SANDBOX_TARGET_RATIO,
+        "backends": {},
+    }
+    for name, ok, why in available_backends():
+        out["backends"][name] = (
+            _backend_costs(name, path, cluster, slo, spec, tiny, tiny_s, base_s, base_metrics,
+                           repeat)
+            if ok else {"available": False, "reason": why})
+    return out
+
+
+def _backend_costs(name: str, path: Path, cluster: ClusterSpec, slo: SLO, spec: WorkloadSpec,
+                   tiny: WorkloadSpec, tiny_s: float, base_s: float,
+                   base_metrics: dict[str, Any], repeat: int) -> dict[str, Any]:
+    backend = get_backend(name, warn=False)
+    code = path.read_text()
+    row: dict[str, Any] = {"available": True, "detail": backend.describe()}
+    fixed = cold = warm = math.inf
+    same, error = True, None
+
+    def run(workload: WorkloadSpec, warm_spare: bool = False) -> Any:
+        return evaluate(code, name=str(path), cluster=cluster, workload=workload, slo=slo,
+                        sandbox=backend, warm=warm_spare)
+
+    for _ in range(repeat):
+        fixed = min(fixed, run(tiny).wall_s - tiny_s)
+        ev = run(spec)
+        cold = min(cold, ev.wall_s)
+        same = same and ev.metrics == base_metrics
+        error = error or ("; ".join(ev.reasons) if not ev.ok else None)
+    # Campaign mode: a spare worker is started while the previous evaluation finishes (and
+    # while the proposer works), so its interpreter start-up is off the critical path.
+    run(tiny, warm_spare=True)
+    for _ in range(repeat):
+        time.sleep(0.5)
+        ev = run(spec, warm_spare=True)
+        warm = min(warm, ev.wall_s)
+        same = same and ev.metrics == base_metrics
+    backend.release_spare()
+    if error:
+        row["error"] = error
+    row.update(fixed_cost_s=fixed, cold_s=cold, warm_s=warm, ratio_cold=cold / base_s,
+               ratio_warm=warm / base_s, metrics_identical=same)
+    return row
+
+
+# ------------------------------------------------------------------------------- run length
+def length_policy_path(text: str) -> Path:
+    """A policy named for ``capacity_against_length``: a path, an audit policy, or a baseline."""
+    path = Path(text)
+    if path.suffix == ".py" or path.exists():
+        return path
+    audit = asset_dir("audit_policies") / f"{text}.py"
+    return audit if audit.is_file() else baseline_path(text)
+
+
+def capacity_against_length(sources: Sequence[PolicySource], scenarios: Sequence[str],
+                            slo_kinds: Sequence[str], short: int, long_: int, seed: int,
+                            on_row: Callable[[dict[str, Any]], None] | None = None
+                            ) -> list[dict[str, Any]]:
+    """Capacity at ``short`` and ``long_`` requests per policy, scenario and SLO kind, and the
+    ratio long/short (``on_row`` sees each row as it is measured: they take minutes).
+
+    Each policy runs at its file's default parameters (the comparison is the same policy at two
+    run lengths, not policies against each other). The long search starts from the short one's
+    capacity, which only saves probes: the bisection still brackets it from both sides.
+    """
+    cluster = ClusterSpec()
+    rows: list[dict[str, Any]] = []
+    for source in sources:
+        for scen in scenarios:
+            for kind in slo_kinds:
+                t0 = time.perf_counter()
+                caps: list[float] = []
+                for n in (short, long_):
+                    wl = make_workload(scen, n, seed=seed)
+                    found = capacity(cluster, wl, lambda s=source: load_policy(s), SLO(kind=kind),
+                                     start=caps[0] if caps and caps[0] > 0 else None)
+                    caps.append(found.rate)
+                row = {"policy": Path(source.name).stem, "scenario": scen, "slo": kind,
+                       "short": short, "long": long_, "capacity_short": caps[0],
+                       "capacity_long": caps[1],
+                       "ratio": caps[1] / caps[0] if caps[0] > 0 else float("nan"),
+                       "seconds": time.perf_counter() - t0}
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    return rows

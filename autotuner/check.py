@@ -33,17 +33,24 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import string
 import symtable
 import sys
-import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from autotuner.api_views import DECISION_ARGS, argument_names
+from autotuner.check_scopes import scopes_for
+from autotuner.check_views import view_issues
 from autotuner.policy import (
+    ALLOWED_BUILTINS,
+    ALLOWED_IMPORTS,
+    ALLOWED_MODULES,
     DECISION_POINTS,
     MAX_POLICY_BYTES,
+    PARSE_LOCK,
     PolicyFileError,
     PolicySource,
     read_policy_source,
@@ -61,60 +68,15 @@ MAX_SHIFT = 4_096
 MAX_REPEAT_ITEMS = 100_000  # "ab" * N, [0] * N with constant N
 MAX_ISSUES = 25
 
-# warnings.catch_warnings swaps process-wide state; proposers call the check from threads, so
-# the parse and compile steps that silence SyntaxWarnings ("\\d" escapes) take turns.
-_WARNINGS_LOCK = threading.Lock()
+# warnings.catch_warnings swaps process-wide state, and CPython's AST conversion is not safe from
+# several threads at once (see policy.PARSE_LOCK); proposers call the check from threads, so the
+# parse, compile and analysis steps take turns.
+_WARNINGS_LOCK = PARSE_LOCK
 
 # --- allow-lists --------------------------------------------------------------------------------
 
-# Pure-computation modules, and of each only the members a heuristic needs. Members are listed
-# rather than taken whole because these modules import others (statistics.sys, typing.sys).
-# random: only the Random class, so randomness is always a seeded instance (scores must be
-# reproducible: the gate pairs runs by seed). statistics: no NormalDist (its samples() is
-# unseeded). typing: annotation helpers only (get_type_hints evaluates strings).
-ALLOWED_MODULES: dict[str, frozenset[str]] = {
-    "math": frozenset(
-        """acos acosh asin asinh atan atan2 atanh cbrt ceil comb copysign cos cosh degrees dist
-        e erf erfc exp exp2 expm1 fabs factorial floor fmod frexp fsum gamma gcd hypot inf isclose
-        isfinite isinf isnan isqrt lcm ldexp lgamma log log10 log1p log2 modf nan nextafter perm
-        pi pow prod radians remainder sin sinh sqrt tan tanh tau trunc ulp""".split()
-    ),
-    "random": frozenset({"Random"}),
-    "statistics": frozenset(
-        """fmean geometric_mean harmonic_mean mean median median_grouped median_high median_low
-        mode multimode pstdev pvariance quantiles stdev variance StatisticsError""".split()
-    ),
-    "collections": frozenset({"Counter", "OrderedDict", "defaultdict", "deque", "namedtuple"}),
-    "itertools": frozenset(
-        """accumulate batched chain combinations combinations_with_replacement compress count
-        cycle dropwhile filterfalse groupby islice pairwise permutations product repeat starmap
-        takewhile tee zip_longest""".split()
-    ),
-    "functools": frozenset({"cache", "cmp_to_key", "lru_cache", "partial", "reduce"}),
-    "heapq": frozenset(
-        """heapify heappop heappush heappushpop heapreplace merge nlargest nsmallest""".split()
-    ),
-    "bisect": frozenset(
-        """bisect bisect_left bisect_right insort insort_left insort_right""".split()
-    ),
-    "typing": frozenset(
-        """Any Callable Dict FrozenSet Iterable Iterator List Mapping Optional Sequence Set Tuple
-        Union""".split()
-    ),
-}
-ALLOWED_IMPORTS: tuple[str, ...] = tuple(ALLOWED_MODULES)
-
-# Built-ins a heuristic uses. Everything else in ``builtins`` (getattr, type, eval, open, print,
-# id, object, super, vars, globals, ...) is refused by name. print is out because the worker's
-# standard streams are not the policy's to write; id is out because it is not reproducible.
-ALLOWED_BUILTINS = frozenset(
-    """abs all any bin bool callable chr complex dict divmod enumerate filter float format
-    frozenset hash hex int isinstance iter len list map max min next oct ord pow range repr
-    reversed round set slice sorted str sum tuple zip
-    ArithmeticError AssertionError AttributeError Exception IndexError KeyError LookupError
-    NotImplementedError OverflowError RuntimeError StopIteration TypeError ValueError
-    ZeroDivisionError""".split()
-)
+# ALLOWED_MODULES, ALLOWED_IMPORTS and ALLOWED_BUILTINS are part of the file format, in
+# autotuner.policy: the check refuses everything else, and the loader admits nothing else.
 
 # Names that mean a built-in when unbound. Underscore names are left out (``_`` exists only in
 # interactive sessions; dunders have their own rule); the site helpers are added by hand because
@@ -147,13 +109,16 @@ _BUILTIN_HINTS = {
     "memoryview": "not needed for arithmetic on the views",
 }
 
+# The refused built-ins a model reaches for, in the order the prompt names them.
+REFUSED_BUILTINS: tuple[str, ...] = tuple(_BUILTIN_HINTS)
+
 # Attribute names of frames, code, generators, coroutines and tracebacks: introspection routes
 # to globals and builtins that need no dunder.
 _INTROSPECTION_PREFIXES = ("gi_", "cr_", "ag_", "f_", "co_", "tb_", "func_", "im_")
 _INTROSPECTION_NAMES = frozenset({"mro", "cell_contents", "format_map"})
 
 _RESERVED_TOP_LEVEL = ("TUNABLES", *DECISION_POINTS)
-_DECISION_ARGS = {"partition": ("replica", "params"), "route": ("request", "cluster", "params")}
+_DECISION_ARGS = {point: argument_names(point) for point in DECISION_ARGS}
 
 # AST node types a policy may contain. Anything else (ClassDef, With, async forms, Await,
 # TryStar, type parameters, ...) is refused.
@@ -248,6 +213,8 @@ class _Checker:
         self.members: dict[str, tuple[str, str]] = {}  # from-imported name -> (module, member)
         self.bound: set[str] = set()
         self.parents: dict[int, ast.AST] = {}
+        self.tunable_names = _tunable_names(tree)
+        self.in_tunables = _tunables_node_ids(tree)  # its own rule explains what is wrong there
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -275,6 +242,8 @@ class _Checker:
         self.collect_bindings()
         for node in ast.walk(self.tree):
             self.check_node(node)
+        for issue in view_issues(self.tree, self.parents):
+            self.add(issue.node, issue.construct, issue.text)
 
     # -- top level --------------------------------------------------------------------------
 
@@ -370,6 +339,8 @@ class _Checker:
                 )
             if "TUNABLES" in seen:
                 self.add(stmt, "tunables", "TUNABLES is assigned more than once; keep one")
+            elif ok_shape:
+                self.check_tunables_literal(stmt.value)  # type: ignore[arg-type]
             seen["TUNABLES"] = stmt
         for name in names:
             if name in DECISION_POINTS:
@@ -378,6 +349,41 @@ class _Checker:
                     "reserved-name",
                     f"'{name}' must be defined with def {name}(...): and not assigned",
                 )
+
+    def check_tunables_literal(self, table: ast.Dict) -> None:
+        """Each entry and key that is not a literal, by name: TUNABLES is read before the
+        policy runs, so ``"high": replica.max_batch_tokens`` can never work."""
+        for key, spec in zip(table.keys, table.values, strict=True):
+            if key is None:
+                self.add(spec, "tunables", "TUNABLES may not use ** to merge dicts; write every "
+                         "entry out")
+                continue
+            if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                self.add(key, "tunables", f"TUNABLES key {ast.unparse(key)[:40]} must be the "
+                         'tunable\'s name in quotes, e.g. "chunk_size"')
+                continue
+            entry = key.value
+            if not isinstance(spec, ast.Dict):
+                self.add(spec, "tunables", f"TUNABLES entry '{entry}' must be a dict literal "
+                         f'like {{"type": "int", "low": 1, "high": 100, "default": 10}}')
+                continue
+            for k, v in zip(spec.keys, spec.values, strict=True):
+                name = k.value if isinstance(k, ast.Constant) and isinstance(k.value, str) else None
+                if name is None:
+                    self.add(v, "tunables", f"TUNABLES entry '{entry}' has a key that is not a "
+                             "quoted name; use \"type\", \"low\", \"high\", \"default\", \"log\"")
+                    continue
+                try:
+                    ast.literal_eval(v)
+                    continue
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    pass
+                want = {"type": 'the string "int" or "float"', "log": "True or False"}.get(
+                    name, "a number literal")
+                self.add(v, "tunables", f"TUNABLES entry '{entry}': key \"{name}\" must be "
+                         f"{want}, not {ast.unparse(v)[:60]} (TUNABLES is read before the policy "
+                         "runs, so it cannot use the views, params or computed values); write "
+                         "a fixed value")
 
     def check_decision_def(self, fn: ast.FunctionDef) -> None:
         want = _DECISION_ARGS[fn.name]
@@ -629,7 +635,8 @@ class _Checker:
                     "or stored",
                 )
             return
-        if isinstance(node.ctx, ast.Load) and name not in self.bound:
+        if isinstance(node.ctx, ast.Load) and name not in self.bound and (
+                id(node) not in self.in_tunables):
             if name in BUILTIN_NAMES and name not in ALLOWED_BUILTINS:
                 hint = _BUILTIN_HINTS.get(name, "it is not needed by a heuristic")
                 self.add(
@@ -639,13 +646,8 @@ class _Checker:
                     "allowed built-ins are: " + ", ".join(sorted(ALLOWED_BUILTINS)),
                 )
             elif name not in ALLOWED_BUILTINS:
-                self.add(
-                    node,
-                    "undefined-name",
-                    f"the name '{name}' is not defined in this "
-                    "file and is not an allowed built-in; define it, or import it from "
-                    f"an allowed module ({_allowed_modules_text()})",
-                )
+                self.add(node, "undefined-name",
+                         undefined_name_advice(name, self.tunable_names, where=""))
 
     def check_attribute(self, node: ast.Attribute) -> None:
         attr = node.attr
@@ -967,8 +969,30 @@ def _depth_and_count(tree: ast.AST) -> tuple[int, int, ast.AST | None]:
     return deepest, count, where
 
 
+# A list of names a reason spells out (allowed built-ins, a view's fields, a module's members).
+_NAME_LIST = re.compile(r"(?<=: )[A-Za-z_][A-Za-z0-9_]*(?:, [A-Za-z_][A-Za-z0-9_]*){4,}")
+
+
+def _without_repeated_lists(issues: list[CheckIssue]) -> list[CheckIssue]:
+    """Each long list of names spelt out once: six refused built-ins would otherwise end six
+    reasons with the same seventy names, and a model reads the first anyway."""
+    seen: set[str] = set()
+    out = []
+    for issue in issues:
+        def once(match: re.Match[str]) -> str:
+            if match.group(0) in seen:
+                return "(listed above)"
+            seen.add(match.group(0))
+            return match.group(0)
+
+        message = _NAME_LIST.sub(once, issue.message)
+        out.append(issue if message == issue.message else
+                   CheckIssue(issue.line, issue.col, issue.construct, message))
+    return out
+
+
 def _result(issues: list[CheckIssue], source: PolicySource | None = None) -> CheckResult:
-    issues = sorted(issues, key=lambda i: (i.line, i.col))
+    issues = _without_repeated_lists(sorted(issues, key=lambda i: (i.line, i.col)))
     if len(issues) > MAX_ISSUES:
         extra = len(issues) - MAX_ISSUES
         issues = issues[:MAX_ISSUES] + [
@@ -1071,7 +1095,8 @@ def _compile_issues(tree: ast.Module) -> list[CheckIssue]:
     return []
 
 
-def _scope_issues(text: str, tree: ast.Module) -> list[CheckIssue]:
+def _scope_issues(text: str, tree: ast.Module,
+                  reported: Sequence[CheckIssue] = ()) -> list[CheckIssue]:
     """Second opinion on names, from the compiler's own scope analysis (``symtable``).
 
     The AST rules accept a name when it is bound anywhere in the file; Python resolves a name
@@ -1101,23 +1126,96 @@ def _scope_issues(text: str, tree: ast.Module) -> list[CheckIssue]:
             if table is top or sym.is_global():
                 bad.add(name)
     issues = []
+    parents = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+    scopes = scopes_for(tree, parents)
+    tunables = _tunable_names(tree)
+    in_tunables = _tunables_node_ids(tree)
     for name in sorted(bad):
-        loads = (
+        loads = [
             n
             for n in ast.walk(tree)
             if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)
-        )
-        node = min(loads, key=lambda n: (n.lineno, n.col_offset), default=None)
+        ]
+        loads = [n for n in loads if id(n) not in in_tunables]
+        if not loads:
+            continue  # only inside TUNABLES, whose own reason says what to write instead
+        # The use that no enclosing scope binds: a legal use of a local of the same name in
+        # another function must not take the blame.
+        unbound = [n for n in loads if scopes.resolve(n, name) is None] or loads
+        node = min(unbound, key=lambda n: (n.lineno, n.col_offset), default=None)
         line = getattr(node, "lineno", 0)
+        if any(i.line == line and f"'{name}'" in i.message for i in reported):
+            continue  # the AST rules already said what is wrong with this name here
+        where = scopes.scope_name(scopes.enclosing(node)) if node is not None else ""
+        locals_of = [f for f in scopes.functions_binding(name) if f != where]
         issues.append(
             _file_issue(
                 "undefined-name",
-                f"the name '{name}' is used where it is neither a module-level name of this "
-                "file nor an allowed built-in; define it at module level or pass it in",
+                undefined_name_advice(name, tunables, where=where, locals_of=locals_of),
                 line,
             )
         )
     return issues
+
+
+def _tunables_node_ids(tree: ast.Module) -> frozenset[int]:
+    return frozenset(id(n) for stmt in tree.body if isinstance(stmt, ast.Assign)
+                     and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in stmt.targets)
+                     for n in ast.walk(stmt.value))
+
+
+def _tunable_names(tree: ast.Module) -> frozenset[str]:
+    """The names TUNABLES declares (string keys of the dict literal), read from the AST."""
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in stmt.targets)):
+            return frozenset(k.value for k in stmt.value.keys
+                             if isinstance(k, ast.Constant) and isinstance(k.value, str))
+    return frozenset()
+
+
+def undefined_name_advice(name: str, tunables: frozenset[str] = frozenset(), *, where: str = "",
+                          locals_of: list[str] | None = None) -> str:
+    """Why a name is refused, phrased as the fix: a tunable is read from params, a math
+    function is imported at the top, a local of another function is not visible here."""
+    used = f"the name '{name}' is used in {where}" if where and where != "the module" else (
+        f"the name '{name}' is used")
+    there = " there" if where else ""
+    if name in tunables:
+        return (f"{used} but is not defined{there}: '{name}' is a tunable, so read it as "
+                f'params["{name}"]')
+    homes = [m for m, members in ALLOWED_MODULES.items() if name in members]
+    if homes:
+        module = "math" if "math" in homes else homes[0]
+        return (f"{used} but is not defined: import it from {module} at the top of the file "
+                f"('from {module} import {name}'), or write {module}.{name} after "
+                f"'import {module}'")
+    if locals_of:
+        return (f"{used} but is not defined{there}: it is a local variable of "
+                f"{' and '.join(locals_of)}, which {where or 'this code'} cannot see; compute "
+                "it here, or pass it as an argument")
+    return (f"{used} but is neither defined in this file nor an allowed built-in; define it, "
+            f"or import it from an allowed module ({_allowed_modules_text()})")
+
+
+def _tunable_entry_line(tree: ast.Module, reason: str) -> int:
+    """The line of the TUNABLES entry (and key) a reason names ("TUNABLES['x']['high'] ..."),
+    so that it points at the entry, not at the first line of a long table; 0 if none."""
+    found = re.match(r"TUNABLES\[('[^']*'|\"[^\"]*\")\](?:\[('[^']*'|\"[^\"]*\")\])?", reason)
+    if not found:
+        return 0
+    entry, key = (ast.literal_eval(g) if g else None for g in found.groups())
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in stmt.targets)):
+            for k, v in zip(stmt.value.keys, stmt.value.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value == entry:
+                    if key is not None and isinstance(v, ast.Dict):
+                        for kk, vv in zip(v.keys, v.values, strict=True):
+                            if isinstance(kk, ast.Constant) and kk.value == key:
+                                return vv.lineno
+                    return k.lineno
+    return 0
 
 
 def _read_tunables(
@@ -1145,6 +1243,8 @@ def _read_tunables(
                     text = text.split(": ", 1)[-1]
                 break
         construct = "decision-point" if "neither" in text else "tunables"
+        if construct == "tunables":
+            line = _tunable_entry_line(tree, text) or line
         return None, [_file_issue(construct, text, line if construct == "tunables" else 0)]
     except Exception as exc:  # unhashable keys, deep literals: refuse, never crash
         return None, [
@@ -1214,10 +1314,11 @@ def _check(code: object, name: str) -> CheckResult:
     checker = _Checker(tree)
     checker.run()
     issues = list(checker.issues)
+    compile_issues = _compile_issues(tree)
     if not issues:
-        issues.extend(_compile_issues(tree))
-    if not issues:
-        issues.extend(_scope_issues(text, tree))
+        issues.extend(compile_issues)
+    if not compile_issues:  # names are reported even beside other problems
+        issues.extend(_scope_issues(text, tree, issues))
     source, tunable_issues = _read_tunables(text, name, tree)
     constructs = {i.construct for i in issues}
     issues.extend(i for i in tunable_issues if i.construct not in constructs)

@@ -13,28 +13,27 @@ it is made printable, cut short and scrubbed of the parent's environment values.
 
 ``evaluate`` never raises for a bad proposal: every fault (crash, timeout, exception, garbage or
 oversized output, a killed worker, an illegal decision) is a ``failed`` Evaluation with a reason.
-It raises only for the caller's own mistakes (an unknown sandbox, a bad workload spec).
+It raises for the caller's own mistakes (an unknown sandbox, a bad workload spec), and
+``SandboxBroken`` when the sandbox itself keeps failing before any policy code ran (the worker
+is started, and speaks first, before it reads the policy): such a failure says nothing about the
+policy, so it is retried and, if it persists, is never returned as a verdict to be recorded.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from autotuner.isolation import Backend, Limits, WorkerFault, get_backend
-from autotuner.isolation.base import available_backends
+from autotuner.isolation import Backend, Limits, SandboxBroken, WorkerFault, get_backend
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+INFRA_ATTEMPTS = 3  # runs of one evaluation while the sandbox fails before the policy ran
 MAX_REASON_CHARS = 400
 
 # Environment variables whose values are harmless to show (everything else is scrubbed from
@@ -132,6 +131,7 @@ def _replay_class() -> type:
             self.handle = handle
             self.fingerprint = fingerprint
             self.state = "hello"  # -> "decisions" -> "end" -> "eof"
+            self.greeted = False  # a valid hello came: from here on the policy may have run
             self.end: dict[str, Any] | None = None
             self.fault: str | None = None
             self.ran_out = False
@@ -153,7 +153,7 @@ def _replay_class() -> type:
                 if body.get("workload") != self.fingerprint:
                     raise WorkerFault("the worker built a different workload than the trusted "
                                       "side (fingerprints differ): results would not replay")
-                self.state = "decisions"
+                self.state, self.greeted = "decisions", True
             elif self.state == "decisions" and kind == "d" and isinstance(body, list):
                 self.log.extend(body)
             elif self.state == "decisions" and kind == "end" and isinstance(body, dict):
@@ -211,10 +211,10 @@ def evaluate(
     of the sandbox's own defences only; never for real proposals).
     """
     from autotuner.policy import PolicyFileError, read_policy_source
-    from autotuner.sim.engine import ClusterSpec, simulate
+    from autotuner.sim.engine import ClusterSpec
     from autotuner.sim.metrics import SLO
     from autotuner.sim.workload import Workload
-    from autotuner.simulation import WorkloadSpec, metrics_of
+    from autotuner.simulation import WorkloadSpec
 
     t0 = time.perf_counter()
     cluster = cluster or ClusterSpec()
@@ -259,16 +259,54 @@ def evaluate(
     }
     payload = (json.dumps(request, allow_nan=False) + "\n").encode()
 
-    def failed(reason: str, phase: str, decisions: int = 0) -> Evaluation:
-        return Evaluation(FAILED, [reason], None, decisions, time.perf_counter() - t0,
-                          backend.name, name, dict(resolved), [], phase)
+    # 3. the sandboxed run, replayed as it streams; retried while the sandbox fails on its own
+    last = ""
+    for attempt in range(INFRA_ATTEMPTS):
+        try:
+            return _run_and_replay(backend, payload, limits, wl, workload, cluster, slo,
+                                   horizon, name, dict(resolved), t0,
+                                   warm=warm and attempt == 0)
+        except _BeforeThePolicy as exc:
+            last = str(exc)
+            if attempt + 1 < INFRA_ATTEMPTS:
+                time.sleep(0.5 * (attempt + 1))
+    raise SandboxBroken(
+        f"the {backend.name} sandbox failed {INFRA_ATTEMPTS} times in a row before the policy "
+        f"ran (last: {_clip(last)}); nothing was recorded for {name}, so running the same "
+        "command again (or `autotuner resume`) evaluates it afresh")
 
-    # 3. the sandboxed run, replayed as it streams
+
+class _BeforeThePolicy(Exception):
+    """The worker failed before its hello, that is before any policy code existed in it: the
+    sandbox's fault (a killed spare, a start-up failure, a loaded machine), never the policy's.
+    Such a failure is retried and, if it persists, raised: it is never a verdict."""
+
+
+def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, workload: Any,
+                    cluster: Any, slo: Any, horizon: float | None, name: str,
+                    params: dict[str, Any], t0: float, *, warm: bool) -> Evaluation:
+    """One sandboxed run with the trusted replay; raises _BeforeThePolicy for the sandbox's own
+    failures."""
+    from autotuner.sim.engine import simulate
+    from autotuner.simulation import metrics_of
+
     try:
         handle = backend.start(payload, limits, warm=warm)
     except Exception as exc:  # noqa: BLE001 - the backend could not even start
-        return failed(f"the {backend.name} sandbox could not start the worker: "
-                      f"{type(exc).__name__}: {exc}", "sandbox")
+        raise _BeforeThePolicy(f"the {backend.name} sandbox could not start the worker: "
+                               f"{type(exc).__name__}: {exc}") from None
+    replay = None
+
+    def failed(reason: str, phase: str, decisions: int = 0) -> Evaluation:
+        if replay is None or not replay.greeted:
+            raise _BeforeThePolicy(reason)
+        return Evaluation(FAILED, [_clip(reason)], None, decisions, time.perf_counter() - t0,
+                          backend.name, name, params, [], phase)
+
     try:
         if wl is None:
             wl = workload.build()
@@ -304,7 +342,7 @@ def evaluate(
             return failed(info.reason, "sandbox", replay.pos)
         metrics = metrics_of(cluster, wl, result, slo)
         return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0, backend.name,
-                          name, dict(resolved), [], "done", result)
+                          name, params, [], "done", result)
     except WorkerFault as exc:
         return failed(str(exc), "sandbox")
     finally:
@@ -320,173 +358,3 @@ def evaluate_file(path: str | Path, **kwargs: Any) -> Evaluation:
     except UnicodeDecodeError:
         return _rejected([f"{path}: the file is not UTF-8 text"], str(path), t0, ["file"])
     return evaluate(code, name=kwargs.pop("name", str(path)), **kwargs)
-
-
-# ------------------------------------------------------------------------------ CLI
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``autotuner evaluate`` (the lead wires it in autotuner/cli.py)."""
-    from autotuner.cli import add_cluster_options, add_slo_options, add_workload_options
-
-    p.add_argument("--policy", required=True, help="policy file (or a shipped baseline's name)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a declared tunable (repeatable)")
-    add_cluster_options(p)
-    add_workload_options(p)
-    add_slo_options(p)
-    p.add_argument("--horizon", type=float, help="stop at this simulated time (s)")
-    g = p.add_argument_group("sandbox")
-    g.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "docker", "process"],
-                   help="isolation backend (default: the strongest that works here)")
-    g.add_argument("--timeout", type=float, default=Limits.wall_s,
-                   help=f"wall-time limit, seconds (default {Limits.wall_s:g})")
-    g.add_argument("--cpu-limit", type=int, default=Limits.cpu_s,
-                   help=f"CPU-time limit, seconds (default {Limits.cpu_s})")
-    g.add_argument("--memory-limit", type=int, default=Limits.memory_bytes >> 20,
-                   help=f"memory limit, MiB (default {Limits.memory_bytes >> 20})")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``autotuner evaluate``: exit 0 ok, 1 failed, 3 rejected, 2 usage or setup error."""
-    from autotuner.cli import (
-        CLIError,
-        cluster_from,
-        format_metrics,
-        parse_params,
-        print_json,
-        resolve_policy_path,
-        slo_from,
-        workload_spec_from,
-    )
-    from autotuner.isolation import SandboxUnavailable
-
-    path = resolve_policy_path(args.policy)
-    if not path.is_file():
-        raise CLIError(f"{args.policy}: no such policy file")
-    if not (args.timeout > 0 and args.cpu_limit > 0 and args.memory_limit >= 64):
-        raise CLIError("--timeout and --cpu-limit must be positive, --memory-limit >= 64 MiB")
-    limits = Limits(wall_s=args.timeout, cpu_s=args.cpu_limit,
-                    memory_bytes=args.memory_limit << 20)
-    params = parse_params(args.param)
-    cluster, spec, slo = cluster_from(args), workload_spec_from(args), slo_from(args)
-    try:
-        backend = get_backend(args.sandbox)
-    except SandboxUnavailable as exc:
-        raise CLIError(str(exc)) from None
-    ev = evaluate_file(path, params=params, cluster=cluster, workload=spec, slo=slo,
-                       horizon=args.horizon, sandbox=backend, limits=limits)
-    if args.json:
-        report = ev.to_dict()
-        report["sandbox"] = backend.describe()
-        report["workload"] = spec.label()
-        print_json(report)
-    else:
-        print(f"policy    {ev.policy}  {ev.params}")
-        print(f"sandbox   {backend.describe()}" + ("  [WEAKER]" if backend.weaker else ""))
-        print(f"workload  {spec.label()}: {spec.requests:,} requests"
-              + (f" at {spec.rate:g} req/s" if spec.rate else ""))
-        print(f"verdict   {ev.verdict}  ({ev.wall_s:.2f} s, {ev.decisions:,} decisions replayed)")
-        for reason in ev.reasons:
-            print(f"  - {reason}")
-        if ev.metrics:
-            print(format_metrics(ev.metrics))
-    sys.stdout.flush()
-    return {OK: EXIT_OK, FAILED: EXIT_FAILED, REJECTED: EXIT_REJECTED}[ev.verdict]
-
-
-# ------------------------------------------------------------------------------ benchmark
-def bench_sandbox(args: argparse.Namespace) -> int:
-    """``autotuner bench --sandbox``: each backend's fixed cost, and sandboxed/in-process ratio.
-
-    The in-process figure is what ``autotuner simulate`` does (load, simulate, metrics); the
-    sandboxed one is a whole ``evaluate`` (check, worker, streamed trusted replay, metrics) of
-    the same file on the same workload: cold (the worker starts with the evaluation) and with a
-    warm spare (started ahead, as a campaign does). Fixed cost: a 10-request evaluation minus
-    the same in-process. Best of ``--repeat`` each.
-    """
-    from autotuner.policy import load_policy, read_policy_file
-    from autotuner.resources import baseline_path
-    from autotuner.sim.engine import ClusterSpec, simulate
-    from autotuner.sim.metrics import SLO
-    from autotuner.simulation import WorkloadSpec, metrics_of
-
-    requests = int(getattr(args, "requests", 10_000) or 10_000)
-    rate = float(getattr(args, "rate", 8.0) or 8.0)
-    repeat = max(1, int(getattr(args, "repeat", 3) or 3))
-    cluster = ClusterSpec(model="llama-3-8b", gpu="h100", tp=1, replicas=4)
-    slo = SLO()
-    path = baseline_path("fixed_chunk")
-    code = path.read_text()
-    spec = WorkloadSpec(scenario="chat", requests=requests, rate=rate, seed=0)
-    tiny = WorkloadSpec(scenario="chat", requests=10, rate=rate, seed=0)
-
-    def in_process(s: WorkloadSpec) -> tuple[float, dict[str, Any]]:
-        best, metrics = math.inf, {}
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            wl = s.build()
-            result = simulate(cluster, wl, load_policy(read_policy_file(path)))
-            metrics = metrics_of(cluster, wl, result, slo)
-            best = min(best, time.perf_counter() - t0)
-        return best, metrics
-
-    base_s, base_metrics = in_process(spec)
-    tiny_s, _ = in_process(tiny)
-    out: dict[str, Any] = {
-        "scenario": f"chat, Poisson {rate:g} req/s, 4 x llama-3-8b on h100, {requests:,} "
-                    "requests, fixed_chunk",
-        "in_process_s": base_s, "target_ratio": 1.5, "backends": {},
-    }
-    for name, ok, why in available_backends():
-        if not ok:
-            out["backends"][name] = {"available": False, "reason": why}
-            continue
-        backend = get_backend(name, warn=False)
-        row: dict[str, Any] = {"available": True, "detail": backend.describe()}
-        fixed = cold = warm = math.inf
-        same, error = True, None
-        for _ in range(repeat):
-            ev = evaluate(code, name=str(path), cluster=cluster, workload=tiny, slo=slo,
-                          sandbox=backend)
-            fixed = min(fixed, ev.wall_s - tiny_s)
-            ev = evaluate(code, name=str(path), cluster=cluster, workload=spec, slo=slo,
-                          sandbox=backend)
-            cold = min(cold, ev.wall_s)
-            same = same and ev.metrics == base_metrics
-            error = error or ("; ".join(ev.reasons) if not ev.ok else None)
-        # Campaign mode: a spare worker is started while the previous evaluation finishes (and
-        # while the proposer works), so its interpreter start-up is off the critical path.
-        evaluate(code, name=str(path), cluster=cluster, workload=tiny, slo=slo, sandbox=backend,
-                 warm=True)
-        for _ in range(repeat):
-            time.sleep(0.5)
-            ev = evaluate(code, name=str(path), cluster=cluster, workload=spec, slo=slo,
-                          sandbox=backend, warm=True)
-            warm = min(warm, ev.wall_s)
-            same = same and ev.metrics == base_metrics
-        backend.release_spare()
-        if error:
-            row["error"] = error
-        row.update(fixed_cost_s=fixed, cold_s=cold, warm_s=warm, ratio_cold=cold / base_s,
-                   ratio_warm=warm / base_s, metrics_identical=same)
-        out["backends"][name] = row
-    if getattr(args, "json", False):
-        from autotuner.cli import print_json
-
-        print_json(out)
-        return 0
-    print(out["scenario"])
-    print(f"  in-process (load, simulate, metrics)  {base_s:.3f} s (best of {repeat})")
-    for name, row in out["backends"].items():
-        if not row.get("available"):
-            print(f"  {name:<8} unavailable: {row['reason']}")
-        elif "error" in row:
-            print(f"  {name:<8} failed: {row['error']}")
-        else:
-            print(f"  {name:<8} fixed cost {row['fixed_cost_s'] * 1000:5.0f} ms   "
-                  f"cold {row['cold_s']:.3f} s = {row['ratio_cold']:.2f}x   "
-                  f"warm spare {row['warm_s']:.3f} s = {row['ratio_warm']:.2f}x   "
-                  f"(target < 1.5x; metrics identical: "
-                  f"{'yes' if row['metrics_identical'] else 'NO'})")
-    sys.stdout.flush()
-    return 0

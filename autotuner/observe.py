@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from autotuner.policy import load_policy, read_policy_file
 from autotuner.resources import baseline_path
 from autotuner.sim.engine import ClusterSpec, SimResult, simulate
 from autotuner.sim.measured import StepProfile
-from autotuner.sim.metrics import SLO, per_request
+from autotuner.sim.metrics import SLO, RunMetrics, per_request, run_metrics
 from autotuner.sim.workload import Workload
 
 METRICS: tuple[tuple[str, str], ...] = (
@@ -150,6 +150,53 @@ def measured_per_request(run: LiveRun) -> dict[str, np.ndarray]:
     return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "itl": gaps}
 
 
+def measured_result(run: LiveRun, replicas: int) -> SimResult:
+    """The live run as the simulator's result record, so that the SLO is judged by the one
+    metrics module (``autotuner.sim.metrics.run_metrics``) on both sides: send time as arrival,
+    first and last token as seen by the client, round-robin replica, the longest gap between two
+    tokens of each stream. A failed request never got a first token (it misses, and counts as
+    starved). Queueing start, preemptions and prefix-cache hits are invisible from outside the
+    engine: recorded as none."""
+    n = len(run.results)
+    arrival = run.workload.arrival
+    ok = np.array([not r.error and bool(r.token_times) for r in run.results], dtype=bool)
+    ttft = np.array([r.ttft if k else math.nan for r, k in zip(run.results, ok, strict=True)])
+    e2e = np.array([r.e2e if k else math.nan for r, k in zip(run.results, ok, strict=True)])
+    max_gap = np.array(
+        [max(r.gaps, default=0.0) if k else 0.0 for r, k in zip(run.results, ok, strict=True)]
+    )
+    finish = arrival + e2e
+    done = finish[~np.isnan(finish)]
+    empty = np.empty(0)
+    return SimResult(
+        first_token=arrival + ttft,
+        finish=finish,
+        start=np.full(n, math.nan),
+        replica=np.arange(n, dtype=np.int64) % max(1, replicas),
+        preemptions=np.zeros(n, dtype=np.int64),
+        cached_tokens=np.zeros(n),
+        end_time=float(done.max()) if done.size else float(arrival.max(initial=0.0)),
+        iterations=0,
+        decode_stretches=0,
+        policy_calls=0,
+        busy_time=np.zeros(max(1, replicas)),
+        tbt_samples=(empty, empty.astype(np.int64)),
+        max_gap=max_gap,
+        preempted=(empty.astype(np.int64), empty, empty),
+        refused=np.zeros(n, dtype=bool),
+    )
+
+
+def judged(
+    run: LiveRun, predicted: SimResult, replicas: int, slo: SLO
+) -> dict[str, RunMetrics]:
+    """The SLO's verdict on the live run and on the simulator's run of the same requests."""
+    return {
+        "measured": run_metrics(run.workload, measured_result(run, replicas), slo),
+        "predicted": run_metrics(run.workload, predicted, slo),
+    }
+
+
 def simulate_run(
     workload: Workload, profile: StepProfile, replicas: int, slo: SLO
 ) -> tuple[SimResult, dict[str, np.ndarray]]:
@@ -223,17 +270,11 @@ def compare(measured: dict[str, np.ndarray], predicted: dict[str, np.ndarray]) -
     }
 
 
-def slo_attainment(values: dict[str, np.ndarray], slo: SLO) -> float:
-    """Share of requests that got a first token within ttft_s and a mean gap within tpot_s;
-    a failed request misses."""
-    with np.errstate(invalid="ignore"):
-        ok = (values["ttft"] <= slo.ttft_s) & (values["tpot"] <= slo.tpot_s)
-    return float(np.mean(ok)) if ok.size else math.nan
-
-
 def _crossing(points: Sequence[tuple[float, float]], share: float) -> float:
     """Highest rate meeting ``share``, interpolated linearly to the first rate above it that
-    misses; 0 if even the lowest rate misses; the highest rate if none misses (a lower bound)."""
+    misses; 0 if even the lowest rate misses; the highest rate if none misses (a lower bound).
+    A point is (rate, attainment), with an unsustainable run (a growing backlog) given 0: it
+    does not count toward capacity whatever its share."""
     pts = sorted(points)
     best = 0.0
     for (r0, a0), (r1, a1) in zip(pts, pts[1:], strict=False):
@@ -257,7 +298,7 @@ class ObserveReport:
     requests: int
     comparison: dict
     failed: int
-    attainment: dict[str, float]
+    attainment: dict[str, RunMetrics]
     capacity: dict | None = None
     drift: dict | None = None
 
@@ -273,8 +314,9 @@ class ObserveReport:
                 "max_prompt_tokens": self.settings.max_prompt_tokens,
                 "max_output_tokens": self.settings.max_output_tokens,
             },
-            "slo": {"ttft_s": self.settings.slo.ttft_s, "tpot_s": self.settings.slo.tpot_s},
-            "slo_attainment": self.attainment,
+            "slo": {**asdict(self.settings.slo), "description": self.settings.slo.describe()},
+            "slo_attainment": {k: m.attainment for k, m in self.attainment.items()},
+            "slo_metrics": {k: m.to_dict() for k, m in self.attainment.items()},
             **self.comparison,
             "capacity": self.capacity,
             "engine_drift": self.drift,
@@ -294,12 +336,9 @@ def observe(
     drift = decode_drift(endpoints, profile, settings, model)
     live = run_live(endpoints, capped, profile, settings, model)
     measured = measured_per_request(live)
-    _, predicted = simulate_run(live.workload, profile, len(endpoints), settings.slo)
+    sim, predicted = simulate_run(live.workload, profile, len(endpoints), settings.slo)
     comparison = compare(measured, predicted)
-    attainment = {
-        "measured": slo_attainment(measured, settings.slo),
-        "predicted": slo_attainment(predicted, settings.slo),
-    }
+    attainment = judged(live, sim, len(endpoints), settings.slo)
     capacity = None
     if settings.capacity_rates:
         capacity = capacity_sweep(endpoints, capped, profile, settings, model)
@@ -356,22 +395,31 @@ def capacity_sweep(
     for rate in settings.capacity_rates:
         wl = base.with_rate(rate)
         live = run_live(endpoints, wl, profile, replace(settings, seed=settings.seed + 1), model)
-        measured = measured_per_request(live)
-        _, predicted = simulate_run(live.workload, profile, len(endpoints), settings.slo)
+        sim, _ = simulate_run(live.workload, profile, len(endpoints), settings.slo)
+        m = judged(live, sim, len(endpoints), settings.slo)
         points.append(
             {
                 "rate": rate,
-                "measured": slo_attainment(measured, settings.slo),
-                "predicted": slo_attainment(predicted, settings.slo),
+                "measured": m["measured"].attainment,
+                "predicted": m["predicted"].attainment,
+                "measured_sustainable": m["measured"].sustainable,
+                "predicted_sustainable": m["predicted"].sustainable,
                 "failed": live.failed,
             }
         )
     share = settings.share
+
+    def counted(side: str) -> list[tuple[float, float]]:
+        legacy = settings.slo.legacy
+        return [
+            (p["rate"], p[side] if legacy or p[f"{side}_sustainable"] else 0.0) for p in points
+        ]
+
     return {
         "share": share,
         "points": points,
-        "measured_rate": _crossing([(p["rate"], p["measured"]) for p in points], share),
-        "predicted_rate": _crossing([(p["rate"], p["predicted"]) for p in points], share),
+        "measured_rate": _crossing(counted("measured"), share),
+        "predicted_rate": _crossing(counted("predicted"), share),
     }
 
 
@@ -421,17 +469,23 @@ def format_report(rep: ObserveReport) -> str:
         )
     a = rep.attainment
     lines.append(
-        f"  SLO attainment (TTFT <= {s.slo.ttft_s:g} s, TPOT <= {s.slo.tpot_s:g} s): "
-        f"measured {100 * a['measured']:.0f} %, predicted {100 * a['predicted']:.0f} %"
+        f"  SLO attainment ({s.slo.describe()}): measured {100 * a['measured'].attainment:.0f} %, "
+        f"predicted {100 * a['predicted'].attainment:.0f} %"
     )
     if rep.capacity:
         c = rep.capacity
         lines.append("")
-        lines.append(f"  capacity sweep ({c['share']:.0%} of requests in SLO):")
+        lines.append(
+            f"  capacity sweep ({c['share']:.0%} of requests in SLO, backlog not growing; "
+            "* growing):"
+        )
         lines.append(f"  {'rate, req/s':>14}{'measured':>11}{'predicted':>11}")
         for p in c["points"]:
+            mark_m = " " if p["measured_sustainable"] else "*"
+            mark_p = " " if p["predicted_sustainable"] else "*"
             lines.append(
-                f"  {p['rate']:>14.2f}{100 * p['measured']:>10.0f}%{100 * p['predicted']:>10.0f}%"
+                f"  {p['rate']:>14.2f}{100 * p['measured']:>9.0f}%{mark_m}"
+                f"{100 * p['predicted']:>9.0f}%{mark_p}"
             )
         lines.append(
             f"  capacity: measured {c['measured_rate']:.2f} req/s, predicted "

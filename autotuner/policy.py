@@ -8,7 +8,10 @@ fixed-chunk baseline file, and so are that file's tunables (unless the policy de
 the same name), so a route-only policy is tuned on the same terms as the baseline: the fallback is
 data (another policy file), not a special case in the simulator.
 
-``load_policy`` executes the file, so only call it on trusted files or inside the sandbox worker.
+What a file may import and call (``ALLOWED_MODULES``, ``ALLOWED_BUILTINS``) is part of the format,
+so it is written here: ``autotuner.check`` refuses a file that reaches for anything else, and
+``load_policy`` admits nothing else. ``load_policy`` executes the file, so only call it on trusted
+files or inside the sandbox worker.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ast
 import builtins
 import math
+import threading
 import types
 import warnings
 from collections.abc import Callable, Mapping
@@ -29,6 +33,64 @@ DECISION_POINTS = ("partition", "route")
 FALLBACK_BASELINE = "fixed_chunk"
 MAX_POLICY_BYTES = 64_000
 TUNABLE_TYPES = ("int", "float")
+
+# What a policy may import: pure-computation modules, and of each only the members a heuristic
+# needs (the static check refuses everything else, and the loader admits nothing else). Members
+# are listed rather than taken whole because these modules import others (statistics.sys,
+# typing.sys).
+# random: only the Random class, so randomness is always a seeded instance (scores must be
+# reproducible: the gate pairs runs by seed). statistics: no NormalDist (its samples() is
+# unseeded). typing: annotation helpers only (get_type_hints evaluates strings).
+ALLOWED_MODULES: dict[str, frozenset[str]] = {
+    "math": frozenset(
+        """acos acosh asin asinh atan atan2 atanh cbrt ceil comb copysign cos cosh degrees dist
+        e erf erfc exp exp2 expm1 fabs factorial floor fmod frexp fsum gamma gcd hypot inf isclose
+        isfinite isinf isnan isqrt lcm ldexp lgamma log log10 log1p log2 modf nan nextafter perm
+        pi pow prod radians remainder sin sinh sqrt tan tanh tau trunc ulp""".split()
+    ),
+    "random": frozenset({"Random"}),
+    "statistics": frozenset(
+        """fmean geometric_mean harmonic_mean mean median median_grouped median_high median_low
+        mode multimode pstdev pvariance quantiles stdev variance StatisticsError""".split()
+    ),
+    "collections": frozenset({"Counter", "OrderedDict", "defaultdict", "deque", "namedtuple"}),
+    "itertools": frozenset(
+        """accumulate batched chain combinations combinations_with_replacement compress count
+        cycle dropwhile filterfalse groupby islice pairwise permutations product repeat starmap
+        takewhile tee zip_longest""".split()
+    ),
+    "functools": frozenset({"cache", "cmp_to_key", "lru_cache", "partial", "reduce"}),
+    "heapq": frozenset(
+        """heapify heappop heappush heappushpop heapreplace merge nlargest nsmallest""".split()
+    ),
+    "bisect": frozenset(
+        """bisect bisect_left bisect_right insort insort_left insort_right""".split()
+    ),
+    "typing": frozenset(
+        """Any Callable Dict FrozenSet Iterable Iterator List Mapping Optional Sequence Set Tuple
+        Union""".split()
+    ),
+}
+ALLOWED_IMPORTS: tuple[str, ...] = tuple(ALLOWED_MODULES)
+
+# Built-ins a heuristic uses. Everything else in ``builtins`` (getattr, type, eval, open, print,
+# id, object, super, vars, globals, ...) is refused by name. print is out because the worker's
+# standard streams are not the policy's to write; id is out because it is not reproducible.
+ALLOWED_BUILTINS = frozenset(
+    """abs all any bin bool callable chr complex dict divmod enumerate filter float format
+    frozenset hash hex int isinstance iter len list map max min next oct ord pow range repr
+    reversed round set slice sorted str sum tuple zip
+    ArithmeticError AssertionError AttributeError Exception IndexError KeyError LookupError
+    NotImplementedError OverflowError RuntimeError StopIteration TypeError ValueError
+    ZeroDivisionError""".split()
+)
+
+
+# CPython 3.11 keeps the AST converter's recursion counter in interpreter-wide state: two threads
+# parsing at once (a garbage collection in one lets the other run) can fail with "SystemError:
+# AST constructor recursion depth mismatch". Proposers parse in threads, so every parse of policy
+# code in this package takes this lock (reentrant: the check parses inside its own parse step).
+PARSE_LOCK = threading.RLock()
 
 
 class PolicyFileError(ValueError):
@@ -129,7 +191,7 @@ def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
         line = code.count("\n", 0, code.index("\x00")) + 1
         raise PolicyFileError(f"{name} line {line}: the file contains a null byte; remove it")
     try:
-        with warnings.catch_warnings():
+        with PARSE_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tree = ast.parse(code, filename=name)
     except (SyntaxError, ValueError) as exc:
@@ -156,7 +218,8 @@ def read_policy_source(code: str, name: str = "<policy>") -> PolicySource:
         if dup:
             raise PolicyFileError(f"{where}: TUNABLES declares {', '.join(dup)} twice")
     try:
-        raw = ast.literal_eval(value)
+        with PARSE_LOCK:
+            raw = ast.literal_eval(value)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise PolicyFileError(f"{where}: TUNABLES must be a literal dict of dicts") from None
     if not isinstance(raw, dict):
@@ -204,8 +267,6 @@ class LoadedPolicy:
 
 def _policy_builtins() -> dict[str, Any]:
     """Only the built-ins and imports the static check allows: a second fence behind it."""
-    from autotuner.check import ALLOWED_BUILTINS, ALLOWED_IMPORTS
-
     allowed = set(ALLOWED_IMPORTS) | {"__future__"}
     real_import = builtins.__import__
 

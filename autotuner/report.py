@@ -38,11 +38,15 @@ from autotuner import report_plots as P
 from autotuner.archive import Archive, Candidate, canonical, sha256
 from autotuner.config import CampaignConfig, ConfigError, load_config
 from autotuner.sim.engine import ClusterSpec, SimResult
-from autotuner.sim.metrics import SLO, per_request
+from autotuner.sim.metrics import SLO, per_request, run_metrics
 from autotuner.sim.workload import Workload
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CACHE_VERSION = 1
+# Fairness figures at a policy's own capacity: averaged over instances, or summed (counts).
+FAIRNESS_MEANS = ("goodput_tok_s", "longest_wait_s", "max_wait_over_deadline",
+                  "late_finish_share", "jain_slowdown")
+FAIRNESS_COUNTS = ("starved", "priority_inversions", "unfinished")
 # Load factors (of the tuned baseline's capacity) of the capacity-curve sweep.
 CURVE_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
 DASHBOARD_PACKAGE = "optuna-dashboard"
@@ -247,6 +251,18 @@ def bootstrap_interval(values: Sequence[float], confidence: float, samples: int,
             float(np.quantile(means, confidence)))
 
 
+def gain_interval(gains: Sequence[float], confidence: float, samples: int, seed: int
+                  ) -> tuple[float, float, float]:
+    """The gate's statistic for capacity gains: the geometric mean of the ratios (minus one)
+    and its bootstrap interval, resampled in log space (the lower end is the gate's bound)."""
+    from autotuner.gate import MIN_RATIO
+
+    logs = [math.log(max(1.0 + g, MIN_RATIO)) for g in gains if math.isfinite(g)]
+    mean, lo, hi = bootstrap_interval(logs, confidence, samples, seed)
+    return tuple(math.exp(x) - 1.0 if not math.isnan(x) else x  # type: ignore[return-value]
+                 for x in (mean, lo, hi))
+
+
 def _gain(a: float, b: float) -> float:
     return a / b - 1.0 if b > 0 else (0.0 if a <= 0 else math.inf)
 
@@ -315,12 +331,12 @@ def _trusted_result(code: str, params: Mapping[str, Any], cfg: CampaignConfig, w
 
 
 def _distributions(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
+    """Latency CDFs of one run, with its SLO shares (the one definition: ``run_metrics``)."""
     r = per_request(wl, result)
     ttft = np.where(np.isnan(r["ttft"]), np.inf, r["ttft"])
     tpot = np.where(np.isnan(r["tpot"]), np.inf, r["tpot"])
     d, n = result.tbt_samples
-    with np.errstate(invalid="ignore"):
-        met = (ttft <= slo.ttft_s) & (tpot <= slo.tpot_s)
+    m = run_metrics(wl, result, slo)
     tbt_x, tbt_y = P.cdf_points(d, n) if len(d) else ([], [])
     ttft_x, ttft_y = P.cdf_points(ttft)
     tpot_x, tpot_y = P.cdf_points(tpot)
@@ -333,9 +349,8 @@ def _distributions(wl: Workload, result: SimResult, slo: SLO) -> dict[str, Any]:
     tbt_w = np.repeat(d, n) if len(d) and int(n.sum()) < 5_000_000 else np.asarray(d)
     return {
         "ttft": [ttft_x, ttft_y], "tbt": [tbt_x, tbt_y], "tpot": [tpot_x, tpot_y],
-        "attainment": float(met.mean()) if len(wl) else 0.0,
-        "ttft_ok": float((ttft <= slo.ttft_s).mean()) if len(wl) else 0.0,
-        "tpot_ok": float((tpot <= slo.tpot_s).mean()) if len(wl) else 0.0,
+        "attainment": m.attainment, "ttft_ok": m.ttft_ok, "tpot_ok": m.tpot_ok,
+        "tbt_ok": m.tbt_ok,
         "first_token_share": float(fin.mean()) if len(wl) else 0.0,
         "ttft_p50": q(ttft, 50), "ttft_p90": q(ttft, 90), "ttft_p99": q(ttft, 99),
         "tbt_p50": q(tbt_w, 50), "tbt_p90": q(tbt_w, 90), "tbt_p99": q(tbt_w, 99),
@@ -355,6 +370,15 @@ class _Policy:
     note: str = ""
     caps: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    at_capacity: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> run metrics
+
+    def measured(self, results: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take capacity results (label -> capacity job result): capacities, the run metrics
+        at each capacity, and the first error."""
+        self.caps = {k: float(r.get("capacity") or 0.0) for k, r in results.items()}
+        self.at_capacity = {k: dict(r.get("at_capacity") or {}) for k, r in results.items()}
+        errs = [f"{k}: {r['error']}" for k, r in results.items() if r.get("error")]
+        self.error = errs[0] if errs else None
 
 
 class _Builder:
@@ -419,10 +443,13 @@ class _Builder:
         import optuna
 
         from autotuner.policy import read_policy_source
-        from autotuner.scoring import ladder_jobs, ladder_scores
-        from autotuner.tune import tune
+        from autotuner.yardstick import from_campaign, tune_reference
 
         cfg = self.cfg
+        by_campaign = from_campaign(self.archive, f"{stem}.py", code)
+        if by_campaign is not None:  # a seed, or a reference the campaign's gate tuned
+            return {"params": dict(by_campaign.params), "value": by_campaign.value,
+                    "by": by_campaign.by}
         caps, ref = base["caps"]["train"], base["reference"]["train"]
         key = sha256(canonical({
             "code": sha256(code), "trials": cfg.budget.trials, "seed": cfg.seed,
@@ -434,22 +461,12 @@ class _Builder:
         if hit is not None:
             return hit
         source = read_policy_source(code, f"{stem}.py")
-        name = f"seed-{stem}"
-
-        def objective(params: dict[str, Any]) -> tuple[float | None, str | None]:
-            res = self.evaluator.evaluate(ladder_jobs(code, params, train, caps, cfg,
-                                                      name=f"{stem}.py"), name)
-            score = ladder_scores(res, train, ref, cfg)
-            return (None, score.error) if score.error else (score.objective, None)
-
         n = cfg.budget.trials if source.tunables else 1
         self.log(f"tuning reference {stem} ({n} Optuna trials on {len(train)} training "
                  "instances, as the campaign tunes a seed)")
-        result = tune(storage=optuna.storages.InMemoryStorage(), study_name=name,
-                      tunables=source.tunables, n_trials=cfg.budget.trials, objective=objective,
-                      seed=cfg.seed, start=[base["params"]])
-        out = {"params": result.params, "value": result.value, "trials": result.trials,
-               "failures": result.failures[:3], "by": "this report"}
+        result = tune_reference(self.evaluator, cfg, f"{stem}.py", code, train, caps, ref,
+                                base["params"], optuna.storages.InMemoryStorage(), "this report")
+        out = {"params": dict(result.params), "value": result.value, "by": result.by}
         self.cache.put("tuned", key, out)
         return out
 
@@ -653,11 +670,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         insts = split_instances(cfg)["heldout"]
 
     b.log(f"held-out capacity of the tuned baseline on {len(insts)} instances")
-    base_res = b.capacities(baseline, insts, None)
-    baseline.caps = {k: float(r.get("capacity") or 0.0) for k, r in base_res.items()}
-    errs = [f"{k}: {r['error']}" for k, r in base_res.items() if r.get("error")]
-    if errs:
-        baseline.error = errs[0]
+    baseline.measured(b.capacities(baseline, insts, None))
 
     subject: _Policy | None = None
     if subject_cand is not None:
@@ -676,11 +689,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         except Exception as exc:  # noqa: BLE001 - a missing diff must not sink the report
             data["diff"] = f"(no diff: {exc})"
         b.log(f"held-out capacity of {label}")
-        sub_res = b.capacities(subject, insts, baseline.caps)
-        subject.caps = {k: float(r.get("capacity") or 0.0) for k, r in sub_res.items()}
-        errs = [f"{k}: {r['error']}" for k, r in sub_res.items() if r.get("error")]
-        if errs:
-            subject.error = errs[0]
+        subject.measured(b.capacities(subject, insts, baseline.caps))
 
     # -- per-workload gains with confidence intervals (the gate's statistics)
     g = cfg.gate
@@ -699,8 +708,8 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
             if not same:
                 b.notes.append("The re-measured held-out capacities differ from the gate's "
                                "record (see `autotuner replay` of the record).")
-        mean, lo, hi = bootstrap_interval(list(comp.gains.values()), g.confidence,
-                                          g.bootstrap, cfg.seed)
+        mean, lo, hi = gain_interval(list(comp.gains.values()), g.confidence, g.bootstrap,
+                                     cfg.seed)
         fams: dict[str, list[tuple[str, float, float, float]]] = {}
         for inst in insts:
             lab = inst.label
@@ -710,7 +719,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         bars = []
         for k, (fam, rows) in enumerate(fams.items()):
             gains = [r[3] for r in rows]
-            m, flo, fhi = bootstrap_interval(gains, g.confidence, g.bootstrap, cfg.seed + 7 + k)
+            m, flo, fhi = gain_interval(gains, g.confidence, g.bootstrap, cfg.seed + 7 + k)
             fam_rows.append({"family": fam, "mean": m, "lo": flo, "hi": fhi, "rows": rows,
                              "cap_subject": float(np.mean([r[1] for r in rows])),
                              "cap_baseline": float(np.mean([r[2] for r in rows]))})
@@ -731,6 +740,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
             y_label="capacity gain", width=1000,
             rules=[P.Rule(g.margin, f"gate margin {g.margin:.0%}", "y", P.COLORS["bound"])])
 
+    data["fairness"] = _fairness(b, insts, [baseline] + ([subject] if subject else []))
     # -- the capacity curve and latency CDFs on one held-out instance
     focus = next((i for i in insts if i.family == "mixed"), insts[0] if insts else None)
     policies = [baseline] + ([subject] if subject is not None else [])
@@ -811,14 +821,7 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
             from autotuner.resources import baseline_path
 
             code = baseline_path(stem).read_text(encoding="utf-8")
-            seed_cand = archive.find(f"seed-{stem}")
-            if (seed_cand is not None and seed_cand.code == code
-                    and seed_cand.train_score is not None
-                    and seed_cand.status in (A.TUNED, A.FINALIST, A.GATE_FAILED)):
-                tuned = {"params": dict(seed_cand.params), "value": seed_cand.train_score,
-                         "by": "the campaign (seed)"}
-            else:
-                tuned = b.tune_reference(stem, code, base_meta, train)
+            tuned = b.tune_reference(stem, code, base_meta, train)
             refs.append(_Policy(f"ref:{stem}", stem, code, dict(tuned["params"]),
                                 P.PALETTE[k % len(P.PALETTE)],
                                 note=f"tuned by {tuned['by']}; training objective "
@@ -826,22 +829,19 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
         b.log(f"held-out capacity of {len(refs)} reference policies on {len(ref_insts)} "
               "instances")
         for r in refs:
-            res = b.capacities(r, ref_insts, baseline.caps)
-            r.caps = {k: float(v.get("capacity") or 0.0) for k, v in res.items()}
-            errs = [f"{k}: {v['error']}" for k, v in res.items() if v.get("error")]
-            r.error = errs[0] if errs else None
+            r.measured(b.capacities(r, ref_insts, baseline.caps))
     data["reference_instances"] = [i.label for i in ref_insts] if refs else []
     rows, bars = [], []
     for k, p in enumerate(([subject] if subject else []) + refs):
         labels = [i.label for i in ref_insts]
         gains = [_gain(p.caps.get(x, 0.0), baseline.caps.get(x, 0.0)) for x in labels]
-        m, lo, hi = bootstrap_interval(gains, g.confidence, g.bootstrap, cfg.seed + 101 + k)
+        m, lo, hi = gain_interval(gains, g.confidence, g.bootstrap, cfg.seed + 101 + k)
         row = {"label": p.label, "key": p.key, "params": _params_text(p.params),
                "note": p.note, "mean_cap": float(np.mean([p.caps.get(x, 0.0) for x in labels]))
                if labels else math.nan, "gain": m, "lo": lo, "hi": hi, "error": p.error}
         if subject is not None and p is not subject:
             sg = [_gain(subject.caps.get(x, 0.0), p.caps.get(x, 0.0)) for x in labels]
-            sm, slo_, shi = bootstrap_interval(sg, g.confidence, g.bootstrap,
+            sm, slo_, shi = gain_interval(sg, g.confidence, g.bootstrap,
                                                cfg.seed + 201 + k)
             row |= {"subject_gain": sm, "subject_lo": slo_, "subject_hi": shi}
         rows.append(row)
@@ -924,6 +924,42 @@ def _collect(b: _Builder, folder: Path, cfg: CampaignConfig, archive: Archive
     return _finish(b, data)
 
 
+def _fairness(b: _Builder, insts: Sequence[Any], policies: Sequence[_Policy]
+              ) -> list[dict[str, Any]]:
+    """Per workload family and policy, beside capacity: the fairness figures at the policy's
+    own capacity (means over instances; counts summed) and output tokens/s at saturation
+    (``SATURATION_FACTOR`` x the tuned baseline's capacity), with the starved requests and
+    priority inversions named."""
+    from autotuner.review import SATURATION_FACTOR, named_requests
+
+    base = policies[0]
+    rows = []
+    fams: dict[str, list[Any]] = {}
+    for inst in insts:
+        fams.setdefault(inst.family, []).append(inst)
+    for fam, members in fams.items():
+        for p in policies:
+            at = [p.at_capacity.get(i.label) or {} for i in members]
+            sat = [b.runs(p, i, [SATURATION_FACTOR * base.caps[i.label]])[0] for i in members
+                   if base.caps.get(i.label, 0) > 0]
+            rows.append({"family": fam, "key": p.key, "label": p.label,
+                         "capacity": _mean([p.caps.get(i.label) for i in members]),
+                         **{k: _mean([m.get(k) for m in at]) for k in FAIRNESS_MEANS},
+                         **{k: int(sum(m.get(k) or 0 for m in at)) for k in FAIRNESS_COUNTS},
+                         "saturation_tok_s": _mean([r.get("throughput_tok_s") for r in sat]),
+                         "named": "; ".join(f"{i.label}: {n}" for i, m in zip(members, at,
+                                                                             strict=True)
+                                            if (n := named_requests(m)))})
+    return rows
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    """Mean of the numbers in ``values`` (None when there are none: not measured)."""
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)]
+    return float(np.mean(nums)) if nums else None
+
+
 def _finish(b: _Builder, data: dict[str, Any]) -> dict[str, Any]:
     ev = b.evaluator
     data["compute"] = {"seconds": time.perf_counter() - b.t0, "simulations": ev.ran,
@@ -963,6 +999,9 @@ def render_html(data: Mapping[str, Any]) -> str:
 
     env = _template_env()
     plots = {k: markupsafe.Markup(v) for k, v in data["plots"].items()}
+    from autotuner.review import SATURATION_FACTOR
+
+    data = {**data, "fairness_intro": FAIRNESS_INTRO.format(factor=SATURATION_FACTOR)}
     return env.get_template("report.html.j2").render(
         d=data, plots=plots, diff_lines=_diff_lines(data.get("diff") or ""))
 
@@ -1002,6 +1041,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         g = data["gains"]
         lines += [f"| **all** | | | **{_pct(g['mean'])}** | [{_pct(g['lo'])}, {_pct(g['hi'])}]"
                   " |", ""]
+    lines += _fairness_markdown(data.get("fairness") or [])
     if data.get("references"):
         lines += [f"Against the reference policies in `baselines/`, each tuned like the baseline "
                   f"({len(data['reference_instances'])} held-out instances):", "",
@@ -1032,6 +1072,39 @@ def render_markdown(data: Mapping[str, Any]) -> str:
               f"Optuna dashboard: `{data['dashboard']}` (`pip install {DASHBOARD_PACKAGE}`).",
               "", "Plots, diff and details: `report.html`.", ""]
     return "\n".join(lines)
+
+
+FAIRNESS_INTRO = (
+    "Beside capacity, at each policy's own capacity (means over the held-out instances): "
+    "token goodput, output tokens/s at saturation ({factor:g} x the tuned baseline's "
+    "capacity), the longest wait for a first token (seconds, and as a multiple of the request's "
+    "TTFT deadline), the share of requests finished after the last arrival, Jain's index of TTFT "
+    "slowdown over prompt-length deciles (1 = every length served alike), and the requests "
+    "starved or overtaken (priority inversions), summed over instances.")
+
+
+def _fairness_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    from autotuner.review import SATURATION_FACTOR
+
+    if not rows:
+        return []
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else fmt.format(v)
+
+    lines = [FAIRNESS_INTRO.format(factor=SATURATION_FACTOR), "",
+             "| workload | policy | capacity (req/s) | goodput (tok/s) | tok/s at saturation | "
+             "longest wait | wait/deadline | late finish | Jain | starved | inversions |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['family']} | {r['label']} | {f(r['capacity'], '{:.3g}')} | "
+            f"{f(r['goodput_tok_s'], '{:,.0f}')} | {f(r['saturation_tok_s'], '{:,.0f}')} | "
+            f"{f(r['longest_wait_s'], '{:.3g} s')} | {f(r['max_wait_over_deadline'], '{:.3g}x')}"
+            f" | {f(r['late_finish_share'], '{:.0%}')} | {f(r['jain_slowdown'], '{:.3f}')} | "
+            f"{r['starved']} | {r['priority_inversions']} |")
+    named = [f"- {r['family']}, {r['label']}: {r['named']}" for r in rows if r["named"]]
+    return lines + ([""] + named if named else []) + [""]
 
 
 def write_report(folder: Path, out_dir: Path | None = None,

@@ -1,86 +1,38 @@
 """Small SVG plots for the campaign report: line/step, CDF, bars with error bars.
 
 The report must be one self-contained file that opens anywhere without network access, and the
-project does not depend on matplotlib, so plots are drawn here as inline SVG strings. Each plot
-is an ``<svg>`` with a stable ``id`` (the report's browser test looks for them), a ``<title>``
-for screen readers, axes with "nice" tick values, and a legend. Inputs are plain sequences of
-numbers; non-finite points are dropped (a gap, not a crash).
+project does not depend on matplotlib, so plots are drawn here as inline SVG strings (on the
+canvas of ``report_svg``). Each plot is an ``<svg>`` with a stable ``id`` (the report's browser
+test looks for them), a ``<title>`` for screen readers, axes with "nice" tick values, and a
+legend. Inputs are plain sequences of numbers; non-finite points are dropped (a gap, not a crash).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 
 import numpy as np
 
-# Colour per role, so a policy has the same colour in every plot of the report.
-COLORS = {
-    "baseline": "#4c72b0",
-    "promoted": "#dd8452",
-    "bound": "#2ca02c",
-    "grid": "#e5e5e5",
-    "axis": "#555555",
-    "text": "#222222",
-    "muted": "#999999",
-}
-PALETTE = ("#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd", "#55a868")
-
-Fmt = Callable[[float], str]
-
-
-def fmt_number(x: float) -> str:
-    """Compact tick label: 0.05, 1.5, 20, 1.2k."""
-    if x == 0:
-        return "0"
-    a = abs(x)
-    if a >= 10_000:
-        return f"{x / 1000:.0f}k"
-    if a >= 1000:
-        return f"{x / 1000:.1f}k".replace(".0k", "k")
-    if a >= 10:
-        return f"{x:.0f}"
-    if a >= 1:
-        return f"{x:.1f}".rstrip("0").rstrip(".")
-    return f"{x:.3g}"
-
-
-def fmt_percent(x: float) -> str:
-    return f"{x:+.0%}" if x else "0%"
-
-
-def fmt_share(x: float) -> str:
-    return f"{x:.0%}"
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values covering [lo, hi] (1, 2, 2.5, 5 x 10^k steps)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return []
-    if hi <= lo:
-        hi = lo + (abs(lo) or 1.0)
-    raw = (hi - lo) / max(1, n)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    k = 0
-    while first + k * step <= hi + 1e-9 * step and k < 100:
-        ticks.append(round(first + k * step, 12))
-        k += 1
-    return ticks
-
-
-def log_ticks(lo: float, hi: float) -> list[float]:
-    """Ticks at 1, 2, 5 x 10^k inside [lo, hi] (only powers of ten when the range is wide)."""
-    if lo <= 0 or hi <= lo:
-        return []
-    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    mults = (1, 2, 5) if k1 - k0 <= 3 else (1,)
-    out = [m * 10.0**k for k in range(k0, k1 + 1) for m in mults]
-    return [t for t in out if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+from autotuner.report_svg import (
+    COLORS,
+    PALETTE,
+    Fmt,
+    Frame,
+    axes,
+    data_range,
+    finite_points,
+    fmt_number,
+    fmt_percent,
+    fmt_share,
+    legend,
+    legend_rows,
+    log_ticks,
+    nice_ticks,
+    svg_open,
+)
 
 
 @dataclass
@@ -114,152 +66,6 @@ class Rule:
     dash: str = "5,4"
 
 
-class _Frame:
-    """Maps data coordinates to the SVG canvas, linear or log on either axis."""
-
-    def __init__(self, width: int, height: int, xr: tuple[float, float], yr: tuple[float, float],
-                 x_log: bool, y_log: bool, margin: tuple[int, int, int, int]):
-        self.w, self.h = width, height
-        self.left, self.right, self.top, self.bottom = margin
-        self.x_log, self.y_log = x_log, y_log
-        self.x0, self.x1 = self._t(xr[0], x_log), self._t(xr[1], x_log)
-        self.y0, self.y1 = self._t(yr[0], y_log), self._t(yr[1], y_log)
-        if self.x1 <= self.x0:
-            self.x1 = self.x0 + 1.0
-        if self.y1 <= self.y0:
-            self.y1 = self.y0 + 1.0
-
-    @staticmethod
-    def _t(v: float, log: bool) -> float:
-        return math.log10(v) if log else v
-
-    def px(self, x: float) -> float:
-        f = (self._t(x, self.x_log) - self.x0) / (self.x1 - self.x0)
-        return self.left + f * (self.w - self.left - self.right)
-
-    def py(self, y: float) -> float:
-        f = (self._t(y, self.y_log) - self.y0) / (self.y1 - self.y0)
-        return self.h - self.bottom - f * (self.h - self.top - self.bottom)
-
-    @property
-    def plot_box(self) -> tuple[float, float, float, float]:
-        return self.left, self.top, self.w - self.right, self.h - self.bottom
-
-
-def _finite(x: Sequence[float], y: Sequence[float], x_log: bool, y_log: bool
-            ) -> tuple[np.ndarray, np.ndarray]:
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    if x_log:
-        ok &= xa > 0
-    if y_log:
-        ok &= ya > 0
-    return xa[ok], ya[ok]
-
-
-def _range(values: list[float], log: bool, pad: float, include_zero: bool = False
-           ) -> tuple[float, float]:
-    vals = [v for v in values if math.isfinite(v) and (v > 0 or not log)]
-    if include_zero and not log:
-        vals.append(0.0)
-    if not vals:
-        return (1.0, 10.0) if log else (0.0, 1.0)
-    lo, hi = min(vals), max(vals)
-    if log:
-        if hi <= lo:
-            return lo / 2, hi * 2
-        span = math.log10(hi / lo)
-        return lo / 10 ** (pad * span), hi * 10 ** (pad * span)
-    if hi <= lo:
-        d = abs(lo) * 0.1 or 1.0
-        return lo - d, hi + d
-    d = (hi - lo) * pad
-    return (lo - d if not (include_zero and lo >= 0) else lo), hi + d
-
-
-def _svg_open(plot_id: str, width: int, height: int, title: str) -> list[str]:
-    tid = f"{plot_id}-title"
-    return [
-        f'<svg id="{escape(plot_id)}" class="plot" xmlns="http://www.w3.org/2000/svg" '
-        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-        f'aria-labelledby="{escape(tid)}" font-family="system-ui, -apple-system, Segoe UI, '
-        f'Helvetica, Arial, sans-serif" font-size="12">',
-        f'<title id="{escape(tid)}">{escape(title)}</title>',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-    ]
-
-
-def _axes(fr: _Frame, xticks: list[float], yticks: list[float], x_fmt: Fmt, y_fmt: Fmt,
-          x_label: str, y_label: str) -> list[str]:
-    left, top, right, bottom = fr.plot_box
-    out = ['<g class="grid">']
-    for t in yticks:
-        y = fr.py(t)
-        out.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" '
-                   f'stroke="{COLORS["grid"]}"/>')
-    for t in xticks:
-        x = fr.px(t)
-        out.append(f'<line x1="{x:.1f}" y1="{top:.1f}" x2="{x:.1f}" y2="{bottom:.1f}" '
-                   f'stroke="{COLORS["grid"]}"/>')
-    out.append("</g>")
-    out.append(f'<g class="axes" fill="{COLORS["text"]}">')
-    out.append(f'<line x1="{left:.1f}" y1="{bottom:.1f}" x2="{right:.1f}" y2="{bottom:.1f}" '
-               f'stroke="{COLORS["axis"]}"/>')
-    out.append(f'<line x1="{left:.1f}" y1="{top:.1f}" x2="{left:.1f}" y2="{bottom:.1f}" '
-               f'stroke="{COLORS["axis"]}"/>')
-    for t in xticks:
-        out.append(f'<text x="{fr.px(t):.1f}" y="{bottom + 16:.1f}" text-anchor="middle">'
-                   f"{escape(x_fmt(t))}</text>")
-    for t in yticks:
-        out.append(f'<text x="{left - 6:.1f}" y="{fr.py(t) + 4:.1f}" text-anchor="end">'
-                   f"{escape(y_fmt(t))}</text>")
-    if x_label:
-        out.append(f'<text x="{(left + right) / 2:.1f}" y="{fr.h - 6:.1f}" '
-                   f'text-anchor="middle">{escape(x_label)}</text>')
-    if y_label:
-        cy = (top + bottom) / 2
-        out.append(f'<text x="14" y="{cy:.1f}" text-anchor="middle" '
-                   f'transform="rotate(-90 14 {cy:.1f})">{escape(y_label)}</text>')
-    out.append("</g>")
-    return out
-
-
-def _legend(entries: list[tuple[str, str, str, bool]], left: float, right: float, y: float
-            ) -> list[str]:
-    """entries: (name, colour, dash, marker only), in a row above the plot box (wrapping), so
-    it never hides data or reference labels."""
-    if not entries:
-        return []
-    out = ['<g class="legend">']
-    x = left
-    for name, color, dash, marker in entries:
-        w = len(name) * 6.4 + 40
-        if x + w > right and x > left:
-            x, y = left, y + 16
-        if marker:
-            out.append(f'<circle cx="{x + 12:.1f}" cy="{y - 4:.1f}" r="3.5" fill="{color}"/>')
-        else:
-            dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-            out.append(f'<line x1="{x + 2:.1f}" y1="{y - 4:.1f}" x2="{x + 22:.1f}" '
-                       f'y2="{y - 4:.1f}" stroke="{color}" stroke-width="2"{dash_attr}/>')
-        out.append(f'<text x="{x + 28:.1f}" y="{y:.1f}" fill="{COLORS["text"]}">'
-                   f"{escape(name)}</text>")
-        x += w
-    out.append("</g>")
-    return out
-
-
-def _legend_rows(names: Sequence[str], width: float) -> int:
-    rows, x = 1, 0.0
-    for name in names:
-        w = len(name) * 6.4 + 40
-        if x + w > width and x > 0:
-            rows, x = rows + 1, 0.0
-        x += w
-    return rows
-
-
 def line_plot(
     plot_id: str,
     series: Sequence[Series],
@@ -279,26 +85,37 @@ def line_plot(
     height: int = 360,
 ) -> str:
     """Lines, step lines and markers on shared axes, with reference rules and a legend."""
-    data = [(_finite(s.x, s.y, x_log, y_log), s) for s in series]
+    data = [(finite_points(s.x, s.y, x_log, y_log), s) for s in series]
     xs = [float(v) for (x, _), _ in data for v in x]
     ys = [float(v) for (_, y), _ in data for v in y]
     xs += [r.value for r in rules if r.axis == "x"]
     ys += [r.value for r in rules if r.axis == "y"]
-    xr = x_range or _range(xs, x_log, 0.03)
-    yr = y_range or _range(ys, y_log, 0.08, include_zero=y_zero)
-    rows = _legend_rows([s.name for s in series], width - 72 - 16)
-    fr = _Frame(width, height, xr, yr, x_log, y_log, (72, 16, 12 + 16 * rows, 44))
+    xr = x_range or data_range(xs, x_log, 0.03)
+    yr = y_range or data_range(ys, y_log, 0.08, include_zero=y_zero)
+    rows = legend_rows([s.name for s in series], width - 72 - 16)
+    fr = Frame(width, height, xr, yr, x_log, y_log, (72, 16, 12 + 16 * rows, 44))
     xticks = log_ticks(*xr) if x_log else nice_ticks(*xr)
     yticks = log_ticks(*yr) if y_log else nice_ticks(*yr)
     xticks = [t for t in xticks if xr[0] <= t <= xr[1]]
     yticks = [t for t in yticks if yr[0] <= t <= yr[1]]
-    out = _svg_open(plot_id, width, height, title)
-    out += _axes(fr, xticks, yticks, x_fmt, y_fmt, x_label, y_label)
+    out = svg_open(plot_id, width, height, title)
+    out += axes(fr, xticks, yticks, x_fmt, y_fmt, x_label, y_label)
     left, top, right, bottom = fr.plot_box
     clip = f"{plot_id}-clip"
     out.append(f'<clipPath id="{escape(clip)}"><rect x="{left:.1f}" y="{top - 2:.1f}" '
                f'width="{right - left + 2:.1f}" height="{bottom - top + 4:.1f}"/></clipPath>')
-    out.append(f'<g class="rules" clip-path="url(#{escape(clip)})">')
+    out += _rule_lines(fr, rules, clip)
+    for k, ((x, y), s) in enumerate(data):
+        out += _series_lines(fr, s, x, y, f"{plot_id}-s{k}", clip)
+    out += legend([(s.name, s.color, s.dash, not s.line) for s in series], left, right, 16)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _rule_lines(fr: Frame, rules: Sequence[Rule], clip: str) -> list[str]:
+    """Reference lines with their labels; those outside the plot box are left out."""
+    left, top, right, bottom = fr.plot_box
+    out = [f'<g class="rules" clip-path="url(#{escape(clip)})">']
     k_x = 0
     for r in rules:
         if r.axis == "x":
@@ -322,32 +139,32 @@ def line_plot(
             out.append(f'<text x="{left + 4:.1f}" y="{y - 4:.1f}" fill="{r.color}">'
                        f"{escape(r.label)}</text>")
     out.append("</g>")
-    legend = []
-    for k, ((x, y), s) in enumerate(data):
-        sid = f"{plot_id}-s{k}"
-        out.append(f'<g class="series" id="{escape(sid)}" data-name="{escape(s.name)}" '
-                   f'clip-path="url(#{escape(clip)})">')
-        if s.line and len(x) >= 1:
-            pts: list[tuple[float, float]] = []
-            for i in range(len(x)):
-                if s.step and i > 0:
-                    pts.append((fr.px(x[i]), fr.py(y[i - 1])))
-                pts.append((fr.px(x[i]), fr.py(y[i])))
-            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in pts)
-            dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-            out.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" '
-                       f'stroke-width="{s.width}" stroke-linejoin="round"{dash}/>')
-        if s.points or not s.line:
-            for i in range(len(x)):
-                label = s.labels[i] if i < len(s.labels) else ""
-                tip = f"<title>{escape(label)}</title>" if label else ""
-                out.append(f'<circle cx="{fr.px(x[i]):.1f}" cy="{fr.py(y[i]):.1f}" r="3.5" '
-                           f'fill="{s.color}" fill-opacity="0.85">{tip}</circle>')
-        out.append("</g>")
-        legend.append((s.name, s.color, s.dash, not s.line))
-    out += _legend(legend, left, right, 16)
-    out.append("</svg>")
-    return "\n".join(out)
+    return out
+
+
+def _series_lines(fr: Frame, s: Series, x: np.ndarray, y: np.ndarray, sid: str,
+                  clip: str) -> list[str]:
+    """One series' line (stepped or straight) and markers, in a group named after it."""
+    out = [f'<g class="series" id="{escape(sid)}" data-name="{escape(s.name)}" '
+           f'clip-path="url(#{escape(clip)})">']
+    if s.line and len(x) >= 1:
+        pts: list[tuple[float, float]] = []
+        for i in range(len(x)):
+            if s.step and i > 0:
+                pts.append((fr.px(x[i]), fr.py(y[i - 1])))
+            pts.append((fr.px(x[i]), fr.py(y[i])))
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in pts)
+        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
+        out.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" '
+                   f'stroke-width="{s.width}" stroke-linejoin="round"{dash}/>')
+    if s.points or not s.line:
+        for i in range(len(x)):
+            label = s.labels[i] if i < len(s.labels) else ""
+            tip = f"<title>{escape(label)}</title>" if label else ""
+            out.append(f'<circle cx="{fr.px(x[i]):.1f}" cy="{fr.py(y[i]):.1f}" r="3.5" '
+                       f'fill="{s.color}" fill-opacity="0.85">{tip}</circle>')
+    out.append("</g>")
+    return out
 
 
 def cdf_points(values: Sequence[float], weights: Sequence[float] | None = None,
@@ -421,12 +238,12 @@ def bar_plot(
     for b in bars:
         vals += [b.value] + [v for v in (b.lo, b.hi) if v is not None] + list(b.points)
     vals += [r.value for r in rules]
-    yr = _range(vals, False, 0.14, include_zero=True)
+    yr = data_range(vals, False, 0.14, include_zero=True)
     n = max(1, len(bars))
-    fr = _Frame(width, height, (0.0, float(n)), yr, False, False, (72, 16, 14, 66))
+    fr = Frame(width, height, (0.0, float(n)), yr, False, False, (72, 16, 14, 66))
     yticks = [t for t in nice_ticks(*yr) if yr[0] <= t <= yr[1]]
-    out = _svg_open(plot_id, width, height, title)
-    out += _axes(fr, [], yticks, fmt_number, y_fmt, "", y_label)
+    out = svg_open(plot_id, width, height, title)
+    out += axes(fr, [], yticks, fmt_number, y_fmt, "", y_label)
     left, top, right, bottom = fr.plot_box
     zero = fr.py(0.0)
     out.append(f'<line x1="{left:.1f}" y1="{zero:.1f}" x2="{right:.1f}" y2="{zero:.1f}" '
@@ -502,7 +319,7 @@ def hbar_plot(plot_id: str, items: Sequence[tuple[str, float]], *, title: str,
     left = min(260, max(80, max((len(k) for k, _ in items), default=8) * 7 + 16))
     top = max([v for _, v in items] + [1])
     span = width - left - 60
-    out = _svg_open(plot_id, width, height, title)
+    out = svg_open(plot_id, width, height, title)
     for k, (name, value) in enumerate(items):
         y = 12 + k * row
         w = span * value / top

@@ -1,4 +1,5 @@
-"""Locate the asset folders (prompts/, sandbox/, baselines/) in a wheel or in a checkout.
+"""Locate the asset folders (prompts/, sandbox/, baselines/, audit_policies/) in a wheel or in
+a checkout.
 
 A wheel carries them under ``autotuner/_data/``; an editable install or a plain checkout has them
 beside the package. Both layouts must work, so every lookup goes through here.
@@ -12,7 +13,8 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def asset_dir(name: str) -> Path:
-    """Return the folder ``name`` (``prompts``, ``sandbox`` or ``baselines``)."""
+    """Return the folder ``name`` (``prompts``, ``sandbox``, ``baselines`` or
+    ``audit_policies``)."""
     for candidate in (_PACKAGE / "_data" / name, _PACKAGE.parent / name):
         if candidate.is_dir():
             return candidate

@@ -27,6 +27,9 @@ from autotuner.campaign import CampaignError, campaign_dir
 from autotuner.config import CampaignConfig, ConfigError, SandboxConfig, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# "At saturation": this multiple of the tuned baseline's capacity, where every policy is
+# overloaded and output tokens/s shows what it really delivers.
+SATURATION_FACTOR = 2.0
 
 
 class ReviewError(RuntimeError):
@@ -79,6 +82,66 @@ def _params_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
 
 
+# Fairness beside capacity: what a share-of-requests capacity hides (run metrics keys).
+FAIRNESS_COLUMNS = (
+    ("goodput_tok_s", "tok goodput", "{:,.0f}/s"),
+    ("longest_wait_s", "longest wait", "{:.3g} s"),
+    ("max_wait_over_deadline", "wait/deadline", "{:.3g}x"),
+    ("late_finish_share", "late finish", "{:.0%}"),
+    ("jain_slowdown", "Jain", "{:.3f}"),
+    ("starved", "starved", "{:d}"),
+    ("priority_inversions", "inversions", "{:d}"),
+)
+
+
+def _fmt_or_dash(value: Any, fmt: str) -> str:
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return "-"
+    try:
+        return fmt.format(int(value) if fmt.endswith("d}") else value)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def fairness_row(metrics: Mapping[str, Any]) -> list[str]:
+    """The fairness columns of one run's metrics, formatted ('-' where not measured)."""
+    return [_fmt_or_dash(metrics.get(key), fmt) for key, _, fmt in FAIRNESS_COLUMNS]
+
+
+def named_requests(metrics: Mapping[str, Any]) -> str:
+    """The starved requests and priority inversions a run names (request ids, worst first)."""
+    parts = []
+    if metrics.get("starved"):
+        ids = ", ".join(f"#{i}" for i in (metrics.get("starved_ids") or [])[:10])
+        parts.append(f"starved {metrics['starved']}" + (f" ({ids})" if ids else ""))
+    if metrics.get("priority_inversions"):
+        ids = ", ".join(f"#{i}" for i in (metrics.get("inversion_ids") or [])[:10])
+        parts.append(f"inversions {metrics['priority_inversions']}" + (f" ({ids})" if ids
+                                                                         else ""))
+    return "; ".join(parts)
+
+
+def fairness_lines(capacities: Mapping[str, Any], at_claim: Mapping[str, Mapping[str, Any]],
+                   sides: tuple[str, str] = ("candidate", "baseline")) -> list[str]:
+    """A table: per instance, each side's capacity and its fairness figures at that capacity,
+    then the requests it starved or overtook, by id."""
+    head = [f"{'instance':<24} {'':<9} {'capacity':>10}"] + [
+        f"{label:>13}" for _, label, _ in FAIRNESS_COLUMNS]
+    lines = [" ".join(head)]
+    for label, caps in capacities.items():
+        rows = at_claim.get(label) or {}
+        for n, side in enumerate(sides):
+            metrics = rows.get(side) or {}
+            cap = caps[n] if n < len(caps) else None
+            cells = [f"{label if n == 0 else '':<24} {side:<9} "
+                     f"{_fmt_or_dash(cap, '{:.3g} r/s'):>10}"]
+            cells += [f"{c:>13}" for c in fairness_row(metrics)]
+            lines.append(" ".join(cells))
+            if named := named_requests(metrics):
+                lines.append(f"{'':<24} {'':<9} {named}")
+    return lines
+
+
 def _use_color(mode: str, stream: TextIO) -> bool:
     if mode == "always":
         return True
@@ -90,6 +153,38 @@ def _use_color(mode: str, stream: TextIO) -> bool:
 def _heldout_gain(c: Candidate) -> float | None:
     comps = (c.gate or {}).get("comparisons") or []
     return comps[0].get("mean_gain") if comps else None
+
+
+def attempt_outcomes(archive: Archive, cand: Candidate) -> list[str]:
+    """What each of a proposal's replies came to, one line per attempt, for a failed proposal
+    with more than one reply (else ``[]``).
+
+    The archive keeps the proposer's raw replies but only the last attempt's reasons, and an
+    earlier attempt (a refused escape, say) matters to a reviewer as much as the last: so each
+    reply is parsed against what it edited and checked again here, as the proposer did.
+    """
+    if cand.status != A.PROPOSAL_FAILED or len(cand.raw) < 2:
+        return []
+    from autotuner.check import check_policy
+    from autotuner.proposers.edits import UNCHANGED, parse_reply
+
+    parent = archive.find(cand.parent_id) if cand.parent_id else None
+    base = (parent.code if parent is not None else None) or ""
+    rejected = False
+    outcomes = []
+    for reply in cand.raw:
+        code, why = parse_reply(str(reply), base)
+        if code is None:
+            outcomes.append("repeated the refused file unchanged"
+                            if why == UNCHANGED and rejected else why)
+            continue
+        reasons = check_policy(code).reasons()
+        if reasons:
+            outcomes.append("refused by the check: " + "; ".join(reasons))
+            base, rejected = code, True
+        else:
+            outcomes.append("passed the check")
+    return outcomes
 
 
 # ------------------------------------------------------------------------------- status
@@ -104,6 +199,7 @@ def status_rows(archive: Archive) -> list[dict[str, Any]]:
             "category": failure_category(c.status, c.failure) if c.status in (
                 A.PROPOSAL_FAILED, A.FAILED, A.SCREENED_OUT) else "",
             "tokens": c.prompt_tokens + c.completion_tokens, "cost_usd": c.cost_usd,
+            "attempts": attempt_outcomes(archive, c),
         })
     return rows
 
@@ -128,7 +224,10 @@ def print_status(folder: Path, cfg: CampaignConfig, archive: Archive, out: TextI
     headers = ("id", "parent", "isl", "status", "screen", "train", "valid", "held-out",
                "params / failure")
     rows = []
+    attempts: dict[str, list[str]] = {}
     for r in status_rows(archive):
+        if r["attempts"]:
+            attempts[r["id"]] = r["attempts"]
         detail = r["failure"] if r["status"] in (A.PROPOSAL_FAILED, A.FAILED,
                                                   A.SCREENED_OUT, A.GATE_FAILED) \
             else _params_text(r["params"])
@@ -144,6 +243,9 @@ def print_status(folder: Path, cfg: CampaignConfig, archive: Archive, out: TextI
         cells = [v.rjust(w) if 4 <= i <= 7 else v.ljust(w)
                  for i, (v, w) in enumerate(zip(row[:-1], widths, strict=False))]
         out.write("  ".join(cells) + "  " + _short(row[-1], widths[-1]) + "\n")
+        # every attempt of a failed proposal, oldest first: the last alone can hide the worst
+        for k, outcome in enumerate(attempts.get(row[0], ()), 1):
+            out.write(f"    attempt {k}: {_short(outcome, max(40, width - 16))}\n")
     fails = archive.failures_by_reason()
     if fails:
         out.write("\nfailures by reason: " + ", ".join(f"{k} {v}" for k, v in
@@ -264,6 +366,10 @@ def show_text(archive: Archive, cand: Candidate) -> str:
         lines.append(f"tuned parameters: {_params_text(cand.params)}")
     if cand.failure:
         lines.append(f"failures: {cand.failure}")
+    outcomes = attempt_outcomes(archive, cand)
+    if outcomes:
+        lines.append("attempts (each reply checked again here):")
+        lines += [f"  {k}: {_short(o, 300)}" for k, o in enumerate(outcomes, 1)]
     cost = (f"cost: {cand.prompt_tokens:,} prompt + {cand.completion_tokens:,} completion tokens,"
             f" ${cand.cost_usd:.4f}, {cand.attempts} attempt(s); evaluation "
             f"{cand.eval_seconds:.0f} s, {archive.evaluation_count(cand.id)} evaluations")
@@ -288,16 +394,29 @@ def show_text(archive: Archive, cand: Candidate) -> str:
             for label, (c, r) in comp["capacities"].items():
                 lines.append(f"    {label:<24} {c:9.3g} vs {r:9.3g} req/s  "
                              f"{_gain(comp['gains'][label])}")
-        for metric, row in (gate.get("slo") or {}).items():
-            lines.append(f"  {metric:<12} at baseline capacity: {row['candidate']:.3f} vs "
-                         f"{row['baseline']:.3f} (tolerance {row['tolerance']:.3f})")
+        lines += _gate_conditions_text(gate)
     if cand.code is not None:
         lines.append(f"\n--- {cand.id}.py ---")
         lines.append(cand.code.rstrip("\n"))
-    elif cand.raw:
-        lines.append("\n--- proposer's last reply ---")
-        lines.append(str(cand.raw[-1])[:4000])
+    else:
+        for k, reply in enumerate(cand.raw, 1):
+            lines.append(f"\n--- proposer's reply {k} of {len(cand.raw)} ---")
+            lines.append(str(reply)[:4000])
     return "\n".join(lines) + "\n"
+
+
+def _gate_conditions_text(gate: Mapping[str, Any]) -> list[str]:
+    """The gate's conditions with their figures, and the fairness figures at the claim."""
+    lines = []
+    for cond in gate.get("conditions") or []:
+        lines.append(f"  {'pass' if cond['passed'] else 'FAIL'}  {cond['name']:<12} "
+                     f"{cond['figures']}")
+    at_claim = gate.get("at_claim") or {}
+    comps = gate.get("comparisons") or []
+    if at_claim and comps:
+        lines.append("  at the claimed capacity:")
+        lines += [f"    {x}" for x in fairness_lines(comps[0]["capacities"], at_claim)]
+    return lines
 
 
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
@@ -463,20 +582,22 @@ def _replay(args: argparse.Namespace) -> int:
     evaluator = Evaluator(NoCache(), args.parallelism or cfg.parallelism)
     try:
         results = evaluator.evaluate(jobs)
+        rows = []
+        for n, inst in enumerate(insts):
+            pol, base = results[2 * n], results[2 * n + 1]
+            row: dict[str, Any] = {"workload": inst.label, "policy": pol, "baseline": base}
+            if kind == "capacity":
+                c, b = pol.get("capacity") or 0.0, base.get("capacity") or 0.0
+                row["gain"] = (c / b - 1.0) if b > 0 else None
+            rows.append(row)
+        if kind == "capacity":
+            _add_saturation(evaluator, jobs, rows)
     finally:
         evaluator.close()
-    rows = []
-    for n, inst in enumerate(insts):
-        pol, base = results[2 * n], results[2 * n + 1]
-        row: dict[str, Any] = {"workload": inst.label, "policy": pol, "baseline": base}
-        if kind == "capacity":
-            c, b = pol.get("capacity") or 0.0, base.get("capacity") or 0.0
-            row["gain"] = (c / b - 1.0) if b > 0 else None
-        rows.append(row)
     report = {"target": t.name, "params": t.params, "baseline": t.baseline_name,
               "baseline_params": t.baseline_params, "note": t.note, "kind": kind,
               "slo": {"ttft_s": cfg.slo.ttft_s, "tpot_s": cfg.slo.tpot_s,
-                      "share": cfg.slo.share},
+                      "share": cfg.slo.share, "text": cfg.slo.slo().describe()},
               "cluster": f"{cfg.cluster.replicas} x {cfg.cluster.model} on {cfg.cluster.gpu}",
               "results": rows}
     failed = any(r["policy"].get("error") or r["baseline"].get("error") for r in rows)
@@ -487,17 +608,37 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _add_saturation(evaluator: Any, jobs: list[Any], rows: list[dict[str, Any]]) -> None:
+    """Output tokens/s of both policies at ``SATURATION_FACTOR`` x the baseline's capacity:
+    what each delivers when overloaded (a policy that starves requests may keep its SLO share
+    there while serving no more tokens)."""
+    runs, where = [], []
+    for n, row in enumerate(rows):
+        cap = row["baseline"].get("capacity") or 0.0
+        if cap <= 0:
+            continue
+        rate = SATURATION_FACTOR * cap
+        for k in (0, 1):
+            runs.append(dataclasses.replace(jobs[2 * n + k], kind="run", rate=rate))
+        where.append((row, rate))
+    results = evaluator.evaluate(runs)
+    for m, (row, rate) in enumerate(where):
+        pol, base = results[2 * m], results[2 * m + 1]
+        row["saturation"] = {"rate": rate, "policy": pol.get("throughput_tok_s"),
+                             "baseline": base.get("throughput_tok_s"),
+                             "error": pol.get("error") or base.get("error")}
+
+
 def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
     out.write(f"policy    {report['target']}  {_params_text(report['params'])}\n")
     out.write(f"baseline  {report['baseline']}  {_params_text(report['baseline_params'])}\n")
     slo = report["slo"]
-    out.write(f"cluster   {report['cluster']}; SLO TTFT <= {slo['ttft_s']:g} s, TPOT <= "
-              f"{slo['tpot_s']:g} s\n")
+    out.write(f"cluster   {report['cluster']}; SLO {slo['text']}\n")
     if report["note"]:
         out.write(f"note      {report['note']}\n")
     if report["kind"] == "capacity":
-        out.write(f"\ncapacity under SLO (highest rate with >= {slo['share']:.0%} of requests "
-                  "meeting both targets):\n")
+        out.write(f"\ncapacity under SLO (highest sustainable rate with >= {slo['share']:.0%} "
+                  "of requests meeting it):\n")
         out.write(f"  {'workload':<32} {'policy':>12} {'baseline':>12} {'gain':>8}\n")
         for r in report["results"]:
             p, b = r["policy"], r["baseline"]
@@ -513,6 +654,7 @@ def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
         gains = [r["gain"] for r in report["results"] if r.get("gain") is not None]
         if len(gains) > 1:
             out.write(f"  {'mean':<32} {'':>12} {'':>12} {_gain(sum(gains) / len(gains)):>8}\n")
+        _print_capacity_fairness(report["results"], out)
         return
     keys = (("rate", "offered rate (req/s)", "{:.3g}"), ("attainment", "SLO attainment", "{:.1%}"),
             ("goodput_rps", "goodput (req/s)", "{:.3g}"),
@@ -520,28 +662,53 @@ def _print_replay(report: Mapping[str, Any], out: TextIO) -> None:
             ("throughput_tok_s", "throughput (tok/s)", "{:,.0f}"),
             ("ttft_p50", "TTFT p50 (s)", "{:.3f}"), ("ttft_p90", "TTFT p90 (s)", "{:.3f}"),
             ("ttft_p99", "TTFT p99 (s)", "{:.3f}"), ("tpot_p50", "TPOT p50 (s)", "{:.4f}"),
-            ("tpot_p90", "TPOT p90 (s)", "{:.4f}"), ("tpot_p99", "TPOT p99 (s)", "{:.4f}"))
+            ("tpot_p90", "TPOT p90 (s)", "{:.4f}"), ("tpot_p99", "TPOT p99 (s)", "{:.4f}"),
+            *((key, label, fmt) for key, label, fmt in FAIRNESS_COLUMNS if key != "goodput_tok_s"))
     for r in report["results"]:
         out.write(f"\n{r['workload']}:\n  {'':<22} {'policy':>12} {'baseline':>12}\n")
         for key, label, fmt in keys:
-            vals = []
-            for side in (r["policy"], r["baseline"]):
-                v = side.get(key)
-                vals.append("-" if v is None else fmt.format(v))
+            vals = [_fmt_or_dash(side.get(key), fmt) for side in (r["policy"], r["baseline"])]
             out.write(f"  {label:<22} {vals[0]:>12} {vals[1]:>12}\n")
         for side in ("policy", "baseline"):
+            if named := named_requests(r[side]):
+                out.write(f"  {side} {named}\n")
             if r[side].get("error"):
                 out.write(f"  {side} error: {r[side]['error']}\n")
+
+
+def _print_capacity_fairness(results: list[Mapping[str, Any]], out: TextIO) -> None:
+    """Beside capacity: each side's fairness at its own capacity, and output tokens/s at
+    saturation."""
+    caps = {r["workload"]: (r["policy"].get("capacity"), r["baseline"].get("capacity"))
+            for r in results}
+    at = {r["workload"]: {"policy": r["policy"].get("at_capacity") or {},
+                          "baseline": r["baseline"].get("at_capacity") or {}} for r in results}
+    out.write("\nat each policy's own capacity:\n")
+    for line in fairness_lines(caps, at, ("policy", "baseline")):
+        out.write(f"  {line}\n")
+    sat = [r for r in results if r.get("saturation")]
+    if sat:
+        out.write(f"\noutput tokens/s at saturation ({SATURATION_FACTOR:g} x the baseline's "
+                  "capacity):\n")
+        for r in sat:
+            s = r["saturation"]
+            p, b = s.get("policy"), s.get("baseline")
+            ratio = _gain(p / b - 1.0) if p is not None and b else "-"
+            out.write(f"  {r['workload']:<32} at {s['rate']:.3g} r/s: policy "
+                      f"{_fmt_or_dash(p, '{:,.0f}')} tok/s, baseline {_fmt_or_dash(b, '{:,.0f}')}"
+                      f" tok/s ({ratio})" + (f"  error: {s['error']}" if s.get("error") else "")
+                      + "\n")
 
 
 # ------------------------------------------------------------------------------- reproduce
 def reproduce(record_path: Path, args: argparse.Namespace | None = None,
               out: TextIO | None = None, simulator: Any = None) -> int:
-    """Repeat a promotion's held-out measurement from its record alone and compare."""
-    from autotuner.config import GateConfig, config_from_mapping
-    from autotuner.gate import PolicyRef, compare
+    """Repeat a promotion's whole gate from its record alone (its files, cluster, SLO, gate
+    settings, held-out instances and best reference) and compare with what was recorded."""
+    from autotuner.config import config_from_mapping
+    from autotuner.gate import GateInputError, PolicyRef, run_gate
     from autotuner.policy import read_policy_file
-    from autotuner.scoring import Evaluator, Instance, NoCache, capacity_jobs
+    from autotuner.scoring import Evaluator, Instance, NoCache
 
     out = out or sys.stdout
     record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -551,51 +718,58 @@ def reproduce(record_path: Path, args: argparse.Namespace | None = None,
     policy = read_policy_file(folder / record["policy_file"])
     base = read_policy_file(folder / record["baseline"]["file"])
     backend = getattr(args, "sandbox", None) if args else None
-    cfg = config_from_mapping({
-        "cluster": record["cluster"], "slo": record["slo"], "gate": record["gate"],
-        "sandbox": {"backend": backend or "auto"}})
+    try:
+        cfg = config_from_mapping({
+            "cluster": record["cluster"], "slo": record["slo"], "gate": record["gate"],
+            "sandbox": {"backend": backend or "auto"}, "seed": record["statistics"]["seed"]})
+    except ConfigError as exc:
+        raise ReviewError(f"{record_path}: written under another yardstick ({exc})") from None
     insts = [Instance.from_dict(d) for d in record["instances"]]
-    stats = record["statistics"]
-    base_comp = stats["comparisons"][0]
-    hints = {k: v[1] for k, v in base_comp["capacities"].items()}
-    p_ref = PolicyRef(record["policy_file"], policy.code, dict(record["params"]))
-    b_ref = PolicyRef(record["baseline"]["file"], base.code, dict(record["baseline"]["params"]))
+    refs = []
+    if record.get("reference"):
+        ref = read_policy_file(folder / record["reference"]["file"])
+        refs = [PolicyRef(f"{record['reference']['name']}.py", ref.code,
+                          dict(record["reference"]["params"]))]
     evaluator = Evaluator(NoCache(), (getattr(args, "parallelism", None) if args else None) or 2,
                           simulator)
     try:
-        b_res = evaluator.evaluate(capacity_jobs(b_ref.code, b_ref.params, insts, cfg, None,
-                                                 name=b_ref.name))
-        p_res = evaluator.evaluate(capacity_jobs(p_ref.code, p_ref.params, insts, cfg, hints,
-                                                 name=p_ref.name))
+        result = run_gate(evaluator, cfg, record["candidate"],
+                          PolicyRef(record["policy_file"], policy.code, dict(record["params"])),
+                          PolicyRef(record["baseline"]["file"], base.code,
+                                    dict(record["baseline"]["params"])), insts, references=refs)
+    except GateInputError as exc:
+        raise ReviewError(str(exc)) from None
     finally:
         evaluator.close()
-    b_caps = {i.label: float(r.get("capacity") or 0.0) for i, r in zip(insts, b_res, strict=True)}
-    p_caps = {i.label: float(r.get("capacity") or 0.0) for i, r in zip(insts, p_res, strict=True)}
-    gate = GateConfig(**record["gate"]) if isinstance(record["gate"], dict) else cfg.gate
-    comp = compare(p_caps, b_caps, "baseline", gate, int(stats.get("seed", 0)))
-    same = all(abs(p_caps[k] - base_comp["capacities"][k][0]) <= 1e-9 * max(1, p_caps[k])
-               and abs(b_caps[k] - base_comp["capacities"][k][1]) <= 1e-9 * max(1, b_caps[k])
-               for k in p_caps if k in base_comp["capacities"])
-    result = {"record": str(record_path), "claim": record["claim"],
-              "recorded": {"mean_gain": base_comp["mean_gain"],
-                           "lower_bound": base_comp["lower_bound"]},
-              "reproduced": {"mean_gain": comp.mean_gain, "lower_bound": comp.lower_bound,
-                             "passed": comp.passed},
-              "identical_capacities": same,
-              "capacities": {k: [p_caps[k], b_caps[k]] for k in p_caps}}
+    recorded = record["statistics"]["comparisons"]
+    same = all(
+        sorted(comp.capacities.items()) == sorted((k, tuple(v)) for k, v in rec["capacities"]
+                                                  .items())
+        for comp, rec in zip(result.comparisons, recorded, strict=False))
+    comp = result.baseline
+    summary = {"record": str(record_path), "claim": record["claim"],
+               "recorded": {"mean_gain": recorded[0]["mean_gain"],
+                            "lower_bound": recorded[0]["lower_bound"]},
+               "reproduced": {"mean_gain": comp.mean_gain, "lower_bound": comp.lower_bound,
+                              "passed": result.passed, "failed": result.failed()},
+               "identical_capacities": same,
+               "capacities": {k: list(v) for k, v in comp.capacities.items()}}
     if args is not None and getattr(args, "json", False):
-        out.write(json.dumps(A._clean(result), indent=2) + "\n")
+        out.write(json.dumps(A._clean(summary), indent=2) + "\n")
     else:
         out.write(f"record   {record_path}\nclaim    {record['claim']}\n")
         out.write(f"  {'instance':<28} {'policy':>10} {'baseline':>10} {'gain':>8}\n")
-        for k, (c, b) in result["capacities"].items():
+        for k, (c, b) in comp.capacities.items():
             out.write(f"  {k:<28} {c:>10.3g} {b:>10.3g} {_gain(c / b - 1 if b else None):>8}\n")
-        out.write(f"reproduced: mean gain {_gain(comp.mean_gain)}, {gate.confidence:.0%} lower "
-                  f"bound {_gain(comp.lower_bound)} (recorded {_gain(base_comp['mean_gain'])}, "
-                  f"{_gain(base_comp['lower_bound'])}); capacities "
-                  f"{'identical' if same else 'DIFFER'}; gate "
-                  f"{'passes' if comp.passed else 'FAILS'} at margin {gate.margin:.0%}\n")
-    return EXIT_OK if comp.passed else EXIT_FAILED
+        for cond in result.conditions:
+            out.write(f"  {cond.line()}\n")
+        out.write(f"reproduced: geometric mean gain {_gain(comp.mean_gain)}, "
+                  f"{cfg.gate.confidence:.0%} lower bound {_gain(comp.lower_bound)} (recorded "
+                  f"{_gain(recorded[0]['mean_gain'])}, {_gain(recorded[0]['lower_bound'])}); "
+                  f"capacities {'identical' if same else 'DIFFER'}; gate "
+                  + ("passes" if result.passed else f"FAILS ({', '.join(result.failed())})")
+                  + "\n")
+    return EXIT_OK if result.passed else EXIT_FAILED
 
 
 def _guard(command: str, fn: Any) -> int:

@@ -8,7 +8,7 @@ then replays their decisions through this same simulator.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ from autotuner.policy import LoadedPolicy, PolicySource, load_policy
 from autotuner.sim.engine import ClusterSpec, SimResult, simulate
 from autotuner.sim.hardware import get_gpu
 from autotuner.sim.metrics import SLO, summarize
-from autotuner.sim.workload import Workload, load_trace, make_workload
+from autotuner.sim.traces import load_trace
+from autotuner.sim.workload import Workload, make_workload
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,3 @@ def metrics_of(
     return summarize(
         workload, result, slo, num_gpus=cluster.num_gpus, gpu_hour_usd=gpu.price_per_hour
     )
-
-
-def cluster_dict(cluster: ClusterSpec) -> dict[str, object]:
-    return asdict(cluster)

@@ -1,9 +1,12 @@
 """The sandbox worker: runs one untrusted policy against its own simulator, in-process.
 
-Started by an isolation backend as ``python -I -S -B worker.py LIBDIR...`` (no site-packages, no
-PYTHON* variables, no cwd on the path): the LIBDIRs hold ``autotuner`` and ``numpy`` and nothing
-else. It reads ONE JSON request on stdin, then:
+Started by an isolation backend as ``python -S -s -P -B worker.py LIBDIR...`` in an environment
+of the backend's choosing only (no site-packages, no cwd on the path, PYTHONHASHSEED=0 so that
+str hashes do not change between runs): the LIBDIRs hold ``autotuner`` and ``numpy`` and nothing
+else. It reads ONE JSON request, one line on stdin, then:
 
+0. watches stdin: the trusted side keeps it open until it is done with the worker, so its end
+   of file means the parent is gone (even by ``kill -9``) and the worker exits at once;
 1. tightens its own limits (RLIMIT_NPROC here, inside the backend's user namespace, where it
    counts only the worker's own tasks) before any policy code exists;
 2. moves the result channel off fd 1, so anything the policy prints lands on stderr (noise);
@@ -24,6 +27,8 @@ import os
 import sys
 
 MAX_REQUEST = 256 << 20
+MAX_ERROR_CHARS = 2000  # the trusted side shows 400; never send it a huge message
+FLUSH_ITEMS = 200_000  # decisions plus chunks per log line: keeps lines far below the cap
 
 
 def _emit(fd, obj):
@@ -42,6 +47,26 @@ def _limit_self(limits):
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     except (ValueError, OSError):
         pass
+
+
+def _die_with_parent(fd):
+    """Exit when ``fd`` (stdin's pipe from the parent) reaches end of file or fails.
+
+    A thread, blocked in read() without the GIL: it costs nothing while the parent lives. It
+    covers what a parent-death signal cannot: a variant that changes uid (which clears it) and
+    a parent that died before the signal was armed.
+    """
+    import threading
+
+    def watch():
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BaseException:  # noqa: BLE001 - a closed or replaced fd means the same
+            pass
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _describe(exc):
@@ -96,10 +121,14 @@ def main():
     from autotuner.sim.replay import RecordingPolicy
     from autotuner.simulation import WorkloadSpec  # noqa: F401 - warm the workload code too
 
-    raw = sys.stdin.buffer.read(MAX_REQUEST)
+    raw = sys.stdin.buffer.readline(MAX_REQUEST)
+    if not raw.endswith(b"\n"):
+        raise SystemExit("no complete request on stdin")  # the parent went away, or too big
+    watched = os.dup(0)  # the policy gets /dev/null as stdin; the watch keeps the pipe
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    _die_with_parent(watched)
     request = json.loads(raw)
 
     if request.get("selftest"):
@@ -125,6 +154,7 @@ def main():
         def __init__(self, policy):
             super().__init__(policy)
             self.sent = 0
+            self.items = 0  # decisions plus chunks not yet sent: what a line's size grows with
 
         def _room(self, decision):
             if self.sent + len(self.log) >= self.max_entries:
@@ -137,16 +167,19 @@ def main():
                 _emit(out, {"d": self.log})
                 self.sent += len(self.log)
                 self.log = []
+                self.items = 0
 
         def partition(self, view):
             raw = super().partition(view)
-            if len(self.log) >= batch:
+            self.items += 1 + len(self.log[-1][2])
+            if len(self.log) >= batch or self.items >= FLUSH_ITEMS:
                 self.flush()
             return raw
 
         def route(self, request, cluster):
             raw = super().route(request, cluster)
-            if len(self.log) >= batch:
+            self.items += 1
+            if len(self.log) >= batch or self.items >= FLUSH_ITEMS:
                 self.flush()
             return raw
 
@@ -163,10 +196,10 @@ def main():
         end["phase"] = "simulate"
         result = simulate(cluster, wl, recorder, horizon=request.get("horizon"))
         if result.error:
-            end["error"] = result.error
+            end["error"] = result.error[:MAX_ERROR_CHARS]
     except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are results too
         where = "while loading" if end["phase"] == "load" else "during the simulation"
-        end["error"] = f"the policy raised {_describe(exc)} {where}"
+        end["error"] = f"the policy raised {_describe(exc)} {where}"[:MAX_ERROR_CHARS]
     try:
         if recorder is not None:
             recorder.flush()

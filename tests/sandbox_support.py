@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from autotuner.isolation import BACKEND_ORDER, backend_status
-from autotuner.isolation.base import release_spares
+from autotuner.isolation import BACKEND_ORDER, backend_status, release_spares
 
 PR_SET_CHILD_SUBREAPER = 36
 CANARY_ENV = "AUTOTUNER_CANARY"
@@ -57,9 +56,19 @@ def children() -> list[int]:
         except OSError:
             continue
         fields = stat_line.rsplit(")", 1)[1].split()
-        if fields[1] == me:
+        if fields[1] == me and not _is_resource_tracker(int(entry)):
             found.append(int(entry))
     return found
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    """multiprocessing's resource tracker: one per process that ever used a process pool, kept
+    by Python until that process exits; not something a sandbox left behind."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"multiprocessing.resource_tracker" in cmdline
 
 
 def reap() -> None:

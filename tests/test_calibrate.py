@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autotuner.commands.calibrate import add_arguments as add_calibrate_arguments
+from autotuner.commands.calibrate import run as run_calibrate
 from autotuner.sim.calibrate import (
     Evaluator,
     ProfileError,
-    add_calibrate_arguments,
     calibrate,
     fit_constants,
     gpu_constants,
     guess_gpu,
     load_profile,
-    run_calibrate,
 )
 from autotuner.sim.costmodel import PROFILE_OPS, CostModel
 from autotuner.sim.hardware import get_gpu

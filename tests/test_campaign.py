@@ -87,17 +87,46 @@ def test_tiny_offline_campaign_end_to_end(tmp_path):
                    for c in proposals)
         seed = archive.get("seed-least_outstanding")
         assert seed.status == A.TUNED and seed.island == 1
+        # the archive's promotion and the files agree, whichever way the gate went
         promoted = archive.get_meta("promoted")
-        if promoted:
-            record = json.loads((folder / "promotions" / f"{promoted}.json").read_text())
-            assert record["candidate"] == promoted
+        winners = [c.id for c in proposals if c.status == A.PROMOTED]
+        assert winners == archive.get_meta("promotions", []) == ([promoted] if promoted else [])
+        written = sorted(p.name for p in (folder / "promotions").glob("c*"))
+        assert written == sorted(f"{c}.{ext}" for c in winners for ext in ("json", "py"))
     assert "finished" in out and "review: autotuner status" in out
+    assert f"promoted: {promoted or 'none'}" in out
 
-    # a finished campaign resumes to "complete", and a new run refuses to overwrite it
+    # a finished campaign resumes to "finished", and a new run refuses to overwrite it
     rc, out = run(cfg, resume=True)
-    assert rc == 0 and "complete" in out
+    assert rc == 0 and "is finished" in out and "nothing was changed" in out
     with pytest.raises(Exception, match="already exists"):
         Campaign(cfg, simulator=in_process, stream=io.StringIO()).run()
+
+
+HONEST = (ROOT / "tests" / "gaming" / "honest_cache_aware.py").read_text()
+
+
+def test_a_clearly_better_proposal_is_promoted_with_its_record(tmp_path):
+    """Routing by waiting prefill net of prefix-cache hits gains capacity on multi-turn sessions
+    honestly (tests/test_gate.py): the campaign validates it, gates it and promotes it, and the
+    promoted files are the archived candidate's."""
+    cfg = tiny(tmp_path, name="win", **{"budget.proposals": 1, "search.seeds": []})
+    rc, out = run(cfg, proposer=ScriptedProposer([Proposal(HONEST, True, "")]))
+    assert rc == 0, out
+    folder = cfg.campaign_dir
+    with Archive(folder / "archive.sqlite") as archive:
+        (cand,) = archive.candidates(origin="proposal")
+        assert cand.status == A.PROMOTED, (cand.status, cand.failure, out)
+        assert cand.train_score > 0 and cand.validation_score > 0
+        assert archive.get_meta("promoted") == cand.id == "c0001"
+        assert archive.get_meta("promotions") == [cand.id]
+        gate = cand.gate
+    assert gate["passed"] and all(c["passed"] for c in gate["conditions"])
+    record = json.loads((folder / "promotions" / "c0001.json").read_text())
+    assert record["candidate"] == "c0001" and record["campaign"] == "win"
+    assert record["params"] == cand.params and record["baseline"]["name"] == "fixed_chunk.py"
+    assert (folder / "promotions" / "c0001.py").is_file()
+    assert "PROMOTED c0001" in out and "promoted: c0001 (held-out capacity +" in out
 
 
 class ScriptedProposer:
@@ -153,6 +182,7 @@ def test_llm_campaign_against_a_scripted_chat_server(tmp_path):
         "    best = min(cluster.replicas, key=lambda r: (r.outstanding, r.replica))\n"
         "    return best.replica")
     replies = [
+        ok("OK", prompt_tokens=13, completion_tokens=1),  # the setup's one test request
         ok("I would route by load, but here is only prose."),  # unusable: sent back once
         ok(f"Least outstanding routing:\n```python\n{better}```\n", prompt_tokens=1000,
            completion_tokens=500),
@@ -165,8 +195,9 @@ def test_llm_campaign_against_a_scripted_chat_server(tmp_path):
         rc, out = run(cfg)
         requests = list(server.requests)
     assert rc == 0, out
-    assert "LLM proposer: model gpt-4o-mini" in out
-    assert "def partition" in requests[0].all_text and "capacity" in requests[0].all_text
+    assert "LLM proposer: model gpt-4o-mini" in out and "answered a test request" in out
+    assert requests[0].all_text == "Reply with the single word OK."
+    assert "def partition" in requests[1].all_text and "capacity" in requests[1].all_text
     with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
         first, second = archive.candidates(origin="proposal")
         assert first.code is not None and "min(cluster.replicas" in first.code
@@ -184,9 +215,10 @@ KILLABLE = textwrap.dedent("""
     from autotuner import scoring
     from autotuner.campaign import Campaign
     from autotuner.config import load_config
+    from autotuner.scoring import evaluator
 
     log = open(sys.argv[2], "a")
-    real = scoring.execute_job
+    real = evaluator.execute_job
 
     def logged(job, simulator=None):
         key = job.key()
@@ -194,7 +226,7 @@ KILLABLE = textwrap.dedent("""
         out = real(job, simulator)
         return out
 
-    scoring.execute_job = logged
+    evaluator.execute_job = logged
     overrides = json.loads(sys.argv[1])
     cfg = load_config(**overrides)
     resume = os.path.exists(os.path.join(cfg.results_dir, cfg.name, "archive.sqlite"))
@@ -329,13 +361,13 @@ def test_autotuner_run_through_the_cli_with_the_real_sandbox(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-m", "autotuner.cli", "run", "--config", str(config)], cwd=tmp_path,
+        [sys.executable, "-m", "autotuner", "run", "--config", str(config)], cwd=tmp_path,
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr
     assert "offline proposer (no LLM endpoint configured)" in err
     assert "sandbox:" in err and "finished" in err
-    status = subprocess.run([sys.executable, "-m", "autotuner.cli", "status", "cli"],
+    status = subprocess.run([sys.executable, "-m", "autotuner", "status", "cli"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert "baseline" in status.stdout and "c0001" in status.stdout
@@ -359,9 +391,9 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_otherwi
 def test_proposals_still_out_when_time_is_up_are_abandoned_and_recorded(tmp_path, monkeypatch):
     import threading
 
-    from autotuner import campaign as campaign_module
+    from autotuner.campaign import search
 
-    monkeypatch.setattr(campaign_module, "ABANDON_GRACE_S", 0.2)
+    monkeypatch.setattr(search, "ABANDON_GRACE_S", 0.2)
     asked = threading.Event()
 
     class Hanging:
@@ -384,10 +416,271 @@ def test_proposals_still_out_when_time_is_up_are_abandoned_and_recorded(tmp_path
 
 
 def test_a_setup_error_leaves_no_campaign_behind(tmp_path, capsys):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     rc = main(["run", "--proposer", "llm", "--name", "nomodel", "--results-dir",
                str(tmp_path / "results")])
     assert rc == 2
     assert "no model configured" in capsys.readouterr().err
     assert not (tmp_path / "results" / "nomodel").exists()
+
+
+# ------------------------------------------------------------------ the folder's lifecycle
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every row of every archive table, and every other file's bytes, as digests."""
+    import hashlib
+
+    out = {}
+    conn = sqlite3.connect(f"file:{folder / 'archive.sqlite'}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in sorted(tables):
+            rows = sorted(repr(tuple(r)) for r in conn.execute(f"SELECT * FROM {table}"))
+            out[f"table {table}"] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    finally:
+        conn.close()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.startswith("archive.sqlite"):
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_resume_of_a_finished_campaign_says_so_and_changes_nothing(tmp_path, capsys):
+    from autotuner.commands.main import main
+
+    # the wall-time budget ends the search after one proposal of three: finished, with
+    # proposals left in the budget (the case that used to reopen the search)
+    cfg = tiny(tmp_path, name="fin", **{"budget.proposals": 3, "budget.min_proposals": 1,
+                                        "budget.wall_time_s": 1.0, "search.in_flight": 1,
+                                        "search.seeds": []})
+    rc, out = run(cfg)
+    assert rc == 0, out
+    folder = cfg.campaign_dir
+    with Archive(folder / "archive.sqlite") as archive:
+        assert archive.get_meta("phase") == "done"
+        assert archive.count(origin="proposal") < 3
+    before = _snapshot(folder)
+    rc, out = run(load_config(folder / "config.toml"), resume=True)
+    assert rc == 0 and "campaign fin is finished" in out and "nothing was changed" in out
+    assert _snapshot(folder) == before
+    rc = main(["resume", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "is finished" in err and "--proposals" in err, err
+    assert _snapshot(folder) == before
+    # a budget that leaves no room changes nothing either
+    rc = main(["resume", str(folder), "--proposals", "5"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "leaves no room" in err, err
+    assert _snapshot(folder) == before
+
+
+def test_resume_with_a_larger_budget_searches_on(tmp_path):
+    cfg = tiny(tmp_path, name="more", **{"budget.proposals": 1, "search.seeds": []})
+    rc, out = run(cfg)
+    assert rc == 0, out
+    more = load_config(cfg.campaign_dir / "config.toml", **{"budget.proposals": 2})
+    rc, out = run(more, resume=True, extend=True)
+    assert rc == 0 and "resuming campaign more" in out, out
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        assert archive.count(origin="proposal") == 2
+        assert archive.get_meta("phase") == "done"
+
+
+SETUP_TOML = """
+name = "s"
+results_dir = "{results}"
+parallelism = 1
+[workloads]
+scenarios = ["multiturn"]
+screen = ["multiturn"]
+requests = 60
+scenario_requests = {{}}
+heldout_seeds = [1001]
+{traces}
+[objective]
+baseline = "{baseline}"
+ladder = [1.0]
+[budget]
+proposals = 1
+trials = 1
+[search]
+seeds = []
+{proposer}
+"""
+
+
+def _setup_case(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """A campaign file that fails its setup in one way, and a word the error must contain."""
+    fixed = baseline_path("fixed_chunk").read_text()
+    fields = {"results": tmp_path / "results", "traces": "", "baseline": "fixed_chunk",
+              "proposer": ""}
+    if case == "missing baseline":
+        fields["baseline"], needle = str(tmp_path / "nowhere.py"), "nowhere.py"
+    elif case == "refused baseline":
+        (tmp_path / "refused.py").write_text("import os\n" + fixed)
+        fields["baseline"], needle = str(tmp_path / "refused.py"), "refused by the static check"
+    elif case == "bad trace":
+        (tmp_path / "bad.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
+                                          "0.0,10,5\n1.0,x,5\n")
+        fields["traces"], needle = f'traces = ["{tmp_path / "bad.csv"}"]', "bad.csv"
+    elif case == "failing baseline":
+        (tmp_path / "failing.py").write_text(fixed.replace(
+            "return request.id % len(cluster.replicas)", "return 99"))
+        fields["baseline"], needle = (str(tmp_path / "failing.py"),
+                                              "the baseline (at its default parameters) fails")
+    elif case == "unreachable endpoint":
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        fields["proposer"] = (f'[proposer]\nkind = "llm"\n[proposer.llm]\nmodel = "m"\n'
+                              f'base_url = "http://127.0.0.1:{port}/v1"\n')
+        needle = f"LLM endpoint: cannot reach http://127.0.0.1:{port}/v1"
+    else:
+        raise AssertionError(case)
+    path = tmp_path / "campaign.toml"
+    path.write_text(SETUP_TOML.format(**fields))
+    return path, needle
+
+
+@pytest.mark.parametrize("case", ["missing baseline", "refused baseline", "bad trace",
+                                  "failing baseline", "unreachable endpoint"])
+def test_a_failed_setup_leaves_nothing_and_the_same_command_runs_again(tmp_path, capsys, case):
+    from autotuner.commands.main import main
+
+    if case == "failing baseline":
+        from autotuner.isolation import detect_backend
+
+        try:
+            detect_backend()
+        except Exception as exc:  # noqa: BLE001
+            pytest.skip(f"no sandbox backend works here: {exc}")
+    config, needle = _setup_case(tmp_path, case)
+    results = tmp_path / "results"
+    for _ in range(2):  # the second run is the same command: the same error, no "exists"
+        t0 = time.monotonic()
+        rc = main(["run", "--config", str(config)])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert rc == 2, err
+        assert lines[-1].startswith("autotuner run: error:") and needle in lines[-1], err
+        assert "Traceback" not in err and "already exists" not in err
+        assert not results.exists() or list(results.iterdir()) == [], list(results.iterdir())
+        if case == "unreachable endpoint":
+            assert len(lines) == 1 and time.monotonic() - t0 < 15
+
+
+def test_a_baseline_that_breaks_the_evaluator_is_one_line(tmp_path, capsys, monkeypatch):
+    from autotuner import scoring
+    from autotuner.commands.main import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the worker was killed before it wrote anything (SIGKILL)\nmore")
+
+    monkeypatch.setattr(scoring.evaluator, "simulator_for", lambda: broken)
+    monkeypatch.setattr(scoring, "sandbox_description", lambda backend: ("test", False))
+    config, _ = _setup_case(tmp_path, "missing baseline")
+    config.write_text(config.read_text().replace(str(tmp_path / "nowhere.py"), "fixed_chunk"))
+    rc = main(["run", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("autotuner run: error: setup failed (baseline: capacity"), last
+    assert "RuntimeError: the worker was killed before it wrote anything (SIGKILL) more" in last
+    assert "nothing was kept" in last
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_a_setup_killed_half_way_is_cleared_by_the_next_run(tmp_path):
+    cfg = tiny(tmp_path, name="again", **{"budget.proposals": 1, "search.seeds": []})
+    stale = tmp_path / "results" / ".again.setup"
+    (stale / "candidates").mkdir(parents=True)
+    (stale / "archive.sqlite").write_bytes(b"half written")
+    from autotuner.campaign import campaign_dir
+
+    with pytest.raises(Exception, match="setup was interrupted"):
+        campaign_dir("again", str(tmp_path / "results"))
+    rc, out = run(cfg)
+    assert rc == 0, out
+    assert "removed the unfinished setup" in out
+    assert not stale.exists() and (cfg.campaign_dir / "archive.sqlite").is_file()
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["again"]
+
+
+def test_a_failure_after_setup_is_one_line_with_the_traceback_kept(tmp_path):
+    from autotuner.campaign import CampaignError
+
+    def breaks_on_proposals(code, params, cluster, wl, slo, horizon, sandbox, name):
+        if name.startswith("c0"):
+            raise RuntimeError("the worker was lost")
+        return in_process(code, params, cluster, wl, slo, horizon, sandbox, name)
+
+    cfg = tiny(tmp_path, name="late", **{"budget.proposals": 1, "search.seeds": []})
+    campaign = Campaign(cfg, simulator=breaks_on_proposals, stream=io.StringIO(), tty=False)
+    with pytest.raises(CampaignError) as info:
+        campaign.run()
+    message = str(info.value)
+    assert "\n" not in message and "RuntimeError: the worker was lost" in message
+    assert "autotuner resume" in message and "errors.log" in message
+    log = (cfg.campaign_dir / "errors.log").read_text()
+    assert "Traceback" in log and "the worker was lost" in log
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        assert archive.get("baseline").status == A.TUNED  # what was done is kept
+
+
+POOL_THEN_DIE = textwrap.dedent("""
+    import os, signal, sys, time
+    from autotuner.scoring import Evaluator, NoCache
+
+    if __name__ == "__main__":
+        evaluator = Evaluator(NoCache(), parallelism=2)
+        pool = evaluator._get_pool()
+        futures = [pool.submit(time.sleep, 60) for _ in range(4)]  # the queue, buffered
+        print(" ".join(str(pid) for pid in pool._processes), flush=True)
+        time.sleep(float(sys.argv[1]))
+        if futures[0].running() or float(sys.argv[1]) == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 of the campaign process
+        print("the workers never started their jobs", file=sys.stderr)
+""")
+
+
+@pytest.mark.parametrize("delay", [0.0, 4.0], ids=["while-workers-start", "while-they-work"])
+def test_pool_workers_die_with_the_killed_campaign_process(tmp_path, delay):
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_THEN_DIE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "out"  # a file, not a pipe: orphans holding a pipe would stall the test
+    with open(out, "w") as f:
+        proc = subprocess.run([sys.executable, str(script), str(delay)], stdout=f,
+                              stderr=subprocess.STDOUT, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL, out.read_text()
+    workers = [int(pid) for pid in out.read_text().split()[:2]]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 15
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in workers if _running(pid)]
+    for pid in alive:  # do not leave them behind if the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "pool workers outlived the killed campaign process"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_during_setup_keeps_nothing(tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    cfg = tiny(tmp_path, name="ci", **{"search.seeds": []})
+    out = io.StringIO()
+    rc = Campaign(cfg, simulator=interrupted, stream=out, tty=False).run()
+    assert rc == 130 and "interrupted during setup: nothing was kept" in out.getvalue()
+    assert list((tmp_path / "results").iterdir()) == []

@@ -603,3 +603,294 @@ def test_a_file_with_no_code_gets_one_reason(code):
     (issue,) = check_policy(code).issues
     assert issue.construct == "empty" and "TUNABLES" in issue.message
     assert "partition(replica, params)" in issue.message
+
+
+# --- the policy API: fields checked against sim/api.py ----------------------------------------
+
+def _policy(body: str) -> str:
+    return textwrap.dedent(body).lstrip("\n")
+
+
+def _issue(code: str, construct: str):
+    issues = [i for i in check_policy(code).issues if i.construct == construct]
+    assert len(issues) == 1, check_policy(code).reasons()
+    return issues[0]
+
+
+def test_every_field_of_every_view_is_accepted_and_a_wrong_one_refused():
+    """Generated from api.py, so a field added there is known to the check at once."""
+    from autotuner.api_views import views
+    from autotuner.sim import api
+
+    reads = {
+        "ReplicaView": "replica",
+        "WaitingView": "replica.waiting[0]",
+        "RequestView": "request",
+        "ClusterView": "cluster",
+        "ReplicaLoad": "cluster.replicas[0]",
+    }
+    assert set(reads) == set(views())
+    for name, expr in reads.items():
+        point = "partition" if expr.startswith("replica") else "route"
+        args = "replica, params" if point == "partition" else "request, cluster, params"
+        fields = getattr(api, name)._fields
+        lines = "".join(f"    x = {expr}.{f}\n" for f in fields)
+        good = f"TUNABLES = {{}}\n\n\ndef {point}({args}):\n{lines}    return 0\n"
+        assert check_policy(good).ok, check_policy(good).reasons()
+        bad = good.replace("    return 0\n", f"    return {expr}.no_such_field\n")
+        issue = _issue(bad, "api-field")
+        assert issue.line == 5 + len(fields)
+        assert f"{name} fields: {', '.join(fields)}" in issue.message
+
+
+ISSUE_EXAMPLES = [
+    # (what the model wrote, the line it is on, words the reason must contain)
+    (
+        """
+        TUNABLES = {}
+
+        def partition(replica, params):
+            if replica.running > 4:
+                return (0, ())
+            return (512, ())
+        """,
+        4,
+        ["'replica.running'", "ReplicaView", "'running' is a field of ReplicaLoad", "decodes"],
+    ),
+    (
+        """
+        TUNABLES = {}
+
+        def route(request, cluster, params):
+            if request.prefilled > 0:
+                return 0
+            return 1
+        """,
+        4,
+        ["RequestView", "prompt_tokens", "'prefilled' is a field of WaitingView"],
+    ),
+    (
+        """
+        TUNABLES = {}
+
+        def route(request, cluster, params):
+            best = min(cluster.replicas, key=lambda r: (r.outstanding, r.replica))
+            return best.index
+        """,
+        5,
+        ["'best.index'", "best is a ReplicaLoad (an entry of cluster.replicas)",
+         "fields: replica, running"],
+    ),
+    (
+        """
+        TUNABLES = {}
+
+        def partition(replica, params):
+            chunks = []
+            for req in replica.waiting:
+                chunks.append((req.id, req.remaining_tokens))
+            return (512, tuple(chunks))
+        """,
+        6,
+        ["'req.remaining_tokens'", "WaitingView", "did you mean .remaining?"],
+    ),
+    (
+        """
+        TUNABLES = {}
+
+        def route(request, cluster, params):
+            i = request.id % len(cluster.replicas)
+            return cluster.replicas[i].index
+        """,
+        5,
+        ["'cluster.replicas[i].index'", "ReplicaLoad"],
+    ),
+    (
+        """
+        TUNABLES = {}
+
+        def load(r):
+            return r.running + r.queued
+
+        def route(request, cluster, params):
+            return min(range(len(cluster.replicas)), key=lambda j: load(cluster.replicas[j]))
+        """,
+        4,
+        ["'r.queued'", "r is a ReplicaLoad"],
+    ),
+    (
+        """
+        TUNABLES = {}
+
+        def partition(replica, params):
+            return (replica.waiting.remaining, ())
+        """,
+        4,
+        ["replica.waiting is a tuple of WaitingView", "'remaining' is a field of each entry",
+         "for x in replica.waiting"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "line", "words"), ISSUE_EXAMPLES)
+def test_fields_a_view_does_not_have_are_refused_with_the_valid_ones(code, line, words):
+    issue = _issue(_policy(code), "api-field")
+    assert issue.line == line, issue.message
+    for word in words:
+        assert word in issue.message, issue.message
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # the same name for different kinds of values: unknown, so never checked
+        """
+        TUNABLES = {}
+
+        def route(request, cluster, params):
+            x = cluster.replicas[0]
+            x = request
+            return x.id if x.id else 0
+        """,
+        # optional views, loops, enumerate, next(), sorted(), a helper called consistently
+        """
+        TUNABLES = {"w": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}
+
+        def score(load, weight):
+            return load.outstanding + weight * load.waiting_tokens
+
+        def route(request, cluster, params):
+            best = None
+            for i, r in enumerate(cluster.replicas):
+                if best is None or score(r, params["w"]) < score(best, params["w"]):
+                    best = r
+            hit = next((r for r in cluster.replicas if r.prefix_hit_tokens > 0), None)
+            order = sorted(cluster.replicas, key=lambda r: r.kv_free_tokens)
+            if hit is not None and hit.kv_free_tokens > request.prompt_tokens:
+                return hit.replica
+            return best.replica if best is not None else order[-1].replica
+
+        def partition(replica, params):
+            first = replica.waiting[0] if replica.waiting else None
+            ids = [w.id for w in replica.waiting[:4]]
+            n = replica.waiting.count(first)
+            return (params.get("w", 1) and 512, tuple((i, 1) for i in ids[:n]))
+        """,
+    ],
+)
+def test_legal_uses_of_the_views_pass(code):
+    result = check_policy(_policy(code))
+    assert result.ok, result.reasons()
+
+
+def test_a_reason_about_a_name_points_at_the_use_that_is_wrong():
+    """The issue's case: 'room' is a legal local of partition (line 4 and 7) and is used,
+    unbound, in route (line 17); the reason must name line 17 and say why."""
+    code = _policy(
+        """
+        TUNABLES = {}
+
+        def partition(replica, params):
+            room = replica.max_batch_tokens - replica.decodes
+            chunks = []
+            for req in replica.waiting:
+                take = min(req.remaining, room)
+                if take <= 0:
+                    break
+                chunks.append((req.id, take))
+                room -= take
+            return (512, tuple(chunks))
+
+
+        def route(request, cluster, params):
+            for r in cluster.replicas:
+                if r.kv_free_tokens > room:
+                    return r.replica
+            return 0
+        """
+    )
+    issue = _issue(code, "undefined-name")
+    assert issue.line == 17, issue.message
+    assert "used in route" in issue.message and "local variable of partition" in issue.message
+
+
+def test_a_name_not_imported_or_a_bare_tunable_gets_the_fix():
+    code = _policy(
+        """
+        TUNABLES = {"chunk": {"type": "int", "low": 32, "high": 4096, "default": 512}}
+
+        def partition(replica, params):
+            budget = floor(chunk * 1.5)
+            return (ceil(budget), ())
+        """
+    )
+    reasons = check_policy(code).reasons()
+    assert len(reasons) == 3, reasons
+    floor_, chunk, ceil_ = (next(r for r in reasons if f"'{name}'" in r)
+                            for name in ("floor", "chunk", "ceil"))
+    assert floor_.startswith("line 4:") and "import it from math at the top" in floor_
+    assert "from math import floor" in floor_
+    assert ceil_.startswith("line 5:") and "from math import ceil" in ceil_
+    assert chunk.startswith("line 4:")
+    assert "'chunk' is a tunable" in chunk and 'params["chunk"]' in chunk
+
+
+def test_a_tunables_bound_that_reads_a_runtime_value_names_the_entry_and_key():
+    code = _policy(
+        """
+        TUNABLES = {
+            "chunk": {"type": "int", "low": 32, "high": replica.max_batch_tokens,
+                      "default": 512},
+        }
+
+        def partition(replica, params):
+            return (params["chunk"], ())
+        """
+    )
+    (reason,) = check_policy(code).reasons()  # one reason: no second one about 'replica'
+    assert reason.startswith("line 2: TUNABLES entry 'chunk': key \"high\" must be a number")
+    assert "replica.max_batch_tokens" in reason
+
+
+def test_params_is_a_mapping_and_views_are_not_dicts():
+    code = _policy(
+        """
+        TUNABLES = {"chunk": {"type": "int", "low": 32, "high": 4096, "default": 512}}
+
+        def partition(replica, params):
+            return (params.chunk + replica["decodes"], ())
+        """
+    )
+    by = {i.construct: i for i in check_policy(code).issues}
+    assert 'params["chunk"]' in by["params-attribute"].message
+    assert "replica.replica" in by["api-field"].message and "named tuple" in by["api-field"].message
+
+
+def test_a_long_list_of_names_is_spelt_out_once():
+    code = HEAD + "def f(x):\n    print(x)\n    print(getattr(x, 'a'))\n    return type(x)\n"
+    reasons = check_policy(code).reasons()
+    assert len(reasons) == 4
+    assert "allowed built-ins are: ArithmeticError, " in reasons[0]
+    assert all(r.endswith("allowed built-ins are: (listed above)") for r in reasons[1:])
+    assert sum(len(r) for r in reasons) < 1200
+
+
+def test_a_tunables_reason_points_at_the_entry_it_names():
+    code = _policy(
+        """
+        TUNABLES = {
+            "a": {"type": "int", "low": 1, "high": 9, "default": 2},
+            "b": {"type": "int", "low": 5, "high": 1,
+                  "default": 2},
+            "c": {"type": "int", "low": 1, "high": 9, "default": 2.5},
+        }
+
+        def partition(replica, params):
+            return (params["a"], ())
+        """
+    )
+    (issue,) = check_policy(code).issues
+    assert issue.line == 3 and "TUNABLES['b'] needs low < high" in issue.message
+    fixed = code.replace('"low": 5, "high": 1,', '"low": 1, "high": 9,')
+    (issue,) = check_policy(fixed).issues
+    assert issue.line == 5 and "TUNABLES['c']['default'] must be whole" in issue.message

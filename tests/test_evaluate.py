@@ -17,18 +17,14 @@ from pathlib import Path
 import pytest
 from sandbox_support import assert_no_leftovers, backend_params, make_subreaper
 
-from autotuner.evaluate import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REJECTED,
-    add_evaluate_arguments,
-    evaluate,
-    run_evaluate,
-    untrusted_text,
-    workload_fingerprint,
-)
-from autotuner.isolation import Limits
-from autotuner.isolation.base import WORKER_ENV, Backend, PopenWorker
+from autotuner.commands.common import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
+from autotuner.commands.evaluate import add_arguments as add_evaluate_arguments
+from autotuner.commands.evaluate import run as run_evaluate
+from autotuner.evaluate import evaluate, untrusted_text, workload_fingerprint
+from autotuner.isolation import Limits, SandboxBroken
+from autotuner.isolation.base import Backend
+from autotuner.isolation.handle import PopenWorker
+from autotuner.isolation.limits import WORKER_ENV
 from autotuner.policy import load_policy, read_policy_file
 from autotuner.resources import asset_dir, baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
@@ -94,7 +90,7 @@ def test_horizon_is_applied_on_both_sides():
 
 
 def test_cli_evaluate_matches_cli_simulate(capsys, tmp_path):
-    from autotuner import cli
+    from autotuner.commands.main import main
 
     common = ["--requests", "250", "--seed", "2", "--replicas", "2", "--json"]
     parser = argparse.ArgumentParser()
@@ -102,7 +98,7 @@ def test_cli_evaluate_matches_cli_simulate(capsys, tmp_path):
     args = parser.parse_args(["--policy", "sarathi_shrinking", *common])
     assert run_evaluate(args) == EXIT_OK
     evaluated = json.loads(capsys.readouterr().out)
-    assert cli.main(["simulate", "--policy", "sarathi_shrinking", *common]) == 0
+    assert main(["simulate", "--policy", "sarathi_shrinking", *common]) == 0
     simulated = json.loads(capsys.readouterr().out)
     assert evaluated["verdict"] == "ok"
     assert evaluated["metrics"] == simulated["metrics"]
@@ -141,7 +137,7 @@ class CannedBackend(Backend):
     def spawn(self, limits: Limits) -> PopenWorker:
         path = Path(tempfile.mkdtemp()) / "out"
         path.write_bytes(b"".join(self.lines))
-        script = (f"import sys, os; sys.stdin.buffer.read(); "
+        script = (f"import sys, os; sys.stdin.buffer.readline(); "
                   f"sys.stdout.buffer.write(open({str(path)!r}, 'rb').read()); "
                   f"sys.stdout.flush(); os.unlink({str(path)!r}); os.rmdir({str(path.parent)!r}); "
                   f"sys.exit({self.status})")
@@ -177,8 +173,6 @@ def test_an_honest_log_from_anyone_scores_as_the_policy():
     ("short", "ended before the simulation did"),
     ("short_no_end", "without sending its result"),
     ("garbage", "garbage output"),
-    ("no_hello", "garbage output"),
-    ("fingerprint", "different workload"),
     ("after_end", "wrote more after its result"),
     ("reordered", "illegal decision"),
     ("bad_entry", "illegal decision"),
@@ -195,8 +189,6 @@ def test_a_lying_worker_never_scores(case, reason):
         "short": [hello, msg({"d": log[:-5]}), end],
         "short_no_end": [hello, msg({"d": log[:-5]})],
         "garbage": [hello, b"{not json\n", end],
-        "no_hello": [msg({"d": log}), end],
-        "fingerprint": [msg({"hello": {"workload": "0" * 32}}), msg({"d": log}), end],
         "after_end": [hello, msg({"d": log}), end, msg({"d": []})],
         "reordered": [hello, msg({"d": log[1:2] + log[:1] + log[2:]}), end],
         "bad_entry": [hello, msg({"d": [["p", "lots", "of"]] + log}), end],
@@ -210,6 +202,24 @@ def test_a_lying_worker_never_scores(case, reason):
     assert ev.verdict == "failed", (case, ev)
     assert reason in ev.reasons[0], (case, ev.reasons)
     assert ev.metrics is None
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("no_hello", "garbage output"),
+    ("fingerprint", "different workload"),
+    ("silent", "without sending its result"),
+])
+def test_a_worker_broken_before_its_hello_is_the_sandboxs_fault(case, reason):
+    # Nothing of the policy runs before the worker's hello: what goes wrong there is no verdict.
+    log, fp = honest_lines()
+    end = msg({"end": {"error": None}})
+    lines = {
+        "no_hello": [msg({"d": log}), end],
+        "fingerprint": [msg({"hello": {"workload": "0" * 32}}), msg({"d": log}), end],
+        "silent": [],
+    }[case]
+    with pytest.raises(SandboxBroken, match=reason):
+        run_canned(lines)
 
 
 def test_worker_text_is_scrubbed_of_the_parents_secrets(monkeypatch):
@@ -227,3 +237,95 @@ def test_fingerprint_matches_the_workers():
     spec.loader.exec_module(worker)
     for wl in (SPEC.build(), make_workload("mixed", 100, seed=1)):
         assert worker.fingerprint(wl) == workload_fingerprint(wl)
+
+
+# ------------------------------------------------------------------------------ infrastructure
+class DyingBackend(Backend):
+    """A worker killed before it says anything (as a spare whose parent thread ended was), the
+    first ``deaths`` times; after that, the real sandbox."""
+
+    def __init__(self, deaths: int):
+        super().__init__(name="dying", same_runtime=True)
+        self.deaths, self.started = deaths, 0
+
+    def spawn(self, limits: Limits) -> PopenWorker:
+        self.started += 1
+        if self.started > self.deaths:
+            from autotuner.isolation import detect_backend
+
+            return detect_backend().spawn(limits)
+        script = "import os, sys; sys.stdin.buffer.readline(); os.kill(os.getpid(), 9)"
+        return PopenWorker([sys.executable, "-I", "-c", script], limits, env=dict(WORKER_ENV))
+
+
+def test_a_worker_killed_before_the_policy_ran_is_retried_not_blamed():
+    backend = DyingBackend(deaths=1)
+    ev = evaluate(baseline_path("fixed_chunk").read_text(), workload=SPEC, cluster=CLUSTER,
+                  sandbox=backend, limits=LIMITS, warm=True)
+    assert ev.verdict == "ok", ev.reasons
+    assert ev.metrics == trusted("fixed_chunk", SPEC)
+    assert backend.started >= 2
+    backend.release_spare()
+
+
+def test_a_sandbox_that_keeps_failing_is_an_error_not_a_verdict():
+    backend = DyingBackend(deaths=10**6)
+    with pytest.raises(SandboxBroken, match=r"failed 3 times .*before the policy ran.*SIGKILL"):
+        evaluate(baseline_path("fixed_chunk").read_text(), workload=SPEC, cluster=CLUSTER,
+                 sandbox=backend, limits=LIMITS)
+    assert backend.started == 3
+
+
+def test_infrastructure_faults_are_never_cached_as_results(tmp_path, monkeypatch):
+    from autotuner import scoring
+    from autotuner.archive import Archive
+
+    backend = DyingBackend(deaths=10**6)
+    monkeypatch.setattr(scoring.evaluator, "sandbox_backend", lambda name: backend)
+    archive = Archive(tmp_path / "archive.sqlite")
+    job = scoring.Job(baseline_path("fixed_chunk").read_text(), {},
+                      scoring.Instance("chat", 0, 50))
+    evaluator = scoring.Evaluator(archive, parallelism=1, simulator=scoring.sandboxed)
+    try:
+        with pytest.raises(SandboxBroken):
+            evaluator.evaluate([job])
+    finally:
+        backend.release_spare()  # the warm spare it prepared would otherwise outlive the test
+    assert archive.get_evaluations([job.key()]) == {}
+    archive.close()
+
+
+def test_cli_reports_a_broken_sandbox_in_one_line(capsys, monkeypatch):
+    from autotuner.commands.main import main
+    backend = DyingBackend(deaths=10**6)
+    monkeypatch.setattr("autotuner.commands.evaluate.get_backend", lambda *a, **k: backend)
+    try:
+        code = main(["evaluate", "--policy", "fixed_chunk", "--requests", "20"])
+    finally:
+        backend.release_spare()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "before the policy ran" in err and "Traceback" not in err
+
+
+def test_evaluation_processes_lost_twice_is_one_clear_error(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from autotuner import scoring
+    from autotuner.archive import Archive
+
+    def lost(*args, **kwargs):
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(scoring.Evaluator, "_run_pool", staticmethod(lost))
+    archive = Archive(tmp_path / "archive.sqlite")
+    code = baseline_path("fixed_chunk").read_text()
+    jobs = [scoring.Job(code, {}, scoring.Instance("chat", seed, 50)) for seed in (0, 1)]
+    evaluator = scoring.Evaluator(archive, parallelism=2)
+    try:
+        with pytest.raises(SandboxBroken, match="died twice in a row.*resume"):
+            evaluator.evaluate(jobs)
+    finally:
+        evaluator.close(cancel=True)
+    assert archive.get_evaluations([job.key() for job in jobs]) == {}
+    archive.close()

@@ -106,7 +106,7 @@ def proposer(server: ChatServer, **overrides) -> LLMProposer:
 
 def test_whole_file_reply_and_what_the_model_was_shown(server):
     server.push(ok(fenced(NEW_FILE), prompt_tokens=2000, completion_tokens=1000))
-    llm = proposer(server)
+    llm = proposer(server, prompt_token_cap=0)
     assert isinstance(llm, Proposer)
     result = llm.propose(request(), passes)
     assert result.ok and result.reason == "" and result.code == NEW_FILE
@@ -121,22 +121,29 @@ def test_whole_file_reply_and_what_the_model_was_shown(server):
     assert got.headers["authorization"] == f"Bearer {SECRET}"
     assert got.body["model"] == "gpt-4o-mini" and got.body["max_tokens"] == 4096
     prompt = got.user_text
-    assert PARENT.strip() in prompt  # the parent's code
-    assert "- objective: 0.0312" in prompt and "- gain[chat/1]: 1.875" in prompt  # its scores
-    assert "- gain[multiturn/1]: -0.25" in prompt
-    assert "chunks[0] tokens 900 exceed remaining 512" in prompt  # its failures
-    assert "chunk_size = 768" in prompt  # its tuned parameters
-    assert "### `c0003` (objective 0.02)" in prompt and "max_chunk" in prompt  # an inspiration
-    assert "at least 90% of requests meet both TTFT <= 2 s and TPOT <= 0.1 s." in prompt
-    assert "loads of 1, 1.5, 2 x the tuned fixed_chunk baseline's" in prompt
-    assert "a capacity gain of at least 5% (lower confidence bound)" in prompt
-    assert "4 replicas of llama-3-8b on h100 (tensor parallel 1), max 16384 tokens" in prompt
-    assert "chat/1: tuned baseline capacity 8 req/s; multiturn/1: tuned baseline capacity " \
-        "2.35 req/s\n" in prompt
-    assert "- tuned baseline parameters: {'chunk_size': 512}" in prompt
-    assert "explore decode-aware budgets" in prompt
+    parent_code = PARENT.split('"""\n\n', 1)[1]  # the parent's code, without its docstring
+    assert f"```python\n{parent_code.strip()}\n```" in prompt
+    assert "Fixed-chunk baseline: what production stacks ship" not in prompt
+    # its scores, failures and tuned parameters, as data
+    assert "score: +0.0312 (chat/1 +1.88, multiturn/1 -0.25)" in prompt
+    assert "- partition: chunks[0] tokens 900 exceed remaining 512" in prompt
+    assert "tuned params: chunk_size=768" in prompt
+    assert "`c0003` score: +0.02\n" in prompt and "max_chunk" in prompt  # an inspiration
+    assert "Sarathi-Serve's shrinking-chunk" not in prompt  # without its narrative
+    assert "SLO: TTFT <= 2 s, TPOT <= 0.1 s for >= 90% of requests" in prompt
+    assert "loads: 1, 1.5, 2 x baseline capacity; goodput in requests/s" in prompt
+    assert "vs the tuned fixed_chunk baseline" in prompt
+    assert "Promotion" not in prompt and "margin" not in prompt and "5%" not in prompt
+    assert "cluster: 4 replicas, llama-3-8b on h100, tp 1, max_batch_tokens 16384" in prompt
+    assert "workloads (baseline capacity, req/s): chat/1 8, multiturn/1 2.35\n" in prompt
+    assert "chunk_size=512" not in prompt  # the baseline's values: small models copied them
+    assert "note: explore decode-aware budgets" in prompt
     system = got.system_text
-    assert "kv_free_tokens" in system and "SEARCH" in system and "heapq" in system
+    assert "kv_free_tokens: int" in system and "heapq" in system
+    assert "getattr" in system and "one ```python block" in system
+    (call,) = result.calls
+    assert call.prompt_tokens == 2000 and call.completion_tokens == 1000
+    assert call.estimated_prompt_tokens > 1000 and call.outcome == "ok"
 
 
 def test_edit_reply_is_applied_to_the_parent(server):
@@ -178,9 +185,12 @@ def test_check_rejection_is_sent_back_and_fixed(server):
     result = proposer(server).propose(request(), no_sorting)
     assert result.ok and result.code == fixed and result.attempts == 2
     assert result.prompt_tokens == 200 and result.completion_tokens == 100  # both calls counted
-    fix = server.requests[1].messages[-1]["content"]
-    assert "line 17: sorted() is not allowed here" in fix
-    assert "sorted(replica.waiting" in fix  # the rejected file is shown
+    second = server.requests[1].messages
+    assert "line 17: sorted() is not allowed here" in second[-1]["content"]
+    assert second[-2]["role"] == "assistant"
+    assert "sorted(replica.waiting" in second[-2]["content"]  # the refused file, as a file
+    assert second[:2] == server.requests[0].messages  # the opening, then only the last attempt
+    assert [c.outcome for c in result.calls] == ["line 17: sorted() is not allowed here", "ok"]
 
 
 def test_real_checker_refusal_goes_back_to_the_model(server):
@@ -193,11 +203,81 @@ def test_real_checker_refusal_goes_back_to_the_model(server):
     assert "os" in fix and check_policy(sneaky).reasons()[0] in fix
 
 
+def _variants(n: int) -> list[str]:
+    """n different files that the no_sorting check refuses."""
+    return [NEW_FILE.replace("1024", str(1024 + i)) for i in range(n)]
+
+
 def test_check_rejection_gives_up_after_the_bound(server):
-    server.push(*[ok(fenced(NEW_FILE))] * 3)
+    server.push(*[ok(fenced(code)) for code in _variants(3)])
     result = proposer(server, max_check_retries=2).propose(request(), no_sorting)
     assert not result.ok and result.attempts == 3
     assert result.reason.startswith("check rejected after 3 attempts: line 17: sorted()")
+    assert len(server.requests) == 3
+    assert all(len(r.messages) <= 4 for r in server.requests)  # the history does not grow
+
+
+def test_a_repeated_reply_ends_the_dialogue_at_once(server):
+    """The issue's case: byte-identical replies sent three times. The second is answered by
+    ending the proposal, so no third call is paid for."""
+    server.push(*[ok(fenced(NEW_FILE))] * 3)
+    result = proposer(server, max_check_retries=2).propose(request(), no_sorting)
+    assert not result.ok and result.attempts == 2 and len(server.requests) == 2
+    assert result.reason == ("the reply repeated the previous attempt (after 2 attempts); it "
+                             "was refused for: line 17: sorted() is not allowed here")
+    assert result.calls[-1].outcome == "the reply repeated the previous attempt"
+
+
+def test_the_same_unusable_reply_twice_ends_the_dialogue(server):
+    server.push(ok("Shrink the chunk."), ok("Shrink the chunk."), ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), passes)
+    assert not result.ok and len(server.requests) == 2
+    assert result.reason.startswith("the reply repeated the previous attempt")
+    assert "no code in reply" in result.reason
+
+
+def test_the_parent_sent_back_is_answered_with_exactly_that_then_ends(server):
+    """The parent back unchanged (here with its docstring, which the prompt left out, and a
+    tunable default changed) is named as the parent; sending it again ends the proposal."""
+    copy = PARENT.replace('"default": 512', '"default": 700')
+    server.push(ok(fenced(copy)), ok(fenced(PARENT)), ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), passes)
+    fix = server.requests[1].messages[-1]["content"]
+    assert "your file is the parent c0007, unchanged up to names, comments" in fix
+    assert not result.ok and len(server.requests) == 2
+    assert result.reason.startswith("the reply repeated the previous attempt (after 2 attempts)")
+
+
+def test_a_copy_of_another_policy_shown_is_named_and_a_new_file_then_passes(server):
+    other = baseline_path("sarathi_shrinking").read_text().replace("chunks = []", "picked = []")
+    other = other.replace("chunks.append", "picked.append").replace("tuple(chunks)",
+                                                                     "tuple(picked)")
+    server.push(ok(fenced(other)), ok(fenced(NEW_FILE)))
+    result = proposer(server, prompt_token_cap=0).propose(request(), passes)
+    assert result.ok and result.code == NEW_FILE and result.attempts == 2
+    fix = server.requests[1].messages[-1]["content"]
+    assert "your file is c0003, one of the other policies shown, unchanged" in fix
+
+
+def test_a_dry_run_refusal_goes_back_to_the_model(server):
+    """The seam for the sandbox's dry run: its reasons go back like the check's."""
+    seen: list[str] = []
+
+    def dry_run(code: str) -> list[str]:
+        seen.append(code)
+        return ["line 20: replica.waiting[5] raised IndexError"] if len(seen) == 1 else []
+
+    fixed = NEW_FILE.replace("1024", "2048")
+    server.push(ok(fenced(NEW_FILE)), ok(fenced(fixed)))
+    llm = proposer(server)
+    llm.dry_run = dry_run
+    result = llm.propose(request(), passes)
+    assert result.ok and result.code == fixed and seen == [NEW_FILE, fixed]
+    assert "IndexError" in server.requests[1].messages[-1]["content"]
+    server.push(ok(fenced(NEW_FILE.replace("1024", "4096"))))
+    strict = proposer(server, max_check_retries=0)
+    strict.dry_run = dry_run
+    assert not strict.propose(request(), no_sorting).ok and len(seen) == 2  # the check first
     assert len(server.requests) == 3 and server.remaining == 0
 
 
@@ -332,7 +412,8 @@ def test_dollar_budget_stops_further_calls(server):
 
 
 def test_budget_counts_check_retries_mid_dialogue(server):
-    server.push(*[ok(fenced(NEW_FILE), prompt_tokens=100, completion_tokens=50)] * 3)
+    server.push(*[ok(fenced(code), prompt_tokens=100, completion_tokens=50)
+                  for code in _variants(3)])
     result = proposer(server, token_budget=300).propose(request(), no_sorting)
     assert not result.ok and result.reason.startswith("budget exhausted")
     assert len(server.requests) == 2 and len(result.raw_replies) == 2
@@ -348,7 +429,7 @@ def test_several_proposals_in_flight(server):
     def echo_parent(body: dict) -> Reply:
         # Answer with a file naming the parent the prompt was about, slowly.
         prompt = body["messages"][-1]["content"]
-        parent_id = prompt.split("## Parent policy `", 1)[1].split("`", 1)[0]
+        parent_id = prompt.split("## Parent `", 1)[1].split("`", 1)[0]
         return Reply(fenced(NEW_FILE + f"# from {parent_id}\n"), delay_s=0.4)
 
     server.push(*[echo_parent] * 4)
@@ -405,11 +486,12 @@ def test_api_doc_covers_every_field_of_the_policy_api():
         api.ClusterView,
     ):
         for name in view._fields:
-            assert f"`{name}`" in doc, f"{view.__name__}.{name} is not documented"
-    assert str(api.MAX_WAITING_VIEW) in doc
+            assert f"\n  {name}: " in doc, f"{view.__name__}.{name} is not documented"
+            assert view.__name__ in doc
+    assert f"at most {api.MAX_WAITING_VIEW}" in doc
     for rule in (
-        "budget - replica.decodes",
-        "max_batch_tokens - replica.decodes",
+        "budget - decodes",
+        "max_batch_tokens - decodes",
         "kv_free_tokens",
         "remaining",
         "0 <= i < len(cluster.replicas)",
@@ -422,7 +504,7 @@ def test_request_api_doc_overrides_the_template(server):
     req = replace(request(), api_doc="CUSTOM API DOC")
     assert proposer(server).propose(req, passes).ok
     assert "CUSTOM API DOC" in server.requests[0].system_text
-    assert "| `decode_context` |" not in server.requests[0].system_text
+    assert "decode_context" not in server.requests[0].system_text
 
 
 def test_every_slo_term_reaches_the_prompt():
@@ -430,12 +512,10 @@ def test_every_slo_term_reaches_the_prompt():
     the goal paragraph stays one line, and a term left unset is not shown."""
     slo = {**OBJECTIVE.slo, "ttft_per_token_s": 0.0002, "tbt_p99_s": 0.5, "unset_s": None}
     text = PromptBuilder().user(request(objective=replace(OBJECTIVE, slo=slo)))
-    goal = text.split("## Goal\n\n", 1)[1].split("\n", 1)[0]
-    assert "TPOT <= 0.1 s. The SLO also sets tbt_p99_s = 0.5, ttft_per_token_s = 0.0002. Scored" \
-        in goal
+    assert "\nother SLO terms: tbt_p99_s = 0.5, ttft_per_token_s = 0.0002\n" in text
     assert "unset_s" not in text
     plain = PromptBuilder().user(request())
-    assert "also sets" not in plain and "## Cluster" in plain
+    assert "other SLO terms" not in plain and "\ncluster: " in plain
 
 
 def test_an_unscored_parent_says_so():
@@ -443,7 +523,8 @@ def test_an_unscored_parent_says_so():
     req = replace(req, parent=ParentInfo("c0001", PARENT), inspirations=(), notes=(),
                   baseline_params=None)
     text = PromptBuilder().user(req)
-    assert "Not scored yet." in text and "## Notes" not in text and "## Other" not in text
+    assert "score: not scored yet\n" in text and "note:" not in text and "## Other" not in text
+    assert "tuned params" not in text and "baseline tuned params" not in text
 
 
 # ------------------------------------------------------------------------------------------
@@ -481,7 +562,7 @@ def test_campaign_budget_and_seed_reach_the_llm_proposer():
 
 
 def test_llm_model_option_and_its_deprecated_alias(tmp_path, capsys, monkeypatch):
-    from autotuner.cli import main
+    from autotuner.commands.main import main
 
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"):
         monkeypatch.delenv(var, raising=False)
@@ -494,3 +575,169 @@ def test_llm_model_option_and_its_deprecated_alias(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "no API key" in err and err.count("--model is deprecated here, use --llm-model") == 1
     assert not list(tmp_path.iterdir())  # nothing half-made left behind
+
+
+# ------------------------------------------------------------------ preflight (one round trip)
+def test_preflight_is_one_small_uncharged_request(server):
+    server.push(ok("OK", prompt_tokens=12, completion_tokens=1))
+    llm = proposer(server, token_budget=1000)
+    line = llm.preflight()
+    assert server.base_url in line and "answered" in line
+    (req,) = server.requests
+    assert req.body["max_tokens"] == 16 and req.body["model"] == "gpt-4o-mini"
+    assert llm.spent.prompt_tokens == 0 and llm.spent.calls == 0
+
+
+def test_preflight_of_an_unreachable_endpoint_fails_fast_with_one_line():
+    import socket
+
+    from autotuner.proposers.llm import EndpointError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    llm = LLMProposer(LLMConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1"), env={})
+    t0 = time.monotonic()
+    with pytest.raises(EndpointError) as info:
+        llm.preflight()
+    assert time.monotonic() - t0 < 10
+    message = str(info.value)
+    assert f"cannot reach http://127.0.0.1:{port}/v1" in message and "\n" not in message
+
+
+def test_preflight_does_not_wait_out_a_long_timeout(server):
+    server.push(Reply("OK", delay_s=3.0), Reply("OK", delay_s=3.0))
+    llm = proposer(server, timeout_s=120.0)
+    from autotuner.proposers.llm import EndpointError
+
+    t0 = time.monotonic()
+    with pytest.raises(EndpointError, match="did not answer within 0.5 s"):
+        llm.preflight(timeout_s=0.5)
+    assert time.monotonic() - t0 < 4
+
+
+def test_preflight_reports_a_refused_model_without_retrying(server):
+    from autotuner.proposers.llm import EndpointError
+
+    server.push(error(404, "The model `gpt-9` does not exist"))
+    with pytest.raises(EndpointError, match="404.*does not exist") as info:
+        proposer(server, model="gpt-9").preflight()
+    assert info.value.fatal and len(server.requests) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# The prompt's size, progress while the model works, short failure lines
+
+
+def _campaign_like_request(inspirations: int = 2) -> ProposalRequest:
+    """What the default campaign's first request looks like: a seed as parent, with scores
+    on five training workloads, and other seeds beside it."""
+    from autotuner.config import CampaignConfig
+
+    cfg = CampaignConfig()
+    labels = [f"{s}/1" for s in sorted(cfg.workloads.scenarios)]
+
+    def info(name: str, score: float) -> ParentInfo:
+        return ParentInfo(name, baseline_path(name).read_text(), score,
+                          {label: score + 0.01 * i for i, label in enumerate(labels)})
+
+    objective = Objective(dict(cfg.slo.__dict__), cfg.slo.share, tuple(cfg.objective.ladder),
+                          cfg.objective.goodput, cfg.gate.margin, "fixed_chunk")
+    others = (info("prefix_aware", 0.02), info("power_of_two", 0.012))[:inspirations]
+    c = cfg.cluster
+    return ProposalRequest(info("sarathi_shrinking", 0.031), others, objective,
+                           tuple(WorkloadInfo(label, 3.0) for label in labels),
+                           ClusterInfo(c.replicas, c.model, c.gpu, c.tp, c.max_batch_tokens),
+                           baseline_params={"chunk_size": 512})
+
+
+def test_the_first_prompt_fits_the_default_cap_by_dropping_inspirations_first():
+    from autotuner.proposers.prompt import messages_tokens
+
+    cap = LLMConfig().prompt_token_cap
+    assert cap is not None and cap <= 2000
+    builder = PromptBuilder()
+    req = _campaign_like_request()
+    whole = builder.fit(req, None)
+    assert whole.dropped == () and whole.tokens == messages_tokens(whole.messages) > cap
+    fitted = builder.fit(req, cap)
+    assert fitted.tokens <= cap
+    assert fitted.dropped[0] == "inspiration power_of_two"  # the last one goes first
+    assert "field notes" not in fitted.dropped  # the API keeps its meanings
+    assert "hi = params[\"max_chunk\"]" in fitted.messages[1]["content"]  # the parent stays
+    tight = builder.fit(req, 1200)
+    assert tight.dropped == ("inspiration power_of_two", "inspiration prefix_aware",
+                             "field notes")
+    system = tight.messages[0]["content"]
+    assert "  decodes: int\n" in system and "running requests that decode" not in system
+
+
+def test_the_token_estimate_is_close_to_a_real_tokenizer_count():
+    """Counts from llama.cpp's tokenizer of SmolLM2-135M (measured once, see
+    prompt.estimate_tokens): the estimate must stay a slight overestimate."""
+    from autotuner.proposers.prompt import estimate_tokens
+
+    measured = {"fixed_chunk": 305, "least_outstanding": 131, "power_of_two": 256,
+                "prefix_aware": 389, "sarathi_shrinking": 425}
+    for name, tokens in measured.items():
+        ratio = estimate_tokens(baseline_path(name).read_text()) / tokens
+        assert 1.0 <= ratio <= 1.15, (name, ratio)
+    assert estimate_tokens("") == 0
+
+
+def test_docstrings_are_left_out_of_shown_code_and_edits_still_apply(server):
+    from autotuner.proposers.prompt import strip_docstrings
+
+    shown = strip_docstrings(PARENT)
+    assert '"""' not in shown and shown.startswith("TUNABLES = {")
+    assert all(line in PARENT.splitlines() for line in shown.splitlines())
+    server.push(ok(EDITS))
+    result = proposer(server).propose(request(), passes)
+    assert result.ok and result.code == shown.replace(
+        "for req in replica.waiting:", "for req in sorted(replica.waiting, key=lambda r: "
+        "r.remaining):")
+
+
+def test_progress_is_reported_per_attempt_and_status_shows_the_call_in_flight(server):
+    import threading
+
+    events = []
+    fixed = PARENT.replace("min(req.remaining, room, kv_room)", "min(req.remaining, room, 4096)")
+    server.push(ok(fenced(NEW_FILE), delay_s=0.6), ok(fenced(fixed)))
+    llm = proposer(server)
+    llm.progress = events.append
+    seen: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.append(llm.status())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        result = llm.propose(request(), no_sorting)
+    finally:
+        done.set()
+        watcher.join()
+    assert result.ok
+    assert [e.state for e in events] == ["asking", "checking", "asking", "checking", "done"]
+    assert [e.attempt for e in events] == [1, 1, 2, 2, 2]
+    assert events[-1].tokens == 300 and events[2].prompt_tokens > 0
+    assert events[1].elapsed_s >= 0.5
+    line = next(s for s in seen if s)
+    assert line.startswith("proposal 1: attempt 1/3, ~") and "prompt tokens sent" in line
+    assert llm.status() == ""  # nothing in flight any more
+
+
+def test_failure_lines_are_short_and_the_whole_reason_is_kept():
+    from autotuner.proposers.prompt import brief
+
+    long = "check rejected after 3 attempts: " + "; ".join(
+        f"line {i}: the built-in 'print' is not allowed (policies may not write output)"
+        for i in range(6))
+    short = brief(long)
+    assert len(short) <= 200 and "\n" not in short and short.endswith("...")
+    assert short.startswith("check rejected after 3 attempts: line 0:")
+    assert brief("a\n  b") == "a b"

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fake_openai_server import FakeEngine, FakeServer
 
-from autotuner.cli import main
+from autotuner.commands.main import main
 from autotuner.live import EndpointError, StreamResult, parse_endpoint
 from autotuner.observe import (
     ObserveSettings,
@@ -303,7 +303,9 @@ def test_profile_then_observe_on_fake_servers(tmp_path, capsys):
 
         # Overloaded (queues grow on both servers): the prediction must follow the queue.
         wl = make_workload("chat", 24, rate=40.0, seed=3)
-        settings = ObserveSettings(max_prompt_tokens=64, max_output_tokens=12, slo=SLO(1.0, 0.1))
+        settings = ObserveSettings(
+            max_prompt_tokens=64, max_output_tokens=12, slo=SLO(ttft_s=1.0, tpot_s=0.1)
+        )
         eps = [parse_endpoint(a.url), parse_endpoint(b.url)]
         capped = cap_lengths(wl, prof, settings)
         live = run_live(eps, capped, prof, settings)
@@ -447,7 +449,10 @@ def _profile_and_observe(eps, tmp_path):
     # Outputs longer than prompts: most of a request's time is decoding, which an engine that
     # batches would overlap; the batching check below then has something to see.
     settings = ObserveSettings(
-        max_prompt_tokens=32, max_output_tokens=48, slo=SLO(2.0, 0.1), eos_token_ids=SMOLLM2_EOS
+        max_prompt_tokens=32,
+        max_output_tokens=48,
+        slo=SLO(ttft_s=2.0, tpot_s=0.1),
+        eos_token_ids=SMOLLM2_EOS,
     )
     wl = cap_lengths(make_workload("chat", 32, rate=10.0, seed=11), prof, settings)
     live = run_live(eps, wl, prof, settings)

@@ -257,7 +257,7 @@ def test_recombine_renames_what_would_clash():
 
 
 def _cost(r, params):
-    return r.outstanding * params["w"]
+    return r.kv_free_tokens * params["w"]
 
 
 def partition(replica, params):
@@ -441,7 +441,9 @@ def test_slo_targets_are_read_from_the_request():
 
 def test_first_proposal_beats_the_tuned_fixed_chunk_on_chat():
     """The research claim the early bias rests on, at a small scale: SRPF with SLO slack and
-    least-work routing out-serves the best fixed chunk on chat by a clear margin."""
+    least-work routing out-serves the best fixed chunk on chat. Under the share-only yardstick
+    the margin was over 15 %, mostly bought by deferring long prompts; measured as the highest
+    sustainable rate with per-request deadlines it is about 5 % (108 vs 102 req/s here)."""
     wl = make_workload("chat", 1200, seed=4)
     cluster = ClusterSpec()
     base = read_policy_source(BASELINE)
@@ -452,4 +454,4 @@ def test_first_proposal_beats_the_tuned_fixed_chunk_on_chat():
     first = OfflineProposer().propose(request(baseline_parent()), check)
     source = read_policy_source(first.code)
     ours = capacity(cluster, wl, lambda: load_policy(source), SLO()).rate
-    assert ours > 1.15 * tuned, (ours, tuned)
+    assert ours > 1.02 * tuned, (ours, tuned)

@@ -112,3 +112,61 @@ def test_own_tunable_shadows_the_inherited_one():
             + ROUTE_ONLY[14:])
     (t,) = read_policy_source(code).tunables
     assert t.high == 9
+
+
+# ------------------------------------------------------------------------------ decision reasons
+def _policy_error(fn, *args) -> str:
+    from autotuner.sim.api import PolicyError
+
+    with pytest.raises(PolicyError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+def test_a_non_integer_route_is_named_for_what_it_is_even_through_the_recorder():
+    from autotuner.sim.api import ClusterView, RequestView, coerce_route
+    from autotuner.sim.replay import RecordingPolicy
+
+    assert "replica must be an integer, got complex" in _policy_error(
+        coerce_route, complex(1, 0), 4, "route")
+
+    class Complex:
+        def route(self, request, cluster):
+            return complex(1, 0)
+
+    recorder = RecordingPolicy(Complex())
+    reason = _policy_error(recorder.route, RequestView(0, 0.0, 10, 0),
+                           ClusterView(0.0, (None,) * 4))  # type: ignore[arg-type]
+    assert "replica must be an integer, got complex" in reason and "-1" not in reason
+    assert recorder.log == []
+
+
+@pytest.mark.parametrize("value, shown", [
+    (10**3999, "replica (a 4000-digit number) does not exist"),
+    (10**3999 - 1, "replica (a 3999-digit number) does not exist"),
+    (-(10**4999), "replica (minus a 5000-digit number) does not exist"),
+    (10**17, f"replica {10**17} does not exist"),
+], ids=["4000-digits", "3999-digits", "minus-5000-digits", "18-digits"])
+def test_a_huge_replica_index_gives_a_short_true_reason(value, shown):
+    from autotuner.sim.api import coerce_route
+
+    reason = _policy_error(coerce_route, value, 4, "route")
+    assert shown in reason and len(reason) < 200
+
+
+def test_a_huge_budget_or_chunk_gives_a_short_true_reason():
+    from autotuner.sim.api import coerce_partition
+
+    reason = _policy_error(coerce_partition, (10**4999, ()), "partition")
+    assert "budget (a 5000-digit number) does not fit in 64 bits" in reason
+    assert len(reason) < 200
+    reason = _policy_error(coerce_partition, (512, ((0, 2**70),)), "partition")
+    assert "chunks[0] tokens (a 22-digit number) does not fit in 64 bits" in reason
+    assert coerce_partition((2**63 - 1, ((0, 1),)), "partition")[0] == 2**63 - 1
+
+
+def test_a_huge_exception_message_is_cut():
+    from autotuner.sim.api import MAX_RULE_CHARS, PolicyError
+
+    error = PolicyError("route(request 0)", "raised ValueError: " + "y" * 10_000_000)
+    assert len(str(error)) < MAX_RULE_CHARS + 50 and str(error).endswith("...")

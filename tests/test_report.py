@@ -3,7 +3,8 @@ cache, the no-promotion paths, the SVG plots, the page in a real headless browse
 Optuna dashboard on a campaign's journal.
 
 The campaign here is tiny (multiturn, 150 requests, in-process simulator for trusted files) and
-promotes least-outstanding routing over round robin, which it reliably does.
+promotes routing by waiting prefill work net of prefix-cache hits over round robin (the honest
+control of ``tests/gaming``), which it reliably does.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from autotuner import archive as A
 from autotuner import report_plots as P
 from autotuner.archive import Archive
 from autotuner.campaign import Campaign
-from autotuner.cli import main
+from autotuner.commands.main import main
 from autotuner.config import load_config
 from autotuner.proposers.base import Proposal
 from autotuner.report import (
@@ -36,6 +37,7 @@ from autotuner.report import (
     _trusted_result,
     bootstrap_interval,
     capacity_bound,
+    gain_interval,
     render_html,
     write_report,
 )
@@ -51,6 +53,7 @@ LEAST = FIXED.replace(
 )
 PLOTS = ("plot-progress", "plot-gains", "plot-ttft", "plot-tbt", "plot-curve", "plot-attainment",
          "plot-references", "plot-headroom", "plot-failures")
+HONEST = (Path(__file__).resolve().parent / "gaming" / "honest_cache_aware.py").read_text()
 REFERENCES = {"least_outstanding", "power_of_two", "prefix_aware", "sarathi_shrinking"}
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -75,7 +78,9 @@ def _config(root: Path, name: str, **extra):
         "workloads.heldout_seeds": [1001, 1002, 1003], "objective.ladder": [1.0, 1.4],
         "budget.trials": 2, "budget.proposals": 2, "search.seeds": ["least_outstanding"],
         "search.finalists": 1, "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05,
-        "parallelism": 1, **extra})
+        # no reference bar for the gate here (the report still compares with every reference);
+        # 150 multiturn requests cannot rank policies on the ladder: the seed is tuned anyway
+        "gate.references": [], "search.screen_threshold": -0.5, "parallelism": 1, **extra})
 
 
 @pytest.fixture(autouse=True)
@@ -88,11 +93,11 @@ def no_endpoint(monkeypatch):
 def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     cfg = _config(root, "r")
-    rc = Campaign(cfg, proposer=Scripted([LEAST, "garbage("]), simulator=in_process,
+    rc = Campaign(cfg, proposer=Scripted([HONEST, "garbage("]), simulator=in_process,
                   stream=io.StringIO(), tty=False).run()
     assert rc == 0
     with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
-        assert archive.get_meta("promoted"), "the tiny campaign should promote least-outstanding"
+        assert archive.get_meta("promoted"), "the tiny campaign should promote the router"
     return cfg.campaign_dir
 
 
@@ -144,6 +149,19 @@ def test_report_restates_the_gate_and_covers_every_section(campaign, reported):
     md = md_path.read_text()
     assert f"**Promoted {promoted}**" in md and "optuna-dashboard " in md
     assert "| least_outstanding |" in md
+    # fairness beside capacity, for the baseline and the promoted policy, at their own capacity
+    rows = {r["key"]: r for r in data["fairness"]}
+    assert set(rows) == {"baseline", "subject"}
+    for key, r in rows.items():
+        assert r["family"] == "multiturn"
+        assert r["capacity"] == pytest.approx(np.mean(list(
+            data["policies"][key]["caps"].values())))
+        assert r["goodput_tok_s"] > 0 and r["saturation_tok_s"] > 0
+        assert r["longest_wait_s"] > 0 and 0 <= r["late_finish_share"] <= 1
+        assert 0 < r["jain_slowdown"] <= 1
+    assert rows["subject"]["starved"] == 0 and rows["subject"]["priority_inversions"] == 0
+    assert "Beside capacity, at each policy's own capacity" in md
+    assert 'id="table-fairness"' in html_path.read_text()
 
 
 def test_every_measured_capacity_stays_under_the_roofline_bound(campaign, reported):
@@ -192,6 +210,19 @@ def test_bootstrap_interval_matches_the_gate_bound():
                                                        seed=7))
     assert lo < mean < hi
     assert bootstrap_interval([0.2], 0.95, 100, 0)[1:] == (-np.inf, np.inf)
+
+
+def test_gain_interval_is_the_gates_geometric_statistic():
+    from autotuner.config import GateConfig
+    from autotuner.gate import compare
+
+    cand, base = {"a": 12.0, "b": 9.0, "c": 30.0, "d": 11.0}, {k: 10.0 for k in "abcd"}
+    gate = GateConfig(bootstrap=2000)
+    comp = compare(cand, base, "baseline", gate, 7)
+    mean, lo, hi = gain_interval(list(comp.gains.values()), 0.95, 2000, 7)
+    assert (mean, lo) == pytest.approx((comp.mean_gain, comp.lower_bound))
+    assert mean == pytest.approx((1.2 * 0.9 * 3.0 * 1.1) ** 0.25 - 1)
+    assert lo < mean < hi
 
 
 # ------------------------------------------------------------------------------- cache, CLI

@@ -1,4 +1,4 @@
-"""Reviewing a campaign: status, diff, show, replay (through ``autotuner.cli.main``)."""
+"""Reviewing a campaign: status, diff, show, replay (through ``autotuner.commands.main.main``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from autotuner.archive import Archive
 from autotuner.campaign import Campaign
-from autotuner.cli import main
+from autotuner.commands.main import main
 from autotuner.config import load_config
 from autotuner.proposers.base import Proposal
 from autotuner.resources import baseline_path
@@ -46,7 +46,11 @@ def campaign(tmp_path_factory):
         "workloads.requests": 150, "workloads.scenario_requests": {},
         "workloads.heldout_seeds": [1001, 1002, 1003], "objective.ladder": [1.0, 1.4],
         "budget.trials": 2, "budget.proposals": 2, "search.seeds": [], "search.finalists": 1,
-        "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05, "parallelism": 1})
+        "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05, "gate.references": [],
+        "parallelism": 1,
+        # 150 multiturn requests are too few to rank two policies reliably: the review views
+        # need a tuned proposal, whatever its score
+        "search.screen_threshold": -0.5})
     rc = Campaign(cfg, proposer=Scripted([LEAST]), simulator=in_process, stream=io.StringIO(),
                   tty=False).run()
     assert rc == 0
@@ -107,12 +111,48 @@ def test_show(campaign, capsys):
     assert "failures: no code in reply" in out
 
 
+def test_status_and_show_give_every_attempt_of_a_failed_proposal(campaign, capsys, tmp_path):
+    import shutil
+
+    from autotuner import archive as A
+
+    folder = tmp_path / "r"
+    shutil.copytree(campaign, folder)
+    escape = FIXED.replace("    return request.id % len(cluster.replicas)",
+                           "    ().__class__.__base__.__subclasses__()\n    return 0")
+    importing = "import os\n" + FIXED
+    replies = [f"```python\n{escape}```", "I cannot do that.", f"```python\n{importing}```"]
+    with Archive(folder / "archive.sqlite") as archive:
+        cand = archive.add_candidate(
+            origin="proposal", code=None, status=A.PROPOSAL_FAILED, parent_id="baseline",
+            failure="check rejected after 3 attempts: line 1: import os is not allowed",
+            attempts=3, raw=replies, files_dir=folder / "candidates")
+    rc, out, _ = cli(capsys, "show", str(folder), cand.id)
+    assert rc == 0
+    attempts = out.split("attempts (each reply checked again here):\n")[1].splitlines()[:3]
+    assert attempts[0].startswith("  1: refused by the check:") and "__" in attempts[0]
+    assert attempts[1] == "  2: no code in reply"
+    assert attempts[2].startswith("  3: refused by the check:") and "import" in attempts[2]
+    assert "--- proposer's reply 1 of 3 ---" in out and "__subclasses__" in out
+    rc, out, _ = cli(capsys, "status", str(folder))
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(cand.id))
+    assert lines[row + 1].startswith("    attempt 1: refused by the check: line 30")
+    assert lines[row + 2] == "    attempt 2: no code in reply"
+    assert lines[row + 3].startswith("    attempt 3: refused by the check:")
+    rc, out, _ = cli(capsys, "status", str(folder), "--json")
+    (data,) = [c for c in json.loads(out)["candidates"] if c["id"] == cand.id]
+    assert len(data["attempts"]) == 3
+
+
 def test_replay_beside_the_tuned_baseline(campaign, capsys):
     rc, out, err = cli(capsys, "replay", f"{campaign}:c0001", "--workload", "multiturn",
                        "--requests", "120", "--rate", "1.5", "--sandbox", "process")
     assert rc == 0, err
     assert "policy" in out and "baseline" in out and "SLO attainment" in out
     assert "TTFT p90" in out
+    for row in ("longest wait", "wait/deadline", "late finish", "Jain", "starved", "inversions"):
+        assert row in out
     rc, out, err = cli(capsys, "replay", f"{campaign}:c0001", "--workload", "multiturn",
                        "--requests", "120", "--capacity", "--json", "--sandbox", "process")
     assert rc == 0, err
@@ -123,6 +163,11 @@ def test_replay_beside_the_tuned_baseline(campaign, capsys):
     assert row["gain"] == pytest.approx(row["policy"]["capacity"] / row["baseline"]["capacity"]
                                         - 1)
     assert report["baseline"].startswith("tuned fixed_chunk")
+    # beside capacity: output tokens/s of both at 2 x the baseline's capacity
+    sat = row["saturation"]
+    assert sat["rate"] == pytest.approx(2 * row["baseline"]["capacity"])
+    assert sat["policy"] > 0 and sat["baseline"] > 0
+    assert row["policy"]["at_capacity"]["jain_slowdown"] > 0
 
 
 def test_replay_of_a_policy_file_and_bad_targets(campaign, capsys, tmp_path):

@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autotuner.cli import CLIError, add_slo_options, add_workload_options, print_json
+from autotuner.commands.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CLIError,
+    add_slo_options,
+    add_workload_options,
+    print_json,
+    slo_from,
+    workload_spec_from,
+)
 from autotuner.commands.profile import int_list
 from autotuner.live import EndpointError, parse_endpoint
 from autotuner.observe import ObserveSettings, format_report, observe
 from autotuner.sim.measured import StepProfileError, load_step_profile
 
-EXIT_OK, EXIT_USAGE = 0, 2
+HELP = "replay a workload on live servers and print it beside the simulator's prediction"
 
 
 def float_list(text: str) -> tuple[float, ...]:
@@ -26,13 +35,11 @@ def float_list(text: str) -> tuple[float, ...]:
     return values
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "observe",
-        help="replay a workload on live servers and print it beside the simulator's prediction",
-        description="Replay a workload against live OpenAI-compatible servers (round robin, "
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Replay a workload against live OpenAI-compatible servers (round robin, "
         "streamed), simulate the same cluster with a step-time profile (autotuner profile), and "
-        "print TTFT, TPOT, inter-token gap and end-to-end quantiles measured vs predicted.",
+        "print TTFT, TPOT, inter-token gap and end-to-end quantiles measured vs predicted."
     )
     p.add_argument(
         "--endpoint",
@@ -81,12 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotuner.cli import slo_from, workload_spec_from
-
     try:
         endpoints = [parse_endpoint(u) for u in args.endpoint]
         profile = load_step_profile(args.profile)

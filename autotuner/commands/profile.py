@@ -9,10 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from autotuner.commands.common import EXIT_OK, EXIT_USAGE, print_json
 from autotuner.live import EndpointError, parse_endpoint
 from autotuner.profile import ProfileRunError, ProfileSettings, format_profile_run, run_profile
 
-EXIT_OK, EXIT_USAGE = 0, 2
+HELP = "drive a live OpenAI-compatible server and fit its step-time model"
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -27,12 +28,10 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "profile",
-        help="drive a live OpenAI-compatible server and fit its step-time model",
-        description="Probe a live server with controlled requests (prompt lengths, concurrent "
-        "streams) and write a step-time profile the simulator loads with --profile FILE.",
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Probe a live server with controlled requests (prompt lengths, concurrent "
+        "streams) and write a step-time profile the simulator loads with --profile FILE."
     )
     p.add_argument(
         "--endpoint",
@@ -90,7 +89,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the profile run as JSON")
-    p.set_defaults(func=run)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -130,16 +128,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"autotuner profile: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "file": str(out),
-                    "profile": json.loads(result.profile.to_json()),
-                    "notes": result.notes,
-                    "failed_requests": result.failed_requests,
-                },
-                indent=2,
-            )
+        print_json(
+            {
+                "file": str(out),
+                "profile": json.loads(result.profile.to_json()),
+                "notes": result.notes,
+                "failed_requests": result.failed_requests,
+            }
         )
     else:
         print(format_profile_run(result, str(out)))

@@ -9,6 +9,8 @@ the baseline policies, each bound read-only. Nothing of ``/home``, ``/root``, ``
 ``/var`` or the checkout is visible. Writable: ``/scratch`` and ``/tmp``, size-capped tmpfs.
 Limits: rlimits on the bwrap process (inherited: CPU, address space, file size, open files) and
 RLIMIT_NPROC set by the worker inside its user namespace, where it counts only its own tasks.
+``--die-with-parent`` ties the sandbox to the thread that forked bwrap, which is why every worker
+is forked by the forker thread (forker.in_forker), which lives as long as this process.
 """
 
 from __future__ import annotations
@@ -19,17 +21,10 @@ import shutil
 import subprocess
 import sys
 
-from .base import (
-    WORKER_ENV,
-    Backend,
-    HostLayout,
-    Limits,
-    PidsCgroup,
-    PopenWorker,
-    WorkerHandle,
-    child_setup,
-    pids_cgroup_root,
-)
+from .base import Backend
+from .handle import PopenWorker, WorkerHandle
+from .host import PidsCgroup, child_setup, pids_cgroup_root
+from .limits import PYTHON_FLAGS, WORKER_ENV, HostLayout, Limits
 
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 
@@ -81,7 +76,7 @@ def bwrap_argv(layout: HostLayout, limits: Limits, exe: str = "bwrap") -> list[s
     argv += ["--size", str(limits.scratch_bytes), "--tmpfs", "/scratch"]
     argv += ["--size", str(1 << 20), "--tmpfs", "/tmp"]
     argv += ["--chdir", "/scratch", "--remount-ro", "/"]
-    argv += ["--", layout.python, "-I", "-S", "-B", "/sandbox/worker.py", "/sandbox/lib"]
+    argv += ["--", layout.python, *PYTHON_FLAGS, "/sandbox/worker.py", "/sandbox/lib"]
     return argv
 
 
@@ -118,6 +113,7 @@ class BwrapBackend(Backend):
         cgroup = PidsCgroup(limits.processes + 2) if pids_cgroup_root() else None
         return PopenWorker(
             argv, limits, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            cwd="/", preexec=child_setup(limits, cgroup), signal_offset=True,
+            cwd="/", preexec=child_setup(limits, cgroup, die_with_parent=True),
+            signal_offset=True,
             cleanup=cgroup.remove if cgroup else None,
         )

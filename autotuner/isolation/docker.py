@@ -22,18 +22,16 @@ import socket
 import struct
 from typing import Any
 
-from .base import (
-    WORKER_ENV,
-    Backend,
-    ExitInfo,
-    HostLayout,
-    Limits,
-    WorkerHandle,
-    describe_exit,
-)
+from .base import Backend
+from .handle import ExitInfo, WorkerHandle, describe_exit
+from .host import owner_alive, owner_tag, sweep_orphans
+from .limits import PYTHON_FLAGS, WORKER_ENV, HostLayout, Limits
 
 IMAGE = os.environ.get("AUTOTUNER_SANDBOX_IMAGE", "autotuner-sandbox:latest")
 LABEL = "org.autotuner.sandbox"
+# The engine may serve other machines or containers: the owner label says whose container it is
+# (owner_tag: pid, start time, pid namespace), and only this host's may be judged from here.
+OWNER = f"{owner_tag()}@{socket.gethostname()}"
 _DIST = "/usr/lib/python3/dist-packages"  # Debian's numpy in the image
 
 
@@ -67,7 +65,9 @@ class DockerWorker(WorkerHandle):
             return False
 
     def _send_some(self) -> None:
-        """Write what the socket takes now; at the end, half-close so the worker sees EOF."""
+        """Write what the socket takes now. No half-close: the worker reads one line, and takes
+        the end of its stdin as this process's death (the container has ``stdin_once``, so the
+        engine closes it when this attach connection goes, kill -9 included)."""
         while self._todo is not None and len(self._todo):
             try:
                 n = self.sock.send(self._todo[: 1 << 16])
@@ -77,10 +77,6 @@ class DockerWorker(WorkerHandle):
                 break
             self._todo = self._todo[n:]
         self._todo = None
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def _poll(self, timeout: float) -> list[tuple[str, bytes]]:
         if self._eof:
@@ -195,6 +191,27 @@ class DockerBackend(Backend):
             tried.append(why)
         return False, "; ".join(tried)
 
+    def sweep_orphans(self) -> list[str]:
+        """Also remove containers whose owner on this host is dead (a kill -9 skips close())."""
+        removed = sweep_orphans()
+        host = "@" + socket.gethostname()
+        try:
+            client = self._client or _client(10)
+            found = client.api.containers(all=True, filters={"label": f"{LABEL}.owner"})
+        except Exception:  # noqa: BLE001 - no engine: nothing of ours can be there
+            return removed
+        for container in found:
+            owner = (container.get("Labels") or {}).get(f"{LABEL}.owner", "")
+            tag, _, where = owner.rpartition("@")
+            if "@" + where != host or owner_alive(tag) is not False:
+                continue
+            try:
+                client.api.remove_container(container["Id"], force=True)
+                removed.append(f"container {container['Id'][:12]}")
+            except Exception:  # noqa: BLE001 - someone else removed it first
+                pass
+        return removed
+
     def spawn(self, limits: Limits) -> WorkerHandle:
         from docker.types import LogConfig, Mount, Ulimit
 
@@ -214,6 +231,9 @@ class DockerBackend(Backend):
             mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes,
             pids_limit=limits.processes, nano_cpus=1_000_000_000,
             cap_drop=["ALL"], security_opt=["no-new-privileges"], ipc_mode="none",
+            # docker's init as pid 1, so the worker is not pid 1: a pid 1 ignores signals it has
+            # no handler for, SIGXCPU included, and the CPU limit then ends as a bare SIGKILL.
+            init=True,
             ulimits=[Ulimit(name="cpu", soft=cpu, hard=cpu + 1),
                      Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes),
                      Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
@@ -222,10 +242,12 @@ class DockerBackend(Backend):
         )
         container = client.api.create_container(
             IMAGE,
-            command=["python3", "-I", "-S", "-B", "/sandbox/worker.py", "/sandbox/lib", _DIST],
+            command=["python3", *PYTHON_FLAGS, "/sandbox/worker.py", "/sandbox/lib", _DIST],
             user="65534:65534", environment=dict(WORKER_ENV), working_dir="/scratch",
+            # stdin_open without detach also sets StdinOnce (see _send_some)
             hostname="sandbox", stdin_open=True, detach=False, tty=False,
-            network_disabled=True, labels={LABEL: "1", f"{LABEL}.parent": str(os.getpid())},
+            network_disabled=True,
+            labels={LABEL: "1", f"{LABEL}.parent": str(os.getpid()), f"{LABEL}.owner": OWNER},
             host_config=host_config,
         )
         cid = container["Id"]

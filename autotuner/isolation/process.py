@@ -13,31 +13,27 @@ that user can. What it still gets, strongest variant first, whichever passes the
 - ``plain``: no namespaces at all (network reachable, and for root no process limit), only
   rlimits and no-new-privs.
 
-Always: ``python -I -S -B``, an environment of only PATH/LANG/HOME/TMPDIR and BLAS thread counts,
-a private scratch directory as cwd, HOME and TMPDIR (removed afterwards), rlimits on CPU, address
-space, file size and open files, RLIMIT_NPROC set by the worker itself, wall time and output
-caps enforced by the parent, and the process group killed at the end.
+Always: ``python -S -s -P -B``, an environment of only PATH/LANG/HOME/TMPDIR, PYTHONHASHSEED and
+BLAS thread counts, a private scratch directory as cwd, HOME and TMPDIR (removed afterwards, and
+named after its owner so that one left by a killed parent is removed by the next start), rlimits
+on CPU, address space, file size and open files, RLIMIT_NPROC set by the worker itself, wall time
+and output caps enforced by the parent, and the process group killed at the end. The worker dies
+with its parent: the first process started carries PR_SET_PDEATHSIG, and the worker itself exits
+when its stdin (whose other end only the parent holds) closes, which also covers the variant
+whose --setuid clears the death signal.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from .base import (
-    WORKER_ENV,
-    Backend,
-    HostLayout,
-    Limits,
-    PidsCgroup,
-    PopenWorker,
-    WorkerHandle,
-    child_setup,
-    pids_cgroup_root,
-)
+from .base import Backend
+from .handle import PopenWorker, WorkerHandle
+from .host import PidsCgroup, child_setup, owner_tag, pids_cgroup_root, remove_scratch
+from .limits import PYTHON_FLAGS, WORKER_ENV, HostLayout, Limits
 
 NOBODY = 65534
 _NS = ["--net", "--pid", "--fork", "--kill-child", "--ipc", "--uts", "--mount-proc"]
@@ -95,7 +91,8 @@ class ProcessBackend(Backend):
         if self._prefix is None:
             raise RuntimeError("process backend used before its self-test")
         layout = self._layout
-        top = Path(tempfile.mkdtemp(prefix="autotuner-sandbox-"))
+        top = Path(tempfile.mkdtemp(prefix=f"autotuner-sandbox-{owner_tag()}-"))
+        cgroup = None
         try:
             lib, scratch = top / "lib", top / "scratch"
             lib.mkdir()
@@ -108,13 +105,12 @@ class ProcessBackend(Backend):
                 os.chown(scratch, NOBODY, NOBODY)
             os.chmod(lib, 0o555)
             os.chmod(top, 0o711)
+            cgroup = PidsCgroup(limits.processes + 2) if pids_cgroup_root() else None
         except BaseException:
-            shutil.rmtree(top, ignore_errors=True)
+            remove_scratch(top)
             raise
         env = dict(WORKER_ENV, HOME=str(scratch), TMPDIR=str(scratch))
-        argv = [*self._prefix, layout.python, "-I", "-S", "-B", str(worker), str(lib)]
-
-        cgroup = PidsCgroup(limits.processes + 2) if pids_cgroup_root() else None
+        argv = [*self._prefix, layout.python, *PYTHON_FLAGS, str(worker), str(lib)]
 
         def cleanup() -> None:
             if cgroup is not None:
@@ -123,12 +119,10 @@ class ProcessBackend(Backend):
                 os.chmod(lib, 0o755)
             except OSError:
                 pass
-            shutil.rmtree(top, ignore_errors=True)
-            if top.exists():  # files the worker made read-only: make them writable, try again
-                subprocess.run(["chmod", "-R", "u+rwX", str(top)], capture_output=True)
-                shutil.rmtree(top, ignore_errors=True)
+            remove_scratch(top)
 
         return PopenWorker(
-            argv, limits, env=env, cwd=str(scratch), preexec=child_setup(limits, cgroup),
+            argv, limits, env=env, cwd=str(scratch),
+            preexec=child_setup(limits, cgroup, die_with_parent=True),
             signal_offset=self.variant != "plain", cleanup=cleanup,
         )

@@ -7,6 +7,7 @@ and says so.
 """
 
 from autotuner.proposers.base import (
+    CallRecord,
     CheckFn,
     ClusterInfo,
     Objective,
@@ -19,6 +20,7 @@ from autotuner.proposers.base import (
 from autotuner.proposers.llm import LLMConfig, LLMProposer, Spend
 
 __all__ = [
+    "CallRecord",
     "CheckFn",
     "ClusterInfo",
     "LLMConfig",

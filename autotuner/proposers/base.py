@@ -84,6 +84,19 @@ class ProposalRequest:
 
 
 @dataclass(frozen=True)
+class CallRecord:
+    """One model call of a proposal: its size (the server's count and our estimate), time, and
+    what became of the reply, so a prompt's cost can be read per call."""
+
+    attempt: int
+    prompt_tokens: int  # as the server reported it (0: it reported nothing)
+    estimated_prompt_tokens: int  # tokenizer-free estimate of the messages sent
+    completion_tokens: int
+    seconds: float
+    outcome: str  # "ok", or one short line: why the reply was not used
+
+
+@dataclass(frozen=True)
 class Proposal:
     """What came back: a policy file that passed the check, or why there is none.
 
@@ -104,6 +117,7 @@ class Proposal:
     attempts: int = 0
     model: str = ""
     fatal: bool = False
+    calls: tuple[CallRecord, ...] = ()
 
 
 @runtime_checkable

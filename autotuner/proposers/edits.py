@@ -13,6 +13,8 @@ import ast
 import re
 from dataclasses import dataclass
 
+from autotuner.policy import PARSE_LOCK
+
 # Reasoning models served by vLLM/Ollama/llama.cpp often inline their scratchpad; drafts in it
 # must not be mistaken for the answer.
 _THINK_RE = re.compile(r"<(think|thinking|reasoning)>.*?(</\1>|\Z)", re.DOTALL | re.IGNORECASE)
@@ -77,7 +79,8 @@ def looks_like_policy(code: str) -> bool:
 
 def _parses(code: str) -> bool:
     try:
-        ast.parse(code)
+        with PARSE_LOCK:
+            ast.parse(code)
     except (SyntaxError, ValueError):
         return False
     return True

@@ -3,22 +3,91 @@
 The campaign hands over data (``ProposalRequest``: the SLO, cluster, workloads, parent and its
 scores); every sentence the model reads is written in the templates, so wording changes happen
 there and nothing downstream ever has to read prose back.
+
+A small local model follows a short prompt better than a long one, and pays for every token on
+a CPU, so the first prompt is held under a token cap (``LLMConfig.prompt_token_cap``): when it is
+over, the other policies shown for ideas go first, then the field meanings of the API reference;
+the parent, the objective and the API's names and types always stay.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jinja2
 
-from autotuner.check import ALLOWED_BUILTINS, ALLOWED_MODULES
+from autotuner.api_views import point_views
+from autotuner.check import ALLOWED_MODULES, REFUSED_BUILTINS
+from autotuner.policy import PARSE_LOCK
 from autotuner.proposers.base import ParentInfo, ProposalRequest
 from autotuner.resources import asset_dir
-from autotuner.sim.api import MAX_WAITING_VIEW
 
-# SLO terms the goal sentence phrases itself; any other field of the SLO is listed by name.
+# SLO terms the objective lines phrase themselves; any other field of the SLO is listed by name.
 PHRASED_SLO_TERMS = ("ttft_s", "tpot_s", "share")
+BRIEF_CHARS = 200  # a failure line shown to the model or printed in the progress
+# Pieces a BPE tokenizer splits code and English into: a newline with its indent, a word with
+# its leading space, a digit (llama.cpp's tokenizers split numbers digit by digit), one or two
+# symbols. Words longer than _WORD_CHARS count as several tokens. Against SmolLM2's tokenizer
+# (llama.cpp) this overestimates by 1-9 % on prompts, policy files and the repository's Python,
+# and tokenizers of code models (Qwen2.5-Coder) are no less efficient: a cap holds for both.
+_PIECES = re.compile(r"\n[ \t]*|[ \t]*[A-Za-z]+|\d|[ \t]*[^\sA-Za-z\d]{1,2}|[ \t]+")
+_WORD_CHARS = 6
+
+
+def estimate_tokens(text: str) -> int:
+    """Prompt tokens without a tokenizer: a slight overestimate, enough to hold a cap."""
+    count = 0
+    for piece in _PIECES.findall(text):
+        word = piece.lstrip(" \t")
+        count += math.ceil(len(word) / _WORD_CHARS) if word[:1].isalpha() else 1
+    return count
+
+
+def messages_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """Estimated tokens of a chat request (a few per message for the chat template)."""
+    return sum(estimate_tokens(m.get("content", "")) + 4 for m in messages)
+
+
+def brief(text: str, limit: int = BRIEF_CHARS) -> str:
+    """One line of at most ``limit`` characters: whitespace collapsed, the rest cut with '...'."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
+
+
+def strip_docstrings(code: str) -> str:
+    """The code without its module, function and class docstrings; other lines verbatim, so
+    a SEARCH block copied from it still matches. Unparseable code comes back unchanged."""
+    try:
+        with PARSE_LOCK:
+            tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return code
+    drop: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) or not body:
+            continue
+        first = body[0]
+        if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str) and first.end_lineno is not None):
+            if len(body) == 1:
+                continue  # a function that is only a docstring would not parse without it
+            drop.update(range(first.lineno, first.end_lineno + 1))
+            if isinstance(node, ast.Module):  # and the blank line after a module docstring
+                after = first.end_lineno + 1
+                lines = code.splitlines()
+                if after <= len(lines) and not lines[after - 1].strip():
+                    drop.add(after)
+    if not drop:
+        return code
+    kept = [line for i, line in enumerate(code.splitlines(keepends=True), 1) if i not in drop]
+    return "".join(kept)
 
 
 def _fmt(value: Any) -> str:
@@ -28,6 +97,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.4g}"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3g}" if value else "0"
 
 
 def _number(value: float, spec: str) -> str:
@@ -51,8 +124,24 @@ def shown_scores(info: ParentInfo) -> dict[str, float]:
 
 
 def extra_slo_terms(slo: Mapping[str, Any]) -> dict[str, Any]:
-    """The SLO's fields that the goal sentence does not phrase (unset ones left out)."""
+    """The SLO's fields that the objective lines do not phrase (unset ones left out)."""
     return {k: v for k, v in slo.items() if k not in PHRASED_SLO_TERMS and v is not None}
+
+
+def modules_line() -> str:
+    """The import allow-list in a few words: a module allowed whole is named alone, a small
+    allow-list is spelt out, a large partial one is 'most of' it (the check lists it if
+    needed)."""
+    parts = []
+    for module, members in ALLOWED_MODULES.items():
+        public = {n for n in dir(importlib.import_module(module)) if not n.startswith("_")}
+        if public <= members:
+            parts.append(module)
+        elif len(members) <= 5:
+            parts.append(f"{module} ({', '.join(sorted(members))})")
+        else:
+            parts.append(f"{module} (most of it)")
+    return ", ".join(parts)
 
 
 def template_env() -> jinja2.Environment:
@@ -66,17 +155,30 @@ def template_env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["fmt"] = _fmt
+    env.filters["signed"] = _signed
     env.filters["number"] = _number
     env.filters["one_line"] = _one_line
+    env.filters["brief"] = brief
     env.globals["shown_scores"] = shown_scores
     env.globals["extra_slo_terms"] = extra_slo_terms
+    env.globals["shown_code"] = strip_docstrings
     return env
 
 
-def render_api_doc(env: jinja2.Environment | None = None) -> str:
-    """The policy API as the model reads it (prompts/policy_api.md.j2)."""
+def render_api_doc(env: jinja2.Environment | None = None, notes: bool = True) -> str:
+    """The policy API as the model reads it (prompts/policy_api.md.j2), from sim/api.py."""
     env = env or template_env()
-    return env.get_template("policy_api.md.j2").render(max_waiting_view=MAX_WAITING_VIEW)
+    return env.get_template("policy_api.md.j2").render(
+        partition_views=point_views("partition"), route_views=point_views("route"), notes=notes)
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """The opening messages, their estimated size, and what was left out to fit the cap."""
+
+    messages: list[dict[str, str]]
+    tokens: int  # estimated
+    dropped: tuple[str, ...]  # "inspiration c0003", "field notes"
 
 
 class PromptBuilder:
@@ -84,38 +186,61 @@ class PromptBuilder:
 
     def __init__(self, env: jinja2.Environment | None = None):
         self._env = env or template_env()
-        self._api_doc: str | None = None
+        self._api_doc: dict[bool, str] = {}
 
-    def api_doc(self) -> str:
-        if self._api_doc is None:
-            self._api_doc = render_api_doc(self._env)
-        return self._api_doc
+    def api_doc(self, notes: bool = True) -> str:
+        if notes not in self._api_doc:
+            self._api_doc[notes] = render_api_doc(self._env, notes)
+        return self._api_doc[notes]
 
-    def system(self, request: ProposalRequest) -> str:
+    def system(self, request: ProposalRequest, notes: bool = True) -> str:
         return self._env.get_template("system.j2").render(
-            api_doc=(request.api_doc or self.api_doc()).strip(),
+            api_doc=(request.api_doc or self.api_doc(notes)).strip(),
             # The checker's own allow-lists, so the prompt can never drift from what it accepts.
-            allowed_modules=ALLOWED_MODULES,
-            allowed_builtins=ALLOWED_BUILTINS,
+            modules_line=modules_line(),
+            refused_builtins=REFUSED_BUILTINS,
         )
+
+    def shown_parent(self, request: ProposalRequest) -> str:
+        """The parent's code as the model sees it, and as its edits apply: no docstrings."""
+        return strip_docstrings(request.parent.code)
 
     def user(self, request: ProposalRequest) -> str:
         return self._env.get_template("propose.j2").render(
             objective=request.objective,
             cluster=request.cluster,
             workloads=request.workloads,
-            baseline_params=request.baseline_params,
             parent=request.parent,
+            parent_code=self.shown_parent(request),
             inspirations=request.inspirations,
             notes=request.notes,
         )
 
-    def messages(self, request: ProposalRequest) -> list[dict[str, str]]:
-        """The opening system + user messages for a request."""
+    def messages(self, request: ProposalRequest, notes: bool = True) -> list[dict[str, str]]:
+        """The opening system + user messages for a request, whole."""
         return [
-            {"role": "system", "content": self.system(request)},
+            {"role": "system", "content": self.system(request, notes)},
             {"role": "user", "content": self.user(request)},
         ]
+
+    def fit(self, request: ProposalRequest, cap: int | None) -> FittedPrompt:
+        """The opening messages held under ``cap`` estimated tokens (None: no cap). Drops the
+        last inspiration first, one at a time, then the API's field meanings; what is left
+        is sent even when still over (the parent and the API's names cannot go)."""
+        dropped: list[str] = []
+        notes = True
+        msgs = self.messages(request)
+        while cap is not None and messages_tokens(msgs) > cap:
+            if request.inspirations:
+                dropped.append(f"inspiration {request.inspirations[-1].candidate_id}")
+                request = replace(request, inspirations=request.inspirations[:-1])
+            elif notes and not request.api_doc:
+                dropped.append("field notes")
+                notes = False
+            else:
+                break
+            msgs = self.messages(request, notes)
+        return FittedPrompt(msgs, messages_tokens(msgs), tuple(dropped))
 
     def fix(self, reasons: Sequence[str], code: str | None) -> str:
         """The message that sends an unusable reply or a refused file back with the reasons."""

@@ -24,7 +24,7 @@ MAX_WAITING_VIEW = 256
 class WaitingView(NamedTuple):
     """A request on this replica with prefill tokens left to compute."""
 
-    id: int
+    id: int  # request id, as chunks name it
     arrival: float  # seconds
     prompt_tokens: int  # tokens its prefill covers (prompt, plus generated ones if preempted)
     prefilled: int  # tokens already in KV (computed chunks and prefix-cache hits)
@@ -37,7 +37,7 @@ class WaitingView(NamedTuple):
 class ReplicaView(NamedTuple):
     """One replica just before an iteration: what partition() decides on."""
 
-    replica: int
+    replica: int  # this replica's index
     now: float  # seconds
     decodes: int  # running requests that decode one token each in this iteration (always run)
     decode_context: int  # sum of their context lengths (tokens of KV they read)
@@ -55,27 +55,29 @@ class RequestView(NamedTuple):
     """An arriving request, as route() sees it. Output length is unknown to a real router."""
 
     id: int  # arrival index: 0, 1, 2, ...
-    arrival: float
-    prompt_tokens: int
+    arrival: float  # seconds
+    prompt_tokens: int  # prompt length
     prefix_blocks: int  # how many prefix-block ids it carries (0 when the workload has none)
 
 
 class ReplicaLoad(NamedTuple):
     """One replica's load at the moment a request arrives."""
 
-    replica: int
+    replica: int  # its index
     running: int  # requests in decode
     waiting: int  # requests with prefill left
     waiting_tokens: int  # prefill tokens left on it
     outstanding: int  # running + waiting
-    kv_free_tokens: int
-    kv_capacity_tokens: int
+    kv_free_tokens: int  # free KV-cache room, tokens
+    kv_capacity_tokens: int  # whole KV cache, tokens
     prefix_hit_tokens: int  # tokens of this request's prompt already in this replica's prefix cache
 
 
 class ClusterView(NamedTuple):
-    now: float
-    replicas: tuple[ReplicaLoad, ...]
+    """The cluster as route() sees it."""
+
+    now: float  # seconds
+    replicas: tuple[ReplicaLoad, ...]  # one per replica, in index order
 
 
 class Partition(NamedTuple):
@@ -93,12 +95,35 @@ class Partition(NamedTuple):
 
 
 class PolicyError(Exception):
-    """An illegal decision, or a policy function that raised. ``str()`` is the full reason."""
+    """An illegal decision, or a policy function that raised. ``str()`` is the full reason,
+    cut to ``MAX_RULE_CHARS`` (a policy's exception message can be any size)."""
 
     def __init__(self, decision: str, rule: str):
+        if len(rule) > MAX_RULE_CHARS:
+            rule = rule[: MAX_RULE_CHARS - 3] + "..."
         self.decision = decision
         self.rule = rule
         super().__init__(f"{decision}: {rule}")
+
+
+MAX_RULE_CHARS = 1000
+# Every integer in a decision must fit in 64 bits: nothing real is larger, and a larger one can
+# neither be logged (Python refuses to print ints over 4,300 digits) nor named in a short reason.
+INT_LIMIT = 2**63
+
+
+def show_int(value: int) -> str:
+    """An integer as a reason may quote it: itself when short, else its number of digits."""
+    if -(10**18) < value < 10**18:
+        return str(value)
+    magnitude = abs(value)
+    bits = magnitude.bit_length()
+    if bits > 1_000_000:
+        return f"(a number of about {int(bits * 0.30103):,} digits)"
+    digits = int((bits - 1) * 0.30102999566398120) + 1  # a lower bound, off by at most one
+    while magnitude >= 10**digits:
+        digits += 1
+    return f"({'minus ' if value < 0 else ''}a {digits}-digit number)"
 
 
 def _is_int(value: Any) -> bool:
@@ -108,7 +133,7 @@ def _is_int(value: Any) -> bool:
 def _as_int(value: Any, what: str, decision: str) -> int:
     """Accept ints and integral finite floats or numpy scalars; refuse bools, NaN, inf, others."""
     if _is_int(value):
-        return value
+        return int(value)
     if isinstance(value, bool) or not hasattr(value, "__index__") and not isinstance(value, float):
         raise PolicyError(decision, f"{what} must be an integer, got {type(value).__name__}")
     if isinstance(value, float):
@@ -118,7 +143,15 @@ def _as_int(value: Any, what: str, decision: str) -> int:
     try:
         return int(value.__index__())
     except Exception as exc:  # a numpy scalar that is not integral, or something odd
-        raise PolicyError(decision, f"{what} must be an integer, got {value!r}") from exc
+        raise PolicyError(decision, f"{what} must be an integer, got "
+                                    f"{type(value).__name__}") from exc
+
+
+def _as_int64(value: Any, what: str, decision: str) -> int:
+    number = _as_int(value, what, decision)
+    if not -INT_LIMIT < number < INT_LIMIT:
+        raise PolicyError(decision, f"{what} {show_int(number)} does not fit in 64 bits")
+    return number
 
 
 def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]]]:
@@ -129,11 +162,15 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
     """
     if isinstance(raw, tuple) and len(raw) == 2:  # the common, well-formed case, checked fast
         budget, chunks = raw
-        if type(budget) is int and budget >= 0 and type(chunks) is tuple:
+        low, high = -INT_LIMIT, INT_LIMIT
+        if type(budget) is int and 0 <= budget < high and type(chunks) is tuple:
             for c in chunks:
-                if type(c) is not tuple or len(c) != 2 or type(c[0]) is not int or type(
-                    c[1]
-                ) is not int:
+                if type(c) is not tuple or len(c) != 2:
+                    break
+                rid, tokens = c
+                if type(rid) is not int or type(tokens) is not int or not (
+                    low < rid < high and low < tokens < high
+                ):
                     break
             else:
                 return budget, chunks  # type: ignore[return-value]
@@ -141,7 +178,7 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
         raise PolicyError(
             decision, f"must return Partition(budget, chunks), got {type(raw).__name__}"
         )
-    budget = _as_int(raw[0], "budget", decision)
+    budget = _as_int64(raw[0], "budget", decision)
     if budget < 0:
         raise PolicyError(decision, f"budget must be >= 0, got {budget}")
     chunks_raw = raw[1]
@@ -151,13 +188,13 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
             f"chunks must be a tuple of (request id, tokens), got {type(chunks_raw).__name__}",
         )
     if len(chunks_raw) > 100_000:
-        raise PolicyError(decision, f"too many chunks ({len(chunks_raw)})")
+        raise PolicyError(decision, f"too many chunks ({len(chunks_raw):,})")
     chunks: list[tuple[int, int]] = []
     for pos, item in enumerate(chunks_raw):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise PolicyError(decision, f"chunks[{pos}] must be a (request id, tokens) pair")
-        rid = _as_int(item[0], f"chunks[{pos}] request id", decision)
-        tokens = _as_int(item[1], f"chunks[{pos}] tokens", decision)
+        rid = _as_int64(item[0], f"chunks[{pos}] request id", decision)
+        tokens = _as_int64(item[1], f"chunks[{pos}] tokens", decision)
         chunks.append((rid, tokens))
     return budget, chunks
 
@@ -167,6 +204,7 @@ def coerce_route(raw: Any, num_replicas: int, decision: str) -> int:
     replica = _as_int(raw, "replica", decision)
     if not 0 <= replica < num_replicas:
         raise PolicyError(
-            decision, f"replica {replica} does not exist (the cluster has 0..{num_replicas - 1})"
+            decision,
+            f"replica {show_int(replica)} does not exist (the cluster has 0..{num_replicas - 1})",
         )
     return replica

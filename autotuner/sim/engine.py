@@ -37,6 +37,7 @@ from .api import (
 from .costmodel import CostModel
 from .hardware import get_gpu, get_model
 from .measured import StepCostModel, StepProfile
+from .rangemax import range_max
 from .workload import Workload
 
 _WAITING, _DECODING, _DONE = 1, 2, 3
@@ -118,8 +119,18 @@ class SimResult:
     # fast-forwarded stretch is one sample at its mean iteration time (durations within it grow
     # linearly), so TBT means are exact and percentiles lose only the spread inside a stretch.
     tbt_samples: tuple[np.ndarray, np.ndarray]
+    # Per request, the longest gap between two of its consecutive tokens (seconds; 0 with fewer
+    # than two tokens): the longest iteration it decoded through, or the wait from its last token
+    # before a preemption to the next one after its recompute. Exact across fast-forwarded
+    # stretches, whose longest iteration is their last.
+    max_gap: np.ndarray
+    # Preemptions of requests that had a first token, in order: (request, time of its last token
+    # before, time of its next token after; NaN if it never came). They are waiting time too.
+    preempted: tuple[np.ndarray, np.ndarray, np.ndarray]
+    refused: np.ndarray  # bool: refused on arrival (a prompt over the replica's KV capacity)
     error: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    horizon: float = math.inf  # the simulated time the run was cut off at (inf: ran to drain)
 
 
 class _Replica:
@@ -143,6 +154,7 @@ class _Replica:
         "last_iter",
         "busy_time",
         "running",
+        "gaps",
     )
 
     def __init__(self, idx: int, kv_cap: int):
@@ -165,6 +177,7 @@ class _Replica:
         self.pending: tuple | None = None
         self.last_iter = 0.0
         self.busy_time = 0.0
+        self.gaps: list[float] = []  # longest iteration of each completion that had decodes
 
 
 class _Failure(Exception):
@@ -191,7 +204,8 @@ def simulate(
         raise ValueError(f"the horizon must be a positive number of seconds, got {horizon!r}")
     sim = _Simulation(cluster, workload, policy, cost_model or cluster.cost_model())
     sim.max_stretch = math.inf if fast_forward else 1
-    return sim.run(math.inf if horizon is None else float(horizon))
+    sim.horizon = math.inf if horizon is None else float(horizon)
+    return sim.run(sim.horizon)
 
 
 class _Simulation:
@@ -238,6 +252,17 @@ class _Simulation:
         self.tbt_n: list[int] = []
         self.counters = {"preemptions": 0, "evicted_blocks": 0, "stalls": 0, "refused_too_long": 0}
         self.max_stretch: float = math.inf
+        self.horizon = math.inf
+        # Decode spells, for the per-request longest gap: where request i's current spell began
+        # in its replica's ``gaps``, and each closed spell as (request, replica, first, end).
+        self.spell_lo = [0] * n
+        self.spells: list[tuple[int, int, int, int]] = []
+        # Preemptions after a first token: request, last token time, next token time (NaN).
+        self.pre_req: list[int] = []
+        self.pre_at: list[float] = []
+        self.pre_back: list[float] = []
+        self.open_pre = [-1] * n  # index into pre_* of request i's unresolved preemption
+        self.refused = [False] * n
 
     # ------------------------------------------------------------------ main loop
     def run(self, horizon: float) -> SimResult:
@@ -357,6 +382,7 @@ class _Simulation:
             # It can never fit, as a server refuses a prompt over its KV capacity: it is never
             # served, so it counts as a missed SLO.
             self.phase[i] = _DONE
+            self.refused[i] = True
             self.counters["refused_too_long"] += 1
             return
         self.phase[i] = _WAITING
@@ -400,7 +426,7 @@ class _Simulation:
         rep.pending = None
         # Decodes need one KV token each this iteration; make room or preempt.
         while rep.n and self._free(rep) < rep.n:
-            self._preempt_newest(rep)
+            self._preempt_newest(rep, now)
         if not rep.n and rep.waiting:
             self._unblock_oldest(rep)
         if rep.waiting and (not self.max_seqs or self._schedulable(rep)):
@@ -574,6 +600,7 @@ class _Simulation:
             rep.last_iter = d_last
             self.tbt_d.append(0.5 * (d_first + d_last))
             self.tbt_n.append(n * k)
+            rep.gaps.append(d_last if d_last > d_first else d_first)
         else:
             _, chunks, dur = pending
             self.iterations += 1
@@ -583,6 +610,7 @@ class _Simulation:
                 rep.kv_used += n
                 self.tbt_d.append(dur)
                 self.tbt_n.append(n)
+                rep.gaps.append(dur)
         rep.busy_time += dur
         if rep.cache_tokens + rep.kv_used > rep.kv_cap:
             self._evict(rep, 0)
@@ -604,6 +632,9 @@ class _Simulation:
         rep.waiting.remove(i)
         if math.isnan(self.first_token[i]):
             self.first_token[i] = now
+        elif self.open_pre[i] >= 0:
+            self.pre_back[self.open_pre[i]] = now  # its next token, after the recompute
+            self.open_pre[i] = -1
         self.generated[i] += 1  # the prefill's last position yields a token
         self._insert_prefix(rep, i)
         left = self.output[i] - self.generated[i]
@@ -616,6 +647,7 @@ class _Simulation:
             self.finish[i] = now
             return
         self.phase[i] = _DECODING
+        self.spell_lo[i] = len(rep.gaps)
         steps = rep.steps
         self.ctx_base[i] = ctx - steps
         self.own_base[i] = own - steps
@@ -625,6 +657,7 @@ class _Simulation:
         heapq.heappush(rep.heap, (steps + left, i, self.preempt[i]))
 
     def _leave_decode(self, rep: _Replica, i: int) -> None:
+        self.spells.append((i, rep.idx, self.spell_lo[i], len(rep.gaps)))
         rep.n -= 1
         rep.running.discard(i)
         rep.ctx_off -= self.ctx_base[i]
@@ -637,7 +670,7 @@ class _Simulation:
         self.phase[i] = _DONE
         self.finish[i] = now
 
-    def _preempt_newest(self, rep: _Replica) -> None:
+    def _preempt_newest(self, rep: _Replica, now: float) -> None:
         """Free the KV of the most recently arrived decoding request; it is recomputed later."""
         i = max(rep.running)
         joined_at = self.target[i] - self.ctx_base[i]
@@ -645,6 +678,10 @@ class _Simulation:
         self._leave_decode(rep, i)
         self.preempt[i] += 1
         self.counters["preemptions"] += 1
+        self.open_pre[i] = len(self.pre_req)
+        self.pre_req.append(i)
+        self.pre_at.append(now)
+        self.pre_back.append(math.nan)
         # recompute: the prefill now covers the prompt and every token generated so far
         self.target[i] = self.prompt[i] + self.generated[i]
         self._enqueue(rep, i, front=True)
@@ -715,6 +752,27 @@ class _Simulation:
             self.counters["evicted_blocks"] += 1
 
     # ------------------------------------------------------------------ result
+    def _max_gaps(self) -> np.ndarray:
+        """Per request, the longest iteration of any decode spell (open spells end at the cut-off)
+        and the longest preemption gap: one vectorised range-max query per spell."""
+        spells = list(self.spells)
+        for rep in self.reps:
+            spells += [(i, rep.idx, self.spell_lo[i], len(rep.gaps)) for i in rep.running]
+        out = np.zeros(len(self.arrival))
+        if spells:
+            req, rid, lo, hi = (np.array(col, dtype=np.int64) for col in zip(*spells, strict=True))
+            for rep in self.reps:
+                pick = rid == rep.idx
+                if pick.any() and rep.gaps:
+                    longest = range_max(np.array(rep.gaps), lo[pick], hi[pick], empty=0.0)
+                    np.maximum.at(out, req[pick], longest)
+        back = np.array(self.pre_back, dtype=np.float64)
+        done = ~np.isnan(back)
+        if done.any():
+            req = np.array(self.pre_req, dtype=np.int64)[done]
+            np.maximum.at(out, req, back[done] - np.array(self.pre_at)[done])
+        return out
+
     def _result(self, now: float, error: str | None) -> SimResult:
         return SimResult(
             first_token=np.array(self.first_token, dtype=np.float64),
@@ -729,6 +787,12 @@ class _Simulation:
             policy_calls=self.policy_calls,
             busy_time=np.array([r.busy_time for r in self.reps]),
             tbt_samples=(np.array(self.tbt_d), np.array(self.tbt_n, dtype=np.int64)),
+            max_gap=self._max_gaps(),
+            preempted=(np.array(self.pre_req, dtype=np.int64),
+                       np.array(self.pre_at, dtype=np.float64),
+                       np.array(self.pre_back, dtype=np.float64)),
+            refused=np.array(self.refused, dtype=bool),
             error=error,
             counters=dict(self.counters),
+            horizon=self.horizon,
         )

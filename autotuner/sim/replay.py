@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import ClusterView, PolicyError, ReplicaView, RequestView, coerce_partition
+from .api import (
+    ClusterView,
+    PolicyError,
+    ReplicaView,
+    RequestView,
+    coerce_partition,
+    coerce_route,
+)
 
 # One log entry: ["p", budget, [[id, tokens], ...]] or ["r", replica]
 
@@ -39,15 +46,11 @@ class RecordingPolicy:
 
     def route(self, request: RequestView, cluster: ClusterView) -> Any:
         raw = self.policy.route(request, cluster)
-        self._room(f"route(request {request.id})")
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            try:
-                raw_int = int(raw)
-            except Exception:
-                raw_int = -1  # the simulator rejects it with the proper reason
-        else:
-            raw_int = raw
-        self.log.append(["r", raw_int])
+        decision = f"route(request {request.id} at t={request.arrival:.3f}s)"
+        self._room(decision)
+        # Judged here by the rule the simulator applies (and applies again to the log), so what
+        # is logged is a plain int and a refusal names what the policy really returned.
+        self.log.append(["r", coerce_route(raw, len(cluster.replicas), decision)])
         return raw
 
 

@@ -37,18 +37,6 @@ __all__ = [
     "make_workload",
 ]
 
-_FROM_TRACES = ("load_trace", "load_trace_info", "TraceError", "LoadedTrace")
-
-
-def __getattr__(name: str) -> Any:
-    """Trace replay lives in ``traces`` (which imports this module); re-export it lazily so
-    ``from autotuner.sim.workload import load_trace, TraceError`` works without an import cycle."""
-    if name in _FROM_TRACES:
-        from . import traces
-
-        return getattr(traces, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 Prefix = tuple[tuple[int, ...], ...]
 
 # Bounds on what a workload may hold. A prompt or output longer than any served model's context

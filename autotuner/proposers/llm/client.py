@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotuner.proposers.llm.config import LLMConfig
+from autotuner.proposers.prompt import estimate_tokens, messages_tokens
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,23 @@ class ChatClient:
             jitter = self._rng.random()
         return cap * (0.5 + 0.5 * jitter)
 
-    def call(self, messages: Sequence[Mapping[str, str]]) -> ChatReply:
-        """One chat completion; raises EndpointError once retries are spent or not allowed."""
+    def call(self, messages: Sequence[Mapping[str, str]], *, retries: int | None = None,
+             max_wait_s: float | None = None, timeout_s: float | None = None,
+             max_tokens: int | None = None, charge: bool = True) -> ChatReply:
+        """One chat completion; raises EndpointError once retries are spent or not allowed.
+
+        The keywords exist for ``preflight``: fewer retries, shorter waits, a shorter timeout
+        per try, a small reply, and no charge to the budget.
+        """
         import openai
 
         cfg = self.config
+        retries = cfg.max_retries if retries is None else retries
+        max_wait_s = cfg.max_backoff_s if max_wait_s is None else max_wait_s
+        client = self._client
+        if timeout_s is not None and hasattr(client, "with_options"):
+            client = client.with_options(timeout=timeout_s, max_retries=0)
+        timeout_s = timeout_s or cfg.timeout_s
         last = ""
         adapted = 0  # 400s answered by changing a parameter (reasoning models)
         attempt = 0  # retries used on retryable failures
@@ -181,7 +194,8 @@ class ChatClient:
                 raise EndpointError(stop, fatal=True)
             wait: float | None = None
             try:
-                response = self._client.chat.completions.create(**self._request_args(messages))
+                response = client.chat.completions.create(
+                    **self._request_args(messages, max_tokens))
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 detail = self.scrub(_error_message(exc))
@@ -194,31 +208,47 @@ class ChatClient:
                     raise EndpointError(f"{last} (not retried)", fatal=fatal) from None
                 wait = retry_after_s(getattr(exc.response, "headers", None))
             except openai.APITimeoutError:
-                last = f"{self.endpoint} did not answer within {cfg.timeout_s:g} s"
+                last = f"{self.endpoint} did not answer within {timeout_s:g} s"
             except openai.APIConnectionError as exc:
                 last = f"cannot reach {self.endpoint}: {self.scrub(str(exc.__cause__ or exc))}"
             except Exception as exc:  # a body that is not a chat completion (proxy page, ...)
                 detail = self.scrub(f"{type(exc).__name__}: {exc}")[:300]
                 last = f"{self.endpoint} sent something that is not a chat completion ({detail})"
             else:
-                return self._read(response)
-            if attempt == cfg.max_retries:
+                return self._read(response, messages, charge)
+            if attempt == retries:
                 break
-            delay = self._backoff(attempt) if wait is None else min(wait, cfg.max_backoff_s)
+            delay = self._backoff(attempt) if wait is None else wait
+            delay = min(delay, max_wait_s)
             attempt += 1
             log.warning("LLM call failed (%s); retry %d in %.2f s", last, attempt, delay)
             self._sleep(delay)
-        raise EndpointError(f"{last} (gave up after {cfg.max_retries + 1} tries)")
+        raise EndpointError(f"{last} (gave up after {retries + 1} tries)")
 
-    def _request_args(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    def preflight(self, timeout_s: float = 20.0) -> str:
+        """One tiny chat completion, so that a campaign learns its endpoint is unreachable, or
+        refuses the key or the model, in seconds and before it writes anything, rather than
+        after minutes of baseline tuning. One retry, short waits, a ``timeout_s`` deadline per
+        try. Returns a line for the log; raises EndpointError. Its handful of tokens is not
+        charged to the budget (the archive, which keeps the campaign's spend, does not exist
+        yet).
+        """
+        t0 = time.monotonic()
+        self.call([{"role": "user", "content": "Reply with the single word OK."}], retries=1,
+                  max_wait_s=2.0, timeout_s=min(timeout_s, self.config.timeout_s),
+                  max_tokens=16, charge=False)
+        return f"{self.endpoint} answered a test request in {time.monotonic() - t0:.1f} s"
+
+    def _request_args(self, messages: Sequence[Mapping[str, str]],
+                      max_tokens: int | None = None) -> dict[str, Any]:
         cfg = self.config
         kwargs: dict[str, Any] = {"model": self.model, "messages": list(messages)}
         with self._lock:
             drop_temperature, token_param = self._drop_temperature, self._token_param
         if cfg.temperature is not None and not drop_temperature:
             kwargs["temperature"] = cfg.temperature
-        if cfg.max_tokens is not None:
-            kwargs[token_param] = cfg.max_tokens
+        if max_tokens is not None or cfg.max_tokens is not None:
+            kwargs[token_param] = max_tokens or cfg.max_tokens
         if cfg.extra_body:
             kwargs["extra_body"] = dict(cfg.extra_body)
         return kwargs
@@ -237,7 +267,8 @@ class ChatClient:
                 return True
         return False
 
-    def _read(self, response: Any) -> ChatReply:
+    def _read(self, response: Any, messages: Sequence[Mapping[str, str]],
+              charge: bool = True) -> ChatReply:
         choices = getattr(response, "choices", None) or []
         message = choices[0].message if choices else None
         text = (getattr(message, "content", None) or "") if message is not None else ""
@@ -247,8 +278,9 @@ class ChatClient:
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         if usage is None:
             # Some local servers send no usage; estimate so a token budget still binds.
-            completion_tokens = max(1, len(text) // 4)
-        cost = self._charge(prompt_tokens, completion_tokens)
+            prompt_tokens = messages_tokens(messages)
+            completion_tokens = max(1, estimate_tokens(text))
+        cost = self._charge(prompt_tokens, completion_tokens) if charge else 0.0
         return ChatReply(text, prompt_tokens, completion_tokens, cost, finish)
 
 

@@ -58,6 +58,12 @@ class LLMConfig:
         concurrency: proposals in flight at once in ``propose_many``.
         max_check_retries: how many times a reply that is unusable (no code, an edit that does
             not apply) or whose code the check refuses goes back to the model with the reasons.
+            A reply that repeats the previous attempt ends the proposal at once: the model is
+            not following the reasons, and asking again would pay for the same answer.
+        prompt_token_cap: estimated tokens the opening prompt may take; over it, the other
+            policies shown for ideas are left out (last first), then the API's field meanings.
+            0 or None: no cap. A small local model follows a short prompt better and pays for every
+            prompt token on a CPU.
         prices: USD per 1M (prompt, completion) tokens, by model name or name prefix; merged over
             ``DEFAULT_PRICES``. Unknown models cost 0.
         token_budget: total prompt + completion tokens this proposer may spend; None = no cap.
@@ -81,6 +87,7 @@ class LLMConfig:
     max_tokens: int | None = 4096
     concurrency: int = 4
     max_check_retries: int = 2
+    prompt_token_cap: int | None = 2000
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     token_budget: int | None = None
     usd_budget: float | None = None
@@ -94,6 +101,10 @@ class LLMConfig:
         for name in ("max_retries", "max_check_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LLMConfig.{name} must be >= 0")
+        cap = self.prompt_token_cap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)
+                                or (cap != 0 and cap < 500)):
+            raise ValueError("LLMConfig.prompt_token_cap must be a whole number >= 500 (0: no cap)")
         if self.concurrency < 1:
             raise ValueError("LLMConfig.concurrency must be >= 1")
         for model, price in self.prices.items():

@@ -1,14 +1,19 @@
 """The LLM proposer: asks a chat model for a new policy file, and sends back what was wrong.
 
 The opening messages come from ``autotuner.proposers.prompt``; calls, retries and the budget from
-``client``. A reply that cannot be used (no code, an edit that does not apply), or whose code the
-static check refuses, goes back to the model with the reasons, a bounded number of times.
+``client``. A reply that cannot be used (no code, an edit that does not apply), whose code the
+static check refuses, or (when a dry run is given) that fails when called on recorded snapshots,
+goes back to the model with the reasons, a bounded number of times. A reply that is a policy the
+model was shown (the parent, another policy) is answered with exactly that; a reply that repeats
+the previous attempt ends the dialogue, since paying for the same answer again teaches nothing.
 Nothing here ever raises into the campaign loop: every outcome is a ``Proposal``.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +22,50 @@ from typing import Any
 
 import jinja2
 
-from autotuner.proposers.base import CheckFn, Proposal, ProposalRequest
+from autotuner.lineage import canonical_program
+from autotuner.policy import PARSE_LOCK
+from autotuner.proposers.base import CallRecord, CheckFn, Proposal, ProposalRequest
 from autotuner.proposers.edits import UNCHANGED, parse_reply
 from autotuner.proposers.llm.client import ChatClient, ChatReply, EndpointError, Spend
 from autotuner.proposers.llm.config import LLMConfig
-from autotuner.proposers.prompt import PromptBuilder
+from autotuner.proposers.prompt import PromptBuilder, brief, messages_tokens
 
 log = logging.getLogger(__name__)
+
+REPEATED = "the reply repeated the previous attempt"
+
+
+@dataclass(frozen=True)
+class ProposalProgress:
+    """Where one proposal's dialogue stands, for a progress line while the model works."""
+
+    proposal: int  # this proposer's running number for the request
+    attempt: int
+    max_attempts: int
+    elapsed_s: float
+    tokens: int  # prompt + completion tokens of this proposal so far (server's count)
+    prompt_tokens: int  # estimated tokens of the call in flight (0 between calls)
+    state: str  # "asking", "checking", "done"
+
+    def line(self) -> str:
+        what = f"proposal {self.proposal}: attempt {self.attempt}/{self.max_attempts}"
+        if self.state == "asking":
+            what += f", ~{self.prompt_tokens:,} prompt tokens sent"
+        elif self.state != "done":
+            what += f", {self.state}"
+        return f"{what}, {self.elapsed_s:.0f} s, {self.tokens:,} tokens so far"
+
+
+ProgressFn = Callable[[ProposalProgress], None]
+
+
+def _program_key(code: str) -> str:
+    """The program regardless of comments and layout (names and constants count)."""
+    try:
+        with PARSE_LOCK:
+            return ast.dump(ast.parse(code))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return code
 
 
 @dataclass
@@ -31,21 +73,36 @@ class _Dialogue:
     """One proposal's exchange so far: the messages, what the replies cost, what was refused."""
 
     model: str
-    messages: list[dict[str, str]]
-    base: str  # what edits apply to: the parent, then the last rejected file
+    number: int
+    opening: list[dict[str, str]]
+    base: str  # what edits apply to: the parent as shown, then the last refused file
+    known: dict[str, str]  # canonical program -> what the model was shown under that name
+    started: float = field(default_factory=time.monotonic)
+    messages: list[dict[str, str]] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
     attempts: int = 0
-    rejected: bool = False  # base is a file the check refused
     reasons: list[str] = field(default_factory=list)  # why the last reply was not used
+    last_key: str | None = None  # the last attempt's identity: its program, or its text
 
-    def record(self, reply: ChatReply) -> None:
+    def record(self, reply: ChatReply, estimate: int, seconds: float) -> None:
         self.replies.append(reply.text)
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
         self.cost_usd += reply.cost_usd
+        self.calls.append(CallRecord(self.attempts, reply.prompt_tokens, estimate,
+                                     reply.completion_tokens, round(seconds, 3), "ok"))
+
+    def outcome(self, text: str) -> None:
+        """What became of the last call's reply (one short line)."""
+        if self.calls:
+            last = self.calls[-1]
+            self.calls[-1] = CallRecord(last.attempt, last.prompt_tokens,
+                                        last.estimated_prompt_tokens, last.completion_tokens,
+                                        last.seconds, brief(text))
 
     def result(self, code: str | None, reason: str, fatal: bool = False) -> Proposal:
         return Proposal(
@@ -59,6 +116,7 @@ class _Dialogue:
             attempts=self.attempts,
             model=self.model,
             fatal=fatal,
+            calls=tuple(self.calls),
         )
 
 
@@ -75,33 +133,63 @@ class LLMProposer:
         spent: Spend | None = None,
         client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
+        progress: ProgressFn | None = None,
+        dry_run: CheckFn | None = None,
     ):
         """``spent`` carries totals over from an earlier run (a resumed campaign keeps its
-        budget); ``client`` replaces the ``openai.OpenAI`` client (tests); ``sleep`` the waits."""
+        budget); ``client`` replaces the ``openai.OpenAI`` client (tests); ``sleep`` the waits.
+
+        ``progress`` is called (from the proposing thread) before and after every model call;
+        ``status()`` gives the same as one line for whoever polls. ``dry_run`` runs a file that
+        passed the static check (the sandbox calling it on recorded snapshots) and returns the
+        reasons it fails, like a check; its reasons go back to the model the same way. It is
+        a seam: the campaign passes one once the sandbox offers it.
+        """
         self.config = config or LLMConfig()
         self.client = ChatClient(self.config, env=env, spent=spent, client=client, sleep=sleep)
         self.model = self.client.model
         self.endpoint = self.client.endpoint
         self.prompts = PromptBuilder()
+        self.progress = progress
+        self.dry_run = dry_run
+        self._lock = threading.Lock()
+        self._numbered = 0
+        self._live: dict[int, ProposalProgress] = {}
 
     @property
     def spent(self) -> Spend:
         return self.client.spent
 
+    def preflight(self, timeout_s: float = 20.0) -> str:
+        """One uncharged round trip to the endpoint (see ``ChatClient.preflight``)."""
+        return self.client.preflight(timeout_s)
+
     def __repr__(self) -> str:  # no key in here, ever
         return f"LLMProposer(model={self.model!r}, endpoint={self.endpoint!r})"
+
+    def status(self) -> str:
+        """The proposals in flight, one short clause each ("" when none)."""
+        with self._lock:
+            live = sorted(self._live.values(), key=lambda p: p.proposal)
+        return "; ".join(p.line() for p in live)
 
     def propose(self, request: ProposalRequest, check: CheckFn) -> Proposal:
         """Ask, parse, check; on a refusal send the reasons back, up to max_check_retries times.
 
         Never raises: whatever goes wrong becomes a Proposal with ``ok=False`` and the reason.
         """
+        with self._lock:
+            self._numbered += 1
+            number = self._numbered
         try:
-            return self._propose(request, check)
+            return self._propose(request, check, number)
         except Exception as exc:  # a bug here must cost one proposal, not the campaign
             log.exception("LLM proposer failed")
             reason = self.client.scrub(f"internal error: {type(exc).__name__}: {exc}")
             return Proposal(None, False, reason, model=self.model)
+        finally:
+            with self._lock:
+                self._live.pop(number, None)
 
     def propose_many(
         self,
@@ -114,37 +202,82 @@ class LLMProposer:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm-proposer") as pool:
             return list(pool.map(lambda req: self.propose(req, check), requests))
 
+    # -- progress ----------------------------------------------------------------------------
+
+    def _report(self, talk: _Dialogue, state: str, prompt_tokens: int = 0) -> None:
+        event = ProposalProgress(
+            talk.number, talk.attempts, self.config.max_check_retries + 1,
+            time.monotonic() - talk.started, talk.prompt_tokens + talk.completion_tokens,
+            prompt_tokens, state)
+        with self._lock:
+            if state == "done":
+                self._live.pop(talk.number, None)
+            else:
+                self._live[talk.number] = event
+        if self.progress is not None:
+            try:
+                self.progress(event)
+            except Exception:  # a broken progress printer must not cost the proposal
+                log.exception("progress callback raised")
+
     # -- the dialogue ------------------------------------------------------------------------
 
-    def _propose(self, request: ProposalRequest, check: CheckFn) -> Proposal:
-        talk = _Dialogue(self.model, [], request.parent.code)
+    def _open(self, request: ProposalRequest, number: int) -> _Dialogue:
+        cap = self.config.prompt_token_cap or None
+        fitted = self.prompts.fit(request, cap)
+        if fitted.dropped:
+            log.info("prompt over %s tokens: left out %s", cap, ", ".join(fitted.dropped))
+        base = self.prompts.shown_parent(request)
+        known: dict[str, str] = {}
+        for info, what in [(request.parent, f"the parent {request.parent.candidate_id}"),
+                           *((i, f"{i.candidate_id}, one of the other policies shown")
+                             for i in request.inspirations)]:
+            canon = canonical_program(info.code)
+            if canon is not None:
+                known.setdefault(canon, what)
+        return _Dialogue(self.model, number, fitted.messages, base, known,
+                         messages=list(fitted.messages))
+
+    def _propose(self, request: ProposalRequest, check: CheckFn, number: int) -> Proposal:
         try:
-            talk.messages = self.prompts.messages(request)
+            talk = self._open(request, number)
         except jinja2.TemplateError as exc:
-            return talk.result(None, f"prompt error: {exc}", fatal=True)
+            return _Dialogue(self.model, number, [], "", {}).result(
+                None, f"prompt error: {exc}", fatal=True)
         code: str | None = None
         for _ in range(self.config.max_check_retries + 1):
             stop = self.client.budget_left()
             if stop:
                 return talk.result(None, stop, fatal=True)
             talk.attempts += 1
+            estimate = messages_tokens(talk.messages)
+            self._report(talk, "asking", estimate)
+            started = time.monotonic()
             try:
                 reply = self.client.call(talk.messages)
             except EndpointError as exc:
                 reason = str(exc)
                 if not reason.startswith("budget exhausted"):
                     reason = f"endpoint error: {reason}"
+                self._report(talk, "done")
                 return talk.result(None, reason, fatal=exc.fatal)
-            talk.record(reply)
+            talk.record(reply, estimate, time.monotonic() - started)
+            self._report(talk, "checking")
             verdict = self._review(reply, talk, check)
             if isinstance(verdict, Proposal):
+                self._report(talk, "done")
                 return verdict
             code, fix_reasons = verdict
+            talk.outcome("; ".join(fix_reasons))
+            # The repair prompt: the opening, the last attempt and its reasons (not the whole
+            # history, which made later prompts several times the first one's size).
+            shown = f"```python\n{code.strip()}\n```" if code is not None else reply.text
             talk.messages = [
-                *talk.messages,
-                {"role": "assistant", "content": reply.text},
+                *talk.opening,
+                {"role": "assistant", "content": shown},
                 {"role": "user", "content": self.prompts.fix(fix_reasons, code)},
             ]
+        self._report(talk, "done")
         summary = "; ".join(talk.reasons)
         if code is not None:
             return talk.result(None, f"check rejected after {talk.attempts} attempts: {summary}")
@@ -154,24 +287,54 @@ class LLMProposer:
     def _review(
         self, reply: ChatReply, talk: _Dialogue, check: CheckFn
     ) -> Proposal | tuple[str | None, list[str]]:
-        """The finished proposal (the check passed, or raised); else the file the reply
+        """The finished proposal (accepted, or the dialogue is over); else the file the reply
         produced (None if none) and the reasons to send back with it."""
         code, parse_reason = parse_reply(reply.text, talk.base)
-        if code is None and parse_reason == UNCHANGED and talk.rejected:
-            # The rejected file sent back as it was: the check would refuse it again.
-            return talk.base, ["your reply repeated the rejected file unchanged", *talk.reasons]
+        produced = code if code is not None else (talk.base if parse_reason == UNCHANGED else None)
+        canon = canonical_program(produced) if produced is not None else None
+        copy_of = talk.known.get(canon or "")
+        key = (f"known:{canon}" if copy_of else f"program:{_program_key(produced)}"
+               if produced is not None else f"text:{reply.text}")
+        if key == talk.last_key:
+            # The same answer again: the reasons did not help, and another ask would not.
+            before = "; ".join(talk.reasons)
+            talk.outcome(REPEATED)
+            return talk.result(None, f"{REPEATED} (after {talk.attempts} attempts); it was "
+                                     f"refused for: {before}")
+        talk.last_key = key
+        if copy_of is not None:
+            talk.reasons = [f"your file is {copy_of}, unchanged up to names, comments, "
+                            "docstrings and TUNABLES (the tuner already searches those); change "
+                            "the code of partition or route: what the budget depends on, which "
+                            "waiting requests get chunks first, or how a replica is chosen"]
+            return produced, talk.reasons
+        if code is None and parse_reason == UNCHANGED:  # the refused file, sent back as it was
+            return talk.base, ["your reply repeated the refused file unchanged", *talk.reasons]
         if code is None:
             if reply.finish_reason == "length":
                 parse_reason += " (the reply was cut off at max_tokens)"
             talk.reasons = [parse_reason]
             return None, talk.reasons
-        try:
-            reasons = [str(r) for r in check(code)]
-        except Exception as exc:  # a checker bug must not end the campaign
-            log.exception("policy check raised")
-            return talk.result(None, f"check raised {type(exc).__name__}: {exc}")
+        reasons = self._refusals(code, check, talk)
+        if isinstance(reasons, Proposal):
+            return reasons
         if not reasons:
+            talk.outcome("ok")
             return talk.result(code, "")
         talk.reasons = reasons
-        talk.base, talk.rejected = code, True
+        talk.base = code
         return code, reasons
+
+    def _refusals(self, code: str, check: CheckFn, talk: _Dialogue) -> list[str] | Proposal:
+        """The static check's reasons, then (when it passes and one is given) the dry run's."""
+        for stage, fn in (("check", check), ("dry run", self.dry_run)):
+            if fn is None:
+                continue
+            try:
+                reasons = [str(r) for r in fn(code)]
+            except Exception as exc:  # a checker bug must not end the campaign
+                log.exception("policy %s raised", stage)
+                return talk.result(None, f"{stage} raised {type(exc).__name__}: {exc}")
+            if reasons:
+                return reasons
+        return []

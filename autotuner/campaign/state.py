@@ -1,0 +1,217 @@
+"""What every phase of a campaign shares: its config, folder, archive, evaluator, clock and
+display, and the few questions they all ask of it (is the search over, which candidates are
+scored, what does the status line say).
+
+The phases are plain functions over one ``CampaignState`` (``baseline``, ``seeds``, ``search``,
+``finalize``); what crosses from one phase to the next is in the archive, or in a frozen record
+(``Baseline``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from autotuner import archive as A
+from autotuner.archive import Archive, Candidate
+from autotuner.campaign.progress import Progress, fmt_duration, fmt_gain
+from autotuner.config import CampaignConfig
+from autotuner.proposers.base import Proposer
+from autotuner.scoring import Evaluator, Instance, Simulator, ladder_jobs, split_instances
+from autotuner.yardstick import from_campaign, ladder_goodput, read_named_policy, reference_names
+
+PHASES = ("baseline", "seeds", "search", "finalize", "done")
+SCORED = (A.TUNED, A.FINALIST, A.GATE_FAILED, A.PROMOTED)  # statuses with a training score
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The tuned baseline and the yardsticks derived from it (stored in the archive's meta):
+    phase 1 makes it, finalisation adds the validation split's reference."""
+
+    name: str
+    code: str
+    params: dict[str, Any]
+    caps: dict[str, dict[str, float]]  # split -> instance label -> capacity (req/s)
+    reference: dict[str, dict[str, list[float]]]  # split -> label -> goodput per ladder rung
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_split(self, split: str, caps: dict[str, float], reference: dict[str, list[float]]
+                   ) -> Baseline:
+        """The same baseline with one more split's capacities and reference goodput."""
+        return dataclasses.replace(self, caps={**self.caps, split: caps},
+                                   reference={**self.reference, split: reference})
+
+
+class CampaignState:
+    """One campaign run's shared state (new or resumed); the phases read and advance it."""
+
+    def __init__(self, cfg: CampaignConfig, *, resume: bool = False, extend: bool = False,
+                 proposer: Proposer | None = None, simulator: Simulator | None = None,
+                 stream: TextIO | None = None, tty: bool | None = None):
+        """``extend``: the resume command raised the budget, so a finished campaign whose new
+        budget leaves room searches on (without it, resuming a finished campaign changes
+        nothing)."""
+        self.cfg = cfg
+        self.resume = resume
+        self.extend = extend
+        self.final_dir = cfg.campaign_dir  # where the campaign lives once set up
+        self.dir = self.final_dir  # where it is now: the staging folder while setting up
+        self.setting_up = False
+        self.proposer = proposer
+        self.proposer_line = ""
+        self.proposer_dead = ""  # the reason the proposer can no longer be used
+        self.simulator = simulator
+        self.sandbox_line: tuple[str, bool] | None = None
+        self.progress = Progress(stream, tty)
+        self.rng = random.Random(cfg.seed)
+        self.instances = split_instances(cfg)
+        self.archive: Archive | None = None
+        self.evaluator: Evaluator | None = None
+        self.storage: Any = None  # Optuna's journal storage, once the folder is open
+        self.baseline: Baseline | None = None
+        self.current = ""  # what the loop is doing, for the status line
+        self.t0 = time.monotonic()
+        self.elapsed0 = 0.0  # seconds spent by earlier sessions of this campaign
+        self._status_cache = ""
+        self._status_at = 0.0
+        self._reference_files: list[tuple[str, str]] | None = None  # gate.references
+
+    # -- time ----------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.monotonic() - self.t0
+
+    def search_over(self) -> bool:
+        b = self.cfg.budget
+        if self.elapsed() < b.wall_time_s - max(b.finalize_reserve_s, self.finalize_estimate()):
+            return False
+        if self.archive is not None and b.min_proposals:
+            evaluated = self.archive.count(origin="proposal") - len(self.archive.candidates(
+                origin="proposal", status=(A.PENDING, A.TUNING)))
+            if evaluated < min(b.min_proposals, b.proposals):
+                return False
+        return True
+
+    def gate_sims(self) -> int:
+        # baseline capacities (cached after the first gate) and the candidate's (bracketed by
+        # the baseline's, so fewer probes); the claim is judged on the capacity search's runs
+        return len(self.instances["heldout"]) * (12 + 9)
+
+    def _reference_sims(self) -> int:
+        """Simulations the gate's reference policies still need: tuning the ones not tuned
+        yet, and their held-out capacities (cached once measured)."""
+        if self.archive is None:
+            return 0
+        if self._reference_files is None:
+            self._reference_files = [read_named_policy(n) for n in reference_names(self.cfg)]
+        untuned = [name for name, code in self._reference_files
+                   if from_campaign(self.archive, name, code) is None]
+        per_trial = len(self.cfg.objective.ladder) * len(self.instances["train"])
+        return (len(untuned) * self.cfg.budget.trials * per_trial
+                + len(self._reference_files) * len(self.instances["heldout"]) * 9)
+
+    def finalize_estimate(self) -> float:
+        """Seconds validation and one gate will take, from the measured speed so far."""
+        if self.evaluator is None:
+            return 0.0
+        n_val = len(self.instances["validation"])
+        rungs = len(self.cfg.objective.ladder)
+        sims = rungs * n_val * (1 + self.cfg.search.finalists) + self.gate_sims() \
+            + self._reference_sims()
+        return 1.15 * sims * self.evaluator.wall_per_sim()
+
+    def save_elapsed(self) -> None:
+        if self.archive is not None:
+            self.archive.set_meta("elapsed_s", self.elapsed())
+
+    def resume_arg(self) -> str:
+        """How ``autotuner resume`` names this campaign: its name when it is in the default
+        results folder, else its folder."""
+        default_dir = Path("results") / self.cfg.name
+        return self.cfg.name if self.final_dir == default_dir else str(self.final_dir)
+
+    # -- candidates ------------------------------------------------------------------------
+    def scored(self, island: int | None = None) -> list[Candidate]:
+        assert self.archive is not None
+        return [c for c in self.archive.candidates(status=SCORED, island=island)
+                if c.train_score is not None]
+
+    def best(self, promotable_only: bool = False) -> Candidate | None:
+        pool = [c for c in self.scored() if c.promotable or not promotable_only]
+        return max(pool, key=lambda c: (c.train_score, -c.seq)) if pool else None
+
+    # -- display ---------------------------------------------------------------------------
+    def tick(self, current: str | None = None) -> None:
+        """Show the status line, saying what the loop does now (when given)."""
+        if current is not None:
+            self.current = current
+        self.progress.status(self.status_text())
+
+    def status_text(self) -> str:
+        """The live line; the archive-derived part is refreshed at most every 2 s (it is asked
+        for after every finished simulation)."""
+        now = time.monotonic()
+        if now - self._status_at > 2.0 or not self._status_cache:
+            self._status_cache = self._status_query()
+            self._status_at = now
+        text = f"[{fmt_duration(self.elapsed())}] {self._status_cache}"
+        if self.current:
+            text += f" | {self.current}"
+        return text
+
+    def _status_query(self) -> str:
+        assert self.archive is not None
+        props = self.archive.count(origin="proposal")
+        best = self.best(promotable_only=True)
+        fails = self.archive.failures_by_reason()
+        spend = self.archive.spend()
+        fail_text = ", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "none"
+        text = (f"proposals {props}/{self.cfg.budget.proposals}"
+                f" | best {fmt_gain(best.train_score if best else None)}"
+                + (f" ({best.id})" if best else "")
+                + f" | failures: {fail_text}")
+        if spend["tokens"] or spend["cost_usd"]:
+            text += f" | spend {spend['tokens']:,} tok ${spend['cost_usd']:.2f}"
+        return text
+
+    def event(self, cand: Candidate, text: str) -> None:
+        """One permanent line about a candidate."""
+        parent = f" <- {cand.parent_id}" if cand.parent_id else ""
+        self.progress.log(f"[{fmt_duration(self.elapsed())}] {cand.id}{parent} "
+                          f"(island {cand.island}): {text}")
+
+    # -- scoring ---------------------------------------------------------------------------
+    def ladder(self, code: str, params: Mapping[str, Any], split: str,
+               caps: Mapping[str, float], candidate_id: str, name: str,
+               instances: Sequence[Instance] | None = None) -> list[dict[str, Any]]:
+        """A policy's runs at each ladder rung on a split's instances (cached in the archive),
+        counting them on the status line."""
+        assert self.evaluator is not None
+        insts = list(instances if instances is not None else self.instances[split])
+        jobs = ladder_jobs(code, params, insts, caps, self.cfg, name=name)
+        total = len(jobs)
+        done = [0]
+
+        def on_result(i: int, result: dict[str, Any]) -> None:
+            done[0] += 1
+            self.progress.status(self.status_text() + f" [{done[0]}/{total}]")
+
+        return self.evaluator.evaluate(jobs, candidate_id, on_result)
+
+    def reference(self, results: Sequence[Mapping[str, Any]], split: str
+                  ) -> dict[str, list[float]]:
+        """The goodput per ladder rung of the baseline's runs on a split."""
+        return ladder_goodput(results, self.instances[split], self.cfg)
+
+    def advance(self, phase: str) -> str:
+        """Record that the campaign has reached ``phase`` (a resume starts there)."""
+        assert self.archive is not None
+        self.archive.set_meta_many({"phase": phase, "elapsed_s": self.elapsed()})
+        return phase

@@ -1,0 +1,136 @@
+"""``autotuner bench``: the simulator's speed on the standard scenario; with ``--sandbox``, what
+the sandbox costs on top of it; with ``--capacity-length``, whether capacity depends on run
+length (the measuring is ``autotuner.bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from autotuner import bench
+from autotuner.commands.common import EXIT_OK, CLIError, print_json
+from autotuner.policy import read_policy_file
+from autotuner.sim.metrics import SLO_KINDS
+from autotuner.sim.workload import SCENARIOS
+
+HELP = "measure the simulator's speed on the standard scenario"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=10_000, help="requests (default 10,000)")
+    p.add_argument("--rate", type=float, default=8.0, help="arrival rate (default 8 req/s)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
+    p.add_argument("--large", action="store_true", help="also run 100,000 requests (memory)")
+    p.add_argument("--no-reference", action="store_true", help="skip the step-by-step run")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--sandbox", action="store_true",
+                   help="measure the sandbox instead: fixed cost per backend, overhead ratio")
+    g = p.add_argument_group("capacity against run length (--capacity-length)")
+    g.add_argument("--capacity-length", action="store_true",
+                   help="measure each policy's capacity at a short and a long run and print the "
+                        "ratio (instead of the speed benchmark)")
+    g.add_argument("--policy", action="append", default=[], metavar="FILE",
+                   help="policy file or baseline name (repeatable; default: fixed_chunk and the "
+                        "audit policies shortest_first and defer_long)")
+    g.add_argument("--scenarios", default="chat,bursty",
+                   help="comma-separated scenarios (default chat,bursty)")
+    g.add_argument("--lengths", default="6000,40000",
+                   help="SHORT,LONG requests per run (default 6000,40000)")
+    g.add_argument("--slo-kinds", default="deadline",
+                   help="comma-separated SLO kinds to compare (deadline, legacy)")
+    g.add_argument("--seed", type=int, default=1001, help="workload seed (default 1001)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.requests < 10 or args.repeat < 1 or not 0 < args.rate < math.inf:
+        raise CLIError("--requests must be at least 10, --repeat at least 1, --rate a positive "
+                       "number of requests/s")
+    if args.sandbox:
+        return _sandbox(args)
+    if args.capacity_length:
+        return _capacity_length(args)
+    return _speed(args)
+
+
+def _speed(args: argparse.Namespace) -> int:
+    out = bench.simulator_speed(args.requests, args.rate, args.repeat,
+                                reference=not args.no_reference, large=args.large)
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print(out["scenario"])
+    print(f"  wall time            {out['wall_s']:.3f} s (best of {args.repeat})")
+    print(f"  simulated requests/s {out['requests_per_s']:,.0f}")
+    print(f"  iterations/s         {out['iterations_per_s']:,.0f} "
+          f"({out['iterations']:,} iterations, {out['decode_stretches']:,} decode stretches, "
+          f"{out['policy_calls']:,} policy calls)")
+    print(f"  vs Vidur (~{bench.VIDUR_SECONDS:.0f} s)    {out['speedup_vs_vidur_30s']:.0f}x faster")
+    if "reference_step_by_step_s" in out:
+        print(f"  vs step-by-step      {out['fast_forward_speedup']:.1f}x faster "
+              f"({out['reference_step_by_step_s']:.2f} s; finish times differ by at most "
+              f"{out['max_finish_time_difference_s']:.2e} s)")
+    if args.large:
+        print(f"  100,000 requests     {out['large_100k_wall_s']:.2f} s, "
+              f"peak RSS {out['large_100k_peak_rss_mb']:.0f} MB")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    out = bench.sandbox_costs(args.requests, args.rate, args.repeat)
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print(out["scenario"])
+    print(f"  in-process (load, simulate, metrics)  {out['in_process_s']:.3f} s "
+          f"(best of {out['repeat']})")
+    for name, row in out["backends"].items():
+        if not row.get("available"):
+            print(f"  {name:<8} unavailable: {row['reason']}")
+        elif "error" in row:
+            print(f"  {name:<8} failed: {row['error']}")
+        else:
+            print(f"  {name:<8} fixed cost {row['fixed_cost_s'] * 1000:5.0f} ms   "
+                  f"cold {row['cold_s']:.3f} s = {row['ratio_cold']:.2f}x   "
+                  f"warm spare {row['warm_s']:.3f} s = {row['ratio_warm']:.2f}x   "
+                  f"(target < {out['target_ratio']:g}x; metrics identical: "
+                  f"{'yes' if row['metrics_identical'] else 'NO'})")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _capacity_length(args: argparse.Namespace) -> int:
+    try:
+        short, long_ = (int(x) for x in args.lengths.split(","))
+    except ValueError:
+        raise CLIError(f"--lengths must be SHORT,LONG, got {args.lengths!r}") from None
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    kinds = [k for k in args.slo_kinds.split(",") if k]
+    if not 10 <= short < long_:
+        raise CLIError("--lengths needs 10 <= SHORT < LONG")
+    for name in scenarios:
+        if name not in SCENARIOS:
+            raise CLIError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+    for kind in kinds:
+        if kind not in SLO_KINDS:
+            raise CLIError(f"unknown SLO kind {kind!r} (known: {', '.join(SLO_KINDS)})")
+    sources = [read_policy_file(bench.length_policy_path(p))
+               for p in (args.policy or bench.DEFAULT_LENGTH_POLICIES)]
+
+    def show(row: dict[str, Any]) -> None:
+        print(f"  {row['policy']:<16} {row['scenario']:<10} {row['slo']:<9} "
+              f"{row['capacity_short']:9.2f} {row['capacity_long']:9.2f}  "
+              f"{row['ratio']:10.3f}  {row['seconds']:7.1f}", flush=True)
+
+    if not args.json:
+        print(f"capacity (req/s, share 0.9) at {short:,} and {long_:,} requests, seed {args.seed}, "
+              f"4 x llama-3-8b on h100; policies at their default parameters")
+        print(f"  {'policy':<16} {'scenario':<10} {'SLO':<9} {short:>9,} {long_:>9,}  "
+              f"{'long/short':>10}  {'seconds':>7}")
+    rows = bench.capacity_against_length(sources, scenarios, kinds, short, long_, args.seed,
+                                         on_row=None if args.json else show)
+    if args.json:
+        print_json(rows)
+    return EXIT_OK

@@ -1,0 +1,291 @@
+"""Running jobs: each through the sandbox (or, for trusted files in tests, in this process), one
+at a time or on a process pool, through the archive's evaluation cache.
+
+A ``run`` job's result is ``RunMetrics.to_dict()`` plus ``seconds``; a ``capacity`` job's is
+``capacity`` (the highest sustainable rate at which ``share`` of the window's requests meet their
+SLO, by bisection over the instance's time-scaled arrivals), ``probes`` as (rate, attainment,
+sustainable), ``at_capacity`` (the ``RunMetrics`` dict of the run at that rate, None when no rate
+qualified), ``error`` and ``seconds``. Results are small JSON-able dicts because they are the
+archive's rows: cached by ``Job.key()``, so nothing finished is ever run twice, and stored one
+transaction each as soon as they finish, so a kill loses at most the jobs in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from autotuner.config import SandboxConfig
+from autotuner.evaluate import Evaluation, evaluate
+from autotuner.identity import sha256
+from autotuner.isolation import Backend, Limits, SandboxBroken, get_backend
+from autotuner.policy import PolicyFileError, read_policy_source
+from autotuner.scoring.jobs import Job, build_workload, horizon_for
+from autotuner.sim.engine import ClusterSpec
+from autotuner.sim.metrics import (
+    SLO,
+    CapacityResult,
+    RunMetrics,
+    run_metrics,
+    search_capacity,
+)
+from autotuner.sim.workload import Workload
+from autotuner.simulation import run_policy
+
+# The function that runs one policy on one workload and returns its trusted metrics. It is the
+# sandbox (``sandboxed``) for every policy; tests may pass ``in_process`` for trusted files.
+Simulator = Callable[[str, Mapping[str, Any], ClusterSpec, Workload, SLO, float, SandboxConfig,
+                      str], RunMetrics]
+
+
+# ------------------------------------------------------------------------------- one run
+@functools.lru_cache(maxsize=4)
+def sandbox_backend(name: str) -> Backend:
+    """The isolation backend a config names (``"auto"``: the strongest that works here), made
+    once per process so its warm spare worker is reused."""
+    return get_backend(None if name == "auto" else name)
+
+
+def sandbox_description(name: str) -> tuple[str, bool]:
+    """(one line naming the backend in use, whether it is the weaker last resort)."""
+    backend = sandbox_backend(name)
+    return backend.describe(), bool(backend.weaker)
+
+
+def sandboxed_evaluation(code: str, params: Mapping[str, Any], cluster: ClusterSpec,
+                         wl: Workload, slo: SLO, horizon: float, sandbox: SandboxConfig,
+                         name: str, warm: bool = False) -> Evaluation:
+    """One policy run under the configured sandbox's limits, replayed and measured by the
+    trusted side (``autotuner.evaluate``); ``warm`` keeps a spare worker started for the next."""
+    limits = Limits(wall_s=sandbox.timeout_s, cpu_s=max(1, int(sandbox.timeout_s)),
+                    memory_bytes=int(sandbox.memory_mb) << 20)
+    return evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
+                    horizon=horizon, sandbox=sandbox_backend(sandbox.backend), limits=limits,
+                    warm=warm)
+
+
+def sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
+              slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> RunMetrics:
+    """The ``Simulator`` every policy runs through: the sandbox, then the trusted replay."""
+    ev = sandboxed_evaluation(code, params, cluster, wl, slo, horizon, sandbox, name, warm=True)
+    if not ev.ok:
+        return RunMetrics.failed(wl, "; ".join(ev.reasons) or ev.verdict, slo.kind)
+    return run_metrics(wl, ev.result, slo)
+
+
+def in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
+               slo: SLO, horizon: float, sandbox: SandboxConfig, name: str) -> RunMetrics:
+    """Trusted files only (tests): runs the policy in this process, no sandbox."""
+    try:
+        source = read_policy_source(code, name)
+        result = run_policy(source, cluster, wl, params=params, horizon=horizon)
+    except PolicyFileError as exc:
+        return RunMetrics.failed(wl, str(exc), slo.kind)
+    except Exception as exc:  # noqa: BLE001 - the policy raised while loading
+        return RunMetrics.failed(wl, f"policy error: {type(exc).__name__}: {exc}", slo.kind)
+    return run_metrics(wl, result, slo)
+
+
+def simulator_for() -> Simulator:
+    """The sandbox, always: untrusted code never runs in this process by configuration.
+    (``in_process`` exists for tests of trusted files, passed explicitly.)"""
+    return sandboxed
+
+
+def run_at(job: Job, rate: float | None, simulator: Simulator) -> RunMetrics:
+    """The job's policy on its instance at ``rate`` (None: the instance's own)."""
+    base = build_workload(job.instance)
+    wl = base if rate is None else base.with_rate(rate)
+    slo = job.slo.slo()
+    return simulator(job.code, job.params, job.cluster.spec(), wl, slo, horizon_for(wl, slo),
+                     job.sandbox, job.name)
+
+
+def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
+    """Run one job (in a pool worker) and return its archive row: the typed result
+    (``RunMetrics``, or ``CapacityResult`` for a capacity job) as plain data, plus ``seconds``.
+    Never raises for a policy's failure: the reason is the result's ``error``. Infrastructure
+    failures (the sandbox itself broken) do raise."""
+    simulator = simulator or simulator_for()
+    t0 = time.perf_counter()
+    if job.kind == "run":
+        out = run_at(job, job.rate, simulator).to_dict()
+    elif job.kind == "capacity":
+        start = job.rate or build_workload(job.instance).rate
+        found = search_capacity(lambda rate: run_at(job, rate, simulator), start, job.slo.share,
+                                job.rel_tol)
+        out = _capacity_row(found)
+    else:
+        raise ValueError(f"unknown job kind {job.kind!r}")
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _capacity_row(found: CapacityResult) -> dict[str, Any]:
+    return {"error": found.error, "capacity": found.rate,
+            "probes": [list(p) for p in found.probes],
+            "at_capacity": found.at_capacity.to_dict() if found.at_capacity else None}
+
+
+# ------------------------------------------------------------------------------- the pool
+def _execute_in_worker(job: Job) -> dict[str, Any]:
+    return execute_job(job)
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the campaign loop, which stops them in order, and exit as
+    soon as the campaign process is gone (``kill -9``): otherwise they would run what is left
+    of their queue, with sandboxes, for nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the pid the pool was started from (the parent may already be gone when this runs)
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # reparented once the parent died
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class NoCache:
+    """Stands in for the archive where nothing is cached (``autotuner replay``)."""
+
+    def get_evaluations(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def put_evaluation(self, key: str, **kwargs: Any) -> None:
+        pass
+
+
+class Evaluator:
+    """Runs jobs on a process pool, through the archive's evaluation cache.
+
+    ``evaluate(jobs)`` returns results in order; cached results come back without running, a job
+    repeated within one call runs once, and new results are stored as soon as they finish. A
+    pool whose worker died (killed from outside, out of memory) is replaced once.
+    """
+
+    def __init__(self, archive: Any, parallelism: int = 2,
+                 simulator: Simulator | None = None):
+        self.archive = archive
+        self.parallelism = max(1, parallelism)
+        self.simulator = simulator
+        self._pool: ProcessPoolExecutor | None = None
+        self.ran = 0  # jobs run (not from the cache)
+        self.cached = 0
+        self.seconds = 0.0  # summed job seconds (inside the workers)
+        self.sims = 0  # simulations run: one per run job, one per capacity probe
+        self.wall = 0.0  # wall seconds spent in evaluate() running jobs
+
+    def wall_per_sim(self, default: float = 0.3) -> float:
+        """Measured wall seconds per simulation at this parallelism (for budgeting)."""
+        return self.wall / self.sims if self.sims >= 20 else default
+
+    def _get_pool(self) -> ProcessPoolExecutor | None:
+        if self._pool is None and self.parallelism > 1 and self.simulator is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.parallelism, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_sigint,
+            )
+        return self._pool
+
+    def start(self) -> None:
+        """Start the workers now (before any threads exist in this process)."""
+        self._get_pool()
+
+    def close(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self._pool = None
+
+    @staticmethod
+    def _run_pool(pool: ProcessPoolExecutor, jobs: Sequence[Job], run: Sequence[int],
+                  store: Callable[[int, dict[str, Any]], None]) -> None:
+        # longest first (capacity jobs, then the highest rates) so the pool's tail is short
+        order = sorted(run, key=lambda i: (jobs[i].kind != "capacity", -(jobs[i].rate or 0.0)))
+        futures = {pool.submit(_execute_in_worker, jobs[i]): i for i in order}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    store(futures[fut], fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+    def evaluate(self, jobs: Sequence[Job], candidate_id: str | None = None,
+                 on_result: Callable[[int, dict[str, Any]], None] | None = None
+                 ) -> list[dict[str, Any]]:
+        t_start = time.perf_counter()
+        keys = [job.key() for job in jobs]
+        found = self.archive.get_evaluations(keys)
+        results: list[dict[str, Any] | None] = [found.get(k) for k in keys]
+        todo = [i for i, r in enumerate(results) if r is None]
+        self.cached += len(jobs) - len(todo)
+        # first occurrence runs; duplicates within one call share its result
+        first: dict[str, int] = {}
+        for i in todo:
+            first.setdefault(keys[i], i)
+        run = list(first.values())
+
+        def store(i: int, result: dict[str, Any]) -> None:
+            self._store(jobs[i], keys[i], result, candidate_id)
+            results[i] = result
+            if on_result:
+                on_result(i, result)
+
+        self._run(jobs, run, results, store)
+        for i in todo:
+            if results[i] is None:
+                results[i] = results[first[keys[i]]]
+        if run:
+            self.wall += time.perf_counter() - t_start
+        return [r if r is not None else {} for r in results]
+
+    def _store(self, job: Job, key: str, result: dict[str, Any],
+               candidate_id: str | None) -> None:
+        """Archive one new result (one transaction) and count it."""
+        seconds = float(result.get("seconds", 0.0))
+        self.archive.put_evaluation(
+            key, candidate_id=candidate_id, code_sha=sha256(job.code), params=dict(job.params),
+            workload=job.instance.label, rate=job.rate, result=result, seconds=seconds,
+        )
+        self.ran += 1
+        self.seconds += seconds
+        self.sims += len(result.get("probes") or ()) if job.kind == "capacity" else 1
+
+    def _run(self, jobs: Sequence[Job], run: list[int], results: list[dict[str, Any] | None],
+             store: Callable[[int, dict[str, Any]], None]) -> None:
+        """Run the jobs at indices ``run``, in this process or on the pool."""
+        pool = self._get_pool()
+        if pool is None or len(run) <= 1:
+            for i in run:
+                store(i, execute_job(jobs[i], self.simulator))
+            return
+        left = list(run)
+        for attempt in range(2):
+            try:
+                self._run_pool(self._get_pool(), jobs, left, store)
+                return
+            except BrokenProcessPool:
+                # a worker died (killed from outside, out of memory): start a fresh pool once
+                # and run what has no result yet; a second death is an error
+                self.close(cancel=True)
+                left = [i for i in left if results[i] is None]
+                if attempt:
+                    raise SandboxBroken(
+                        "an evaluation process died twice in a row (killed from outside, or "
+                        "out of memory); the evaluations it was running were not recorded, and "
+                        "`autotuner resume` runs them again") from None

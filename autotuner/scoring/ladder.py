@@ -1,0 +1,112 @@
+"""The search's objective: a cheap, smooth stand-in for capacity, paired against the baseline.
+
+For each instance, a policy's goodput summed over a ladder of rates (factors of the tuned
+baseline's capacity on that instance) is divided by the tuned baseline's, paired on the same
+instance; the objective is the geometric mean of those ratios over instances, minus one. It uses
+the gate's yardstick: goodput counts requests meeting the same per-request SLO over the same
+window, and a rung whose backlog grows earns nothing (``goodput_of``), so deferring work past the
+sustainable rate, which raises goodput at an overloaded rung, does not raise the objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autotuner.config import CampaignConfig
+from autotuner.scoring.jobs import Instance, Job
+
+# A rung's goodput is credited in full up to the backlog limit, and not at all from this multiple
+# of it (linearly in between): a cliff at the limit would make the objective jump on noise (the
+# gate applies the limit itself), and a starvation policy's overloaded rungs grow their backlog
+# far past it (chat, deferring the longest 7 % at 1.2x the baseline's capacity: ~15 %).
+FADE_MULTIPLE = 5.0
+
+
+def sustained_share(result: Mapping[str, Any]) -> float:
+    """How much of a run's goodput the objective credits (see ``FADE_MULTIPLE``). Legacy runs
+    and results from before the sustainability test are credited in full."""
+    if result.get("slo_kind") == "legacy" or "backlog_growth" not in result:
+        return 1.0
+    growth, limit = result["backlog_growth"], result.get("backlog_limit") or 0.0
+    if growth is None:  # a failed run (infinite growth, stored as null)
+        return 0.0
+    if growth <= limit:
+        return 1.0
+    if limit <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (FADE_MULTIPLE - growth / limit) / (FADE_MULTIPLE - 1.0)))
+
+
+def goodput_of(result: Mapping[str, Any], kind: str) -> float:
+    """A ladder rung's credit: goodput (requests/s or tokens/s meeting the SLO, over the window)
+    times ``sustained_share``."""
+    good = float(result["goodput_rps" if kind == "requests" else "goodput_tok_s"])
+    return good * sustained_share(result)
+
+
+def ladder_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instance],
+                capacities: Mapping[str, float], cfg: CampaignConfig, name: str = "<policy>"
+                ) -> list[Job]:
+    """One ``run`` job per instance and ladder rung, at ``factor * capacity[instance]``."""
+    return [
+        Job(code, dict(params), inst, "run", capacities[inst.label] * f, cfg.cluster, cfg.slo,
+            cfg.sandbox, name=name)
+        for inst in instances for f in cfg.objective.ladder
+    ]
+
+
+def capacity_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instance],
+                  cfg: CampaignConfig, hints: Mapping[str, float] | None = None,
+                  name: str = "<policy>") -> list[Job]:
+    return [
+        Job(code, dict(params), inst, "capacity", (hints or {}).get(inst.label), cfg.cluster,
+            cfg.slo, cfg.sandbox, rel_tol=cfg.gate.capacity_rel_tol, name=name)
+        for inst in instances
+    ]
+
+
+MIN_RATIO = 0.01
+
+
+@dataclass(frozen=True)
+class LadderScore:
+    """The objective on a set of instances, with its evidence."""
+
+    objective: float  # geometric mean over instances of (ladder goodput / reference), minus 1
+    per_instance: dict[str, float]
+    detail: dict[str, dict[str, Any]]
+    error: str | None = None
+
+
+def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Instance],
+                  reference: Mapping[str, Sequence[float]], cfg: CampaignConfig) -> LadderScore:
+    """Score ladder results (as ``ladder_jobs`` ordered them) against reference goodputs per
+    instance and rung. An error anywhere fails the whole score with that reason.
+
+    Instances are combined as the gate combines capacity ratios, by a geometric mean (a ratio
+    below ``MIN_RATIO`` counts as that, so one lost instance weighs heavily but finitely): one
+    workload with a large ratio cannot carry the mean."""
+    rungs = len(cfg.objective.ladder)
+    per: dict[str, float] = {}
+    detail: dict[str, dict[str, Any]] = {}
+    for n, inst in enumerate(instances):
+        chunk = results[n * rungs:(n + 1) * rungs]
+        for r in chunk:
+            if r.get("error"):
+                return LadderScore(-1.0, per, detail, f"{inst.label}: {r['error']}")
+        good = [goodput_of(r, cfg.objective.goodput) for r in chunk]
+        ref = list(reference[inst.label])
+        total_ref = sum(ref)
+        per[inst.label] = (sum(good) / total_ref - 1.0) if total_ref > 0 else 0.0
+        detail[inst.label] = {
+            "goodput": good, "reference": ref,
+            "attainment": [r["attainment"] for r in chunk],
+            "rates": [r["rate"] for r in chunk],
+        }
+    ratios = np.maximum(1.0 + np.array(list(per.values())), MIN_RATIO)
+    objective = float(np.exp(np.log(ratios).mean()) - 1.0) if per else 0.0
+    return LadderScore(objective, per, detail)
