@@ -139,7 +139,7 @@ def test_the_honest_router_passes_on_multiturn_and_mixed(evaluator):
 
 
 def test_autotuner_gate_command_refuses_and_passes(tmp_path):
-    from autotuner.gate_cmd import run_gate_command
+    from autotuner.commands.gate import run as run_gate_command
 
     config = tmp_path / "tiny.toml"
     config.write_text(
@@ -192,8 +192,8 @@ def test_autotuner_gate_command_bad_input_is_one_line_and_exit_2(tmp_path, capsy
 def test_autotuner_gate_command_uses_a_campaigns_tuned_baseline(tmp_path):
     """--campaign: the tuned baseline from the archive (read only), on its held-out workloads."""
     from autotuner.archive import Archive
+    from autotuner.commands.gate import run as run_gate_command
     from autotuner.config import write_config
-    from autotuner.gate_cmd import run_gate_command
 
     folder = tmp_path / "results" / "c"
     cfg = load_config(**{"name": "c", "results_dir": str(tmp_path / "results"),

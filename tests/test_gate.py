@@ -31,7 +31,7 @@ from autotuner.gate import (
 )
 from autotuner.policy import read_policy_file, read_policy_source
 from autotuner.resources import baseline_path
-from autotuner.review import reproduce
+from autotuner.review import gate_conditions_text, reproduce, reproduction_text
 from autotuner.scoring import Evaluator, Instance, NoCache, in_process
 
 FIXED = baseline_path("fixed_chunk").read_text()
@@ -184,9 +184,7 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     assert set(comp.capacities) == {i.label for i in instances}
     assert result.failed() == [] and result.per_family["multiturn"] > 0.2
     # `autotuner show` states each condition and the fairness figures at the claim
-    from autotuner.review import _gate_conditions_text
-
-    shown = "\n".join(_gate_conditions_text(result.to_dict()))
+    shown = "\n".join(gate_conditions_text(result.to_dict()))
     for name in CLAIM_CONDITIONS:
         assert f"pass  {name}" in shown
     assert "at the claimed capacity:" in shown and "longest wait" in shown
@@ -222,10 +220,11 @@ def test_a_clearly_better_candidate_is_promoted_and_must_then_be_beaten(
     assert {c["name"] for c in record["statistics"]["conditions"]} >= set(CLAIM_CONDITIONS)
     baked = read_policy_file(policy_path)
     assert baked.defaults() == HONEST_PARAMS
-    out = io.StringIO()
-    assert reproduce(record_path, out=out, simulator=in_process) == 0, out.getvalue()
-    assert "capacities identical" in out.getvalue() and "gate passes" in out.getvalue()
-    assert "pass  reference" in out.getvalue()
+    again = reproduce(record_path, simulator=in_process)
+    text = reproduction_text(again)
+    assert again.passed and again.identical_capacities, text
+    assert "capacities identical" in text and "gate passes" in text
+    assert "pass  reference" in text
 
 
 def test_bake_params_keeps_the_file_and_sets_defaults():

@@ -9,6 +9,7 @@ control of ``tests/gaming``), which it reliably does.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -34,11 +35,10 @@ from autotuner.config import load_config
 from autotuner.proposers.base import Proposal
 from autotuner.report import (
     ReportOptions,
-    _trusted_result,
-    bootstrap_interval,
     capacity_bound,
     gain_interval,
     render_html,
+    trusted_result,
     write_report,
 )
 from autotuner.resources import baseline_path
@@ -116,50 +116,49 @@ def test_report_restates_the_gate_and_covers_every_section(campaign, reported):
         promoted = archive.get_meta("promoted")
     record = json.loads((campaign / "promotions" / f"{promoted}.json").read_text())
     stats = record["statistics"]["comparisons"][0]
-    assert data["state"] == "promoted" and data["subject"]["id"] == promoted
-    assert data["reproduced"] is True
-    assert data["gains"]["mean"] == pytest.approx(stats["mean_gain"])
-    assert data["gains"]["lower_bound"] == pytest.approx(stats["lower_bound"])
+    assert data.state == "promoted" and data.subject.id == promoted
+    assert data.reproduced is True
+    assert data.gains.mean == pytest.approx(stats["mean_gain"])
+    assert data.gains.lower_bound == pytest.approx(stats["lower_bound"])
     # the interval's lower end is the gate's own one-sided bound (same bootstrap draws)
-    assert data["gains"]["lo"] == pytest.approx(stats["lower_bound"])
-    assert data["gains"]["lo"] <= data["gains"]["mean"] <= data["gains"]["hi"]
-    fam = data["gains"]["families"]
-    assert [f["family"] for f in fam] == ["multiturn"] and len(fam[0]["rows"]) == 3
-    for label, cap_s, cap_b, gain in fam[0]["rows"]:
-        assert [cap_s, cap_b] == pytest.approx(stats["capacities"][label])
-        assert gain == pytest.approx(stats["gains"][label])
+    assert data.gains.lo == pytest.approx(stats["lower_bound"])
+    assert data.gains.lo <= data.gains.mean <= data.gains.hi
+    fam = data.gains.families
+    assert [f.family for f in fam] == ["multiturn"] and len(fam[0].rows) == 3
+    for row in fam[0].rows:
+        assert [row.subject, row.baseline] == pytest.approx(stats["capacities"][row.label])
+        assert row.gain == pytest.approx(stats["gains"][row.label])
     # every reference policy, tuned (least_outstanding by the campaign, the rest here)
-    refs = {r["key"].removeprefix("ref:"): r for r in data["references"] if r["key"] != "subject"}
+    refs = {r.key.removeprefix("ref:"): r for r in data.references if r.key != "subject"}
     assert set(refs) == REFERENCES
-    assert "campaign" in refs["least_outstanding"]["note"]
-    assert "this report" in refs["prefix_aware"]["note"]
-    assert all("subject_gain" in r for r in refs.values())
+    assert "campaign" in refs["least_outstanding"].note
+    assert "this report" in refs["prefix_aware"].note
+    assert all(r.subject_gain is not None for r in refs.values())
     # the curve passes through both capacities; the CDFs are real distributions
-    curve = data["curve"]
-    assert len(curve["rates"]) >= len(data["curve"]["results"]["baseline"]) >= 9
-    att = [r["attainment"] for r in curve["results"]["baseline"]]
+    curve = data.curve
+    assert len(curve.rates) >= len(curve.results["baseline"]) >= 9
+    att = [r.attainment for r in curve.results["baseline"]]
     assert att[0] >= 0.9 > att[-1]
     for key in ("baseline", "subject"):
-        d = data["distributions"][key]
-        assert d["error"] is None and 0 < d["ttft_p50"] <= d["ttft_p90"] <= d["ttft_p99"]
+        d = data.distributions[key]
+        assert d.error is None and 0 < d.ttft_p50 <= d.ttft_p90 <= d.ttft_p99
     # all plots present, and the spend and failures from the archive
     assert set(PLOTS) <= {m for m in re.findall(r'<svg id="([^"]+)"', html_path.read_text())}
-    assert data["failures"]["counts"] == {"check": 1}
-    assert data["spend"]["proposals"] == 2 and data["spend"]["trials"] >= 2
+    assert data.failures.counts == {"check": 1}
+    assert data.spend.proposals == 2 and data.spend.trials >= 2
     md = md_path.read_text()
     assert f"**Promoted {promoted}**" in md and "optuna-dashboard " in md
     assert "| least_outstanding |" in md
     # fairness beside capacity, for the baseline and the promoted policy, at their own capacity
-    rows = {r["key"]: r for r in data["fairness"]}
+    rows = {r.key: r for r in data.fairness}
     assert set(rows) == {"baseline", "subject"}
     for key, r in rows.items():
-        assert r["family"] == "multiturn"
-        assert r["capacity"] == pytest.approx(np.mean(list(
-            data["policies"][key]["caps"].values())))
-        assert r["goodput_tok_s"] > 0 and r["saturation_tok_s"] > 0
-        assert r["longest_wait_s"] > 0 and 0 <= r["late_finish_share"] <= 1
-        assert 0 < r["jain_slowdown"] <= 1
-    assert rows["subject"]["starved"] == 0 and rows["subject"]["priority_inversions"] == 0
+        assert r.family == "multiturn"
+        assert r.capacity == pytest.approx(np.mean(list(data.policies[key].caps.values())))
+        assert r.goodput_tok_s > 0 and r.saturation_tok_s > 0
+        assert r.longest_wait_s > 0 and 0 <= r.late_finish_share <= 1
+        assert 0 < r.jain_slowdown <= 1
+    assert rows["subject"].starved == 0 and rows["subject"].priority_inversions == 0
     assert "Beside capacity, at each policy's own capacity" in md
     assert 'id="table-fairness"' in html_path.read_text()
 
@@ -169,15 +168,15 @@ def test_every_measured_capacity_stays_under_the_roofline_bound(campaign, report
     cfg = load_config(campaign / "config.toml")
     spec = cfg.cluster.spec()
     bounds = {}
-    for policy in data["policies"].values():
-        for label, cap in policy["caps"].items():
+    for policy in data.policies.values():
+        for label, cap in policy.caps.items():
             if label not in bounds:
                 inst = Instance("multiturn", int(label.split("@")[1]), 150)
                 bounds[label] = capacity_bound(spec, build_workload(inst), cfg.slo.slo(),
-                                               cfg.slo.share)["rate"]
-            assert 0 < cap < bounds[label], (policy["label"], label)
-    h = data["headroom"]
-    assert 0 < h["baseline_share"] < h["subject_share"] < 1
+                                               cfg.slo.share).rate
+            assert 0 < cap < bounds[label], (policy.label, label)
+    h = data.headroom
+    assert 0 < h.baseline_share < h.subject_share < 1
 
 
 def test_capacity_bound_scales_and_is_an_upper_bound_on_chat():
@@ -188,28 +187,32 @@ def test_capacity_bound_scales_and_is_an_upper_bound_on_chat():
     wl = build_workload(Instance("chat", 3, 300))
     two = capacity_bound(ClusterSpec(replicas=2), wl)
     four = capacity_bound(ClusterSpec(replicas=4), wl)
-    assert four["steady_rate"] == pytest.approx(2 * two["steady_rate"])
-    assert two["steady_rate"] < two["rate"] < four["rate"]  # 4: inf, even one burst fits
-    assert four["iteration_tokens"] == 16384 and 0 < four["decode_share"] < 1
+    assert four.steady_rate == pytest.approx(2 * two.steady_rate)
+    assert two.steady_rate < two.rate < four.rate  # 4: inf, even one burst fits
+    assert four.iteration_tokens == 16384 and 0 < four.decode_share < 1
     # a stricter share drops fewer costly requests: a lower bound on the rate
     strict, loose = (capacity_bound(ClusterSpec(replicas=2), wl, share=x) for x in (0.99, 0.5))
-    assert strict["rate"] < loose["rate"] and strict["steady_rate"] < loose["steady_rate"]
+    assert strict.rate < loose.rate and strict.steady_rate < loose.steady_rate
     source = read_policy_file(baseline_path("fixed_chunk"))
     for chunk in (512, 4096):
         cap = capacity(ClusterSpec(replicas=2), wl, lambda c=chunk: load_policy(
             source, {"chunk_size": c}), SLO())
-        assert 0 < cap.rate < two["rate"]
+        assert 0 < cap.rate < two.rate
 
 
-def test_bootstrap_interval_matches_the_gate_bound():
-    from autotuner.gate import bootstrap_bound
+def test_the_bootstrap_interval_is_the_gates_bound_and_its_mirror():
+    from autotuner.gate import bootstrap_bound, bootstrap_interval
 
     gains = [0.1, 0.3, 0.25, -0.05, 0.2]
-    mean, lo, hi = bootstrap_interval(gains, 0.95, 2000, 7)
-    assert (mean, lo) == pytest.approx(bootstrap_bound(gains, confidence=0.95, samples=2000,
-                                                       seed=7))
-    assert lo < mean < hi
-    assert bootstrap_interval([0.2], 0.95, 100, 0)[1:] == (-np.inf, np.inf)
+    mean, lo, hi = bootstrap_interval(gains, confidence=0.95, samples=2000, seed=7)
+    assert (mean, lo) == bootstrap_bound(gains, confidence=0.95, samples=2000, seed=7)
+    assert mean == pytest.approx(np.mean(gains)) and lo < mean < hi
+    # the upper end is the lower end's mirror: the same draws of the negated gains bound them
+    # from below at minus the upper end
+    assert bootstrap_interval([-g for g in gains], confidence=0.95, samples=2000,
+                              seed=7)[1] == pytest.approx(-hi)
+    assert bootstrap_interval([0.2], confidence=0.95, samples=100, seed=0)[1:] == (
+        -np.inf, np.inf)
 
 
 def test_gain_interval_is_the_gates_geometric_statistic():
@@ -235,6 +238,8 @@ def test_second_report_runs_nothing_and_the_cli_writes_elsewhere(campaign, repor
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "0 simulations run" in text
+    # the command's headline is the summary's, rendered from the same record
+    assert text.splitlines()[0] == reported[1].read_text().split("\n\n")[1]
     second = (out / "report.html").read_text()
 
     def strip(html: str) -> str:
@@ -256,10 +261,10 @@ def test_no_promotion_shows_the_best_candidate_and_the_search(campaign, reported
     shutil.copy(campaign / "report_cache.json", copy / "report_cache.json")
     _, md, data = write_report(copy, opts=ReportOptions(
         parallelism=1, simulator=in_process, reference_seeds=0, stream=io.StringIO()))
-    assert data["state"] == "candidate" and data["subject"]["id"] == pid
-    assert data["gains"]["mean"] == pytest.approx(reported[2]["gains"]["mean"])
-    assert "references" not in data
-    assert data["failures"]["counts"]["refused by the gate"] == 1
+    assert data.state == "candidate" and data.subject.id == pid
+    assert data.gains.mean == pytest.approx(reported[2].gains.mean)
+    assert data.references is None
+    assert data.failures.counts["refused by the gate"] == 1
     assert "Nothing was promoted." in md.read_text()
 
 
@@ -270,7 +275,7 @@ def test_a_campaign_with_nothing_scored_still_reports_its_search(tmp_path):
     assert rc == 0
     html, md, data = write_report(cfg.campaign_dir, opts=ReportOptions(
         parallelism=1, simulator=in_process, reference_seeds=0, stream=io.StringIO()))
-    assert data["state"] == "nothing" and "gains" not in data
+    assert data.state == "nothing" and data.gains is None
     text = html.read_text()
     assert 'id="plot-progress"' in text and 'id="plot-failures"' in text
     assert 'id="plot-headroom"' in text and "Nothing was promoted" in text
@@ -284,13 +289,13 @@ def test_trusted_result_through_the_sandbox_equals_the_in_process_run():
 
     cfg = load_config(**{"sandbox.backend": "process", "cluster.replicas": 2})
     wl = build_workload(Instance("chat", 5, 80)).with_rate(20.0)
-    result, error = _trusted_result(LEAST, {"chunk_size": 256}, cfg, wl, "least.py", None)
+    result, error = trusted_result(LEAST, {"chunk_size": 256}, cfg, wl, "least.py", None)
     assert error is None and result is not None
     direct = run_policy(read_policy_source(LEAST, "least.py"), cfg.cluster.spec(), wl,
                         params={"chunk_size": 256}, horizon=horizon_for(wl, cfg.slo.slo()))
     np.testing.assert_array_equal(result.first_token, direct.first_token)
     np.testing.assert_array_equal(result.finish, direct.finish)
-    bad, error = _trusted_result("def partition(:\n", {}, cfg, wl, "bad.py", None)
+    bad, error = trusted_result("def partition(:\n", {}, cfg, wl, "bad.py", None)
     assert bad is None and error
 
 
@@ -329,8 +334,7 @@ def test_the_page_is_self_contained(reported):
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)
     assert "url(http" not in html and "@import" not in html and "<script" not in html
     assert "Content-Security-Policy" in html
-    data = dict(reported[2])
-    data["campaign"] = "<script>alert(1)</script>"
+    data = dataclasses.replace(reported[2], campaign="<script>alert(1)</script>")
     assert "<script>alert" not in render_html(data)
 
 
@@ -388,7 +392,7 @@ def _free_port() -> int:
 def test_optuna_dashboard_serves_the_campaign_journal(campaign, reported):
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed "
                         "(pip install optuna-dashboard; CI: .ci/report_deps.sh)")
-    command = reported[2]["dashboard"].split()
+    command = reported[2].dashboard.split()
     assert command[0] == "optuna-dashboard" and command[1].endswith("optuna.journal")
     port = _free_port()
     exe = Path(sys.executable).with_name("optuna-dashboard")

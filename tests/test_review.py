@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,8 @@ from autotuner.proposers.base import Proposal
 from autotuner.resources import baseline_path
 from autotuner.review import candidate_diff
 from autotuner.scoring import in_process
+
+HONEST = (Path(__file__).resolve().parent / "gaming" / "honest_cache_aware.py").read_text()
 
 FIXED = baseline_path("fixed_chunk").read_text()
 LEAST = FIXED.replace(
@@ -88,12 +92,6 @@ def test_diff_of_code_and_params(campaign, capsys):
     assert "\x1b[32m+    return best.replica" in colored
     rc, same, _ = cli(capsys, "diff", str(campaign), "c0001", "--against", "c0001")
     assert "identical" in same
-    with Archive(campaign / "archive.sqlite") as archive:
-        cand = archive.get("c0001")
-        base = archive.get("baseline")
-        text = candidate_diff(archive, cand, "baseline")
-    if cand.params != base.params:
-        assert "tuned parameters" in text and "chunk_size" in text
     rc, _, err = cli(capsys, "diff", str(campaign), "c0002")
     assert rc == 2 and "has no code" in err
     rc, _, err = cli(capsys, "diff", str(campaign), "c0042")
@@ -183,27 +181,78 @@ def test_replay_of_a_policy_file_and_bad_targets(campaign, capsys, tmp_path):
     assert rc == 2 and "unknown workload" in err
 
 
-def test_promotion_files_when_promoted(campaign, capsys):
-    with Archive(campaign / "archive.sqlite") as archive:
-        promoted = archive.get_meta("promoted")
-    if not promoted:
-        pytest.skip("the tiny campaign promoted nothing (the gate is tested in test_gate)")
-    assert (campaign / "promotions" / f"{promoted}.py").is_file()
-    assert (campaign / "promotions" / "baseline.py").is_file()
-    rc, out, _ = cli(capsys, "diff", str(campaign), "promoted", "--against", "baseline")
-    assert rc == 0 and "+++ " in out
+def test_diff_of_tuned_parameters(campaign, tmp_path):
+    """The parameter diff, on a candidate whose tuned values certainly differ from the
+    baseline's (the tiny campaign's own may or may not)."""
+    from autotuner import archive as A
+
+    folder = tmp_path / "r"
+    shutil.copytree(campaign, folder)
+    with Archive(folder / "archive.sqlite") as archive:
+        base = archive.get("baseline")
+        cand = archive.add_candidate(origin="proposal", code=LEAST, status=A.TUNED,
+                                     parent_id="baseline",
+                                     params={"chunk_size": base.params["chunk_size"] + 1},
+                                     files_dir=folder / "candidates")
+        text = candidate_diff(archive, cand, "baseline")
+        same = candidate_diff(archive, archive.get(cand.id), cand.id)
+    assert f"--- baseline tuned parameters\n+++ {cand.id} tuned parameters" in text
+    assert f"-chunk_size = {base.params['chunk_size']}\n" in text
+    assert f"+chunk_size = {base.params['chunk_size'] + 1}\n" in text
+    assert same == f"{cand.id} and {cand.id} are identical (code and tuned parameters)\n"
 
 
-def test_replay_slo_overrides_are_checked():
-    import argparse
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory):
+    """A tiny campaign that promotes routing by waiting prefill work net of prefix-cache hits
+    (the honest control of ``tests/gaming``; ``test_report`` uses the same campaign)."""
+    root = tmp_path_factory.mktemp("promoted")
+    cfg = load_config(**{
+        "name": "p", "results_dir": str(root / "results"),
+        "workloads.scenarios": ["multiturn"], "workloads.screen": ["multiturn"],
+        "workloads.requests": 150, "workloads.scenario_requests": {},
+        "workloads.heldout_seeds": [1001, 1002, 1003], "objective.ladder": [1.0, 1.4],
+        "budget.trials": 2, "budget.proposals": 1, "search.seeds": [], "search.finalists": 1,
+        "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05, "gate.references": [],
+        "search.screen_threshold": -0.5, "parallelism": 1})
+    rc = Campaign(cfg, proposer=Scripted([HONEST]), simulator=in_process,
+                  stream=io.StringIO(), tty=False).run()
+    assert rc == 0
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        assert archive.get_meta("promoted") == "c0001", archive.get("c0001").failure
+    return cfg.campaign_dir
 
+
+def test_a_promotion_is_reviewed_by_name_and_its_record_replays(promoted, capsys, tmp_path):
+    assert (promoted / "promotions" / "c0001.py").is_file()
+    assert (promoted / "promotions" / "baseline.py").is_file()
+    rc, out, _ = cli(capsys, "diff", str(promoted), "promoted", "--against", "baseline")
+    assert rc == 0 and "+++ c0001.py" in out and "--- baseline.py" in out
+    rc, out, _ = cli(capsys, "show", str(promoted), "promoted")
+    assert rc == 0 and out.startswith("candidate c0001: promoted")
+    assert "gate: passed" in out and "pass  capacity" in out
+    # the record alone repeats the gate, through the sandbox: the same capacities, and it passes
+    record = promoted / "promotions" / "c0001.json"
+    rc, out, err = cli(capsys, "replay", str(record), "--sandbox", "process", "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["identical_capacities"] is True and data["reproduced"]["passed"] is True
+    assert data["reproduced"]["failed"] == []
+    other = tmp_path / "other.json"
+    other.write_text('{"kind": "something else"}')
+    rc, _, err = cli(capsys, "replay", str(other))
+    assert rc == 2 and err == f"autotuner replay: error: {other}: not a promotion record\n"
+
+
+def test_replay_slo_overrides_are_checked(capsys):
     from autotuner.config import SLOConfig
-    from autotuner.review import ReviewError, _slo_override
+    from autotuner.review import ReviewError, slo_override
 
     base = SLOConfig()
-    none = argparse.Namespace(ttft_slo=None, tpot_slo=None, share=None)
-    assert _slo_override(base, none) is base
-    got = _slo_override(base, argparse.Namespace(ttft_slo=10.0, tpot_slo=None, share=0.8))
+    assert slo_override(base) is base
+    got = slo_override(base, ttft_s=10.0, share=0.8)
     assert (got.ttft_s, got.tpot_s, got.share) == (10.0, base.tpot_s, 0.8)
     with pytest.raises(ReviewError, match="--share"):
-        _slo_override(base, argparse.Namespace(ttft_slo=None, tpot_slo=None, share=1.5))
+        slo_override(base, share=1.5)
+    with pytest.raises(ReviewError, match="--tpot-slo"):
+        slo_override(base, tpot_s=float("nan"))
