@@ -12,7 +12,15 @@ import pytest
 
 from autotuner.commands.calibrate import add_arguments as add_calibrate_arguments
 from autotuner.commands.calibrate import run as run_calibrate
-from autotuner.sim.calibrate import Evaluator, ProfileError, calibrate, guess_gpu, load_profile
+from autotuner.sim.calibrate import (
+    Evaluator,
+    ProfileError,
+    calibrate,
+    fit_constants,
+    gpu_constants,
+    guess_gpu,
+    load_profile,
+)
 from autotuner.sim.costmodel import PROFILE_OPS, CostModel
 from autotuner.sim.hardware import get_gpu
 
@@ -90,20 +98,57 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 @needs_profiles
 @pytest.mark.parametrize("name", PROFILE_NAMES)
-def test_shipped_constants_within_10_percent(name):
+def test_shipped_constants_meet_the_bars(name):
+    """Issue 14's bars: overall MAPE <= 5 % on every profile, no band of iteration sizes worse
+    than 10 % (65-1,024 tokens were 10-37 % too fast before the GEMM shape terms)."""
     path = PROFILES / name / "mlp.csv"
     prof = load_profile(path)
     gpu = guess_gpu(str(path))
     assert gpu is not None
     ev = Evaluator(prof, gpu)
-    rep = ev.report({k: getattr(gpu, k) for k in ("compute_eff", "mem_eff", "op_overhead_s")})
-    assert rep["overall_mape"] <= 0.10, rep
+    rep = ev.report(gpu_constants(gpu))
+    assert rep["overall_mape"] <= 0.05, rep["overall_mape"]
+    bands = rep["overall_mape_by_band"]
+    assert {"65-256", "257-1,024"} <= set(bands)
+    for band, figures in bands.items():
+        assert figures["mape"] <= 0.10, (band, figures)
+        assert abs(figures["bias"]) <= 0.08, (band, figures)
     # Every TP degree on its own, too, and no large systematic bias.
-    assert max(rep["overall_mape_by_tp"].values()) <= 0.12
-    assert abs(rep["overall_bias"]) <= 0.08
+    assert max(rep["overall_mape_by_tp"].values()) <= 0.07
+    assert abs(rep["overall_bias"]) <= 0.03
     # The operators that dominate an iteration are individually close as well.
     for op in ("attn_pre_proj", "mlp_up_proj", "mlp_down_proj"):
         assert rep["per_op_mape"][op] <= 0.16, (op, rep["per_op_mape"][op])
+
+
+@needs_profiles
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_the_plain_roofline_fails_the_band_bar(name):
+    """The yardstick can fail: without the shape terms (tile, ramp, knee) some band of some
+    profile misses 10 %, which is why they exist."""
+    path = PROFILES / name / "mlp.csv"
+    gpu = guess_gpu(str(path))
+    assert gpu is not None
+    plain = {**gpu_constants(gpu), "gemm_tile_m": 0, "gemm_ramp_rows": 0.0, "roofline_knee": 0.0}
+    rep = Evaluator(load_profile(path), gpu).report(plain)
+    worst = max(b["mape"] for b in rep["overall_mape_by_band"].values())
+    assert worst > 0.10 or rep["overall_mape"] > 0.05, (name, worst)
+
+
+@needs_profiles
+def test_constants_fitted_on_one_model_hold_on_the_other():
+    """Not a per-size table: fitted on one model of a GPU, the constants stay within the bars
+    on the other model's profile (a different shape), up to a little slack."""
+    for fit_on, check_on in ((0, 1), (1, 0), (2, 3), (3, 2)):
+        fit_path = str(PROFILES / PROFILE_NAMES[fit_on] / "mlp.csv")
+        gpu = guess_gpu(fit_path)
+        assert gpu is not None
+        fitted = fit_constants([Evaluator(load_profile(fit_path), gpu)], gpu_constants(gpu))
+        other = Evaluator(load_profile(PROFILES / PROFILE_NAMES[check_on] / "mlp.csv"), gpu)
+        rep = other.report(fitted)
+        assert rep["overall_mape"] <= 0.065, (PROFILE_NAMES[check_on], rep["overall_mape"])
+        worst = max(b["mape"] for b in rep["overall_mape_by_band"].values())
+        assert worst <= 0.12, (PROFILE_NAMES[check_on], rep["overall_mape_by_band"])
 
 
 @needs_profiles
@@ -111,7 +156,7 @@ def test_evaluator_agrees_with_cost_model_op_times():
     path = PROFILES / PROFILE_NAMES[1] / "mlp.csv"
     prof = load_profile(path)
     gpu = get_gpu("h100")
-    pred = Evaluator(prof, gpu).predict(gpu.compute_eff, gpu.mem_eff, gpu.op_overhead_s)
+    pred = Evaluator(prof, gpu).predict(gpu_constants(gpu))
     for i in range(0, len(prof.num_tokens), 97):
         cm = CostModel(prof.model, gpu, int(prof.tp[i]))
         ops = cm.op_times(int(prof.num_tokens[i]))
@@ -126,12 +171,17 @@ def test_joint_fit_per_gpu_reproduces_shipped_constants():
         res = calibrate(paths)
         gpu = get_gpu(gpu_name)
         assert res["gpu"] == gpu.name
-        assert res["fitted"]["compute_eff"] == pytest.approx(gpu.compute_eff, abs=0.02)
-        assert res["fitted"]["mem_eff"] == pytest.approx(gpu.mem_eff, abs=0.02)
-        assert res["fitted"]["op_overhead_s"] == pytest.approx(gpu.op_overhead_s, abs=1.5e-6)
+        fitted = res["fitted"]
+        assert fitted["gemm_tile_m"] == gpu.gemm_tile_m
+        assert fitted["compute_eff"] == pytest.approx(gpu.compute_eff, abs=0.02)
+        assert fitted["mem_eff"] == pytest.approx(gpu.mem_eff, abs=0.02)
+        assert fitted["ew_mem_eff"] == pytest.approx(gpu.elementwise_eff, abs=0.03)
+        assert fitted["op_overhead_s"] == pytest.approx(gpu.op_overhead_s, abs=1.5e-6)
+        assert fitted["gemm_ramp_rows"] == pytest.approx(gpu.gemm_ramp_rows, abs=8)
+        assert fitted["roofline_knee"] == pytest.approx(gpu.roofline_knee, abs=0.5)
         for prof in res["profiles"]:
-            assert prof["fitted"]["overall_mape"] <= 0.10
-            assert prof["shipped"]["overall_mape"] <= prof["fitted"]["overall_mape"] + 0.01
+            assert prof["fitted"]["overall_mape"] <= 0.05
+            assert prof["shipped"]["overall_mape"] <= prof["fitted"]["overall_mape"] + 0.005
 
 
 @needs_profiles
@@ -140,11 +190,14 @@ def test_cli_prints_tables_and_json(capsys):
     assert run_calibrate(parse(["--profile", path])) == 0
     out = capsys.readouterr().out
     assert "OVERALL (layer sum)" in out and "mlp_up_proj" in out
+    assert "by iteration size, tokens" in out and "65-256" in out and "257-1,024" in out
     assert 'dataclasses.replace(get_gpu("A100-80GB"), compute_eff=' in out
     assert run_calibrate(parse(["--profile", path, "--json", "--gpu", "a100"])) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["gpu"] == "A100-80GB"
     assert set(data["profiles"][0]["shipped"]["per_op_mape"]) == set(PROFILE_OPS)
+    bands = data["profiles"][0]["fitted"]["overall_mape_by_band"]
+    assert list(bands) == ["1-64", "65-256", "257-1,024", "1,025-4,096", "4,097+"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,11 +208,21 @@ def test_fit_recovers_constants_from_a_synthetic_profile(tmp_path):
     """Times generated by the model with other constants: the fit must find those constants."""
     import dataclasses
 
-    true = dataclasses.replace(get_gpu("h100"), compute_eff=0.55, mem_eff=0.7, op_overhead_s=6e-6)
+    true = dataclasses.replace(
+        get_gpu("h100"),
+        compute_eff=0.55,
+        mem_eff=0.7,
+        ew_mem_eff=0.9,
+        op_overhead_s=6e-6,
+        gemm_ramp_rows=40.0,
+        roofline_knee=4.0,
+        gemm_tile_m=64,
+    )
     rows = []
     for tp in (1, 2, 4):
         cm = CostModel(load_profile_model(), true, tp)
-        for tokens in (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096):
+        # Sizes off the tile grid too, or the tile height could not be told apart.
+        for tokens in (1, 4, 16, 64, 80, 128, 200, 256, 300, 512, 700, 1024, 2048, 4096):
             t = cm.op_times(tokens)
             r = {f"time_stats.{op}.median": repr(t[op] * 1e3) for op in PROFILE_OPS}
             r.update(SHAPE, num_tokens=str(tokens), num_tensor_parallel_workers=str(tp))
@@ -169,9 +232,13 @@ def test_fit_recovers_constants_from_a_synthetic_profile(tmp_path):
     res = calibrate([str(path)])
     assert res["gpu"] == "H100-SXM"
     fit = res["fitted"]
+    assert fit["gemm_tile_m"] == 64
     assert fit["compute_eff"] == pytest.approx(0.55, abs=0.01)
     assert fit["mem_eff"] == pytest.approx(0.7, abs=0.01)
+    assert fit["ew_mem_eff"] == pytest.approx(0.9, abs=0.02)  # small ops: weakly determined
     assert fit["op_overhead_s"] == pytest.approx(6e-6, abs=0.3e-6)
+    assert fit["gemm_ramp_rows"] == pytest.approx(40.0, abs=4)
+    assert fit["roofline_knee"] == pytest.approx(4.0, abs=0.5)
     assert res["profiles"][0]["fitted"]["overall_mape"] < 0.005
     # The shipped H100 constants are faster than this made-up GPU: they under-predict.
     assert res["profiles"][0]["shipped"]["overall_bias"] < -0.05

@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from autotuner.sim.costmodel import GEMM_OPS, LAYER_OPS, PROFILE_OPS, CostModel, experts_touched
+from autotuner.sim.costmodel import (
+    GEMM_OPS,
+    LAYER_OPS,
+    PROFILE_OPS,
+    CostModel,
+    experts_touched,
+    gemm_time,
+)
 from autotuner.sim.hardware import GIB, GPUS, MODELS, UnknownNameError, get_gpu, get_model
 
 KIB = 1024
@@ -249,9 +256,16 @@ def test_op_times_cover_the_profiled_ops_and_match_the_iteration():
     assert set(ops) == set(PROFILE_OPS)
     assert all(v > 0 for v in ops.values())
     g = get_gpu("h100")
+    assert g.roofline_knee == 0 and 1024 % g.gemm_tile_m == 0  # a sharp max, no padding here
     for name, (f, b) in c.op_work(1024).items():
-        expect = max(f / (g.peak_flops * g.compute_eff), b / (g.hbm_bandwidth * g.mem_eff))
-        expect += g.op_overhead_s if name in GEMM_OPS else 0.0
+        if name in GEMM_OPS:
+            ramp = f / 1024 * g.gemm_ramp_rows
+            expect = max(
+                (f + ramp) / (g.peak_flops * g.compute_eff), b / (g.hbm_bandwidth * g.mem_eff)
+            )
+            expect += g.op_overhead_s
+        else:
+            expect = b / (g.hbm_bandwidth * g.elementwise_eff)
         assert ops[name] == pytest.approx(expect)
     # A prefill iteration = layers x the profiled layer ops + attention, comm, fixed and LM head.
     layers = get_model("llama-3-8b").num_layers
@@ -259,6 +273,38 @@ def test_op_times_cover_the_profiled_ops_and_match_the_iteration():
         layer_sum = sum(c.op_times(T)[op] for op in LAYER_OPS)
         t = c.iteration_time(T, prefill_pairs(T), 0, 0)
         assert layers * layer_sum < t < 1.35 * layers * layer_sum + 1e-3
+
+
+def test_gemm_time_quantises_tiles_ramps_and_bends_the_knee():
+    # Within one tile no padding; above it whole tiles: 129 rows cost as much compute as 256.
+    assert gemm_time(1.0, 0.0, 0.0, 100, 128, 0.0, 0.0) == 100
+    assert gemm_time(1.0, 0.0, 0.0, 129, 128, 0.0, 0.0) == 256
+    assert gemm_time(1.0, 0.0, 0.0, 256, 128, 0.0, 0.0) == 256
+    assert gemm_time(1.0, 0.0, 0.0, 129, 0, 0.0, 0.0) == 129  # tile 0: no quantisation
+    # The ramp adds rows of compute; the memory side is untouched by it.
+    assert gemm_time(1.0, 0.0, 0.0, 10, 128, 30.0, 0.0) == 40
+    assert gemm_time(0.0, 5.0, 0.5, 10, 128, 30.0, 0.0) == 10
+    # Knee: a power mean, between the max and the sum, symmetric, equal parts give 2**(1/p).
+    soft = gemm_time(1.0, 100.0, 0.0, 100, 0, 0.0, 3.0)
+    assert soft == pytest.approx(100 * 2 ** (1 / 3))
+    assert 100 < gemm_time(1.0, 50.0, 0.0, 100, 0, 0.0, 3.0) < 150
+    assert gemm_time(1.0, 50.0, 0.0, 100, 0, 0.0, 3.0) == pytest.approx(
+        gemm_time(0.5, 100.0, 0.0, 100, 0, 0.0, 3.0)
+    )
+    # Tiny memory next to compute: the soft knee converges to the max without overflow.
+    assert gemm_time(1.0, 1e-300, 0.0, 1e-3, 0, 0.0, 64.0) == pytest.approx(1e-3)
+
+
+def test_capacity_band_is_slower_than_a_bare_roofline():
+    """The regime the shape terms exist for: a decode batch of a few hundred requests costs
+    more than max(compute, weights) would say (the profiles measured 10-37 % more)."""
+    for gpu in ("a100", "h100"):
+        g = get_gpu(gpu)
+        bare = dataclasses.replace(g, gemm_tile_m=0, gemm_ramp_rows=0.0, roofline_knee=0.0)
+        for n in (200, 400, 800):
+            shaped = CostModel(get_model("llama-3-8b"), g).iteration_time(0, 0.0, n, 0)
+            roofline = CostModel(get_model("llama-3-8b"), bare).iteration_time(0, 0.0, n, 0)
+            assert shaped > 1.03 * roofline, (gpu, n)
 
 
 def test_all_reduce_appears_only_under_tp():
@@ -281,3 +327,24 @@ def test_iteration_time_is_cheap():
         c.iteration_time(256, 256 * 300.0, i % 200, 1000 * (i % 200))
     per_call = (time.perf_counter() - start) / 20_000
     assert per_call < 50e-6  # a few microseconds in practice; generous for slow CI machines
+
+
+@pytest.mark.parametrize("gpu", ["a100", "h100"])
+def test_inlined_layer_gemms_equal_gemm_time(gpu):
+    """``_fixed_part`` inlines ``gemm_time`` for speed; the two must not drift apart. Against
+    the same model on a GPU with unbounded FLOPs and bandwidth (so only fixed costs remain),
+    the difference is exactly the layer GEMMs, the LM head and the bandwidth-bound rest."""
+    g = get_gpu(gpu)
+    c = CostModel(get_model("llama-3-8b"), g, 1)
+    free = CostModel(
+        get_model("llama-3-8b"), dataclasses.replace(g, peak_flops=1e40, hbm_bandwidth=1e40), 1
+    )
+    shape = (g.gemm_tile_m, g.gemm_ramp_rows, g.roofline_knee)
+    layers = c.model.num_layers
+    for T in (1, 7, 64, 65, 129, 300, 1000, 4097):
+        gemms = layers * sum(gemm_time(cc, w, a, T, *shape) for cc, w, a in c._lin_layer)
+        gemms += gemm_time(*c._lm_head, T, *shape)
+        rest = layers * (c._ew_per_token + c._attn_qo_per_token) * T
+        rest += (c._emb_per_token + c._final_norm_per_token) * T
+        diff = c._fixed_part(T, 0, 0.0, T) - free._fixed_part(T, 0, 0.0, T)
+        assert diff == pytest.approx(gemms + rest, rel=1e-9)

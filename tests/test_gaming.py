@@ -38,7 +38,9 @@ SEEDS = (1001, 1002, 1003)
 # "capacity"/"regression": the starvation bought no sustainable rate; "finished", "max_wait",
 # "sustainable": requests left unserved. (Measured sets are larger where a figure is close.)
 STARVING = {
-    "defer_above_length.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
+    # with the refitted cost model its deferred prompts no longer turn overdue on these runs
+    # (0 inversions, longest wait 0.99 x a deadline), but its tail and its capacity refuse it
+    "defer_above_length.py": ("chat", 2000, SEEDS, {"tail", "capacity"}),
     "defer_above_quantile.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
     "shortest_first.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),
     "shortest_first_slow_aging.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),

@@ -90,11 +90,13 @@ def format_report(result: dict, model_label: str | None = None) -> str:
         a, b = prof["shipped"]["overall_bias"], prof["fitted"]["overall_bias"]
         lines.append(f"  {'  bias (mean signed error)':<28}{_pct(a):>9}{_pct(b):>9}")
         lines.append("")
+        lines.extend(_band_lines(prof))
+        lines.append("")
     lines.extend(textwrap.wrap("OVERALL = " + result["error_definition"] + ".", 98))
     lines.append("")
     sh, ft = result["shipped"], result["fitted"]
     lines.append(f"  {'constant':<28}{'shipped':>11}{'fitted':>11}")
-    for k in FIT_PARAMS:
+    for k in (*FIT_PARAMS, "gemm_tile_m"):
         lines.append(f"  {k:<28}{sh[k]:>11.4g}{ft[k]:>11.4g}")
     lines.append(
         f"  {'layer_overhead_s (not fitted)':<28}{sh['layer_overhead_s']:>11.4g}"
@@ -102,6 +104,22 @@ def format_report(result: dict, model_label: str | None = None) -> str:
     )
     lines.append("")
     lines.append("Fitted constants, to paste:")
-    args = ", ".join(f"{k}={ft[k]!r}" for k in FIT_PARAMS)
+    args = ", ".join(f"{k}={ft[k]!r}" for k in (*FIT_PARAMS, "gemm_tile_m"))
     lines.append(f'  dataclasses.replace(get_gpu("{result["gpu"]}"), {args})')
     return "\n".join(lines)
+
+
+def _band_lines(prof: dict) -> list[str]:
+    """The layer-sum error per band of iteration size: capacity is decided in the mid-size bands,
+    so an overall figure alone would hide the band the model gets most wrong."""
+    lines = [
+        f"  {'by iteration size, tokens':<28}{'rows':>6}{'MAPE, %':>17}{'bias, %':>17}",
+        f"  {'':<28}{'':>6}{'shipped':>9}{'fitted':>8}{'shipped':>9}{'fitted':>8}",
+    ]
+    for band, sh_band in prof["shipped"]["overall_mape_by_band"].items():
+        ft_band = prof["fitted"]["overall_mape_by_band"][band]
+        lines.append(
+            f"  {band:<28}{sh_band['rows']:>6}{_pct(sh_band['mape']):>9}"
+            f"{_pct(ft_band['mape']):>8}{_pct(sh_band['bias']):>9}{_pct(ft_band['bias']):>8}"
+        )
+    return lines

@@ -15,6 +15,8 @@ from autotuner.commands import (
     diff,
     evaluate,
     gate,
+    observe,
+    profile,
     replay,
     report,
     resume,
@@ -32,8 +34,8 @@ from autotuner.isolation import SandboxUnavailable
 COMMANDS = {
     "simulate": simulate, "workloads": workloads, "calibrate": calibrate, "bench": bench,
     "evaluate": evaluate, "run": run, "resume": resume, "status": status, "diff": diff,
-    "show": show, "replay": replay, "gate": gate, "report": report,
-    "router": router,
+    "show": show, "replay": replay, "gate": gate, "report": report, "profile": profile,
+    "observe": observe, "router": router,
 }
 
 

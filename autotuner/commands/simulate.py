@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from autotuner.evaluate import REJECTED, evaluate
 from autotuner.isolation import Limits, SandboxUnavailable, get_backend
 from autotuner.policy import PolicySource, read_policy_file
 from autotuner.sim.engine import ClusterSpec
+from autotuner.sim.measured import load_step_profile
 from autotuner.sim.metrics import SLO, RunMetrics, probe_horizon, run_metrics, search_capacity
 from autotuner.simulation import metrics_of, run_policy
 
@@ -49,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_options(p)
     add_slo_options(p)
     p.add_argument("--horizon", type=float, help="stop at this simulated time (s)")
+    p.add_argument("--profile", metavar="FILE", help="cost the cluster with a step-time "
+                   "profile of a live engine (autotuner profile) instead of --gpu's roofline")
     p.add_argument("--capacity", action="store_true",
                    help="also find the capacity: the highest sustainable rate with "
                         "--capacity-share of the window's requests in SLO")
@@ -119,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     source = read_policy_file(path)  # syntax and TUNABLES, read without running the file
     params = source.resolve_params(parse_params(args.param))
     cluster = cluster_from(args)
+    if args.profile:
+        step = load_step_profile(args.profile)
+        cluster = replace(cluster, profile=step, max_num_seqs=step.max_num_seqs)
     spec = workload_spec_from(args)
     slo = slo_from(args)
     if args.capacity and not 0 < args.capacity_share <= 1:
@@ -142,7 +149,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"policy    {source.name}  {params}")
         print(f"workload  {spec.label()}: {len(workload):,} requests at {workload.rate:.2f} req/s")
-        print(f"cluster   {cluster.replicas} x {cluster.model} on {cluster.gpu} (tp={cluster.tp})")
+        what = (
+            f"{cluster.profile.name} (measured step profile)"
+            if cluster.profile is not None
+            else f"{cluster.model} on {cluster.gpu} (tp={cluster.tp})"
+        )
+        print(f"cluster   {cluster.replicas} x {what}")
         print(f"runs in   {isolation}")
         if report["metrics"] is not None:
             print(format_metrics(report["metrics"]))

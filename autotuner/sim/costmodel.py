@@ -1,19 +1,30 @@
 """Iteration-time cost model: a per-operator roofline with per-GPU efficiency constants.
 
 One serving iteration runs every decode plus the chosen prefill chunks through all layers as one
-batch of ``T = prefill_tokens + decodes`` tokens. Each operator class is timed as a roofline,
+batch of ``T = prefill_tokens + decodes`` tokens. Each operator class is timed from its compute
+and its memory traffic, with the work of one GPU, i.e. the replica's work divided by the
+tensor-parallel degree where Megatron-style TP splits it. Per layer:
 
-    time(op) = max(flops / (peak_flops * compute_eff), bytes / (hbm_bandwidth * mem_eff))
-               (+ op_overhead_s for a linear layer's GEMM)
+- linear layers (QKV, output projection, MLP up+gate, down): a GEMM of ``T`` rows, ``2*T*K*N/tp``
+  FLOPs, bytes = the weight shard plus activations in and out. Weight reads make them
+  memory-bound for small batches and compute-bound for large ones; ``gemm_time`` joins the two
+  regimes with three measured effects (constants per GPU, see ``hardware.GPU``):
 
-with the work of one GPU, i.e. the replica's work divided by the tensor-parallel degree where
-Megatron-style TP splits it. Per layer:
+  * tile quantisation: a GEMM kernel computes whole tiles of ``gemm_tile_m`` rows, so above one
+    tile the compute is that of ``ceil(T / tile) * tile`` rows (within one tile the library
+    picks a narrower kernel, so no padding is charged there);
+  * pipeline ramp: every GEMM computes ``gemm_ramp_rows`` rows' worth on top (the software
+    pipeline filling and draining, the last partial wave);
+  * a soft knee: near the ridge point weight streaming and compute overlap imperfectly, so the
+    two times combine as a power mean of order ``roofline_knee``
+    (``(c**p + m**p)**(1/p)``; 0 is a sharp ``max``).
 
-- linear layers (QKV, output projection, MLP up+gate, down): ``2*T*K*N/tp`` FLOPs, bytes = the
-  weight shard plus activations in and out. Weight reads make them memory-bound for small batches
-  and compute-bound for large ones. For a mixture of experts, FLOPs come from the top-k experts
-  each token uses, but the bytes from the experts the batch touches, ``E*(1-(1-k/E)**T)`` in
-  expectation under uniform routing: a small decode batch reads few experts, a large prefill all.
+  Fitted on Vidur's operator profiles, these take the iterations of 65-1,024 tokens (decode
+  batches of hundreds of requests, where capacity is decided) from 10-37 % too fast to within
+  about 8 %, without a per-size table. For a mixture of experts, FLOPs come from the top-k
+  experts each token uses, but the bytes from the experts the batch touches,
+  ``E*(1-(1-k/E)**T)`` in expectation under uniform routing: a small decode batch reads few
+  experts, a large prefill all.
 - prefill attention: ``4*heads*head_dim*pairs/tp`` FLOPs, where ``pairs`` (query, key) pairs =
   sum over chunks of ``chunk*(prior_context + (chunk+1)/2)`` (causal), plus reading the prior KV.
   The caller passes only the sum of pairs, so the KV read is estimated as one read of the mean
@@ -21,16 +32,17 @@ Megatron-style TP splits it. Per layer:
 - decode attention: pure KV-cache read, ``decode_context * kv bytes per token per layer``, always
   memory-bound (arithmetic intensity = heads/kv_heads FLOP/byte, far below any GPU's ridge).
   It is linear in the context, which lets ``decode_coeffs`` give the simulator a closed form.
-- elementwise (2 RMSNorms, rotary embedding, SiLU*mul, residual add): bytes only. The profiled
-  implementation runs them as several unfused passes, so each moves a fixed multiple of the
-  minimal read+write (``ELEMENTWISE_PASSES``, fitted once on all four profiles, GPU-independent).
+- elementwise (2 RMSNorms, rotary embedding, SiLU*mul, residual add): bytes only, at the
+  bandwidth share elementwise kernels reach (``ew_mem_eff``). The profiled implementation runs
+  them as several unfused passes, so each moves a fixed multiple of the minimal read+write
+  (``ELEMENTWISE_PASSES``, fitted once on all four profiles, GPU-independent).
 - tensor-parallel all-reduce, 2 per layer when ``tp > 1`` (after attention and after the MLP):
   ``latency + 2*(tp-1)/tp * T*hidden*dtype / (nvlink_bandwidth * COMM_EFF)`` (ring all-reduce).
-- fixed costs: ``op_overhead_s`` per GEMM (launch, ramp-up and tail wave) and
-  ``layer_overhead_s`` per layer for what the operator profile does not see (attention kernel
-  launches, KV-cache writes). Elementwise kernels get no fixed cost: fitted per operator, theirs
-  comes out at 0-2 us, and charging them one shared constant made their per-operator error
-  several times worse without improving the layer total.
+- fixed costs: ``op_overhead_s`` per GEMM (launch, tail) and ``layer_overhead_s`` per layer for
+  what the operator profile does not see (attention kernel launches, KV-cache writes).
+  Elementwise kernels get no fixed cost: fitted per operator, theirs comes out at 0-2 us, and
+  charging them one shared constant made their per-operator error several times worse without
+  improving the layer total.
 
 Once per iteration: the embedding lookup (T tokens) and the LM head, a GEMM over the tokens that
 produce logits: every decode plus one per prefill batch (the caller does not say how many
@@ -39,14 +51,16 @@ sequences finish their prompt; vLLM computes logits for the last prompt token on
 Simplifications, each small next to the linear layers at serving batch sizes: no CPU scheduling
 or sampling overhead, no overlap between kernels or of communication with compute, attention at
 the same compute efficiency as GEMMs, the MoE router GEMM ignored (hidden x experts), uniform
-expert routing, no pipeline parallelism, no quantisation (``dtype_bytes`` covers weights, KV and
-activations alike). The constants come from Vidur's operator profiles (``autotuner calibrate``);
-with them, the per-layer sum of the profiled operators is within about 4-8 % (mean absolute
-percentage error) of the measurement over 1 to 32k tokens and TP 1 to 8. The roofline's sharp
-knee underestimates GEMMs near the ridge (about 128 to 1k tokens) by roughly 10 %.
+expert routing (tile quantisation applied to the batch, not per expert), no pipeline
+parallelism, no quantisation (``dtype_bytes`` covers weights, KV and activations alike). The
+constants come from Vidur's operator profiles (``autotuner calibrate``, which prints the error
+per band of batch size). What remains is mostly the kernel library's per-shape choices (a single
+size can run 20-50 % slower than its neighbours), which no smooth model follows.
 """
 
 from __future__ import annotations
+
+import math
 
 from .hardware import GIB, GPU, Model
 
@@ -91,6 +105,30 @@ COMM_EFF = 0.75
 ACTIVATION_RESERVE_BYTES = 1 * GIB
 
 
+def gemm_time(
+    row_s: float,
+    weight_s: float,
+    act_s: float,
+    tokens: float,
+    tile: int,
+    ramp_rows: float,
+    knee: float,
+) -> float:
+    """Seconds for a GEMM of ``tokens`` rows, without the fixed per-kernel overhead.
+
+    ``row_s``: compute seconds per row; ``weight_s``: seconds to stream the weights once;
+    ``act_s``: seconds of activation traffic per row. ``calibrate.Evaluator.predict`` is the same
+    formula vectorised over profile rows (a test keeps the two equal).
+    """
+    rows = math.ceil(tokens / tile) * tile if tile and tokens > tile else tokens
+    ct = row_s * (rows + ramp_rows)
+    mt = weight_s + act_s * tokens
+    if not knee:
+        return ct if ct > mt else mt
+    hi, lo = (ct, mt) if ct > mt else (mt, ct)
+    return hi * (1.0 + (lo / hi) ** knee) ** (1.0 / knee)
+
+
 def experts_touched(num_experts: int, top_k: int, tokens: int) -> float:
     """Expected distinct experts a batch of ``tokens`` uses under uniform top-k routing."""
     if num_experts <= 1:
@@ -132,9 +170,12 @@ class CostModel:
 
         pc = g.peak_flops * g.compute_eff  # achieved FLOP/s
         bm = g.hbm_bandwidth * g.mem_eff  # achieved bytes/s
-        self._pc, self._bm = pc, bm
+        bew = g.hbm_bandwidth * g.elementwise_eff  # elementwise kernels' bytes/s
+        self._pc, self._bm, self._bew = pc, bm, bew
         ovh = g.op_overhead_s
         self._ovh = ovh
+        self._gemm_shape = (g.gemm_tile_m, g.gemm_ramp_rows, g.roofline_knee)
+        self._inv_knee = 1.0 / g.roofline_knee if g.roofline_knee else 0.0
 
         # Linear layers as (seconds/token of compute, fixed seconds of weight read, seconds/token
         # of activation traffic), one GPU's shard: t(T) = max(c*T, w + a*T) + overhead.
@@ -143,6 +184,7 @@ class CostModel:
 
         self._lin_attn = (lin(h, (q + 2 * kv) / tp), lin(q / tp, h))
         self._lin_mlp = (lin(h, mlp_in / tp), lin(m.intermediate / tp, h))
+        self._lin_layer = (*self._lin_attn, *self._lin_mlp)
         self._moe = m.is_moe
 
         # Elementwise: bytes per token, per layer (all of them memory-bound).
@@ -155,8 +197,8 @@ class CostModel:
             "mlp_act": p["mlp_act"] * (mlp_in + m.intermediate) / tp * d,
             "add": p["add"] * 3 * h * d,
         }
-        self._ew_per_token = (sum(self._ew_bytes.values()) - self._ew_bytes["emb"]) / bm
-        self._emb_per_token = self._ew_bytes["emb"] / bm
+        self._ew_per_token = (sum(self._ew_bytes.values()) - self._ew_bytes["emb"]) / bew
+        self._emb_per_token = self._ew_bytes["emb"] / bew
 
         # Attention. Prefill: compute per (query, key) pair, KV read per attended token.
         self._attn_pair_s = 4.0 * (m.heads / tp) * m.head_dim / pc
@@ -179,7 +221,7 @@ class CostModel:
         self._layers = m.num_layers
         # LM head over the tokens that produce logits, plus the final norm.
         self._lm_head = lin(h, m.vocab / tp)
-        self._final_norm_per_token = p["norm"] * 2 * h * d / bm
+        self._final_norm_per_token = p["norm"] * 2 * h * d / bew
 
     # ----------------------------------------------------------------------------------------
     # Memory
@@ -216,23 +258,25 @@ class CostModel:
         if tokens <= 0:
             return 0.0
         T = float(tokens)
+        tile, ramp, knee = self._gemm_shape
+        # gemm_time, inlined: every GEMM of the layer shares the batch's padded row count.
+        rows = (math.ceil(T / tile) * tile if tile and T > tile else T) + ramp
         layer = self._layer_fixed + (self._ew_per_token + self._ar_per_token) * T
-        for c, w, a in self._lin_attn:
-            ct = c * T
-            mt = w + a * T
-            layer += ct if ct > mt else mt
         if self._moe:
             n_exp = experts_touched(self.model.num_experts, self.model.experts_per_token, tokens)
             k = self.model.experts_per_token
-            for c, w, a in self._lin_mlp:
-                ct = k * c * T
-                mt = w * n_exp + k * a * T
-                layer += ct if ct > mt else mt
+            gemms = [*self._lin_attn, *((k * c, w * n_exp, k * a) for c, w, a in self._lin_mlp)]
         else:
-            for c, w, a in self._lin_mlp:
-                ct = c * T
-                mt = w + a * T
+            gemms = self._lin_layer
+        for c, w, a in gemms:
+            ct = c * rows
+            mt = w + a * T
+            if not knee:
                 layer += ct if ct > mt else mt
+            elif ct > mt:
+                layer += ct * (1.0 + (mt / ct) ** knee) ** self._inv_knee
+            else:
+                layer += mt * (1.0 + (ct / mt) ** knee) ** self._inv_knee
         if prefill_tokens > 0:
             ct = self._attn_pair_s * prefill_pairs
             mt = (self._kv_layer_gpu * prefill_pairs / prefill_tokens) / self._bm + (
@@ -243,10 +287,8 @@ class CostModel:
             layer += self._attn_qo_per_token * decodes
         logits = decodes + (1 if prefill_tokens > 0 else 0)
         c, w, a = self._lm_head
-        ct = c * logits
-        mt = w + a * logits
         once = (
-            (ct if ct > mt else mt)
+            gemm_time(c, w, a, logits, tile, ramp, knee)
             + (self._emb_per_token + self._final_norm_per_token) * T
             + self._ovh
         )
@@ -271,44 +313,50 @@ class CostModel:
     def op_work(self, num_tokens: int) -> dict[str, tuple[float, float]]:
         """(FLOPs, bytes) one GPU spends on each profiled operator of one layer for
         ``num_tokens`` tokens (dense MLP; for MoE the experts the batch touches)."""
-        m, tp, d = self.model, self.tp, self.model.dtype_bytes
         T = float(num_tokens)
+        work = {name: (0.0, per_token * T) for name, per_token in self._ew_bytes.items()}
+        for name, (flops, weight_bytes, act_bytes) in self.gemm_work(num_tokens).items():
+            work[name] = (flops * T, weight_bytes + act_bytes * T)
+        return {name: work[name] for name in PROFILE_OPS}
+
+    def op_times(self, num_tokens: int) -> dict[str, float]:
+        """Seconds per profiled operator for one layer (and the embedding), as Vidur measures
+        them: ``gemm_time`` plus the fixed overhead for the four GEMMs, bytes at the elementwise
+        bandwidth for the rest."""
+        tile, ramp, knee = self._gemm_shape
+        out = {}
+        T = float(num_tokens)
+        for name, (flops, weight_bytes, act_bytes) in self.gemm_work(num_tokens).items():
+            row_s, weight_s, act_s = flops / self._pc, weight_bytes / self._bm, act_bytes / self._bm
+            out[name] = gemm_time(row_s, weight_s, act_s, T, tile, ramp, knee) + self._ovh
+        for name, per_token in self._ew_bytes.items():
+            out[name] = per_token * num_tokens / self._bew
+        return {name: out[name] for name in PROFILE_OPS}
+
+    def gemm_work(self, num_tokens: int) -> dict[str, tuple[float, float, float]]:
+        """Per profiled GEMM of one layer: (FLOPs per row, weight bytes, activation bytes per
+        row) on one GPU for a batch of ``num_tokens`` (for MoE: top-k experts' FLOPs, the
+        touched experts' weights)."""
+        m, tp, d = self.model, self.tp, self.model.dtype_bytes
         h = m.hidden
         q = m.heads * m.head_dim
         kv = m.kv_heads * m.head_dim
         mlp_in = (2 if m.gated_mlp else 1) * m.intermediate
 
-        def lin(k_in: float, n_out: float, weight_copies: float = 1.0) -> tuple[float, float]:
-            return 2.0 * T * k_in * n_out, (weight_copies * k_in * n_out + T * (k_in + n_out)) * d
+        def lin(k_in: float, n_out: float, copies: float = 1.0, k: int = 1):
+            return 2.0 * k_in * n_out * k, copies * k_in * n_out * d, (k_in + n_out) * d * k
 
         if m.is_moe:
             k = m.experts_per_token
             n_exp = experts_touched(m.num_experts, k, num_tokens)
-            up = lin(h, mlp_in / tp, n_exp / k)
-            down = lin(m.intermediate / tp, h, n_exp / k)
-            up, down = (up[0] * k, up[1] * k), (down[0] * k, down[1] * k)
+            up = lin(h, mlp_in / tp, n_exp, k)
+            down = lin(m.intermediate / tp, h, n_exp, k)
         else:
             up = lin(h, mlp_in / tp)
             down = lin(m.intermediate / tp, h)
-        ew = {name: b * T for name, b in self._ew_bytes.items()}
         return {
-            "emb": (0.0, ew["emb"]),
-            "input_layernorm": (0.0, ew["input_layernorm"]),
             "attn_pre_proj": lin(h, (q + 2 * kv) / tp),
-            "attn_rope": (0.0, ew["attn_rope"]),
             "attn_post_proj": lin(q / tp, h),
-            "post_attention_layernorm": (0.0, ew["post_attention_layernorm"]),
             "mlp_up_proj": up,
-            "mlp_act": (0.0, ew["mlp_act"]),
             "mlp_down_proj": down,
-            "add": (0.0, ew["add"]),
-        }
-
-    def op_times(self, num_tokens: int) -> dict[str, float]:
-        """Seconds per profiled operator for one layer (and the embedding), as Vidur measures
-        them: the roofline of ``op_work``, plus the fixed overhead for the four GEMMs."""
-        pc, bm, ovh = self._pc, self._bm, self._ovh
-        return {
-            name: max(f / pc, b / bm) + (ovh if name in GEMM_OPS else 0.0)
-            for name, (f, b) in self.op_work(num_tokens).items()
         }

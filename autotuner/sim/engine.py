@@ -36,6 +36,7 @@ from .api import (
 )
 from .costmodel import CostModel
 from .hardware import get_gpu, get_model
+from .measured import StepCostModel, StepProfile
 from .rangemax import range_max
 from .workload import Workload
 
@@ -53,7 +54,11 @@ class ClusterSpec:
     replica; replicas: how many replicas the router spreads requests over;
     gpu_memory_utilization: share of GPU memory the server may use (weights + KV), as vLLM's flag;
     block_size: tokens per KV block (capacity is whole blocks); max_batch_tokens: hard cap on the
-    tokens of one iteration, whatever the policy asks (vLLM's max_num_batched_tokens).
+    tokens of one iteration, whatever the policy asks (vLLM's max_num_batched_tokens);
+    max_num_seqs: most requests a replica runs at once, prefilling or decoding (vLLM's flag of
+    that name; 0: no limit). A server that serves one request at a time (llama-cpp-python's) is
+    1. profile: a measured step-time model of a live engine (``autotuner profile``) that
+    replaces the GPU roofline; model and gpu are then labels only.
     """
 
     model: str = "llama-3-8b"
@@ -63,12 +68,23 @@ class ClusterSpec:
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     max_batch_tokens: int = 16384
+    max_num_seqs: int = 0
+    profile: StepProfile | None = None
 
-    def cost_model(self) -> CostModel:
+    def __post_init__(self) -> None:
+        # A spec crosses the sandbox boundary as asdict() JSON: rebuild the profile record.
+        if isinstance(self.profile, dict):
+            object.__setattr__(self, "profile", StepProfile(**self.profile))
+
+    def cost_model(self) -> CostModel | StepCostModel:
         if self.tp < 1 or self.replicas < 1:
             raise ValueError("tp and replicas must be at least 1")
         if self.replicas > MAX_REPLICAS:
             raise ValueError(f"replicas must be at most {MAX_REPLICAS:,}, got {self.replicas:,}")
+        if self.max_num_seqs < 0:
+            raise ValueError(f"max_num_seqs must be >= 0 (0: no limit), got {self.max_num_seqs}")
+        if self.profile is not None:
+            return StepCostModel(self.profile)
         return CostModel(get_model(self.model), get_gpu(self.gpu), self.tp)
 
     @property
@@ -174,7 +190,7 @@ def simulate(
     policy: Policy,
     *,
     horizon: float | None = None,
-    cost_model: CostModel | None = None,
+    cost_model: CostModel | StepCostModel | None = None,
     fast_forward: bool = True,
 ) -> SimResult:
     """Run ``workload`` on ``cluster`` under ``policy``. Deterministic: same inputs, same result.
@@ -193,8 +209,11 @@ def simulate(
 
 
 class _Simulation:
-    def __init__(self, cluster: ClusterSpec, wl: Workload, policy: Policy, cost: CostModel):
+    def __init__(
+        self, cluster: ClusterSpec, wl: Workload, policy: Policy, cost: CostModel | StepCostModel
+    ):
         self.cluster = cluster
+        self.max_seqs = cluster.max_num_seqs  # 0: no limit
         self.wl = wl
         self.policy = policy
         self.cost = cost
@@ -410,7 +429,7 @@ class _Simulation:
             self._preempt_newest(rep, now)
         if not rep.n and rep.waiting:
             self._unblock_oldest(rep)
-        if rep.waiting:
+        if rep.waiting and (not self.max_seqs or self._schedulable(rep)):
             self._plan_partition(rep, now)
         elif rep.n:
             self._plan_stretch(rep, now)
@@ -426,7 +445,7 @@ class _Simulation:
             now,
             n,
             ctx,
-            self._waiting_views(rep),
+            self._waiting_views(rep, self._schedulable(rep) if self.max_seqs else rep.waiting),
             len(rep.waiting),
             rep.wtok,
             free,
@@ -476,9 +495,28 @@ class _Simulation:
         rep.pending = (1, chunks, dur)
         self._push(now + dur, rep.idx)
 
+    def _schedulable(self, rep: _Replica) -> list[int]:
+        """Under max_num_seqs: the waiting requests whose prefill has started, then as many
+        unstarted ones, oldest first, as the limit leaves room for."""
+        started = [i for i in rep.waiting if self.prefilled[i] > self.hit[i]]
+        room = self.max_seqs - rep.n - len(started)
+        if room <= 0:
+            return started
+        fresh = [i for i in rep.waiting if self.prefilled[i] <= self.hit[i]][:room]
+        return started + fresh if started else fresh
+
     def _validate_chunks(self, rep: _Replica, chunks: list[tuple[int, int]], decision: str) -> int:
         seen = set()
         total = 0
+        if self.max_seqs:
+            fresh = sum(1 for rid, _ in chunks if self.prefilled[rid] <= self.hit[rid])
+            started = sum(1 for i in rep.waiting if self.prefilled[i] > self.hit[i])
+            if fresh and rep.n + started + fresh > self.max_seqs:
+                raise PolicyError(
+                    decision,
+                    f"starting {fresh} more requests would run {rep.n + started + fresh}, "
+                    f"over max_num_seqs={self.max_seqs}",
+                )
         nreq = len(self.phase)
         for rid, tokens in chunks:
             if not 0 <= rid < nreq or self.where[rid] != rep.idx or self.phase[rid] != _WAITING:
@@ -494,10 +532,10 @@ class _Simulation:
             total += tokens
         return total
 
-    def _waiting_views(self, rep: _Replica) -> tuple[WaitingView, ...]:
+    def _waiting_views(self, rep: _Replica, ids: list[int]) -> tuple[WaitingView, ...]:
         views = self.view_cache
         out = []
-        for i in rep.waiting[:MAX_WAITING_VIEW]:
+        for i in ids[:MAX_WAITING_VIEW]:
             v = views[i]
             if v is None:
                 p = self.prefilled[i]
