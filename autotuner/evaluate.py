@@ -78,6 +78,19 @@ class Evaluation:
         return data
 
 
+# Where evaluation time goes, summed in this process (``autotuner bench --campaign`` reads it):
+# starting or taking a worker, waiting for the worker's log (its start, simulation and the pipe),
+# the trusted replay's own simulation, and the worker's simulation as it reports it (believed
+# for the benchmark only).
+TIMINGS: dict[str, float] = {"start_s": 0.0, "wait_s": 0.0, "replay_s": 0.0,
+                             "worker_sim_s": 0.0, "runs": 0.0, "alone": 0.0}
+
+
+def reset_timings() -> None:
+    for key in TIMINGS:
+        TIMINGS[key] = 0.0
+
+
 # ------------------------------------------------------------------------------ helpers
 def workload_fingerprint(wl: Any) -> str:
     """Same digest as ``sandbox/worker.py``'s ``fingerprint`` (tests keep the two in step)."""
@@ -126,8 +139,9 @@ def _replay_class() -> type:
     class StreamReplay(ReplayPolicy):
         """ReplayPolicy fed from the worker's stdout while the worker is still running."""
 
-        def __init__(self, handle: Any, fingerprint: str):
+        def __init__(self, handle: Any, fingerprint: str, session: bool = False):
             super().__init__([])
+            self.session = session  # a session's stream goes on after this run's end line
             self.handle = handle
             self.fingerprint = fingerprint
             self.state = "hello"  # -> "decisions" -> "end" -> "eof"
@@ -137,7 +151,11 @@ def _replay_class() -> type:
             self.ran_out = False
 
         def pull(self) -> None:
-            line = self.handle.next_line()
+            t0 = time.perf_counter()
+            try:
+                line = self.handle.next_line()
+            finally:
+                TIMINGS["wait_s"] += time.perf_counter() - t0
             if line is None:
                 self.state = "eof"
                 return
@@ -159,13 +177,17 @@ def _replay_class() -> type:
             elif self.state == "decisions" and kind == "end" and isinstance(body, dict):
                 self.end = body
                 self.state = "end"
+                sim_s = body.get("sim_s")
+                if isinstance(sim_s, float) and 0.0 <= sim_s < 1e6:
+                    TIMINGS["worker_sim_s"] += sim_s
             elif self.state == "end":
                 raise WorkerFault("garbage output: the worker wrote more after its result")
             else:
                 raise WorkerFault(f"garbage output: unexpected {kind!r} message from the worker")
 
         def drain(self) -> None:
-            while self.state != "eof":
+            """Read to the end of output (of this run's messages, in a session)."""
+            while self.state != "eof" and not (self.session and self.state == "end"):
                 self.pull()
 
         def _next(self, kind: str, decision: str) -> list[Any]:
@@ -291,11 +313,12 @@ def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, w
                     params: dict[str, Any], t0: float, *, warm: bool) -> Evaluation:
     """One sandboxed run with the trusted replay; raises _BeforeThePolicy for the sandbox's own
     failures."""
-    from autotuner.sim.engine import simulate
     from autotuner.simulation import metrics_of
 
+    t_start = time.perf_counter()
     try:
         handle = backend.start(payload, limits, warm=warm)
+        TIMINGS["start_s"] += time.perf_counter() - t_start
     except Exception as exc:  # noqa: BLE001 - the backend could not even start
         raise _BeforeThePolicy(f"the {backend.name} sandbox could not start the worker: "
                                f"{type(exc).__name__}: {exc}") from None
@@ -311,7 +334,7 @@ def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, w
         if wl is None:
             wl = workload.build()
         replay = _replay_class()(handle, workload_fingerprint(wl))
-        result = simulate(cluster, wl, replay, horizon=horizon)
+        result = _timed_replay(cluster, wl, replay, horizon)
         if replay.fault:
             return failed(replay.fault, "sandbox", replay.pos)
         if result.error:
@@ -347,6 +370,178 @@ def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, w
         return failed(str(exc), "sandbox")
     finally:
         handle.close()
+
+
+def _timed_replay(cluster: Any, wl: Any, replay: Any, horizon: float | None) -> Any:
+    from autotuner.sim.engine import simulate
+
+    waited = TIMINGS["wait_s"]
+    t0 = time.perf_counter()
+    result = simulate(cluster, wl, replay, horizon=horizon)
+    TIMINGS["replay_s"] += time.perf_counter() - t0 - (TIMINGS["wait_s"] - waited)
+    TIMINGS["runs"] += 1
+    return result
+
+
+# ------------------------------------------------------------------------------ sessions
+SESSION_RUNS = 64  # runs per session worker; its CPU-time limit is this many runs' worth
+
+
+class _SessionLost(Exception):
+    """The session's worker failed in a way a lone worker might not have (it died, wrote garbage,
+    timed out, or stopped before a run's end): the run is judged again by a lone worker."""
+
+
+class Session:
+    """Many runs of one policy file with one set of params, on one warm sandbox worker.
+
+    The trust boundary is ``evaluate``'s: the trusted side replays every run's decisions in its
+    own simulator and computes the metrics itself; the worker's word is believed for nothing
+    else. A run the session settles (ok, a policy error, an illegal decision, a log too long)
+    gets the verdict a lone worker would give, field for field; any failure of the worker itself
+    (a crash, a kill from outside, a timeout, garbage) ends the session and that run is run
+    again alone through ``evaluate``, whose verdict is the one returned, so the session can
+    neither lose a run nor blame a policy for another run's fault. Per run, the worker gets a
+    fresh policy module and the full wall-time limit; its CPU-time limit covers the session.
+    Backends that cannot keep a worker (docker) run every run alone.
+    """
+
+    def __init__(self, code: str, *, name: str = "<policy>",
+                 params: Mapping[str, Any] | None = None, cluster: Any = None,
+                 sandbox: str | Backend | None = None, limits: Limits | None = None,
+                 skip_check: bool = False, batch: int = 2048, with_metrics: bool = True):
+        from autotuner.sim.engine import ClusterSpec
+
+        self.code, self.name, self.batch = code, name, batch
+        self.params_in = dict(params or {})
+        self.cluster = cluster or ClusterSpec()
+        self.backend = sandbox if isinstance(sandbox, Backend) else get_backend(sandbox)
+        self.limits = limits or Limits()
+        self.skip_check = skip_check
+        self.with_metrics = with_metrics
+        self.handle: Any = None
+        self.runs = 0  # runs on the current worker
+        self.rejected: Evaluation | None = None
+        self.params: dict[str, Any] = {}
+        self._check()
+
+    def _check(self) -> None:
+        """The static check and the params, once for the session (``evaluate``'s step 1)."""
+        from autotuner.policy import PolicyFileError, read_policy_source
+
+        t0 = time.perf_counter()
+        if self.skip_check:
+            try:
+                source = read_policy_source(self.code, self.name)
+            except PolicyFileError as exc:
+                self.rejected = _rejected([str(exc)], self.name, t0, ["file"])
+                return
+        else:
+            from autotuner.check import check_policy
+
+            checked = check_policy(self.code, self.name)
+            if not checked.ok or checked.source is None:
+                self.rejected = _rejected(
+                    checked.reasons() or ["the static check refused the file"], self.name, t0,
+                    [i.construct for i in checked.issues])
+                return
+            source = checked.source
+        try:
+            self.params = dict(source.resolve_params(self.params_in))
+        except PolicyFileError as exc:
+            self.rejected = _rejected([str(exc)], self.name, t0, ["params"], self.params_in)
+
+    def run(self, workload: Any, *, slo: Any = None, horizon: float | None = None) -> Evaluation:
+        """One run on ``workload`` (a built ``Workload``), as ``evaluate`` would judge it."""
+        from autotuner.sim.metrics import SLO
+
+        t0 = time.perf_counter()
+        slo = slo or SLO()
+        if self.rejected is not None:
+            return replace(self.rejected, wall_s=0.0)
+        if getattr(self.backend, "sessions", True):
+            try:
+                return self._in_session(workload, slo, horizon, t0)
+            except (_SessionLost, WorkerFault):
+                self.close()
+        TIMINGS["alone"] += 1
+        return evaluate(self.code, name=self.name, params=self.params_in, cluster=self.cluster,
+                        workload=workload, slo=slo, horizon=horizon, sandbox=self.backend,
+                        limits=self.limits, skip_check=self.skip_check, batch=self.batch)
+
+    def _worker(self) -> Any:
+        if self.handle is not None and self.runs >= SESSION_RUNS:
+            self.close()
+        if self.handle is None:
+            request = {"session": True, "code": self.code, "name": self.name,
+                       "params": self.params, "cluster": asdict(self.cluster),
+                       "limits": self.limits.as_dict(), "batch": self.batch,
+                       "unfenced": bool(self.skip_check)}
+            limits = replace(self.limits, cpu_s=self.limits.cpu_s * SESSION_RUNS)
+            t0 = time.perf_counter()
+            try:
+                handle = self.backend.start((json.dumps(request, allow_nan=False) + "\n")
+                                            .encode(), limits)
+            except Exception as exc:  # noqa: BLE001 - judged again alone, which retries
+                raise _SessionLost(str(exc)) from None
+            TIMINGS["start_s"] += time.perf_counter() - t0
+            if not handle.supports_sessions:
+                handle.close()
+                self.backend.sessions = False  # type: ignore[attr-defined]
+                raise _SessionLost("this backend keeps no worker between runs")
+            self.handle, self.runs = handle, 0
+        return self.handle
+
+    def _in_session(self, wl: Any, slo: Any, horizon: float | None, t0: float) -> Evaluation:
+        from autotuner.simulation import metrics_of
+
+        handle = self._worker()
+        self.runs += 1
+        line = {"workload": {"data": _workload_data(wl)}, "horizon": horizon}
+        handle.send_more((json.dumps(line, allow_nan=False) + "\n").encode())
+        replay = _replay_class()(handle, workload_fingerprint(wl), session=True)
+        result = _timed_replay(self.cluster, wl, replay, horizon)
+
+        def failed(reason: str, phase: str, decisions: int, keep: bool) -> Evaluation:
+            if not keep:  # the worker is mid-run: its rest is of no use
+                self.close()
+            return Evaluation(FAILED, [_clip(reason)], None, decisions,
+                              time.perf_counter() - t0, self.backend.name, self.name,
+                              dict(self.params), [], phase)
+
+        if replay.fault or not replay.greeted:
+            raise _SessionLost(replay.fault or "no hello")
+        if result.error:
+            if not replay.ran_out:
+                return failed(f"illegal decision: {result.error}", "replay", replay.pos - 1,
+                              False)
+            if replay.end is not None and replay.end.get("error"):
+                return failed(f"policy error: {untrusted_text(replay.end['error'])}",
+                              "sandbox", replay.pos, True)
+            raise _SessionLost("the log ended before the simulation did")
+        replay.drain()
+        if replay.end is None:
+            raise _SessionLost("the worker stopped without sending its result")
+        if replay.unused:
+            return failed(f"the worker's decision log has {replay.unused} more entries than "
+                          "the simulation asked for", "replay", replay.pos, True)
+        if replay.end.get("error"):
+            return failed(f"policy error: {untrusted_text(replay.end['error'])}", "sandbox",
+                          replay.pos, True)
+        metrics = metrics_of(self.cluster, wl, result, slo) if self.with_metrics else None
+        return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0,
+                          self.backend.name, self.name, dict(self.params), [], "done", result)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def evaluate_file(path: str | Path, **kwargs: Any) -> Evaluation:
