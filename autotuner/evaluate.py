@@ -80,10 +80,11 @@ class Evaluation:
 
 # Where evaluation time goes, summed in this process (``autotuner bench --campaign`` reads it):
 # starting or taking a worker, waiting for the worker's log (its start, simulation and the pipe),
-# the trusted replay's own simulation, and the worker's simulation as it reports it (believed
-# for the benchmark only).
+# the trusted replay's own simulation, and the worker's simulation and CPU time as it reports
+# them (believed for the benchmark only).
 TIMINGS: dict[str, float] = {"start_s": 0.0, "wait_s": 0.0, "replay_s": 0.0,
-                             "worker_sim_s": 0.0, "runs": 0.0, "alone": 0.0}
+                             "worker_sim_s": 0.0, "worker_cpu_s": 0.0, "runs": 0.0,
+                             "alone": 0.0}
 
 
 def reset_timings() -> None:
@@ -180,6 +181,9 @@ def _replay_class() -> type:
                 sim_s = body.get("sim_s")
                 if isinstance(sim_s, float) and 0.0 <= sim_s < 1e6:
                     TIMINGS["worker_sim_s"] += sim_s
+                cpu_s = body.get("cpu_s")
+                if isinstance(cpu_s, float) and 0.0 <= cpu_s < 1e6:
+                    TIMINGS["worker_cpu_s"] += cpu_s
             elif self.state == "end":
                 raise WorkerFault("garbage output: the worker wrote more after its result")
             else:

@@ -198,6 +198,17 @@ def _recorder_class(out, batch):
     return StreamingRecorder
 
 
+_CPU_REPORTED = [0.0]
+
+
+def _cpu_since_last():
+    """This process's CPU seconds since its previous end line (or its start): benchmarks only."""
+    times = os.times()
+    now = times.user + times.system
+    spent, _CPU_REPORTED[0] = now - _CPU_REPORTED[0], now
+    return spent
+
+
 def _run_one(out, recorder_class, request, cluster, wl, horizon):
     """One simulation of the request's policy on ``wl``: hello, the decision log, then the end
     message (also the only place timing is reported; the trusted side uses it for benchmarks
@@ -228,6 +239,7 @@ def _run_one(out, recorder_class, request, cluster, wl, horizon):
             recorder.flush()
             end["decisions"] = recorder.sent
         end["sim_s"] = time.perf_counter() - t0
+        end["cpu_s"] = _cpu_since_last()
         _emit(out, {"end": end})
     except BaseException:  # noqa: BLE001 - a log we cannot send is a missing result
         return False
