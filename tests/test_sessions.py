@@ -179,3 +179,54 @@ def test_evaluator_killed_worker_mid_batch_stores_each_job_once_and_no_failure(
     assert sorted(keys) == sorted(job.key() for job in _jobs())  # each once
     assert not any(result.get("error") for _, result in archive.stored)
     assert _plain(got) == _plain(expected)
+
+
+# ------------------------------------------------------------------------------- early rejection
+def test_stage_ends_double_up_to_all() -> None:
+    from autotuner.scoring import stage_ends
+
+    assert stage_ends(5) == [1, 2, 4, 5]
+    assert stage_ends(1) == [1]
+    assert stage_ends(6, first=2) == [2, 4, 6]
+
+
+def test_staged_ladder_rejects_a_poor_candidate_early_and_scores_a_good_one_in_full() -> None:
+    from dataclasses import replace
+
+    from autotuner.config import CampaignConfig
+    from autotuner.scoring import (
+        build_workload,
+        goodput_of,
+        in_process,
+        ladder_jobs,
+        ladder_scores,
+        staged_ladder,
+    )
+
+    cfg = CampaignConfig()
+    insts = [Instance(s, 1, 250) for s in ("chat", "bursty", "summarize", "mixed")]
+    caps = {i.label: build_workload(i).rate for i in insts}
+    evaluator = Evaluator(NoCache(), parallelism=1, simulator=in_process)
+    good = {"chunk_size": 512}
+    base = evaluator.evaluate(ladder_jobs(FIXED, good, insts, caps, cfg))
+    rungs = len(cfg.objective.ladder)
+    reference = {i.label: [goodput_of(r, cfg.objective.goodput)
+                           for r in base[n * rungs:(n + 1) * rungs]]
+                 for n, i in enumerate(insts)}
+    ran: list[int] = []
+
+    def run(jobs: list[Job]) -> list[dict[str, Any]]:
+        ran.append(len(jobs))
+        return evaluator.evaluate(jobs)
+
+    full = ladder_scores(base, insts, reference, cfg)
+    staged = staged_ladder(run, FIXED, good, insts, caps, reference, cfg, reject_below=-0.2)
+    assert replace(staged, rejected_early=False) == full and not staged.rejected_early
+    assert sum(ran) == len(insts) * rungs
+    # A tiny chunk starves prefill: clearly worse than the baseline on the first instance.
+    ran.clear()
+    poor = staged_ladder(run, FIXED, {"chunk_size": 32}, insts, caps, reference, cfg,
+                         reject_below=-0.2)
+    assert poor.rejected_early and poor.objective < -0.2
+    assert ran == [rungs]  # the first stage only: one instance of four
+    assert list(poor.per_instance) == [insts[0].label]
