@@ -271,11 +271,14 @@ def _campaign_pass(jobs: Sequence[Any], sessions: bool, parallelism: int) -> dic
                            "errors": sum(1 for r in results if r.get("error")),
                            "results": results}
     if parallelism == 1:  # the split is measured in this process only
-        split = {"sandbox_start_and_ipc_s": TIMINGS["start_s"] + max(
-                     0.0, TIMINGS["wait_s"] - TIMINGS["worker_sim_s"]),
+        # CPU seconds, which add up (the worker's and the replay's wall times overlap): the
+        # worker's start (interpreter, imports, workload, pipe) is its CPU beyond its simulation
+        own = row["cpu_s"] - TIMINGS["worker_cpu_s"]
+        split = {"sandbox_start_and_ipc_s": max(0.0, TIMINGS["worker_cpu_s"]
+                                                - TIMINGS["worker_sim_s"]),
                  "worker_simulation_s": TIMINGS["worker_sim_s"],
-                 "trusted_replay_s": TIMINGS["replay_s"]}
-        split["other_s"] = max(0.0, wall - sum(split.values()))
+                 "trusted_replay_s": TIMINGS["replay_s"],
+                 "other_s": max(0.0, own - TIMINGS["replay_s"])}
         row["split"] = split
         row["runs_alone"] = int(TIMINGS["alone"])
     return row

@@ -131,7 +131,7 @@ def _campaign(args: argparse.Namespace) -> int:
               f"({row['evaluations']} in {row['wall_s']:.1f} s, {row['errors']} failed); "
               f"{row['evaluations_per_cpu_s']:.2f} per CPU second ({row['cpu_s']:.1f} s)")
         if "split" in row:
-            print("    " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s"
+            print("    CPU: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s"
                                      for k, v in row["split"].items())
                   + (f"; {row['runs_alone']} runs re-run alone" if row.get("runs_alone")
                      else ""))
