@@ -304,10 +304,10 @@ def campaign_throughput(candidates: int = 3, requests: int | None = None, rounds
     for path, rows in passes.items():
         wall = sum(r["wall_s"] for r in rows)
         evals = sum(r["evaluations"] for r in rows)
-        cpu = sum(r["cpu_s"] for r in rows)
+        cpu = sum(r["cpu_s"] for r in rows) if parallelism == 1 else None  # others: not seen
         summary: dict[str, Any] = {"wall_s": wall, "evaluations": evals,
                                    "evaluations_per_s": evals / wall, "cpu_s": cpu,
-                                   "evaluations_per_cpu_s": evals / cpu,
+                                   "evaluations_per_cpu_s": evals / cpu if cpu else None,
                                    "errors": sum(r["errors"] for r in rows)}
         if "split" in rows[0]:
             summary["split"] = {k: sum(r["split"][k] for r in rows) for k in rows[0]["split"]}
@@ -315,7 +315,8 @@ def campaign_throughput(candidates: int = 3, requests: int | None = None, rounds
         out["paths"][path] = summary
     old, new = out["paths"]["one_worker_per_run"], out["paths"]["sessions"]
     out["ratio"] = new["evaluations_per_s"] / old["evaluations_per_s"]
-    out["cpu_ratio"] = new["evaluations_per_cpu_s"] / old["evaluations_per_cpu_s"]
+    out["cpu_ratio"] = (new["evaluations_per_cpu_s"] / old["evaluations_per_cpu_s"]
+                        if parallelism == 1 else None)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in
              passes["one_worker_per_run"][0]["results"]]
     out["results_identical"] = strip == [{k: v for k, v in r.items() if k != "seconds"}

@@ -128,16 +128,17 @@ def _campaign(args: argparse.Namespace) -> int:
     print(out["mix"])
     for path, row in out["paths"].items():
         print(f"  {path:<20} {row['evaluations_per_s']:6.2f} evaluations/s "
-              f"({row['evaluations']} in {row['wall_s']:.1f} s, {row['errors']} failed); "
-              f"{row['evaluations_per_cpu_s']:.2f} per CPU second ({row['cpu_s']:.1f} s)")
+              f"({row['evaluations']} in {row['wall_s']:.1f} s, {row['errors']} failed)"
+              + (f"; {row['evaluations_per_cpu_s']:.2f} per CPU second ({row['cpu_s']:.1f} s)"
+                 if row["cpu_s"] else ""))
         if "split" in row:
             print("    CPU: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s"
                                      for k, v in row["split"].items())
                   + (f"; {row['runs_alone']} runs re-run alone" if row.get("runs_alone")
                      else ""))
-    print(f"  ratio (sessions / one worker per run)  {out['ratio']:.2f}x per wall second, "
-          f"{out['cpu_ratio']:.2f}x per CPU second; results identical: "
-          f"{'yes' if out['results_identical'] else 'NO'}")
+    cpu = f", {out['cpu_ratio']:.2f}x per CPU second" if out["cpu_ratio"] else ""
+    print(f"  ratio (sessions / one worker per run)  {out['ratio']:.2f}x per wall second{cpu}; "
+          f"results identical: {'yes' if out['results_identical'] else 'NO'}")
     sys.stdout.flush()
     return EXIT_OK
 
