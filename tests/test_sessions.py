@@ -230,3 +230,32 @@ def test_staged_ladder_rejects_a_poor_candidate_early_and_scores_a_good_one_in_f
     assert poor.rejected_early and poor.objective < -0.2
     assert ran == [rungs]  # the first stage only: one instance of four
     assert list(poor.per_instance) == [insts[0].label]
+
+
+# ------------------------------------------------------------------------------- the bench
+def _bench(*args: str) -> Any:
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.run([sys.executable, "-m", "autotuner", "bench", "--campaign", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_bench_campaign_prints_both_paths_the_split_and_identical_results() -> None:
+    proc = _bench("--candidates", "1", "--instance-requests", "30", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out["paths"]) == {"one_worker_per_run", "sessions"}
+    assert out["results_identical"] is True
+    for row in out["paths"].values():
+        assert row["evaluations"] > 20 and row["errors"] == 0
+        assert set(row["split"]) == {"sandbox_start_and_ipc_s", "worker_simulation_s",
+                                     "trusted_replay_s", "other_s"}
+    assert out["ratio"] > 0
+
+
+def test_bench_campaign_refuses_bad_counts_in_one_line() -> None:
+    proc = _bench("--candidates", "0")
+    assert proc.returncode == 2
+    assert "--candidates" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
