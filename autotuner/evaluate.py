@@ -484,8 +484,9 @@ class Session:
             limits = replace(self.limits, cpu_s=self.limits.cpu_s * SESSION_RUNS)
             t0 = time.perf_counter()
             try:
+                # warm: the next session (the next trial's params) finds its worker started
                 handle = self.backend.start((json.dumps(request, allow_nan=False) + "\n")
-                                            .encode(), limits)
+                                            .encode(), limits, warm=True)
             except Exception as exc:  # noqa: BLE001 - judged again alone, which retries
                 raise _SessionLost(str(exc)) from None
             TIMINGS["start_s"] += time.perf_counter() - t0
