@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 import autotuner.evaluate as evaluate_module
-from autotuner.evaluate import TIMINGS, Session, evaluate
+from autotuner.evaluate import TIMINGS, evaluate
 from autotuner.isolation import get_backend
 from autotuner.resources import baseline_path
 from autotuner.scoring import Evaluator, Instance, Job, NoCache
+from autotuner.session import Session
 from autotuner.sim.metrics import SLO, run_metrics
 from autotuner.sim.workload import make_workload
 

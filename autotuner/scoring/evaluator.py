@@ -25,11 +25,12 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from autotuner.config import SandboxConfig
-from autotuner.evaluate import Evaluation, Session, evaluate
+from autotuner.evaluate import Evaluation, evaluate
 from autotuner.identity import sha256
 from autotuner.isolation import Backend, Limits, SandboxBroken, get_backend
 from autotuner.policy import PolicyFileError, read_policy_source
 from autotuner.scoring.jobs import Job, build_workload, horizon_for
+from autotuner.session import Session
 from autotuner.sim.engine import ClusterSpec
 from autotuner.sim.metrics import (
     SLO,
