@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import autotuner.evaluate as evaluate_module
+import autotuner.session as session_module
 from autotuner.evaluate import TIMINGS, evaluate
 from autotuner.isolation import get_backend
 from autotuner.resources import baseline_path
@@ -93,7 +93,7 @@ class _KillOnce:
         self.after, self.seen, self.done = after, 0, False
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        make = evaluate_module._replay_class
+        make = session_module._replay_class
         killer = self
 
         def replay_class() -> type:
@@ -110,7 +110,7 @@ class _KillOnce:
 
             return Killing
 
-        monkeypatch.setattr(evaluate_module, "_replay_class", replay_class)
+        monkeypatch.setattr(session_module, "_replay_class", replay_class)
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(backend: Any,
