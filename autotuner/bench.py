@@ -213,3 +213,112 @@ def capacity_against_length(sources: Sequence[PolicySource], scenarios: Sequence
                 if on_row:
                     on_row(row)
     return rows
+
+
+# ------------------------------------------------------------------------------- campaign
+def campaign_jobs(candidates: int = 3, requests: int | None = None) -> list[Any]:
+    """The standard small campaign-like job mix: for each of ``candidates`` tuning trials (the
+    fixed-chunk baseline at different chunk sizes, so each is its own policy and params), one
+    capacity job (bisection) and one ladder run per rung on every default training instance, at
+    the rung's factor of the instance's own rate. ``requests`` caps each instance's size."""
+    from dataclasses import replace as with_fields
+
+    from autotuner.config import CampaignConfig
+    from autotuner.scoring.jobs import Job, build_workload, split_instances
+    from autotuner.scoring.ladder import ladder_jobs
+
+    cfg = CampaignConfig()
+    instances = split_instances(cfg)["train"]
+    if requests:
+        instances = [with_fields(i, requests=min(i.requests, requests)) for i in instances]
+    code = baseline_path("fixed_chunk").read_text()
+    rates = {i.label: build_workload(i).rate for i in instances}
+    jobs: list[Any] = []
+    for n in range(candidates):
+        params = {"chunk_size": 256 * (n + 1)}
+        jobs += [Job(code, params, i, "capacity", rates[i.label], cfg.cluster, cfg.slo,
+                     cfg.sandbox, name=f"trial{n}") for i in instances]
+        jobs += ladder_jobs(code, params, instances, rates, cfg, name=f"trial{n}")
+    return jobs
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the sandbox workers (as they report it, from start to
+    their last result; a killed worker is never reaped by us, so rusage cannot say): on a
+    machine others load, what an evaluation costs is its CPU. With parallelism 1 only."""
+    from autotuner.evaluate import TIMINGS
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime + TIMINGS["worker_cpu_s"]
+
+
+def _campaign_pass(jobs: Sequence[Any], sessions: bool, parallelism: int) -> dict[str, Any]:
+    from autotuner.evaluate import TIMINGS, reset_timings
+    from autotuner.scoring.evaluator import Evaluator, NoCache
+
+    evaluator = Evaluator(NoCache(), parallelism=parallelism, sessions=sessions)
+    reset_timings()
+    cpu0 = _cpu_seconds()
+    t0 = time.perf_counter()
+    try:
+        results = evaluator.evaluate(jobs)
+    finally:
+        evaluator.close()
+    wall = time.perf_counter() - t0
+    row: dict[str, Any] = {"wall_s": wall, "cpu_s": _cpu_seconds() - cpu0, "jobs": len(jobs),
+                           "evaluations": evaluator.sims,
+                           "evaluations_per_s": evaluator.sims / wall,
+                           "errors": sum(1 for r in results if r.get("error")),
+                           "results": results}
+    if parallelism == 1:  # the split is measured in this process only
+        # CPU seconds, which add up (the worker's and the replay's wall times overlap): the
+        # worker's start (interpreter, imports, workload, pipe) is its CPU beyond its simulation
+        own = row["cpu_s"] - TIMINGS["worker_cpu_s"]
+        split = {"sandbox_start_and_ipc_s": max(0.0, TIMINGS["worker_cpu_s"]
+                                                - TIMINGS["worker_sim_s"]),
+                 "worker_simulation_s": TIMINGS["worker_sim_s"],
+                 "trusted_replay_s": TIMINGS["replay_s"],
+                 "other_s": max(0.0, own - TIMINGS["replay_s"])}
+        row["split"] = split
+        row["runs_alone"] = int(TIMINGS["alone"])
+    return row
+
+
+def campaign_throughput(candidates: int = 3, requests: int | None = None, rounds: int = 1,
+                        parallelism: int = 1) -> dict[str, Any]:
+    """Evaluations per second of the campaign job mix, today's path (a fresh sandbox worker per
+    run) against sessions (one warm worker per policy and params), in alternating passes in this
+    process so that machine load hits both alike; the ratio is of summed evaluations over summed
+    wall time. Also whether both paths produced the same results (they must)."""
+    jobs = campaign_jobs(candidates, requests)
+    passes: dict[str, list[dict[str, Any]]] = {"one_worker_per_run": [], "sessions": []}
+    for _ in range(max(1, rounds)):
+        passes["one_worker_per_run"].append(_campaign_pass(jobs, False, parallelism))
+        passes["sessions"].append(_campaign_pass(jobs, True, parallelism))
+    out: dict[str, Any] = {
+        "mix": f"{candidates} trials of fixed_chunk x (capacity + ladder) on the default "
+               f"training instances ({len(jobs)} jobs), parallelism {parallelism}, "
+               f"{rounds} round(s)",
+        "paths": {},
+    }
+    for path, rows in passes.items():
+        wall = sum(r["wall_s"] for r in rows)
+        evals = sum(r["evaluations"] for r in rows)
+        cpu = sum(r["cpu_s"] for r in rows) if parallelism == 1 else None  # others: not seen
+        summary: dict[str, Any] = {"wall_s": wall, "evaluations": evals,
+                                   "evaluations_per_s": evals / wall, "cpu_s": cpu,
+                                   "evaluations_per_cpu_s": evals / cpu if cpu else None,
+                                   "errors": sum(r["errors"] for r in rows)}
+        if "split" in rows[0]:
+            summary["split"] = {k: sum(r["split"][k] for r in rows) for k in rows[0]["split"]}
+            summary["runs_alone"] = sum(r["runs_alone"] for r in rows)
+        out["paths"][path] = summary
+    old, new = out["paths"]["one_worker_per_run"], out["paths"]["sessions"]
+    out["ratio"] = new["evaluations_per_s"] / old["evaluations_per_s"]
+    out["cpu_ratio"] = (new["evaluations_per_cpu_s"] / old["evaluations_per_cpu_s"]
+                        if parallelism == 1 else None)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in
+             passes["one_worker_per_run"][0]["results"]]
+    out["results_identical"] = strip == [{k: v for k, v in r.items() if k != "seconds"}
+                                         for r in passes["sessions"][0]["results"]]
+    return out

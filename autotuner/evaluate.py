@@ -78,6 +78,20 @@ class Evaluation:
         return data
 
 
+# Where evaluation time goes, summed in this process (``autotuner bench --campaign`` reads it):
+# starting or taking a worker, waiting for the worker's log (its start, simulation and the pipe),
+# the trusted replay's own simulation (CPU), and the worker's simulation and total CPU time as it
+# reports them (believed for the benchmark only).
+TIMINGS: dict[str, float] = {"start_s": 0.0, "wait_s": 0.0, "replay_s": 0.0,
+                             "worker_sim_s": 0.0, "worker_cpu_s": 0.0, "runs": 0.0,
+                             "alone": 0.0}
+
+
+def reset_timings() -> None:
+    for key in TIMINGS:
+        TIMINGS[key] = 0.0
+
+
 # ------------------------------------------------------------------------------ helpers
 def workload_fingerprint(wl: Any) -> str:
     """Same digest as ``sandbox/worker.py``'s ``fingerprint`` (tests keep the two in step)."""
@@ -126,8 +140,9 @@ def _replay_class() -> type:
     class StreamReplay(ReplayPolicy):
         """ReplayPolicy fed from the worker's stdout while the worker is still running."""
 
-        def __init__(self, handle: Any, fingerprint: str):
+        def __init__(self, handle: Any, fingerprint: str, session: bool = False):
             super().__init__([])
+            self.session = session  # a session's stream goes on after this run's end line
             self.handle = handle
             self.fingerprint = fingerprint
             self.state = "hello"  # -> "decisions" -> "end" -> "eof"
@@ -137,7 +152,11 @@ def _replay_class() -> type:
             self.ran_out = False
 
         def pull(self) -> None:
-            line = self.handle.next_line()
+            t0 = time.perf_counter()
+            try:
+                line = self.handle.next_line()
+            finally:
+                TIMINGS["wait_s"] += time.perf_counter() - t0
             if line is None:
                 self.state = "eof"
                 return
@@ -159,13 +178,20 @@ def _replay_class() -> type:
             elif self.state == "decisions" and kind == "end" and isinstance(body, dict):
                 self.end = body
                 self.state = "end"
+                sim_s = body.get("sim_s")
+                if isinstance(sim_s, float) and 0.0 <= sim_s < 1e6:
+                    TIMINGS["worker_sim_s"] += sim_s
+                cpu_s = body.get("cpu_s")
+                if isinstance(cpu_s, float) and 0.0 <= cpu_s < 1e6:
+                    TIMINGS["worker_cpu_s"] += cpu_s
             elif self.state == "end":
                 raise WorkerFault("garbage output: the worker wrote more after its result")
             else:
                 raise WorkerFault(f"garbage output: unexpected {kind!r} message from the worker")
 
         def drain(self) -> None:
-            while self.state != "eof":
+            """Read to the end of output (of this run's messages, in a session)."""
+            while self.state != "eof" and not (self.session and self.state == "end"):
                 self.pull()
 
         def _next(self, kind: str, decision: str) -> list[Any]:
@@ -291,11 +317,12 @@ def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, w
                     params: dict[str, Any], t0: float, *, warm: bool) -> Evaluation:
     """One sandboxed run with the trusted replay; raises _BeforeThePolicy for the sandbox's own
     failures."""
-    from autotuner.sim.engine import simulate
     from autotuner.simulation import metrics_of
 
+    t_start = time.perf_counter()
     try:
         handle = backend.start(payload, limits, warm=warm)
+        TIMINGS["start_s"] += time.perf_counter() - t_start
     except Exception as exc:  # noqa: BLE001 - the backend could not even start
         raise _BeforeThePolicy(f"the {backend.name} sandbox could not start the worker: "
                                f"{type(exc).__name__}: {exc}") from None
@@ -311,7 +338,7 @@ def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, w
         if wl is None:
             wl = workload.build()
         replay = _replay_class()(handle, workload_fingerprint(wl))
-        result = simulate(cluster, wl, replay, horizon=horizon)
+        result = _timed_replay(cluster, wl, replay, horizon)
         if replay.fault:
             return failed(replay.fault, "sandbox", replay.pos)
         if result.error:
@@ -347,6 +374,16 @@ def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, w
         return failed(str(exc), "sandbox")
     finally:
         handle.close()
+
+
+def _timed_replay(cluster: Any, wl: Any, replay: Any, horizon: float | None) -> Any:
+    from autotuner.sim.engine import simulate
+
+    t0 = time.thread_time()  # this thread's CPU: not the waits for the worker, not others' load
+    result = simulate(cluster, wl, replay, horizon=horizon)
+    TIMINGS["replay_s"] += time.thread_time() - t0
+    TIMINGS["runs"] += 1
+    return result
 
 
 def evaluate_file(path: str | Path, **kwargs: Any) -> Evaluation:

@@ -15,6 +15,12 @@ else. It reads ONE JSON request, one line on stdin, then:
    the log as JSON lines ``{"d": [...]}`` while it runs, so the trusted side can replay them on
    another core at the same time; then one ``{"end": {...}}`` line and ``os._exit``.
 
+A session request (``"session": true``, no workload) keeps the worker for many runs of the same
+policy file and params: each further stdin line ``{"workload": ..., "horizon": ...}`` is one run,
+answered by its own hello, decision log and end line, with a fresh policy module each time. It
+saves the interpreter start and imports per run (most of a small run's cost); the trusted side
+still replays and scores every run's decisions on its own.
+
 The trusted side believes none of it but the decisions, which it replays and validates in its own
 simulator. Everything else here (the error text, the workload fingerprint) only helps explain a
 failure. Request keys: ``code``, ``name``, ``params``, ``cluster`` (ClusterSpec fields),
@@ -109,85 +115,50 @@ def fingerprint(wl):
     return h.hexdigest()[:32]
 
 
-def _serve_routes(out, fd, request):
-    """The live router's long-lived mode (autotuner/router/policy_worker.py): load the policy
-    once, answer ``{"ready": ...}``, then one route() per stdin line until end of file.
+class _Lines:
+    """Line reader on a raw fd: no read-ahead buffer hides a session's next request from us."""
 
-    A query is ``{"i": n, "q": [RequestView fields], "c": [now, [[ReplicaLoad fields], ...]]}``;
-    the answer ``{"i": n, "k": raw}`` or ``{"i": n, "e": reason}``. The trusted side checks every
-    answer (coerce_route) and falls back when it is late, wrong or missing, so nothing here is
-    believed. End of file (the router closed the pipe or died) ends the worker.
-    """
-    from autotuner.policy import load_policy, read_policy_source
-    from autotuner.sim.api import ClusterView, ReplicaLoad, RequestView
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = b""
 
-    try:
-        source = read_policy_source(request["code"], request.get("name") or "<policy>")
-        route = load_policy(source, request.get("params") or {}).route
-    except BaseException as exc:  # noqa: BLE001 - a policy that fails to load is a result
-        _emit(out, {"end": {"error": f"the policy raised {_describe(exc)} while loading"}})
-        os._exit(0)
-    _emit(out, {"ready": True})
-    reader = os.fdopen(fd, "rb")
-    while True:
-        line = reader.readline(1 << 20)
-        if not line.endswith(b"\n"):
-            os._exit(0)
-        query = json.loads(line)
-        now, loads = query["c"]
-        cluster = ClusterView(now, tuple(ReplicaLoad(*load) for load in loads))
+    def readline(self, limit):
+        while b"\n" not in self.buf:
+            if len(self.buf) > limit:
+                return b""
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return b""
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+
+def _session_reader(lines, fd):
+    """A session's requests, one line each, read by a thread that also watches for the parent's
+    death: end of file (or a broken pipe) exits at once, as ``_die_with_parent`` does."""
+    import queue
+    import threading
+
+    requests = queue.Queue()
+
+    def read():
         try:
-            raw = route(RequestView(*query["q"]), cluster)
-            answer = {"i": query["i"], "k": raw if isinstance(raw, (int, float)) else repr(raw)}
-        except BaseException as exc:  # noqa: BLE001 - a raising policy is an answer too
-            answer = {"i": query["i"], "e": _describe(exc)[:MAX_ERROR_CHARS]}
-        try:
-            _emit(out, answer)
-        except ValueError:  # NaN or an int too large for JSON: refused on the trusted side
-            _emit(out, {"i": query["i"], "e": "route() returned a non-finite number"})
+            while True:
+                line = lines.readline(MAX_REQUEST)
+                if not line:
+                    break
+                requests.put(line)
+        except BaseException:  # noqa: BLE001 - a closed or replaced fd means the same
+            pass
+        os._exit(70)
+
+    threading.Thread(target=read, name="session-reader", daemon=True).start()
+    return requests
 
 
-def main():
-    out = os.dup(1)  # the result channel; fd 1 and sys.stdout become stderr from here on
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    # Import everything before the request arrives: a warm spare worker waits right here.
-    import numpy
-
-    from autotuner.policy import load_policy, read_policy_source
-    from autotuner.sim.engine import ClusterSpec, simulate
+def _recorder_class(out, batch):
     from autotuner.sim.replay import RecordingPolicy
-    from autotuner.simulation import WorkloadSpec  # noqa: F401 - warm the workload code too
-
-    raw = sys.stdin.buffer.readline(MAX_REQUEST)
-    if not raw.endswith(b"\n"):
-        raise SystemExit("no complete request on stdin")  # the parent went away, or too big
-    watched = os.dup(0)  # the policy gets /dev/null as stdin; the watch keeps the pipe
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    request = json.loads(raw)
-    if request.get("serve_routes"):
-        _limit_self(request.get("limits") or {})
-        _serve_routes(out, watched, request)  # never returns
-    _die_with_parent(watched)
-
-    if request.get("selftest"):
-        _emit(out, {"selftest": "ok", "python": sys.version.split()[0],
-                    "numpy": numpy.__version__})
-        sys.stderr.flush()
-        os._exit(0)
-
-    _limit_self(request.get("limits") or {})
-    if request.get("unfenced"):
-        # Tests of the sandbox itself: drop the loader's restricted built-ins and imports too,
-        # so that the isolation is the only defence left.
-        import builtins
-
-        import autotuner.policy as loader
-
-        loader._policy_builtins = lambda: dict(vars(builtins))
-    batch = max(1, int(request.get("batch", 2048)))
 
     class StreamingRecorder(RecordingPolicy):
         """RecordingPolicy that ships its log in batches instead of keeping it."""
@@ -224,18 +195,40 @@ def main():
                 self.flush()
             return raw
 
-    cluster = ClusterSpec(**request["cluster"])
-    wl = _workload(request["workload"])
-    _emit(out, {"hello": {"workload": fingerprint(wl), "requests": len(wl)}})
+    return StreamingRecorder
 
+
+_CPU_REPORTED = [0.0]
+
+
+def _cpu_since_last():
+    """This process's CPU seconds since its previous end line (or its start): benchmarks only."""
+    times = os.times()
+    now = times.user + times.system
+    spent, _CPU_REPORTED[0] = now - _CPU_REPORTED[0], now
+    return spent
+
+
+def _run_one(out, recorder_class, request, cluster, wl, horizon):
+    """One simulation of the request's policy on ``wl``: hello, the decision log, then the end
+    message (also the only place timing is reported; the trusted side uses it for benchmarks
+    only). Returns False when the log could not be sent (the result is then missing)."""
+    import time
+
+    from autotuner.policy import load_policy, read_policy_source
+    from autotuner.sim.engine import simulate
+
+    _emit(out, {"hello": {"workload": fingerprint(wl), "requests": len(wl)}})
     end = {"error": None, "phase": "load", "decisions": 0}
     recorder = None
+    t0 = time.process_time()
     try:
+        # A fresh module per run: a session's runs share no policy state, as separate workers.
         source = read_policy_source(request["code"], request.get("name") or "<policy>")
         policy = load_policy(source, request.get("params") or {})
-        recorder = StreamingRecorder(policy)
+        recorder = recorder_class(policy)
         end["phase"] = "simulate"
-        result = simulate(cluster, wl, recorder, horizon=request.get("horizon"))
+        result = simulate(cluster, wl, recorder, horizon=horizon)
         if result.error:
             end["error"] = result.error[:MAX_ERROR_CHARS]
     except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are results too
@@ -245,10 +238,110 @@ def main():
         if recorder is not None:
             recorder.flush()
             end["decisions"] = recorder.sent
+        end["sim_s"] = time.process_time() - t0  # CPU: wall would count a loaded machine
+        end["cpu_s"] = _cpu_since_last()
         _emit(out, {"end": end})
     except BaseException:  # noqa: BLE001 - a log we cannot send is a missing result
-        os._exit(3)
-    os._exit(0)
+        return False
+    return True
+
+
+def _serve_routes(out, lines, request):
+    """The live router's long-lived mode (autotuner/router/policy_worker.py): load the policy
+    once, answer ``{"ready": ...}``, then one route() per stdin line until end of file.
+
+    A query is ``{"i": n, "q": [RequestView fields], "c": [now, [[ReplicaLoad fields], ...]]}``;
+    the answer ``{"i": n, "k": raw}`` or ``{"i": n, "e": reason}``. The trusted side checks every
+    answer (coerce_route) and falls back when it is late, wrong or missing, so nothing here is
+    believed. End of file (the router closed the pipe or died) ends the worker.
+    """
+    from autotuner.policy import load_policy, read_policy_source
+    from autotuner.sim.api import ClusterView, ReplicaLoad, RequestView
+
+    try:
+        source = read_policy_source(request["code"], request.get("name") or "<policy>")
+        route = load_policy(source, request.get("params") or {}).route
+    except BaseException as exc:  # noqa: BLE001 - a policy that fails to load is a result
+        _emit(out, {"end": {"error": f"the policy raised {_describe(exc)} while loading"}})
+        os._exit(0)
+    _emit(out, {"ready": True})
+    while True:
+        line = lines.readline(1 << 20)
+        if not line.endswith(b"\n"):
+            os._exit(0)
+        query = json.loads(line)
+        now, loads = query["c"]
+        cluster = ClusterView(now, tuple(ReplicaLoad(*load) for load in loads))
+        try:
+            raw = route(RequestView(*query["q"]), cluster)
+            answer = {"i": query["i"], "k": raw if isinstance(raw, (int, float)) else repr(raw)}
+        except BaseException as exc:  # noqa: BLE001 - a raising policy is an answer too
+            answer = {"i": query["i"], "e": _describe(exc)[:MAX_ERROR_CHARS]}
+        try:
+            _emit(out, answer)
+        except ValueError:  # NaN or an int too large for JSON: refused on the trusted side
+            _emit(out, {"i": query["i"], "e": "route() returned a non-finite number"})
+
+
+def main():
+    out = os.dup(1)  # the result channel; fd 1 and sys.stdout become stderr from here on
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    # Import everything before the request arrives: a warm spare worker waits right here.
+    import numpy
+
+    from autotuner.policy import load_policy, read_policy_source  # noqa: F401
+    from autotuner.sim.engine import ClusterSpec, simulate  # noqa: F401
+    from autotuner.sim.replay import RecordingPolicy  # noqa: F401
+    from autotuner.simulation import WorkloadSpec  # noqa: F401 - warm the workload code too
+
+    lines = _Lines(0)
+    raw = lines.readline(MAX_REQUEST)
+    if not raw.endswith(b"\n"):
+        raise SystemExit("no complete request on stdin")  # the parent went away, or too big
+    watched = os.dup(0)  # the policy gets /dev/null as stdin; the watch keeps the pipe
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    lines.fd = watched
+    request = json.loads(raw)
+    if request.get("serve_routes"):
+        _limit_self(request.get("limits") or {})
+        _serve_routes(out, lines, request)  # never returns
+    session = None
+    if request.get("session"):
+        session = _session_reader(lines, watched)
+    else:
+        _die_with_parent(watched)
+
+    if request.get("selftest"):
+        _emit(out, {"selftest": "ok", "python": sys.version.split()[0],
+                    "numpy": numpy.__version__})
+        sys.stderr.flush()
+        os._exit(0)
+
+    _limit_self(request.get("limits") or {})
+    if request.get("unfenced"):
+        # Tests of the sandbox itself: drop the loader's restricted built-ins and imports too,
+        # so that the isolation is the only defence left.
+        import builtins
+
+        import autotuner.policy as loader
+
+        loader._policy_builtins = lambda: dict(vars(builtins))
+    recorder_class = _recorder_class(out, max(1, int(request.get("batch", 2048))))
+    cluster = ClusterSpec(**request["cluster"])
+    if session is None:
+        ok = _run_one(out, recorder_class, request, cluster, _workload(request["workload"]),
+                      request.get("horizon"))
+        os._exit(0 if ok else 3)
+    # A session: one run per further line ({"workload": ..., "horizon": ...}), same policy file
+    # and params, until the parent closes stdin (the reader thread then exits the process).
+    while True:
+        run = json.loads(session.get())
+        if not _run_one(out, recorder_class, request, cluster, _workload(run["workload"]),
+                        run.get("horizon")):
+            os._exit(3)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--sandbox", action="store_true",
                    help="measure the sandbox instead: fixed cost per backend, overhead ratio")
+    g = p.add_argument_group("evaluation throughput (--campaign)")
+    g.add_argument("--campaign", action="store_true",
+                   help="evaluations per second on a campaign-like job mix: a fresh sandbox "
+                        "worker per run against warm worker sessions, in the same process")
+    g.add_argument("--candidates", type=int, default=3,
+                   help="tuning trials in the mix (default 3)")
+    g.add_argument("--rounds", type=int, default=1,
+                   help="alternating passes of each path (default 1)")
+    g.add_argument("--parallelism", type=int, default=1,
+                   help="evaluation processes (default 1: the time split is shown only then)")
+    g.add_argument("--instance-requests", type=int, default=None, metavar="N",
+                   help="cap each training instance at N requests (default: the config's)")
     g = p.add_argument_group("capacity against run length (--capacity-length)")
     g.add_argument("--capacity-length", action="store_true",
                    help="measure each policy's capacity at a short and a long run and print the "
@@ -49,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
                        "number of requests/s")
     if args.sandbox:
         return _sandbox(args)
+    if args.campaign:
+        return _campaign(args)
     if args.capacity_length:
         return _capacity_length(args)
     return _speed(args)
@@ -97,6 +111,34 @@ def _sandbox(args: argparse.Namespace) -> int:
                   f"warm spare {row['warm_s']:.3f} s = {row['ratio_warm']:.2f}x   "
                   f"(target < {out['target_ratio']:g}x; metrics identical: "
                   f"{'yes' if row['metrics_identical'] else 'NO'})")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    if args.candidates < 1 or args.rounds < 1 or args.parallelism < 1 or (
+            args.instance_requests is not None and args.instance_requests < 10):
+        raise CLIError("--candidates, --rounds and --parallelism must be at least 1, "
+                       "--instance-requests at least 10")
+    out = bench.campaign_throughput(args.candidates, args.instance_requests, args.rounds,
+                                    args.parallelism)
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print(out["mix"])
+    for path, row in out["paths"].items():
+        print(f"  {path:<20} {row['evaluations_per_s']:6.2f} evaluations/s "
+              f"({row['evaluations']} in {row['wall_s']:.1f} s, {row['errors']} failed)"
+              + (f"; {row['evaluations_per_cpu_s']:.2f} per CPU second ({row['cpu_s']:.1f} s)"
+                 if row["cpu_s"] else ""))
+        if "split" in row:
+            print("    CPU: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s"
+                                     for k, v in row["split"].items())
+                  + (f"; {row['runs_alone']} runs re-run alone" if row.get("runs_alone")
+                     else ""))
+    cpu = f", {out['cpu_ratio']:.2f}x per CPU second" if out["cpu_ratio"] else ""
+    print(f"  ratio (sessions / one worker per run)  {out['ratio']:.2f}x per wall second{cpu}; "
+          f"results identical: {'yes' if out['results_identical'] else 'NO'}")
     sys.stdout.flush()
     return EXIT_OK
 

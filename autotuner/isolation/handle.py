@@ -125,6 +125,20 @@ class WorkerHandle:
         self.deadline = self.started + self.limits.wall_s
         self._send(request)
 
+    supports_sessions = False  # whether send_more works (a session: several runs per worker)
+
+    def send_more(self, request: bytes) -> None:
+        """A session's next run request, after its previous run's end line was read. The
+        wall-time limit and the output cap count afresh from here, per run."""
+        if not self.sent:
+            raise RuntimeError("send the session request first")
+        self.deadline = time.monotonic() + self.limits.wall_s
+        self.out_bytes = 0
+        self._send_more(request)
+
+    def _send_more(self, request: bytes) -> None:
+        raise NotImplementedError
+
     # -- reading
     def _fault(self, reason: str) -> WorkerFault:
         self.killed_by_us = reason
@@ -257,6 +271,15 @@ class PopenWorker(WorkerHandle):
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    supports_sessions = True
+
+    def _send_more(self, request: bytes) -> None:
+        # The worker's reader thread drains stdin as lines arrive, so a blocking write of one
+        # small run request cannot deadlock with our reading of its stdout.
+        if self._writer is not None:
+            self._writer.join()
+        self._write(request)
 
     def _write(self, request: bytes) -> None:
         # stdin stays open after the request: the worker takes its end of file as this

@@ -30,6 +30,8 @@ from autotuner.scoring.ladder import (
     goodput_of,
     ladder_jobs,
     ladder_scores,
+    stage_ends,
+    staged_ladder,
     sustained_share,
 )
 
@@ -60,5 +62,7 @@ __all__ = [
     "sandboxed_evaluation",
     "simulator_for",
     "split_instances",
+    "stage_ends",
+    "staged_ladder",
     "sustained_share",
 ]

@@ -13,6 +13,7 @@ transaction each as soon as they finish, so a kill loses at most the jobs in fli
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import os
 import signal
@@ -29,6 +30,7 @@ from autotuner.identity import sha256
 from autotuner.isolation import Backend, Limits, SandboxBroken, get_backend
 from autotuner.policy import PolicyFileError, read_policy_source
 from autotuner.scoring.jobs import Job, build_workload, horizon_for
+from autotuner.session import Session
 from autotuner.sim.engine import ClusterSpec
 from autotuner.sim.metrics import (
     SLO,
@@ -60,16 +62,20 @@ def sandbox_description(name: str) -> tuple[str, bool]:
     return backend.describe(), bool(backend.weaker)
 
 
+def sandbox_limits(sandbox: SandboxConfig) -> Limits:
+    """One run's limits under the configured sandbox."""
+    return Limits(wall_s=sandbox.timeout_s, cpu_s=max(1, int(sandbox.timeout_s)),
+                  memory_bytes=int(sandbox.memory_mb) << 20)
+
+
 def sandboxed_evaluation(code: str, params: Mapping[str, Any], cluster: ClusterSpec,
                          wl: Workload, slo: SLO, horizon: float, sandbox: SandboxConfig,
                          name: str, warm: bool = False) -> Evaluation:
     """One policy run under the configured sandbox's limits, replayed and measured by the
     trusted side (``autotuner.evaluate``); ``warm`` keeps a spare worker started for the next."""
-    limits = Limits(wall_s=sandbox.timeout_s, cpu_s=max(1, int(sandbox.timeout_s)),
-                    memory_bytes=int(sandbox.memory_mb) << 20)
     return evaluate(code, name=name, params=params, cluster=cluster, workload=wl, slo=slo,
-                    horizon=horizon, sandbox=sandbox_backend(sandbox.backend), limits=limits,
-                    warm=warm)
+                    horizon=horizon, sandbox=sandbox_backend(sandbox.backend),
+                    limits=sandbox_limits(sandbox), warm=warm)
 
 
 def sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
@@ -79,6 +85,38 @@ def sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Wo
     if not ev.ok:
         return RunMetrics.failed(wl, "; ".join(ev.reasons) or ev.verdict, slo.kind)
     return run_metrics(wl, ev.result, slo)
+
+
+class SessionSimulator:
+    """The sandbox as ``sandboxed`` runs it, but consecutive runs of the same policy file and
+    params share one warm worker (``autotuner.evaluate.Session``): a candidate's ladder rungs
+    and capacity probes pay one interpreter start instead of one each. Every run is still
+    replayed and measured by the trusted side, and gets the same ``RunMetrics`` as alone."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._session: Session | None = None
+
+    def __call__(self, code: str, params: Mapping[str, Any], cluster: ClusterSpec,
+                 wl: Workload, slo: SLO, horizon: float, sandbox: SandboxConfig,
+                 name: str) -> RunMetrics:
+        key = (sha256(code), json.dumps(dict(params), sort_keys=True, default=repr),
+               repr(cluster), repr(sandbox), name)
+        if self._session is None or key != self._key:
+            self.close()
+            self._session = Session(code, name=name, params=params, cluster=cluster,
+                                    sandbox=sandbox_backend(sandbox.backend),
+                                    limits=sandbox_limits(sandbox), with_metrics=False)
+            self._key = key
+        ev = self._session.run(wl, slo=slo, horizon=horizon)
+        if not ev.ok:
+            return RunMetrics.failed(wl, "; ".join(ev.reasons) or ev.verdict, slo.kind)
+        return run_metrics(wl, ev.result, slo)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session, self._key = None, None
 
 
 def in_process(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Workload,
@@ -136,8 +174,16 @@ def _capacity_row(found: CapacityResult) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- the pool
-def _execute_in_worker(job: Job) -> dict[str, Any]:
-    return execute_job(job)
+_POOL_SESSIONS: SessionSimulator | None = None  # a pool process's warm worker, kept across jobs
+
+
+def _execute_in_worker(job: Job, sessions: bool = False) -> dict[str, Any]:
+    global _POOL_SESSIONS
+    if not sessions:
+        return execute_job(job)
+    if _POOL_SESSIONS is None:
+        _POOL_SESSIONS = SessionSimulator()
+    return execute_job(job, _POOL_SESSIONS)
 
 
 def _ignore_sigint() -> None:
@@ -172,14 +218,24 @@ class Evaluator:
 
     ``evaluate(jobs)`` returns results in order; cached results come back without running, a job
     repeated within one call runs once, and new results are stored as soon as they finish. A
-    pool whose worker died (killed from outside, out of memory) is replaced once.
+    pool whose worker died (killed from outside, out of memory) is replaced once. ``sessions``
+    (the default): each evaluation process keeps one warm sandbox worker for consecutive runs of
+    the same policy and params (``SessionSimulator``); off, every run starts its own worker.
     """
 
     def __init__(self, archive: Any, parallelism: int = 2,
-                 simulator: Simulator | None = None):
+                 simulator: Simulator | None = None, sessions: bool = True):
         self.archive = archive
         self.parallelism = max(1, parallelism)
+        self.sessions = sessions
+        self._local_sessions: SessionSimulator | None = None
+        if simulator is None and sessions:
+            self._local_sessions = SessionSimulator()
+            simulator_here: Simulator | None = self._local_sessions
+        else:
+            simulator_here = simulator
         self.simulator = simulator
+        self._simulator_here = simulator_here  # what runs jobs in this process
         self._pool: ProcessPoolExecutor | None = None
         self.ran = 0  # jobs run (not from the cache)
         self.cached = 0
@@ -204,16 +260,17 @@ class Evaluator:
         self._get_pool()
 
     def close(self, cancel: bool = False) -> None:
+        if self._local_sessions is not None:
+            self._local_sessions.close()
         if self._pool is not None:
             self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self._pool = None
 
-    @staticmethod
-    def _run_pool(pool: ProcessPoolExecutor, jobs: Sequence[Job], run: Sequence[int],
+    def _run_pool(self, pool: ProcessPoolExecutor, jobs: Sequence[Job], run: Sequence[int],
                   store: Callable[[int, dict[str, Any]], None]) -> None:
         # longest first (capacity jobs, then the highest rates) so the pool's tail is short
         order = sorted(run, key=lambda i: (jobs[i].kind != "capacity", -(jobs[i].rate or 0.0)))
-        futures = {pool.submit(_execute_in_worker, jobs[i]): i for i in order}
+        futures = {pool.submit(_execute_in_worker, jobs[i], self.sessions): i for i in order}
         try:
             pending = set(futures)
             while pending:
@@ -272,7 +329,7 @@ class Evaluator:
         pool = self._get_pool()
         if pool is None or len(run) <= 1:
             for i in run:
-                store(i, execute_job(jobs[i], self.simulator))
+                store(i, execute_job(jobs[i], self._simulator_here))
             return
         left = list(run)
         for attempt in range(2):

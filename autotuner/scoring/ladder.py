@@ -10,7 +10,7 @@ sustainable rate, which raises goodput at an overloaded rung, does not raise the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,7 @@ class LadderScore:
     per_instance: dict[str, float]
     detail: dict[str, dict[str, Any]]
     error: str | None = None
+    rejected_early: bool = False  # staged_ladder stopped before the last instance
 
 
 def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Instance],
@@ -110,3 +111,42 @@ def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Inst
     ratios = np.maximum(1.0 + np.array(list(per.values())), MIN_RATIO)
     objective = float(np.exp(np.log(ratios).mean()) - 1.0) if per else 0.0
     return LadderScore(objective, per, detail)
+
+
+def stage_ends(count: int, first: int = 1) -> list[int]:
+    """Successive halving's stages over ``count`` instances: the first ``first``, then twice as
+    many each stage, then all (``[1, 2, 4, 5]`` for 5): a candidate rejected after the first
+    stage costs a fifth of a full ladder, one rejected after the second two fifths."""
+    ends, end = [], max(1, first)
+    while end < count:
+        ends.append(end)
+        end *= 2
+    return ends + [count]
+
+
+def staged_ladder(run: Callable[[list[Job]], Sequence[Mapping[str, Any]]], code: str,
+                  params: Mapping[str, Any], instances: Sequence[Instance],
+                  capacities: Mapping[str, float], reference: Mapping[str, Sequence[float]],
+                  cfg: CampaignConfig, *, reject_below: float, first: int = 1,
+                  name: str = "<policy>") -> LadderScore:
+    """``ladder_scores`` with cheap early rejection: the ladder runs stage by stage over the
+    instances (``stage_ends``), and a candidate whose objective on the instances so far is below
+    ``reject_below`` (say -0.2: clearly worse than the baseline) is not run on the rest. Its
+    score is the partial objective with ``rejected_early`` set; a candidate that is never below
+    it gets exactly ``ladder_scores`` of the full ladder. ``run`` evaluates jobs (an
+    ``Evaluator``'s ``evaluate``): every stage's results are cached jobs, so running the full
+    ladder later repeats nothing. The early stages decide on fewer workloads, so a threshold
+    well below zero is what keeps a good candidate that starts badly from being lost."""
+    results: list[Mapping[str, Any]] = []
+    start = 0
+    score = LadderScore(0.0, {}, {})
+    for end in stage_ends(len(instances), first):
+        results += run(ladder_jobs(code, params, instances[start:end], capacities, cfg, name))
+        score = ladder_scores(results, instances[:end], reference, cfg)
+        if score.error:
+            return score
+        if end < len(instances) and score.objective < reject_below:
+            return LadderScore(score.objective, score.per_instance, score.detail,
+                               rejected_early=True)
+        start = end
+    return score

@@ -1,0 +1,192 @@
+"""Sessions: many runs of one policy file with one set of params on one warm sandbox worker.
+
+A small run's cost was mostly the worker's start (an interpreter and its imports, ~0.1 s of CPU)
+rather than its simulation; a session pays it once per policy and params (a candidate's ladder
+rungs and capacity probes, an Optuna trial's runs). The judging is ``autotuner.evaluate``'s,
+unchanged: this module only feeds it runs over a kept worker (the worker's session mode in
+``sandbox/worker.py``) and falls back to a lone ``evaluate`` whenever the worker itself fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from typing import Any
+
+from autotuner.evaluate import (
+    FAILED,
+    OK,
+    TIMINGS,
+    Evaluation,
+    _clip,
+    _rejected,
+    _replay_class,
+    _timed_replay,
+    _workload_data,
+    evaluate,
+    untrusted_text,
+    workload_fingerprint,
+)
+from autotuner.isolation import Backend, Limits, WorkerFault, get_backend
+
+SESSION_RUNS = 64  # runs per session worker; its CPU-time limit is this many runs' worth
+
+
+class _SessionLost(Exception):
+    """The session's worker failed in a way a lone worker might not have (it died, wrote garbage,
+    timed out, or stopped before a run's end): the run is judged again by a lone worker."""
+
+
+class Session:
+    """Many runs of one policy file with one set of params, on one warm sandbox worker.
+
+    The trust boundary is ``evaluate``'s: the trusted side replays every run's decisions in its
+    own simulator and computes the metrics itself; the worker's word is believed for nothing
+    else. A run the session settles (ok, a policy error, an illegal decision, a log too long)
+    gets the verdict a lone worker would give, field for field; any failure of the worker itself
+    (a crash, a kill from outside, a timeout, garbage) ends the session and that run is run
+    again alone through ``evaluate``, whose verdict is the one returned, so the session can
+    neither lose a run nor blame a policy for another run's fault. Per run, the worker gets a
+    fresh policy module and the full wall-time limit; its CPU-time limit covers the session.
+    Backends that cannot keep a worker (docker) run every run alone.
+    """
+
+    def __init__(self, code: str, *, name: str = "<policy>",
+                 params: Mapping[str, Any] | None = None, cluster: Any = None,
+                 sandbox: str | Backend | None = None, limits: Limits | None = None,
+                 skip_check: bool = False, batch: int = 2048, with_metrics: bool = True):
+        from autotuner.sim.engine import ClusterSpec
+
+        self.code, self.name, self.batch = code, name, batch
+        self.params_in = dict(params or {})
+        self.cluster = cluster or ClusterSpec()
+        self.backend = sandbox if isinstance(sandbox, Backend) else get_backend(sandbox)
+        self.limits = limits or Limits()
+        self.skip_check = skip_check
+        self.with_metrics = with_metrics
+        self.handle: Any = None
+        self.runs = 0  # runs on the current worker
+        self.rejected: Evaluation | None = None
+        self.params: dict[str, Any] = {}
+        self._check()
+
+    def _check(self) -> None:
+        """The static check and the params, once for the session (``evaluate``'s step 1)."""
+        from autotuner.policy import PolicyFileError, read_policy_source
+
+        t0 = time.perf_counter()
+        if self.skip_check:
+            try:
+                source = read_policy_source(self.code, self.name)
+            except PolicyFileError as exc:
+                self.rejected = _rejected([str(exc)], self.name, t0, ["file"])
+                return
+        else:
+            from autotuner.check import check_policy
+
+            checked = check_policy(self.code, self.name)
+            if not checked.ok or checked.source is None:
+                self.rejected = _rejected(
+                    checked.reasons() or ["the static check refused the file"], self.name, t0,
+                    [i.construct for i in checked.issues])
+                return
+            source = checked.source
+        try:
+            self.params = dict(source.resolve_params(self.params_in))
+        except PolicyFileError as exc:
+            self.rejected = _rejected([str(exc)], self.name, t0, ["params"], self.params_in)
+
+    def run(self, workload: Any, *, slo: Any = None, horizon: float | None = None) -> Evaluation:
+        """One run on ``workload`` (a built ``Workload``), as ``evaluate`` would judge it."""
+        from autotuner.sim.metrics import SLO
+
+        t0 = time.perf_counter()
+        slo = slo or SLO()
+        if self.rejected is not None:
+            return replace(self.rejected, wall_s=0.0)
+        if getattr(self.backend, "sessions", True):
+            try:
+                return self._in_session(workload, slo, horizon, t0)
+            except (_SessionLost, WorkerFault):
+                self.close()
+        TIMINGS["alone"] += 1
+        return evaluate(self.code, name=self.name, params=self.params_in, cluster=self.cluster,
+                        workload=workload, slo=slo, horizon=horizon, sandbox=self.backend,
+                        limits=self.limits, skip_check=self.skip_check, batch=self.batch)
+
+    def _worker(self) -> Any:
+        if self.handle is not None and self.runs >= SESSION_RUNS:
+            self.close()
+        if self.handle is None:
+            request = {"session": True, "code": self.code, "name": self.name,
+                       "params": self.params, "cluster": asdict(self.cluster),
+                       "limits": self.limits.as_dict(), "batch": self.batch,
+                       "unfenced": bool(self.skip_check)}
+            limits = replace(self.limits, cpu_s=self.limits.cpu_s * SESSION_RUNS)
+            t0 = time.perf_counter()
+            try:
+                # warm: the next session (the next trial's params) finds its worker started
+                handle = self.backend.start((json.dumps(request, allow_nan=False) + "\n")
+                                            .encode(), limits, warm=True)
+            except Exception as exc:  # noqa: BLE001 - judged again alone, which retries
+                raise _SessionLost(str(exc)) from None
+            TIMINGS["start_s"] += time.perf_counter() - t0
+            if not handle.supports_sessions:
+                handle.close()
+                self.backend.sessions = False  # type: ignore[attr-defined]
+                raise _SessionLost("this backend keeps no worker between runs")
+            self.handle, self.runs = handle, 0
+        return self.handle
+
+    def _in_session(self, wl: Any, slo: Any, horizon: float | None, t0: float) -> Evaluation:
+        from autotuner.simulation import metrics_of
+
+        handle = self._worker()
+        self.runs += 1
+        line = {"workload": {"data": _workload_data(wl)}, "horizon": horizon}
+        handle.send_more((json.dumps(line, allow_nan=False) + "\n").encode())
+        replay = _replay_class()(handle, workload_fingerprint(wl), session=True)
+        result = _timed_replay(self.cluster, wl, replay, horizon)
+
+        def failed(reason: str, phase: str, decisions: int, keep: bool) -> Evaluation:
+            if not keep:  # the worker is mid-run: its rest is of no use
+                self.close()
+            return Evaluation(FAILED, [_clip(reason)], None, decisions,
+                              time.perf_counter() - t0, self.backend.name, self.name,
+                              dict(self.params), [], phase)
+
+        if replay.fault or not replay.greeted:
+            raise _SessionLost(replay.fault or "no hello")
+        if result.error:
+            if not replay.ran_out:
+                return failed(f"illegal decision: {result.error}", "replay", replay.pos - 1,
+                              False)
+            if replay.end is not None and replay.end.get("error"):
+                return failed(f"policy error: {untrusted_text(replay.end['error'])}",
+                              "sandbox", replay.pos, True)
+            raise _SessionLost("the log ended before the simulation did")
+        replay.drain()
+        if replay.end is None:
+            raise _SessionLost("the worker stopped without sending its result")
+        if replay.unused:
+            return failed(f"the worker's decision log has {replay.unused} more entries than "
+                          "the simulation asked for", "replay", replay.pos, True)
+        if replay.end.get("error"):
+            return failed(f"policy error: {untrusted_text(replay.end['error'])}", "sandbox",
+                          replay.pos, True)
+        metrics = metrics_of(self.cluster, wl, result, slo) if self.with_metrics else None
+        return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0,
+                          self.backend.name, self.name, dict(self.params), [], "done", result)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
