@@ -579,6 +579,9 @@ def test_a_baseline_that_breaks_the_evaluator_is_one_line(tmp_path, capsys, monk
         raise RuntimeError("the worker was killed before it wrote anything (SIGKILL)\nmore")
 
     monkeypatch.setattr(scoring.evaluator, "simulator_for", lambda: broken)
+    # the warm-worker sessions the evaluator uses by default break the same way
+    monkeypatch.setattr(scoring.evaluator.SessionSimulator, "__call__",
+                        lambda self, *args, **kwargs: broken())
     monkeypatch.setattr(scoring, "sandbox_description", lambda backend: ("test", False))
     config, _ = _setup_case(tmp_path, "missing baseline")
     config.write_text(config.read_text().replace(str(tmp_path / "nowhere.py"), "fixed_chunk"))
