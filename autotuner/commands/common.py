@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,23 @@ def resolve_policy(text: str) -> tuple[Path, bool]:
         if path.suffix == ".py":
             raise CLIError(f"{text}: no such policy file") from None
         raise CLIError(str(exc)) from None
+
+
+def number_list(kind: type) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse type for comma-separated numbers of ``kind`` (``int`` or ``float``)."""
+    what = "whole numbers" if kind is int else "numbers"
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one number")
+        return values
+
+    return parse
 
 
 # ---------------------------------------------------------------------------- formatting

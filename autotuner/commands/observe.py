@@ -11,11 +11,11 @@ from autotuner.commands.common import (
     CLIError,
     add_slo_options,
     add_workload_options,
+    number_list,
     print_json,
     slo_from,
     workload_spec_from,
 )
-from autotuner.commands.profile import int_list
 from autotuner.live import EndpointError, parse_endpoint
 from autotuner.observe import ObserveSettings, format_report, observe
 from autotuner.sim.measured import StepProfileError, load_step_profile
@@ -23,16 +23,8 @@ from autotuner.sim.measured import StepProfileError, load_step_profile
 HELP = "replay a workload on live servers and print it beside the simulator's prediction"
 
 
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+float_list = number_list(float)
+int_list = number_list(int)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

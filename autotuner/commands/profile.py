@@ -9,23 +9,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from autotuner.commands.common import EXIT_OK, EXIT_USAGE, print_json
+from autotuner.commands.common import EXIT_OK, EXIT_USAGE, number_list, print_json
 from autotuner.live import EndpointError, parse_endpoint
 from autotuner.profile import ProfileRunError, ProfileSettings, format_profile_run, run_profile
 
 HELP = "drive a live OpenAI-compatible server and fit its step-time model"
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated whole numbers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+int_list = number_list(int)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
