@@ -2,6 +2,7 @@
 
 Not a test: it prints figures. Per proposal: prompt and completion tokens (the server's count),
 seconds, whether a reply parsed into a policy file, whether it passed the static check, whether
+it survived the campaign's sandboxed dry run (part of the repair loop, as in a campaign), whether
 it ran (``autotuner evaluate``'s function: sandbox, trusted replay) and a cheap score; per call:
 the server's prompt tokens beside our estimate, and what became of the reply.
 
@@ -27,9 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from autotuner.campaign.proposers import sandbox_dry_run  # noqa: E402
 from autotuner.check import check_reasons  # noqa: E402
 from autotuner.config import CampaignConfig  # noqa: E402
 from autotuner.proposers.base import (  # noqa: E402
+    CheckFn,
     ClusterInfo,
     Objective,
     ParentInfo,
@@ -39,6 +42,7 @@ from autotuner.proposers.base import (  # noqa: E402
 )
 from autotuner.proposers.edits import parse_reply  # noqa: E402
 from autotuner.proposers.llm import LLMConfig, LLMProposer  # noqa: E402
+from autotuner.proposers.llm.proposer import REPEATED  # noqa: E402
 from autotuner.proposers.prompt import PromptBuilder, strip_docstrings  # noqa: E402
 from autotuner.resources import baseline_path  # noqa: E402
 
@@ -62,6 +66,29 @@ def campaign_like_request(cfg: CampaignConfig, parent: str = SEEDS[0],
         objective, tuple(WorkloadInfo(label, 3.0) for label in labels),
         ClusterInfo(c.replicas, c.model, c.gpu, c.tp, c.max_batch_tokens),
         baseline_params={"chunk_size": 512})
+
+
+class StageLog:
+    """Which stage refused each attempt of the proposal in progress: the static check, or the
+    campaign's sandboxed dry run (what the model is told before a full evaluation)."""
+
+    def __init__(self, dry_run: CheckFn | None) -> None:
+        self.dry_run_fn = dry_run
+        self.stages: list[tuple[str, bool]] = []
+
+    def check(self, code: str) -> list[str]:
+        reasons = check_reasons(code)
+        self.stages.append(("check", not reasons))
+        return reasons
+
+    def dry_run(self, code: str) -> list[str]:
+        assert self.dry_run_fn is not None
+        reasons = self.dry_run_fn(code)
+        self.stages.append(("dry run", not reasons))
+        return reasons
+
+    def survived_dry_run(self) -> bool:
+        return ("dry run", True) in self.stages
 
 
 def served_model(base_url: str) -> str:
@@ -94,14 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", default="mixed", help="workload the score is measured on")
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--no-evaluate", action="store_true", help="skip the sandboxed run")
+    p.add_argument("--no-dry-run", action="store_true",
+                   help="leave out the campaign's sandboxed dry run from the repair loop")
     args = p.parse_args(argv)
 
     model = args.model or served_model(args.base_url)
     config = LLMConfig(model=model, base_url=args.base_url, max_tokens=args.max_tokens,
                        temperature=args.temperature, max_check_retries=args.retries,
                        prompt_token_cap=args.cap, timeout_s=args.timeout, max_retries=1)
-    llm = LLMProposer(config, env={})
-    request = campaign_like_request(CampaignConfig())
+    cfg = CampaignConfig()
+    stages = StageLog(None if args.no_dry_run else sandbox_dry_run(cfg))
+    llm = LLMProposer(config, env={},
+                      dry_run=None if args.no_dry_run else stages.dry_run)
+    request = campaign_like_request(cfg)
     fitted = PromptBuilder().fit(request, args.cap or None)
     print(f"model {model} at {args.base_url}")
     print(f"first prompt: ~{fitted.tokens} tokens estimated (cap {args.cap or 'none'}); "
@@ -114,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{baseline:.3f} req/s" if baseline else f"baseline failed: {why}")
     print()
     header = (f"{'#':>2} {'prompt':>7} {'compl':>6} {'secs':>6} {'calls':>5} {'parsed':>6} "
-              f"{'check':>5} {'ran':>4} {'score':>7}  reason")
+              f"{'check':>5} {'dry':>4} {'ran':>4} {'score':>7}  reason")
     print(header)
     shown_parent = strip_docstrings(request.parent.code)
-    totals = {"prompt": 0, "completion": 0, "seconds": 0.0, "parsed": 0, "checked": 0, "ran": 0}
+    totals = {"prompt": 0, "completion": 0, "seconds": 0.0, "parsed": 0, "checked": 0,
+              "dry": 0, "ran": 0, "repair_given": 0, "repaired": 0, "repeats": 0,
+              "after_repeat": 0}
     for n in range(1, args.proposals + 1):
+        stages.stages = []
         t0 = time.monotonic()
-        proposal: Proposal = llm.propose(request, check_reasons)
+        proposal: Proposal = llm.propose(request, stages.check)
         seconds = time.monotonic() - t0
         parsed = any(parse_reply(r, shown_parent)[0] is not None for r in proposal.raw_replies)
         ran, score, why = False, None, ""
@@ -131,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = proposal.reason or why
         print(f"{n:>2} {proposal.prompt_tokens:>7} {proposal.completion_tokens:>6} "
               f"{seconds:>6.1f} {len(proposal.calls):>5} {'yes' if parsed else 'no':>6} "
-              f"{'yes' if proposal.ok else 'no':>5} {'yes' if ran else 'no':>4} "
+              f"{'yes' if proposal.ok else 'no':>5} "
+              f"{'yes' if stages.survived_dry_run() else 'no':>4} {'yes' if ran else 'no':>4} "
               f"{'' if score is None else format(score, '+.3f'):>7}  {reason[:90]}")
         for call in proposal.calls:
             print(f"     call {call.attempt}: prompt {call.prompt_tokens} (estimate "
@@ -143,12 +179,24 @@ def main(argv: list[str] | None = None) -> int:
         totals["parsed"] += parsed
         totals["checked"] += proposal.ok
         totals["ran"] += ran
+        totals["dry"] += stages.survived_dry_run()
+        outcomes = [call.outcome for call in proposal.calls]
+        if outcomes and outcomes[0] != "ok" and len(outcomes) > 1:
+            totals["repair_given"] += 1  # the first reply was refused and the model was told why
+            totals["repaired"] += proposal.ok
+        repeats = [i for i, o in enumerate(outcomes) if o == REPEATED]
+        totals["repeats"] += len(repeats)
+        totals["after_repeat"] += len(outcomes) - 1 - repeats[0] if repeats else 0
     n = args.proposals
     print(f"\n{n} proposals: {totals['prompt']} prompt + {totals['completion']} completion "
           f"tokens (server), {totals['seconds']:.0f} s; parsed {totals['parsed']}/{n}, passed "
-          f"the check {totals['checked']}/{n}, ran {totals['ran']}/{n}; proposer's own total "
+          f"the check {totals['checked']}/{n}, survived the dry run {totals['dry']}/{n}, ran "
+          f"{totals['ran']}/{n}; proposer's own total "
           f"{llm.spent.prompt_tokens + llm.spent.completion_tokens} tokens in "
           f"{llm.spent.calls} calls")
+    print(f"repair loop: given {totals['repair_given']} proposals whose first reply was refused, "
+          f"recovered {totals['repaired']}; repeated replies {totals['repeats']}, calls paid "
+          f"after a repeat {totals['after_repeat']}")
     return 0
 
 
