@@ -51,6 +51,13 @@ def same_policy_as(code: str, references: Mapping[str, str]) -> str | None:
     return None
 
 
+def shipped_references() -> dict[str, str]:
+    """Every policy shipped in ``baselines/`` (not its ``audit/`` subjects), by file stem."""
+    folder = baseline_path(FALLBACK_BASELINE).parent
+    return {path.stem: path.read_text(encoding="utf-8")
+            for path in sorted(folder.glob("*.py")) if not path.name.startswith("_")}
+
+
 def program_fingerprint(code: str) -> str | None:
     """A short stable digest of the canonical program (None when the file is not a policy)."""
     canon = canonical_program(code)

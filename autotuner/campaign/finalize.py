@@ -61,8 +61,12 @@ def _baseline_on_validation(state: CampaignState) -> Baseline:
 
 def _finalists(state: CampaignState) -> list[Candidate]:
     """The best proposals that gained on training, best first."""
-    tuned = [c for c in state.scored() if c.promotable and c.status in (A.TUNED, A.FINALIST)]
-    tuned = [c for c in tuned if (c.train_score or 0) > 0]
+    tuned = [c for c in state.scored() if c.origin == "proposal"
+             and c.status in (A.TUNED, A.FINALIST) and (c.train_score or 0) > 0]
+    for copy in (c for c in tuned if not c.promotable):
+        state.progress.log(f"{copy.label} is not a finalist: a copy of a reference policy is "
+                           f"not a discovery (training {fmt_gain(copy.train_score)})")
+    tuned = [c for c in tuned if c.promotable]
     tuned.sort(key=lambda c: -(c.train_score or 0.0))
     return tuned[: state.cfg.search.finalists]
 

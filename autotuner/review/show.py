@@ -32,6 +32,9 @@ def show_text(archive: Archive, cand: Candidate) -> str:
 def _summary(archive: Archive, cand: Candidate) -> list[str]:
     lines = [f"candidate {cand.id}: {cand.status}  (origin {cand.origin}, island {cand.island}, "
              f"proposer {cand.proposer or '-'}{', model ' + cand.model if cand.model else ''})"]
+    if cand.copy_of:
+        lines.append(f"copy of the reference policy {cand.copy_of} (the same program up to "
+                     "names, docstrings and tunable defaults): never promoted as a discovery")
     lines.append("lineage: " + " <- ".join(
         f"{c.id} ({gain_text(c.train_score)})" for c in archive.lineage(cand.id)))
     lines.append(f"scores vs tuned baseline: screen {gain_text(cand.screen_score)}, training "

@@ -1,0 +1,145 @@
+"""Credit where it is due: a proposal that is a reference policy (up to names, docstrings and
+tunable defaults) is labelled as that reference and never promoted as a discovery.
+
+The campaigns are the smallest of tests/test_campaign.py (multiturn, 150 requests, in-process
+simulator), with a scripted proposer returning reference policies in disguise.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from autotuner import archive as A
+from autotuner.archive import Archive
+from autotuner.campaign import Campaign
+from autotuner.config import load_config
+from autotuner.proposers.base import Proposal
+from autotuner.resources import baseline_path
+from autotuner.review.show import show_text
+from autotuner.review.status import status_text
+from autotuner.scoring import in_process
+
+TINY = {
+    "workloads.scenarios": ["multiturn"], "workloads.screen": ["multiturn"],
+    "workloads.requests": 150, "workloads.scenario_requests": {},
+    "workloads.heldout_seeds": [1001, 1002], "objective.ladder": [1.0, 1.4],
+    "budget.trials": 2, "budget.proposals": 2, "search.seeds": [],
+    "search.islands": 1, "search.finalists": 2, "gate.bootstrap": 500,
+    "gate.capacity_rel_tol": 0.05, "parallelism": 1,
+}
+
+# least_outstanding with another docstring, a chunk-size tunable (another default) and the
+# fixed-chunk partition it inherits written out under other names: the issue's promoted "win".
+DISGUISED_LEAST_OUTSTANDING = '''"""A new router: balances outstanding work (my idea)."""
+
+TUNABLES = {
+    "chunk": {"type": "int", "low": 64, "high": 4096, "log": True, "default": 1024},
+}
+
+
+def partition(replica, params):
+    size = params["chunk"]
+    left = min(size, replica.max_batch_tokens) - replica.decodes
+    kv_left = replica.kv_free_tokens
+    picked = []
+    for w in replica.waiting:
+        n = min(w.remaining, left, kv_left)
+        if n <= 0:
+            break
+        picked.append((w.id, n))
+        left -= n
+        kv_left -= n
+    return (size, tuple(picked))
+
+
+def route(request, cluster, params):
+    """Least loaded first."""
+    target = min(cluster.replicas, key=lambda rep: (rep.outstanding, rep.waiting_tokens,
+                                                   rep.replica))
+    return target.replica
+'''
+
+
+class ScriptedProposer:
+    name = "scripted"
+
+    def __init__(self, codes: list[str]):
+        self.codes = list(codes)
+
+    def propose(self, request, check):
+        return Proposal(self.codes.pop(0), True, "") if self.codes else \
+            Proposal(None, False, "empty")
+
+
+@pytest.fixture(autouse=True)
+def no_endpoint(monkeypatch):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _campaign(tmp_path: Path, name: str, codes: list[str], **extra):
+    cfg = load_config(**{**TINY, "results_dir": str(tmp_path / "results"), "name": name,
+                         **extra})
+    out = io.StringIO()
+    rc = Campaign(cfg, simulator=in_process, stream=out, tty=False,
+                  proposer=ScriptedProposer(codes)).run()
+    assert rc == 0, out.getvalue()
+    return cfg, out.getvalue()
+
+
+def test_a_disguised_reference_is_labelled_scored_and_never_promoted(tmp_path):
+    fixed = baseline_path("fixed_chunk").read_text()
+    fixed_copy = fixed.replace('"default": 512', '"default": 300').replace(
+        "Fixed-chunk baseline", "My new chunked scheduler")
+    cfg, out = _campaign(tmp_path, "copies", [DISGUISED_LEAST_OUTSTANDING, fixed_copy])
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        first, second = archive.candidates(origin="proposal")
+        # scored like any proposal (least_outstanding gains on multi-turn sessions, so without
+        # the label it would be a finalist), but labelled and kept from the gate
+        assert first.copy_of == "least_outstanding" and not first.promotable
+        assert first.train_score is not None and first.train_score > 0
+        assert first.status == A.TUNED and first.gate is None
+        assert archive.get_meta("promoted") is None
+        # the baseline in disguise is the baseline: refused as a duplicate of it, labelled
+        assert second.copy_of == "fixed_chunk" and second.status == A.PROPOSAL_FAILED
+        assert second.failure.startswith("duplicate of baseline")
+        assert "the reference policy fixed_chunk" in second.failure
+        shown = show_text(archive, first)
+        table = status_text(cfg.campaign_dir, cfg, archive)
+    assert "copy of the reference policy least_outstanding" in shown
+    assert "never promoted as a discovery" in shown
+    assert "copy of least_outstanding" in table
+    assert f"{first.id} (copy of least_outstanding) is not a finalist" in out
+    assert "promoted: none" in out and "best on training: none" in out
+
+
+def test_a_word_for_word_seed_copy_is_a_duplicate_of_that_seed(tmp_path):
+    seed = baseline_path("least_outstanding").read_text()
+    cfg, _ = _campaign(tmp_path, "seedcopy", [seed, DISGUISED_LEAST_OUTSTANDING],
+                       **{"search.seeds": ["least_outstanding"], "budget.proposals": 2})
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        proposals = archive.candidates(origin="proposal")
+        assert [c.copy_of for c in proposals] == ["least_outstanding"] * 2
+        assert all(c.status == A.PROPOSAL_FAILED for c in proposals)
+        assert all(c.failure.startswith("duplicate of seed-least_outstanding")
+                   for c in proposals)
+        assert archive.get_meta("promoted") is None
+
+
+def test_an_archive_from_before_the_label_opens_with_it(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "archive.sqlite"
+    with Archive(db) as archive:
+        archive.add_candidate(origin="proposal", code="x = 1\n", status=A.PENDING)
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE candidates DROP COLUMN copy_of")
+    conn.execute("ALTER TABLE candidates DROP COLUMN explanation")
+    conn.commit()
+    conn.close()
+    with Archive(db) as archive:
+        (cand,) = archive.candidates()
+        assert cand.copy_of == "" and cand.explanation is None and cand.promotable
