@@ -8,6 +8,7 @@ simulator), with a scripted proposer returning reference policies in disguise.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from autotuner import archive as A
 from autotuner.archive import Archive
 from autotuner.campaign import Campaign
 from autotuner.config import load_config
+from autotuner.diagnose import Explanation
+from autotuner.identity import canonical, sha256
 from autotuner.proposers.base import Proposal
 from autotuner.resources import baseline_path
 from autotuner.review.show import show_text
@@ -143,3 +146,55 @@ def test_an_archive_from_before_the_label_opens_with_it(tmp_path):
     with Archive(db) as archive:
         (cand,) = archive.candidates()
         assert cand.copy_of == "" and cand.explanation is None and cand.promotable
+
+
+HONEST = (Path(__file__).resolve().parent / "gaming" / "honest_cache_aware.py").read_text()
+
+
+def _stored_mean(archive: Archive, code: str, params: dict, label: str, rates: list[float],
+                 field: str) -> float:
+    """A metric's mean over the runs at ``rates`` on ``label``, read straight from the
+    archive's evaluations (not through autotuner.diagnose)."""
+    rows = archive.conn.execute(
+        "SELECT rate, result FROM evaluations WHERE code_sha=? AND params=? AND workload=?",
+        (sha256(code), canonical(params), label)).fetchall()
+    by_rate = {round(r, 9): json.loads(res) for r, res in rows if r is not None}
+    values = [by_rate[round(r, 9)][field] for r in rates]
+    return sum(values) / len(values)
+
+
+def test_a_winner_is_explained_by_what_its_measured_figures_say(tmp_path):
+    """Cache-aware routing wins on multi-turn sessions by keeping a conversation where its
+    history is cached: the explanation names that (prefix-cache hits, or the balance it keeps),
+    never the inter-token tail, which its larger chunk makes worse; and each figure it cites is
+    the stored runs' own."""
+    cfg, out = _campaign(tmp_path, "why", [HONEST], **{"budget.proposals": 1,
+                                                       "search.finalists": 1})
+    with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
+        (cand,) = archive.candidates(origin="proposal")
+        assert cand.status == A.PROMOTED, (cand.status, cand.failure, out)
+        base = archive.get_meta("baseline")
+        why = Explanation.from_dict(cand.explanation)
+        shown = show_text(archive, cand)
+        assert why.changed == ("route",) and why.tunables_added == ("decode_weight",)
+        assert why.carried_by in ("cache_hits", "imbalance") and why.symptom != "tbt_tail"
+        (credit,) = why.gains
+        assert credit.workload == "multiturn@101" and credit.gain > 0
+        assert [f.axis for f in credit.causes][0] == why.carried_by
+        diag = why.diagnosis.workloads[0]
+        assert list(credit.causes) + list(credit.symptoms) + list(credit.costs) and all(
+            f in diag.figures for f in (*credit.causes, *credit.symptoms, *credit.costs))
+        for figure in diag.figures:  # every figure is the stored runs' mean at the same rates
+            field = {"cache_hits": "prefix_hit_rate", "imbalance": "replica_imbalance",
+                     "ttft_tail": "ttft_p99", "tbt_tail": "tbt_p99"}.get(figure.axis)
+            if field is None:
+                continue
+            assert figure.policy == pytest.approx(_stored_mean(
+                archive, cand.code, cand.params, credit.workload, list(diag.rates), field))
+            assert figure.baseline == pytest.approx(_stored_mean(
+                archive, base["code"], base["params"], credit.workload, list(diag.rates), field))
+    record = json.loads((cfg.campaign_dir / "promotions" / f"{cand.id}.json").read_text())
+    assert Explanation.from_dict(record["explanation"]) == why
+    for line in why.lines():
+        assert line in shown and f"why: {line}" in out
+    print("\n".join(why.lines()))

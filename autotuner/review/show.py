@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotuner.archive import Archive, Candidate
+from autotuner.diagnose import Explanation
 from autotuner.review.common import (
     fairness_lines,
     gain_text,
@@ -21,6 +22,8 @@ def show_text(archive: Archive, cand: Candidate) -> str:
     lines = _summary(archive, cand) + _scores(archive, cand)
     if cand.gate:
         lines += _gate_text(cand.gate)
+    if cand.explanation:
+        lines += explanation_text(cand.explanation)
     if cand.code is not None:
         lines += [f"\n--- {cand.id}.py ---", cand.code.rstrip("\n")]
     else:
@@ -94,3 +97,10 @@ def gate_conditions_text(gate: Mapping[str, Any]) -> list[str]:
         lines.append("  at the claimed capacity:")
         lines += [f"    {x}" for x in fairness_lines(comps[0]["capacities"], at_claim)]
     return lines
+
+
+def explanation_text(explanation: Mapping[str, Any]) -> list[str]:
+    """Why a gated candidate wins, as its stored explanation's figures say."""
+    why = Explanation.from_dict(explanation)
+    return ["\nwhy (from the measured diagnostics, vs the tuned baseline at the same rates):",
+            *(f"  {line}" for line in why.lines())]
