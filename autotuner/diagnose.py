@@ -34,19 +34,22 @@ class Axis:
     """One diagnostic: how to read it from a run, and which way is worse."""
 
     name: str
-    label: str  # as a table header and in an explanation
+    label: str  # in an explanation
+    column: str  # as a column of the prompt's table, with the unit and scale it shows there
+    prompt_unit: str  # (a small model's prompt pays a token per digit: "54" ms, not 0.054 s)
+    prompt_scale: float
     unit: str  # "s", "%" (a share shown in percent) or "" (a plain number)
     kind: str  # "symptom" (what the SLO judges) or "cause" (what decisions move)
     higher_is_worse: bool
     floor: float  # the smallest absolute change that counts
     read: Callable[[Mapping[str, Any]], float | None]
 
-    def show(self, value: float) -> str:
+    def show(self, value: float, digits: int = 3) -> str:
         if self.unit == "%":
             return f"{value:.0%}"
         if self.unit == "s":
-            return f"{value:.3g} s"
-        return f"{value:.2g}"
+            return f"{value:.{digits}g} s"
+        return f"{value:.{min(digits, 2)}g}"
 
 
 def _field(name: str) -> Callable[[Mapping[str, Any]], float | None]:
@@ -64,14 +67,16 @@ def _per_request_preemptions(run: Mapping[str, Any]) -> float | None:
 
 
 AXES: tuple[Axis, ...] = (
-    Axis("ttft_tail", "TTFT p99", "s", "symptom", True, 0.01, _field("ttft_p99")),
-    Axis("tbt_tail", "inter-token gap p99", "s", "symptom", True, 0.005, _field("tbt_p99")),
-    Axis("imbalance", "replica imbalance", "", "cause", True, 0.01,
+    Axis("ttft_tail", "TTFT p99", "ttft_p99", "s", 1.0, "s", "symptom", True, 0.01,
+         _field("ttft_p99")),
+    Axis("tbt_tail", "inter-token gap p99", "gap_p99", "ms", 1000.0, "s", "symptom", True,
+         0.005, _field("tbt_p99")),
+    Axis("imbalance", "replica imbalance", "imbalance", "pct", 100.0, "", "cause", True, 0.01,
          _field("replica_imbalance")),
-    Axis("preemptions", "preemptions per request", "", "cause", True, 0.01,
-         _per_request_preemptions),
-    Axis("cache_hits", "prefix-cache hits", "%", "cause", False, 0.01,
-         _field("prefix_hit_rate")),
+    Axis("preemptions", "preemptions per request", "preempt", "per_100_req", 100.0, "",
+         "cause", True, 0.01, _per_request_preemptions),
+    Axis("cache_hits", "prefix-cache hits", "cache_hit", "pct", 100.0, "%", "cause", False,
+         0.01, _field("prefix_hit_rate")),
 )
 AXIS = {a.name: a for a in AXES}
 
@@ -180,23 +185,43 @@ def diagnose(policy: str, baseline: str, split: str,
 
 
 # ------------------------------------------------------------------------------- the prompt
-def diagnosis_table(diag: Diagnosis, same_as_baseline: bool) -> list[list[str]]:
-    """Rows for the prompt's table: one per workload, a cell per axis, ``parent / baseline``
-    (the parent's alone when it is the baseline), ``*`` where the parent is materially worse."""
+@dataclass(frozen=True)
+class Table:
+    """The prompt's table: a column per axis that shows something, a row per workload."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    zero: tuple[str, ...]  # axes left out: zero for both sides on every workload
+
+
+def diagnosis_table(diag: Diagnosis, same_as_baseline: bool) -> Table:
+    """The parent against the baseline in as few tokens as a small model's prompt affords: each
+    cell the relative change in percent in the worse direction (``+24``: the parent is 24 %
+    worse there; ``0`` within noise); for the baseline itself, its own figures, the unit in
+    the header."""
+    shown, zero = [], []
+    for axis in AXES:
+        figs = [w.figure(axis.name) for w in diag.workloads]
+        if all(f is None or (abs(f.policy) < axis.floor and abs(f.baseline) < axis.floor)
+               for f in figs):
+            zero.append(axis.column)
+        else:
+            shown.append(axis)
     rows = []
     for w in diag.workloads:
         cells = [w.workload]
-        for axis in AXES:
+        for axis in shown:
             f = w.figure(axis.name)
             if f is None:
                 cells.append("-")
             elif same_as_baseline:
-                cells.append(axis.show(f.policy))
+                value = f.policy * axis.prompt_scale
+                cells.append(f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}")
             else:
-                mark = "*" if f.material and f.loss > 0 else ""
-                cells.append(f"{axis.show(f.policy)}{mark} / {axis.show(f.baseline)}")
-        rows.append(cells)
-    return rows
+                cells.append(f"{100 * f.loss:+.0f}" if f.material else "0")
+        rows.append(tuple(cells))
+    columns = [f"{a.column}_{a.prompt_unit}" if same_as_baseline else a.column for a in shown]
+    return Table(("workload", *columns), tuple(rows), tuple(zero))
 
 
 # ------------------------------------------------------------------------------- why it wins

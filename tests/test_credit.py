@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from autotuner import archive as A
 from autotuner.archive import Archive
 from autotuner.campaign import Campaign
 from autotuner.config import load_config
-from autotuner.diagnose import Explanation
+from autotuner.diagnose import Diagnosis, Explanation, Figure, WorkloadDiagnosis, diagnosis_table
 from autotuner.identity import canonical, sha256
-from autotuner.proposers.base import Proposal
+from autotuner.proposers.base import Proposal, ProposalRequest
+from autotuner.proposers.prompt import PromptBuilder
 from autotuner.resources import baseline_path
 from autotuner.review.show import show_text
 from autotuner.review.status import status_text
@@ -71,8 +73,10 @@ class ScriptedProposer:
 
     def __init__(self, codes: list[str]):
         self.codes = list(codes)
+        self.requests: list[ProposalRequest] = []
 
     def propose(self, request, check):
+        self.requests.append(request)
         return Proposal(self.codes.pop(0), True, "") if self.codes else \
             Proposal(None, False, "empty")
 
@@ -87,10 +91,14 @@ def _campaign(tmp_path: Path, name: str, codes: list[str], **extra):
     cfg = load_config(**{**TINY, "results_dir": str(tmp_path / "results"), "name": name,
                          **extra})
     out = io.StringIO()
-    rc = Campaign(cfg, simulator=in_process, stream=out, tty=False,
-                  proposer=ScriptedProposer(codes)).run()
+    proposer = ScriptedProposer(codes)
+    rc = Campaign(cfg, simulator=in_process, stream=out, tty=False, proposer=proposer).run()
     assert rc == 0, out.getvalue()
+    SENT[name] = proposer.requests
     return cfg, out.getvalue()
+
+
+SENT: dict[str, list[ProposalRequest]] = {}  # campaign name -> the requests its proposer got
 
 
 def test_a_disguised_reference_is_labelled_scored_and_never_promoted(tmp_path):
@@ -117,6 +125,19 @@ def test_a_disguised_reference_is_labelled_scored_and_never_promoted(tmp_path):
     assert "copy of least_outstanding" in table
     assert f"{first.id} (copy of least_outstanding) is not a finalist" in out
     assert "promoted: none" in out and "best on training: none" in out
+    # each request showed the parent's diagnostics, read from its stored training runs
+    first_request, second_request = SENT["copies"]
+    diag = first_request.parent.diagnosis
+    assert first_request.parent.candidate_id == "baseline" and diag is not None
+    (row,) = diag.workloads
+    assert row.workload == "multiturn@1" and len(row.rates) == 2
+    assert {f.axis for f in row.figures} >= {"ttft_tail", "tbt_tail", "imbalance", "cache_hits"}
+    assert all(f.policy == f.baseline for f in row.figures)  # the baseline against itself
+    prompt = PromptBuilder().user(first_request)
+    assert "diagnostics (mean over the loads):" in prompt
+    assert "workload ttft_p99_s gap_p99_ms imbalance_pct cache_hit_pct" in prompt
+    assert "zero on every workload: preempt" in prompt
+    assert second_request.parent.candidate_id == "baseline"  # asked before c0001 was scored
 
 
 def test_a_word_for_word_seed_copy_is_a_duplicate_of_that_seed(tmp_path):
@@ -198,3 +219,46 @@ def test_a_winner_is_explained_by_what_its_measured_figures_say(tmp_path):
     for line in why.lines():
         assert line in shown and f"why: {line}" in out
     print("\n".join(why.lines()))
+
+
+def _five_workload_diagnosis(labels: list[str]) -> Diagnosis:
+    figures = (Figure("ttft_tail", 9.45, 7.61), Figure("tbt_tail", 0.0545, 0.0447),
+               Figure("imbalance", 0.17, 0.079), Figure("preemptions", 0.12, 0.05),
+               Figure("cache_hits", 0.11, 0.19))
+    return Diagnosis("c0003", "fixed_chunk", "train",
+                     tuple(WorkloadDiagnosis(label, 0.01, (1.0, 1.5), figures)
+                           for label in labels))
+
+
+def test_the_diagnostics_table_is_short_and_the_first_prompt_keeps_its_cap():
+    """The default campaign's first request (the baseline as parent, five workloads, every
+    axis present) keeps the table under the default cap, dropping only inspirations; a
+    scored parent's row is its figures' relative changes, + where it loses."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_llm_proposer import _campaign_like_request
+
+    from autotuner.proposers.llm.config import LLMConfig
+
+    req = _campaign_like_request()
+    diag = _five_workload_diagnosis([w.label for w in req.workloads])
+    fixed = baseline_path("fixed_chunk").read_text()
+    first = replace(req, parent=replace(req.parent, candidate_id="baseline", code=fixed,
+                                        diagnosis=diag))
+    cap = LLMConfig().prompt_token_cap
+    fitted = PromptBuilder().fit(first, cap)
+    assert fitted.tokens <= cap <= 2000
+    assert all(d.startswith("inspiration") for d in fitted.dropped)
+    prompt = fitted.messages[1]["content"]
+    assert "workload ttft_p99_s gap_p99_ms imbalance_pct preempt_per_100_req cache_hit_pct\n" \
+        "bursty/1 9.4 54 17 12 11\n" in prompt
+    table = diagnosis_table(diag, same_as_baseline=False)
+    assert table.columns == ("workload", "ttft_p99", "gap_p99", "imbalance", "preempt",
+                             "cache_hit")
+    row = diag.workloads[0]
+    assert table.rows[0] == ("bursty/1", *(f"{100 * f.loss:+.0f}" for f in row.figures))
+    assert table.rows[0][-1] == "+42"  # fewer cache hits than the baseline: a loss
+    same = Diagnosis("c0003", "fixed_chunk", "train", (WorkloadDiagnosis(
+        "chat/1", 0.0, (1.0,), (Figure("ttft_tail", 1.0, 0.98),)),))
+    assert diagnosis_table(same, same_as_baseline=False).rows == (("chat/1", "0"),)  # noise
