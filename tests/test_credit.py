@@ -262,3 +262,33 @@ def test_the_diagnostics_table_is_short_and_the_first_prompt_keeps_its_cap():
     same = Diagnosis("c0003", "fixed_chunk", "train", (WorkloadDiagnosis(
         "chat/1", 0.0, (1.0,), (Figure("ttft_tail", 1.0, 0.98),)),))
     assert diagnosis_table(same, same_as_baseline=False).rows == (("chat/1", "0"),)  # noise
+
+
+def test_autotuner_gate_on_a_disguised_reference_says_it_is_that_reference(tmp_path):
+    import argparse
+
+    from autotuner.commands.gate import run as run_gate_command
+    from autotuner.config import write_config
+    from autotuner.policy import read_policy_file
+
+    folder = tmp_path / "results" / "c"
+    cfg = load_config(**{"name": "c", "results_dir": str(tmp_path / "results"),
+                         "workloads.scenarios": ["multiturn"], "workloads.screen": [],
+                         "workloads.heldout_requests": {"multiturn": 150},
+                         "workloads.heldout_seeds": [1001],
+                         "gate.bootstrap": 200, "gate.capacity_rel_tol": 0.1,
+                         "gate.references": [], "parallelism": 1})
+    write_config(cfg, folder / "config.toml")
+    fixed = baseline_path("fixed_chunk")
+    with Archive(folder / "archive.sqlite") as archive:
+        archive.set_meta("baseline", {"name": "fixed_chunk.py", "code": fixed.read_text(),
+                                      "params": read_policy_file(fixed).defaults(),
+                                      "caps": {"train": {}}, "reference": {"train": {}}})
+    policy = tmp_path / "my_router.py"
+    policy.write_text(DISGUISED_LEAST_OUTSTANDING)
+    out = io.StringIO()
+    args = argparse.Namespace(policy=str(policy), config=None, campaign=str(folder),
+                              sandbox=None, parallelism=1, json=False)
+    run_gate_command(args, out, io.StringIO(), simulator=in_process)
+    assert (f"note: {policy} is the reference policy least_outstanding (the same program up to "
+            "names, docstrings and tunable defaults): not a discovery") in out.getvalue()
