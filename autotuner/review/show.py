@@ -39,7 +39,7 @@ def _summary(archive: Archive, cand: Candidate) -> list[str]:
         lines.append(f"copy of the reference policy {cand.copy_of} (the same program up to "
                      "names, docstrings and tunable defaults): never promoted as a discovery")
     lines.append("lineage: " + " <- ".join(
-        f"{c.id} ({gain_text(c.train_score)})" for c in archive.lineage(cand.id)))
+        f"{c.label} ({gain_text(c.train_score)})" for c in archive.lineage(cand.id)))
     lines.append(f"scores vs tuned baseline: screen {gain_text(cand.screen_score)}, training "
                  f"{gain_text(cand.train_score)}, validation {gain_text(cand.validation_score)},"
                  f" held-out capacity {gain_text(heldout_gain(cand))}")
