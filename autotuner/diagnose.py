@@ -201,9 +201,10 @@ def diagnosis_table(diag: Diagnosis, same_as_baseline: bool) -> Table:
     the header."""
     shown, zero = [], []
     for axis in AXES:
-        figs = [w.figure(axis.name) for w in diag.workloads]
-        if all(f is None or (abs(f.policy) < axis.floor and abs(f.baseline) < axis.floor)
-               for f in figs):
+        figs = [f for w in diag.workloads if (f := w.figure(axis.name)) is not None]
+        if not figs:
+            continue  # not measured (runs cached before the figure existed)
+        if all(abs(f.policy) < axis.floor and abs(f.baseline) < axis.floor for f in figs):
             zero.append(axis.column)
         else:
             shown.append(axis)

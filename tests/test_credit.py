@@ -18,7 +18,14 @@ from autotuner import archive as A
 from autotuner.archive import Archive
 from autotuner.campaign import Campaign
 from autotuner.config import load_config
-from autotuner.diagnose import Diagnosis, Explanation, Figure, WorkloadDiagnosis, diagnosis_table
+from autotuner.diagnose import (
+    Diagnosis,
+    Explanation,
+    Figure,
+    WorkloadDiagnosis,
+    diagnosis_table,
+    explain,
+)
 from autotuner.identity import canonical, sha256
 from autotuner.proposers.base import Proposal, ProposalRequest
 from autotuner.proposers.prompt import PromptBuilder
@@ -292,3 +299,33 @@ def test_autotuner_gate_on_a_disguised_reference_says_it_is_that_reference(tmp_p
     run_gate_command(args, out, io.StringIO(), simulator=in_process)
     assert (f"note: {policy} is the reference policy least_outstanding (the same program up to "
             "names, docstrings and tunable defaults): not a discovery") in out.getvalue()
+
+
+def test_explain_ranks_causes_where_it_gains_and_lists_costs_and_flat_workloads():
+    won = WorkloadDiagnosis("multiturn@1", 0.2, (1.0, 1.4), (
+        Figure("cache_hits", 0.30, 0.10),  # hits tripled: -200 % in the worse direction
+        Figure("imbalance", 0.05, 0.10),  # halved: -50 %
+        Figure("tbt_tail", 0.09, 0.05),  # worse: a cost
+        Figure("ttft_tail", 3.0, 6.0),
+        Figure("preemptions", 0.0, 0.0)))
+    flat = WorkloadDiagnosis("chat@1", 0.005, (1.0, 1.4), (
+        Figure("imbalance", 0.01, 0.30), Figure("ttft_tail", 0.5, 0.5)))
+    old = WorkloadDiagnosis("bursty@1", 0.1, (1.0,), ())  # runs cached before the figures
+    diag = Diagnosis("c0004", "fixed_chunk.py", "validation", (won, flat, old))
+    why = explain(diag, changed=["route"], tunables=["chunk_size", "w"],
+                  baseline_tunables=["chunk_size"])
+    assert why.carried_by == "cache_hits" and why.symptom == "ttft_tail"
+    assert why.flat == ("chat@1",)  # its imbalance moved, but it does not gain there
+    credit = {g.workload: g for g in why.gains}
+    assert [f.axis for f in credit["multiturn@1"].causes] == ["cache_hits", "imbalance"]
+    assert [f.axis for f in credit["multiturn@1"].costs] == ["tbt_tail"]
+    assert credit["bursty@1"].causes == () and why.tunables_added == ("w",)
+    lines = why.lines()
+    assert lines[0] == ("changes route against the fixed_chunk.py baseline (partition as the "
+                        "baseline's); tunables +w")
+    assert lines[2] == ("  multiturn@1 +20.0%: prefix-cache hits 10% -> 30%; replica "
+                        "imbalance 0.1 -> 0.05; TTFT p99 6 s -> 3 s; at a cost: inter-token "
+                        "gap p99 0.05 s -> 0.09 s")
+    assert Explanation.from_dict(json.loads(json.dumps(why.to_dict()))) == why
+    table = diagnosis_table(diag, same_as_baseline=True)
+    assert "preempt" in table.zero and table.rows[2][1:] == ("-",) * (len(table.columns) - 1)
