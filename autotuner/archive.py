@@ -80,7 +80,9 @@ CREATE TABLE IF NOT EXISTS candidates (
     model TEXT NOT NULL DEFAULT '',
     raw TEXT NOT NULL DEFAULT '[]',  -- the proposer's raw replies (JSON list)
     eval_seconds REAL NOT NULL DEFAULT 0,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    copy_of TEXT NOT NULL DEFAULT '',  -- the reference policy it is (autotuner.lineage), if any
+    explanation TEXT                 -- why it wins, from measured diagnostics (JSON), if gated
 );
 CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
 CREATE INDEX IF NOT EXISTS candidates_program ON candidates(program_sha);
@@ -145,13 +147,25 @@ class Candidate:
     raw: list[str] = field(default_factory=list)
     eval_seconds: float = 0.0
     updated: float = 0.0
+    copy_of: str = ""  # the reference policy this candidate's code is (``autotuner.lineage``)
+    explanation: dict[str, Any] | None = None  # ``autotuner.diagnose.Explanation.to_dict()``
 
     @property
     def promotable(self) -> bool:
-        return self.origin == "proposal"
+        """A proposal that is not a copy of a reference policy: a copy behaves exactly as that
+        reference, so it can never be reported as a discovery."""
+        return self.origin == "proposal" and not self.copy_of
+
+    @property
+    def label(self) -> str:
+        """The id, with the reference it copies when it is one: ``c0003 (copy of prefix_aware)``."""
+        return f"{self.id} (copy of {self.copy_of})" if self.copy_of else self.id
 
 
-_JSON_COLUMNS = {"params": {}, "gate": None, "raw": []}
+_JSON_COLUMNS = {"params": {}, "gate": None, "raw": [], "explanation": None}
+# Columns added after the first schema, with their declarations: an older archive gets them
+# when opened (SQLite adds a column with its default to every row).
+_ADDED_COLUMNS = {"copy_of": "TEXT NOT NULL DEFAULT ''", "explanation": "TEXT"}
 
 
 def _row_to_candidate(row: sqlite3.Row) -> Candidate:
@@ -185,6 +199,10 @@ class Archive:
                     self.conn.execute(statement)
             if self.get_meta("schema_version") is None:
                 self._set_meta("schema_version", SCHEMA_VERSION)
+            have = {row[1] for row in self.conn.execute("PRAGMA table_info(candidates)")}
+            for column, declaration in _ADDED_COLUMNS.items():
+                if column not in have:
+                    self.conn.execute(f"ALTER TABLE candidates ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self.conn.close()
@@ -255,6 +273,7 @@ class Archive:
         raw: Iterable[str] = (),
         candidate_id: str | None = None,
         files_dir: str | Path | None = None,
+        copy_of: str = "",
     ) -> Candidate:
         """Insert a candidate (and write its file into ``files_dir``) in one transaction."""
         if status not in STATUSES:
@@ -272,13 +291,13 @@ class Archive:
             self.conn.execute(
                 "INSERT INTO candidates(id, seq, created, parent_id, island, origin, proposer,"
                 " code, code_sha, program_sha, diff, status, failure, params, prompt_tokens,"
-                " completion_tokens, cost_usd, attempts, model, raw, updated)"
-                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion_tokens, cost_usd, attempts, model, raw, updated, copy_of)"
+                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (cid, seq, now, parent_id, island, origin, proposer, code,
                  sha256(code) if code is not None else None,
                  program_sha(code) if code is not None else None, diff, status, failure,
                  canonical(params or {}), prompt_tokens, completion_tokens, cost_usd, attempts,
-                 model, json.dumps(list(raw)), now),
+                 model, json.dumps(list(raw)), now, copy_of),
             )
             if files_dir is not None and code is not None:
                 _write_file(Path(files_dir) / f"{cid}.py", code)
@@ -289,7 +308,7 @@ class Archive:
         if not changes:
             return self.get(candidate_id)
         allowed = {"status", "failure", "params", "screen_score", "train_score",
-                   "validation_score", "gate", "eval_seconds", "island"}
+                   "validation_score", "gate", "eval_seconds", "island", "explanation"}
         bad = set(changes) - allowed
         if bad:
             raise ArchiveError(f"cannot update {sorted(bad)}")
@@ -297,7 +316,7 @@ class Archive:
             raise ArchiveError(f"unknown status {changes['status']!r}")
         cols, values = [], []
         for key, value in changes.items():
-            if key in ("params", "gate"):
+            if key in ("params", "gate", "explanation"):
                 value = None if value is None else canonical(value)
             elif isinstance(value, float) and not math.isfinite(value):
                 value = None

@@ -20,6 +20,7 @@ from autotuner.campaign import CampaignError, campaign_dir
 from autotuner.check import check_policy
 from autotuner.config import CampaignConfig, load_config
 from autotuner.gate import GateResult, PolicyRef, run_gate
+from autotuner.lineage import same_policy_as, shipped_references
 from autotuner.policy import PolicyFileError, PolicySource, read_policy_file
 from autotuner.scoring import Evaluator, split_instances
 from autotuner.yardstick import TunedPolicy, read_named_policy, tune_baseline, tuned_references
@@ -35,7 +36,9 @@ class GateFileError(RuntimeError):
 class GateFileVerdict:
     """The gate's result on a file, with what it was judged against.
 
-    where: how the baseline was tuned ("tuned by campaign c", "tuned here (n trials)")."""
+    where: how the baseline was tuned ("tuned by campaign c", "tuned here (n trials)").
+    copy_of: the reference policy the file is (``lineage.same_policy_as``), "" if none: its
+    gain is that reference's, never a discovery."""
 
     policy: str
     params: Mapping[str, Any]
@@ -43,6 +46,7 @@ class GateFileVerdict:
     where: str
     result: GateResult
     cfg: CampaignConfig
+    copy_of: str = ""
 
 
 class _ReadOnlyCache:
@@ -159,6 +163,10 @@ def judge_policy_file(policy: str, *, config: str | None = None, campaign: str |
         candidate = PolicyRef(Path(policy).name, source.code, source.defaults())
         result = run_gate(setup.evaluator, cfg, "candidate", candidate, baseline.ref(),
                           instances, references=references)
-        return GateFileVerdict(policy, dict(candidate.params), baseline, where, result, cfg)
+        named = [cfg.objective.baseline, *cfg.search.seeds, *cfg.gate.references]
+        known = shipped_references() | dict(read_named_policy(n) for n in named)
+        copy_of = same_policy_as(source.code, {Path(k).stem: v for k, v in known.items()})
+        return GateFileVerdict(policy, dict(candidate.params), baseline, where, result, cfg,
+                               copy_of or "")
     finally:
         setup.close()

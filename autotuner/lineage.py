@@ -51,6 +51,13 @@ def same_policy_as(code: str, references: Mapping[str, str]) -> str | None:
     return None
 
 
+def shipped_references() -> dict[str, str]:
+    """Every policy shipped in ``baselines/`` (not its ``audit/`` subjects), by file stem."""
+    folder = baseline_path(FALLBACK_BASELINE).parent
+    return {path.stem: path.read_text(encoding="utf-8")
+            for path in sorted(folder.glob("*.py")) if not path.name.startswith("_")}
+
+
 def program_fingerprint(code: str) -> str | None:
     """A short stable digest of the canonical program (None when the file is not a policy)."""
     canon = canonical_program(code)
@@ -63,7 +70,19 @@ def canonical_program(code: str) -> str | None:
         return _canonical_program(code)
 
 
-def _canonical_program(code: str) -> str | None:
+def changed_points(code: str, other: str) -> tuple[str, ...] | None:
+    """The decision points (``partition``, ``route``) whose canonical code differs between two
+    policy files, each with what it reaches; None when either is not a policy. Says which
+    decisions a candidate changed against its parent or the baseline, from the code alone."""
+    with PARSE_LOCK:
+        mine = [_canonical_program(code, (p,)) for p in DECISION_POINTS]
+        theirs = [_canonical_program(other, (p,)) for p in DECISION_POINTS]
+    if None in mine or None in theirs:
+        return None
+    return tuple(p for p, a, b in zip(DECISION_POINTS, mine, theirs, strict=True) if a != b)
+
+
+def _canonical_program(code: str, points: tuple[str, ...] = DECISION_POINTS) -> str | None:
     try:
         source = read_policy_source(code)
         tree = ast.parse(source.code)
@@ -77,7 +96,7 @@ def _canonical_program(code: str) -> str | None:
             top[point] = fallback[point]
             for name, stmt in fallback.items():
                 top.setdefault(name, stmt)
-    reached = _reachable(top)
+    reached = _reachable(top, points)
     renamer = _Renamer(reached, tunable_types)
     parts = [ast.dump(renamer.visit(_strip_docstrings(top[name]))) for name in reached]
     tunables = ",".join(f"{renamer.tunables[name]}:{tunable_types[name]}"
@@ -106,10 +125,10 @@ def _top_level(tree: ast.Module) -> dict[str, ast.stmt]:
     return out
 
 
-def _reachable(top: dict[str, ast.stmt]) -> list[str]:
+def _reachable(top: dict[str, ast.stmt], points: tuple[str, ...]) -> list[str]:
     """Names of the top-level definitions the decision points use, in first-use order."""
     order: list[str] = []
-    queue = [p for p in DECISION_POINTS if p in top]
+    queue = [p for p in points if p in top]
     while queue:
         name = queue.pop(0)
         if name in order:

@@ -259,6 +259,18 @@ def test_a_copy_of_another_policy_shown_is_named_and_a_new_file_then_passes(serv
     assert "your file is c0003, one of the other policies shown, unchanged" in fix
 
 
+def test_a_copy_of_a_reference_policy_is_named_and_a_new_file_then_passes(server):
+    """A shipped reference the model was not shown (here least_outstanding, with another
+    docstring) is named as that reference: it would be scored as that policy, no discovery."""
+    copy = baseline_path("least_outstanding").read_text().replace(
+        "Least-outstanding-requests routing", "My balanced router")
+    server.push(ok(fenced(copy)), ok(fenced(NEW_FILE)))
+    result = proposer(server, prompt_token_cap=0).propose(request(), passes)
+    assert result.ok and result.code == NEW_FILE and result.attempts == 2
+    fix = server.requests[1].messages[-1]["content"]
+    assert "your file is the reference policy least_outstanding, unchanged up to names" in fix
+
+
 def test_a_dry_run_refusal_goes_back_to_the_model(server):
     """The seam for the sandbox's dry run: its reasons go back like the check's."""
     seen: list[str] = []

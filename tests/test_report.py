@@ -161,6 +161,10 @@ def test_report_restates_the_gate_and_covers_every_section(campaign, reported):
     assert rows["subject"].starved == 0 and rows["subject"].priority_inversions == 0
     assert "Beside capacity, at each policy's own capacity" in md
     assert 'id="table-fairness"' in html_path.read_text()
+    # why it wins: the explanation the campaign stored from its measured diagnostics
+    assert data.subject.why and data.subject.why[0].startswith("changes route against")
+    assert all(f"- {line.strip()}" in md for line in data.subject.why)
+    assert 'id="why"' in html_path.read_text()
 
 
 def test_every_measured_capacity_stays_under_the_roofline_bound(campaign, reported):

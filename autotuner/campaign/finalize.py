@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autotuner import archive as A
 from autotuner.archive import Candidate
+from autotuner.campaign.diagnostics import explanation_of
 from autotuner.campaign.errors import CampaignError
 from autotuner.campaign.progress import fmt_duration, fmt_gain
 from autotuner.campaign.state import Baseline, CampaignState
@@ -61,8 +62,12 @@ def _baseline_on_validation(state: CampaignState) -> Baseline:
 
 def _finalists(state: CampaignState) -> list[Candidate]:
     """The best proposals that gained on training, best first."""
-    tuned = [c for c in state.scored() if c.promotable and c.status in (A.TUNED, A.FINALIST)]
-    tuned = [c for c in tuned if (c.train_score or 0) > 0]
+    tuned = [c for c in state.scored() if c.origin == "proposal"
+             and c.status in (A.TUNED, A.FINALIST) and (c.train_score or 0) > 0]
+    for copy in (c for c in tuned if not c.promotable):
+        state.progress.log(f"{copy.label} is not a finalist: a copy of a reference policy is "
+                           f"not a discovery (training {fmt_gain(copy.train_score)})")
+    tuned = [c for c in tuned if c.promotable]
     tuned.sort(key=lambda c: -(c.train_score or 0.0))
     return tuned[: state.cfg.search.finalists]
 
@@ -147,12 +152,15 @@ def _record_verdict(state: CampaignState, baseline: Baseline, cand: Candidate,
     assert state.archive is not None
     cfg = state.cfg
     comp = result.baseline
+    why = explanation_of(state, cand)
+    explanation = why.to_dict() if why is not None else None
     if result.passed:
         best_ref = next((r for r in references if Path(r.name).stem == result.reference), None)
         policy_path, record_path = write_promotion(
             state.dir, cfg, cand.id, _ref(cand), _baseline_ref(baseline), baseline.name, result,
-            promoted_id, best_ref)
-        state.archive.update(cand.id, status=A.PROMOTED, gate=result.to_dict())
+            promoted_id, best_ref, explanation)
+        state.archive.update(cand.id, status=A.PROMOTED, gate=result.to_dict(),
+                             explanation=explanation)
         promotions = state.archive.get_meta("promotions", [])
         state.archive.set_meta_many({"promoted": cand.id, "promotions": [*promotions, cand.id]})
         state.progress.log(
@@ -161,10 +169,13 @@ def _record_verdict(state: CampaignState, baseline: Baseline, cand: Candidate,
             f"margin {cfg.gate.margin:.0%}); policy {policy_path}; record {record_path}")
     else:
         state.archive.update(cand.id, status=A.GATE_FAILED, gate=result.to_dict(),
-                             failure="gate: " + "; ".join(result.reasons))
+                             failure="gate: " + "; ".join(result.reasons),
+                             explanation=explanation)
         state.progress.log(f"gate refused {cand.id} ({', '.join(result.failed())}):")
     for condition in result.conditions:
         state.progress.log(f"  {condition.line()}")
+    for line in why.lines() if why is not None else ():
+        state.progress.log(f"  why: {line}")
 
 
 def _tuned_references(state: CampaignState, b: Baseline) -> list[PolicyRef]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from autotuner import archive as A
 from autotuner.archive import Candidate
+from autotuner.campaign.diagnostics import diagnosis_of
 from autotuner.campaign.state import CampaignState
 from autotuner.proposers.base import (
     ClusterInfo,
@@ -61,15 +62,18 @@ def parent_for(state: CampaignState, island: int) -> Candidate:
     return max(drawn, key=lambda c: (c.train_score or 0.0, -c.seq))
 
 
-def parent_info(state: CampaignState, cand: Candidate, failures: Sequence[str] = ()
-                ) -> ParentInfo:
+def parent_info(state: CampaignState, cand: Candidate, failures: Sequence[str] = (),
+                diagnosed: bool = False) -> ParentInfo:
+    """An archive member as the proposer sees it; ``diagnosed``: with its training runs'
+    diagnostics against the tuned baseline (the parent's; the others' would cost prompt)."""
     assert state.archive is not None
     train = None if cand.train_score is None else round(cand.train_score, 4)
     gains = {label: round(score, 4) for label, (score, _)
              in state.archive.scores(cand.id, "train").get("train", {}).items()
              if score is not None}
     return ParentInfo(cand.id, cand.code or "", train, gains, tuple(failures),
-                      dict(cand.params))
+                      dict(cand.params),
+                      diagnosis_of(state, cand, "train") if diagnosed else None)
 
 
 def proposal_request(state: CampaignState, island: int) -> tuple[ProposalRequest, Candidate]:
@@ -92,5 +96,6 @@ def proposal_request(state: CampaignState, island: int) -> tuple[ProposalRequest
     workloads = tuple(WorkloadInfo(label, cap)
                       for label, cap in state.baseline.caps["train"].items())
     cluster = ClusterInfo(c.replicas, c.model, c.gpu, c.tp, c.max_batch_tokens)
-    return ProposalRequest(parent_info(state, parent, failures), inspirations, objective,
+    return ProposalRequest(parent_info(state, parent, failures, diagnosed=True), inspirations,
+                           objective,
                            workloads, cluster, baseline_params=state.baseline.params), parent

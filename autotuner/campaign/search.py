@@ -169,18 +169,22 @@ def archive_proposal(state: CampaignState, outcome: Proposal | BaseException, pa
                   attempts=proposal.attempts, model=proposal.model,
                   raw=proposal.raw_replies, files_dir=state.dir / "candidates")
     code, reason = proposal.code, proposal.reason
+    copy_of, member = state.reference_copy(code) if code is not None else ("", None)
+    common["copy_of"] = copy_of
     if proposal.ok and code is not None:
         reasons = check_reasons(code)
         if reasons:
             reason = "check rejected: " + "; ".join(reasons)
-        else:
-            same = state.archive.same_program(code)
-            if same is not None:
-                reason = f"duplicate of {same} (the same program)"
+        elif (same := state.archive.same_program(code) or member) is not None:
+            reason = f"duplicate of {same} (the same program" + (
+                f": the reference policy {copy_of}, up to names, docstrings and tunable "
+                "defaults)" if copy_of else ")")
     if proposal.ok and code is not None and not reason:
         cand = state.archive.add_candidate(code=code, status=A.PENDING, **common)
         state.event(cand, "proposed" + (f" ({proposal.attempts} attempts)"
-                                        if proposal.attempts > 1 else ""))
+                                        if proposal.attempts > 1 else "")
+                    + (f": a copy of the reference {copy_of}, scored but never promoted"
+                       if copy_of else ""))
         return
     cand = state.archive.add_candidate(code=code, status=A.PROPOSAL_FAILED,
                                        failure=reason or "no usable proposal", **common)

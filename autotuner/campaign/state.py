@@ -20,7 +20,8 @@ from typing import Any, TextIO
 from autotuner import archive as A
 from autotuner.archive import Archive, Candidate
 from autotuner.campaign.progress import Progress, fmt_duration, fmt_gain
-from autotuner.config import CampaignConfig
+from autotuner.config import CampaignConfig, policy_file
+from autotuner.lineage import same_policy_as, shipped_references
 from autotuner.proposers.base import Proposer
 from autotuner.scoring import Evaluator, Instance, Simulator, ladder_jobs, split_instances
 from autotuner.yardstick import from_campaign, ladder_goodput, read_named_policy, reference_names
@@ -83,6 +84,7 @@ class CampaignState:
         self._status_cache = ""
         self._status_at = 0.0
         self._reference_files: list[tuple[str, str]] | None = None  # gate.references
+        self._copyable: dict[str, str] | None = None  # every reference a proposal may copy
 
     # -- time ----------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -146,6 +148,25 @@ class CampaignState:
     def best(self, promotable_only: bool = False) -> Candidate | None:
         pool = [c for c in self.scored() if c.promotable or not promotable_only]
         return max(pool, key=lambda c: (c.train_score, -c.seq)) if pool else None
+
+    def reference_copy(self, code: str) -> tuple[str, str | None]:
+        """The reference policy ``code`` is, up to what cannot change a decision (``""``: none),
+        and the archive member that is that reference (the baseline, a seed), if any.
+
+        The references are every policy shipped in baselines/, the configured baseline, seeds
+        and gate references: a proposal equal to one of them is that reference, not a
+        discovery."""
+        if self._copyable is None:
+            named = [self.cfg.objective.baseline, *self.cfg.search.seeds, *self.cfg.gate.references]
+            self._copyable = shipped_references() | {
+                Path(n).stem: policy_file(n).read_text(encoding="utf-8") for n in named}
+        stem = same_policy_as(code, self._copyable) or ""
+        if not stem or self.archive is None:
+            return stem, None
+        if stem == Path(self.cfg.objective.baseline).stem:
+            return stem, "baseline"
+        member = self.archive.find(f"seed-{stem}")
+        return stem, member.id if member is not None else None
 
     # -- display ---------------------------------------------------------------------------
     def tick(self, current: str | None = None) -> None:

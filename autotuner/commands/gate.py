@@ -90,3 +90,6 @@ def print_verdict(out: TextIO, verdict: GateFileVerdict) -> None:
         out.write(f"  {line}\n")
     verdict_line = "PASSES" if result.passed else f"REFUSED ({', '.join(result.failed())})"
     out.write(f"\ngate: {verdict_line}\n")
+    if verdict.copy_of:
+        out.write(f"note: {verdict.policy} is the reference policy {verdict.copy_of} (the same "
+                  "program up to names, docstrings and tunable defaults): not a discovery\n")

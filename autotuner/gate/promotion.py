@@ -100,10 +100,12 @@ def write_promotion(
     result: GateResult,
     previous: str | None,
     reference: PolicyRef | None = None,
+    explanation: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``promotions/<id>.py`` (tuned defaults baked in) and ``promotions/<id>.json``;
     beside them the tuned baseline and the best tuned reference (``reference.py``) the claim
-    was measured against, so that the record alone reproduces the whole gate."""
+    was measured against, so that the record alone reproduces the whole gate. ``explanation``:
+    why it wins (``autotuner.diagnose.Explanation.to_dict()``), kept beside the claim."""
     out = campaign_dir / "promotions"
     out.mkdir(parents=True, exist_ok=True)
     policy_path = out / f"{candidate_id}.py"
@@ -124,6 +126,7 @@ def write_promotion(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "claim": claim_line(result, baseline_name),
         "claims": claims_by_workload(result),
+        "explanation": dict(explanation) if explanation is not None else None,
         "reproduce": f"autotuner replay {record_path}",
         "policy_file": policy_path.name,
         "policy_sha256": sha256(baked),

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from autotuner.diagnose import Diagnosis
+
 # A static check: takes a policy file's text, returns the reasons it is refused (empty = passes).
 CheckFn = Callable[[str], list[str]]
 
@@ -31,6 +33,9 @@ class ParentInfo:
     workload_gains: Mapping[str, float] = field(default_factory=dict)
     failures: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)  # tuned values of its TUNABLES
+    # where it loses to the tuned baseline per workload (TTFT and inter-token tails, imbalance,
+    # preemptions, prefix-cache hits at the same rates); None: not measured (not scored yet)
+    diagnosis: Diagnosis | None = None
 
 
 @dataclass(frozen=True)

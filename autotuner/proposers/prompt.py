@@ -24,12 +24,14 @@ import jinja2
 
 from autotuner.api_views import point_views
 from autotuner.check import ALLOWED_MODULES, REFUSED_BUILTINS
+from autotuner.diagnose import diagnosis_table
 from autotuner.policy import PARSE_LOCK
 from autotuner.proposers.base import ParentInfo, ProposalRequest
 from autotuner.resources import asset_dir
 
 # SLO terms the objective lines phrase themselves; any other field of the SLO is listed by name.
 PHRASED_SLO_TERMS = ("ttft_s", "tpot_s", "share")
+BASELINE_CANDIDATE = "baseline"  # the tuned baseline's id in the archive
 BRIEF_CHARS = 200  # a failure line shown to the model or printed in the progress
 # Pieces a BPE tokenizer splits code and English into: a newline with its indent, a word with
 # its leading space, a digit (llama.cpp's tokenizers split numbers digit by digit), one or two
@@ -206,14 +208,21 @@ class PromptBuilder:
         return strip_docstrings(request.parent.code)
 
     def user(self, request: ProposalRequest) -> str:
+        parent = request.parent
+        table = None
+        if parent.diagnosis is not None and parent.diagnosis.workloads:
+            table = diagnosis_table(parent.diagnosis,
+                                    parent.candidate_id == BASELINE_CANDIDATE)
         return self._env.get_template("propose.j2").render(
             objective=request.objective,
             cluster=request.cluster,
             workloads=request.workloads,
-            parent=request.parent,
+            parent=parent,
             parent_code=self.shown_parent(request),
             inspirations=request.inspirations,
             notes=request.notes,
+            table=table,
+            parent_is_baseline=parent.candidate_id == BASELINE_CANDIDATE,
         )
 
     def messages(self, request: ProposalRequest, notes: bool = True) -> list[dict[str, str]]:
@@ -225,8 +234,9 @@ class PromptBuilder:
 
     def fit(self, request: ProposalRequest, cap: int | None) -> FittedPrompt:
         """The opening messages held under ``cap`` estimated tokens (None: no cap). Drops the
-        last inspiration first, one at a time, then the API's field meanings; what is left
-        is sent even when still over (the parent and the API's names cannot go)."""
+        last inspiration first, one at a time, then the API's field meanings, then the
+        parent's diagnostics table; what is left is sent even when still over (the parent and
+        the API's names cannot go)."""
         dropped: list[str] = []
         notes = True
         msgs = self.messages(request)
@@ -237,6 +247,9 @@ class PromptBuilder:
             elif notes and not request.api_doc:
                 dropped.append("field notes")
                 notes = False
+            elif request.parent.diagnosis is not None:
+                dropped.append("diagnostics")
+                request = replace(request, parent=replace(request.parent, diagnosis=None))
             else:
                 break
             msgs = self.messages(request, notes)

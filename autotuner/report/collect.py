@@ -13,6 +13,7 @@ from typing import Any
 
 from autotuner.archive import Archive
 from autotuner.config import CampaignConfig, load_config
+from autotuner.diagnose import Explanation
 from autotuner.report import figures, statistics
 from autotuner.report.cache import ReportCache
 from autotuner.report.measure import Measurer, ReportOptions
@@ -94,9 +95,10 @@ def _measure_subject(m: Measurer, pick: Subject, base_meta: dict[str, Any]) -> _
         return _Measured(insts, baseline, None, None, None)
     label = (f"promoted {cand.id}" if pick.how == "promoted" else f"best candidate {cand.id}")
     subject = Policy("subject", label, cand.code or "", dict(cand.params))
+    why = Explanation.from_dict(cand.explanation).lines() if cand.explanation else []
     info = SubjectInfo(cand.id, label, params_text(subject.params), cand.train_score,
                        cand.validation_score, tuple(x.id for x in m.archive.lineage(cand.id)),
-                       cand.status)
+                       cand.status, tuple(why))
     try:
         diff = candidate_diff(m.archive, cand, "baseline")
     except Exception as exc:  # noqa: BLE001 - a missing diff must not sink the report

@@ -107,6 +107,7 @@ class SubjectInfo:
     validation: float | None
     lineage: tuple[str, ...]
     status: str
+    why: tuple[str, ...] = ()  # its explanation's lines (autotuner.diagnose), when it was gated
 
 
 @dataclass(frozen=True)

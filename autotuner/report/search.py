@@ -78,8 +78,9 @@ def progress(archive: Archive) -> Progress:
         if score is not None and math.isfinite(score):
             pts_x.append(made)
             pts_y.append(score)
-            labels.append(f"{c.id}: {score:+.1%} ({c.status})")
-            best = max(best, score)
+            labels.append(f"{c.label}: {score:+.1%} ({c.status})")
+            if c.promotable:  # a copy of a reference policy is no progress of the search
+                best = max(best, score)
         xs.append(made)
         best_y.append(best if math.isfinite(best) else math.nan)
     seeds = tuple((c.id, c.train_score) for c in archive.candidates(origin="seed")

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotuner.archive import Archive, Candidate
+from autotuner.diagnose import Explanation
 from autotuner.review.common import (
     fairness_lines,
     gain_text,
@@ -21,6 +22,8 @@ def show_text(archive: Archive, cand: Candidate) -> str:
     lines = _summary(archive, cand) + _scores(archive, cand)
     if cand.gate:
         lines += _gate_text(cand.gate)
+    if cand.explanation:
+        lines += explanation_text(cand.explanation)
     if cand.code is not None:
         lines += [f"\n--- {cand.id}.py ---", cand.code.rstrip("\n")]
     else:
@@ -32,8 +35,11 @@ def show_text(archive: Archive, cand: Candidate) -> str:
 def _summary(archive: Archive, cand: Candidate) -> list[str]:
     lines = [f"candidate {cand.id}: {cand.status}  (origin {cand.origin}, island {cand.island}, "
              f"proposer {cand.proposer or '-'}{', model ' + cand.model if cand.model else ''})"]
+    if cand.copy_of:
+        lines.append(f"copy of the reference policy {cand.copy_of} (the same program up to "
+                     "names, docstrings and tunable defaults): never promoted as a discovery")
     lines.append("lineage: " + " <- ".join(
-        f"{c.id} ({gain_text(c.train_score)})" for c in archive.lineage(cand.id)))
+        f"{c.label} ({gain_text(c.train_score)})" for c in archive.lineage(cand.id)))
     lines.append(f"scores vs tuned baseline: screen {gain_text(cand.screen_score)}, training "
                  f"{gain_text(cand.train_score)}, validation {gain_text(cand.validation_score)},"
                  f" held-out capacity {gain_text(heldout_gain(cand))}")
@@ -91,3 +97,10 @@ def gate_conditions_text(gate: Mapping[str, Any]) -> list[str]:
         lines.append("  at the claimed capacity:")
         lines += [f"    {x}" for x in fairness_lines(comps[0]["capacities"], at_claim)]
     return lines
+
+
+def explanation_text(explanation: Mapping[str, Any]) -> list[str]:
+    """Why a gated candidate wins, as its stored explanation's figures say."""
+    why = Explanation.from_dict(explanation)
+    return ["\nwhy (from the measured diagnostics, vs the tuned baseline at the same rates):",
+            *(f"  {line}" for line in why.lines())]

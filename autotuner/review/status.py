@@ -54,7 +54,7 @@ def status_rows(archive: Archive) -> list[dict[str, Any]]:
             "id": c.id, "parent": c.parent_id, "island": c.island, "origin": c.origin,
             "status": c.status, "screen": c.screen_score, "train": c.train_score,
             "validation": c.validation_score, "heldout": heldout_gain(c),
-            "params": c.params, "failure": c.failure,
+            "params": c.params, "failure": c.failure, "copy_of": c.copy_of,
             "category": failure_category(c.status, c.failure) if c.status in FAILED_STATUSES
             else "",
             "tokens": c.prompt_tokens + c.completion_tokens, "cost_usd": c.cost_usd,
@@ -101,6 +101,8 @@ def status_text(folder: Path, cfg: CampaignConfig, archive: Archive, width: int 
             attempts[r["id"]] = r["attempts"]
         detail = r["failure"] if r["status"] in (*FAILED_STATUSES, A.GATE_FAILED) \
             else params_text(r["params"])
+        if r["copy_of"]:
+            detail = f"copy of {r['copy_of']}; {detail}"
         rows.append((r["id"], r["parent"] or "-", str(r["island"]), r["status"],
                      gain_text(r["screen"]), gain_text(r["train"]),
                      gain_text(r["validation"]), gain_text(r["heldout"]), detail))

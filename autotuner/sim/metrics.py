@@ -190,6 +190,11 @@ class RunMetrics:
     own. Reordering within deadlines (shortest-first while everyone is on time) is not counted.
     starved: requests waiting past ``starve_multiple`` times their deadline, or never finishing.
     starved_ids, inversion_ids: up to ten of them, worst (longest over deadline) first.
+    preemptions, prefix_hit_rate, replica_imbalance: what a run's latencies are made of, over
+    every request (``autotuner.diagnose`` compares them with the baseline's): preemptions (KV
+    pressure), the share of prompt tokens to prefill (every start, recomputes too) that the
+    prefix cache served, and how unevenly the replicas worked (the busiest replica's busy time
+    over the mean, minus one: 0 is even; None with one replica or none busy).
     """
 
     slo_kind: str
@@ -228,6 +233,8 @@ class RunMetrics:
     tbt_p99: float | None
     preemptions: int
     error: str | None = None
+    prefix_hit_rate: float | None = None
+    replica_imbalance: float | None = None
 
     def meets(self, share: float) -> bool:
         """Whether this run's rate counts toward capacity: the share, and (unless legacy) a
@@ -433,7 +440,25 @@ def run_metrics(workload: Workload, result: SimResult, slo: SLO) -> RunMetrics:
         tbt_p99=_pct(np.where(finished, result.max_gap, np.nan)[window], 99),
         preemptions=int(result.preemptions.sum()),
         error=result.error,
+        prefix_hit_rate=_prefix_hit_rate(wl, result),
+        replica_imbalance=_imbalance(result.busy_time),
     )
+
+
+def _prefix_hit_rate(wl: Workload, result: SimResult) -> float | None:
+    """Share of the prompt tokens prefilled (each start of a request: recomputes count) that
+    came from the prefix cache; None when nothing started."""
+    started = ~np.isnan(result.start)
+    demand = float((wl.prompt * (1.0 + result.preemptions))[started].sum())
+    return min(1.0, float(result.cached_tokens.sum()) / demand) if demand > 0 else None
+
+
+def _imbalance(busy: np.ndarray) -> float | None:
+    """The busiest replica's busy time over the mean, minus one (0: even)."""
+    busy = np.asarray(busy, dtype=np.float64)
+    if busy.size < 2 or busy.mean() <= 0:
+        return None
+    return float(busy.max() / busy.mean() - 1.0)
 
 
 # ------------------------------------------------------------------------------- simulate's view

@@ -12,6 +12,7 @@ Nothing here ever raises into the campaign loop: every outcome is a ``Proposal``
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from autotuner.lineage import canonical_program
+from autotuner.lineage import canonical_program, shipped_references
 from autotuner.policy import PARSE_LOCK
 from autotuner.proposers.base import CallRecord, CheckFn, Proposal, ProposalRequest
 from autotuner.proposers.edits import UNCHANGED, parse_reply
@@ -118,6 +119,17 @@ class _Dialogue:
             fatal=fatal,
             calls=tuple(self.calls),
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_programs() -> dict[str, str]:
+    """The shipped reference policies' canonical programs -> their names."""
+    out: dict[str, str] = {}
+    for name, code in shipped_references().items():
+        canon = canonical_program(code)
+        if canon is not None:
+            out.setdefault(canon, name)
+    return out
 
 
 class LLMProposer:
@@ -235,6 +247,8 @@ class LLMProposer:
             canon = canonical_program(info.code)
             if canon is not None:
                 known.setdefault(canon, what)
+        for canon, name in _reference_programs().items():  # a copy is no discovery either
+            known.setdefault(canon, f"the reference policy {name}")
         return _Dialogue(self.model, number, fitted.messages, base, known,
                          messages=list(fitted.messages))
 
