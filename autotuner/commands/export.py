@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from autotuner.commands.common import EXIT_OK, CLIError, add_sandbox_option
+from autotuner.commands.common import EXIT_OK, EXIT_USAGE, CLIError, add_sandbox_option
 from autotuner.commands.views import guarded
 from autotuner.export import (
     TARGETS,
@@ -88,8 +88,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None, log: TextIO | None 
     def guarded_body() -> int:
         try:
             return body()
-        except ExportError as exc:
-            raise CLIError(str(exc)) from None
+        except (ExportError, CLIError) as exc:
+            print(f"autotuner export: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
 
     return guarded("export", guarded_body)
 
