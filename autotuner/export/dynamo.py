@@ -17,9 +17,12 @@ from autotuner.export.engine_flags import serve_script, vllm_args
 from autotuner.export.probe import Observations
 from autotuner.export.projection import (
     FIXED_BUDGET_PARTITION,
+    ROUND_ROBIN,
     Projection,
     Subject,
+    agreement,
     best_rule,
+    compile_rule,
     projection_file,
     routing_lines,
 )
@@ -46,16 +49,23 @@ GRID = {"router_prefill_load_scale": (1.0, 0.0, 0.25, 0.5, 2.0, 4.0, 8.0, 16.0, 
 def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
     knobs, fit = partition_knobs(obs)
     router, share = best_rule(KV_COST, "route", GRID, obs)
-    frontend = ("#!/bin/sh\nexec python -m dynamo.frontend --router-mode kv \\\n"
-                f"  --kv-cache-block-size {cfg.cluster.block_size} \\\n"
-                f"  --router-prefill-load-scale {router['router_prefill_load_scale']:g} \\\n"
-                "  --router-kv-overlap-score-credit "
-                f"{router['router_kv_overlap_score_credit']:g} \\\n"
-                "  --router-temperature 0\n")
+    rr_share = agreement(compile_rule(ROUND_ROBIN, {}, "route"), obs)
+    if rr_share > share:
+        router, share, route = {}, rr_share, ROUND_ROBIN
+        frontend = "#!/bin/sh\nexec python -m dynamo.frontend --router-mode round-robin\n"
+    else:
+        route = KV_COST
+        frontend = ("#!/bin/sh\nexec python -m dynamo.frontend --router-mode kv \\\n"
+                    f"  --kv-cache-block-size {cfg.cluster.block_size} \\\n"
+                    f"  --router-prefill-load-scale {router['router_prefill_load_scale']:g} \\\n"
+                    "  --router-kv-overlap-score-credit "
+                    f"{router['router_kv_overlap_score_credit']:g} \\\n"
+                    "  --router-temperature 0\n")
     files = {"frontend.sh": frontend, "worker-engine.sh": serve_script(vllm_args(fit, cfg), cfg)}
-    lost = (*fit.lost, *routing_lines(obs, "the KV cost", share))
-    fit_lines = (*fit.fit, f"KV-router knobs: the grid point routing {share:.0%} of observed "
-                 "arrivals as the policy did; temperature 0 (the policy is deterministic)")
+    lost = (*fit.lost, *routing_lines(obs, "the KV cost" if router else "round-robin", share))
+    fit_lines = (*fit.fit, f"router: {'the KV cost' if router else 'round-robin'} routes "
+                 f"{share:.0%} of observed arrivals as the policy did (round-robin: "
+                 f"{rr_share:.0%}); temperature 0 (the policy is deterministic)")
     code = projection_file("Dynamo projection", subject, {**knobs, **router},
-                           FIXED_BUDGET_PARTITION, KV_COST)
+                           FIXED_BUDGET_PARTITION, route)
     return Projection("dynamo", LABEL, {**knobs, **router}, files, code, {}, lost, fit_lines)

@@ -18,9 +18,12 @@ from typing import Any
 from autotuner.export.probe import Observations
 from autotuner.export.projection import (
     PREFILL_CHUNK_PARTITION,
+    ROUND_ROBIN,
     Projection,
     Subject,
+    agreement,
     best_rule,
+    compile_rule,
     fit_budget,
     projection_file,
     routing_lines,
@@ -53,6 +56,9 @@ def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
     fit = fit_budget(obs, "chunked_prefill_size")
     chunk = fit.prefill_room
     router, share = best_rule(CACHE_AWARE, "route", GRID, obs)
+    rr_share = agreement(compile_rule(ROUND_ROBIN, {}, "route"), obs)
+    policy, route = ("cache_aware", CACHE_AWARE) if share >= rr_share else \
+        ("round_robin", ROUND_ROBIN)
     server = ("#!/bin/sh\n# one server per replica\n"
               f'MODEL="${{MODEL:?set MODEL to the checkpoint of {cfg.cluster.model}}}"\n'
               'exec python -m sglang.launch_server --model-path "$MODEL" \\\n'
@@ -61,23 +67,24 @@ def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
               f"  --mem-fraction-static {cfg.cluster.gpu_memory_utilization:g}\n")
     gateway = ("#!/bin/sh\n# WORKER_URLS: the servers above, space separated\n"
                "exec python -m sglang_router.launch_router --worker-urls $WORKER_URLS \\\n"
-               "  --policy cache_aware \\\n"
-               f"  --cache-threshold {router['cache_threshold']:g} \\\n"
-               f"  --balance-abs-threshold {router['balance_abs_threshold']} \\\n"
-               f"  --balance-rel-threshold {router['balance_rel_threshold']:g}\n")
+               + (f"  --policy cache_aware \\\n"
+                  f"  --cache-threshold {router['cache_threshold']:g} \\\n"
+                  f"  --balance-abs-threshold {router['balance_abs_threshold']} \\\n"
+                  f"  --balance-rel-threshold {router['balance_rel_threshold']:g}\n"
+                  if policy == "cache_aware" else "  --policy round_robin\n"))
     lost = list(fit.lost)
     if fit.cap:
         lost.append(f"partition(): a per-request prefill cap of {fit.cap} tokens; SGLang has no "
                     "per-request cap beside --chunked-prefill-size")
-    lost += routing_lines(obs, "cache_aware", share)
-    knobs = {"chunked_prefill_size": chunk, **router}
+    lost += routing_lines(obs, policy, max(share, rr_share))
+    knobs = {"chunked_prefill_size": chunk, **(router if policy == "cache_aware" else {})}
     fit_lines = (f"chunked_prefill_size={chunk}: the policy's median prefill room per iteration "
                  "(budget net of decodes; SGLang with --enable-mixed-chunk runs decodes beside "
                  "it)", *fit.fit[1:],
-                 f"cache_aware thresholds: the grid point routing {share:.0%} of observed "
-                 "arrivals as the policy did", "--schedule-policy fcfs: the simulator's "
+                 f"gateway --policy {policy}: round_robin routes {rr_share:.0%} of observed "
+                 f"arrivals as the policy did, cache_aware at its best thresholds {share:.0%}",
+                 "--schedule-policy fcfs: the simulator's "
                  "waiting queue is in arrival order (lpm needs the radix tree it does not model)")
-    code = projection_file("SGLang projection", subject, knobs, PREFILL_CHUNK_PARTITION,
-                           CACHE_AWARE)
+    code = projection_file("SGLang projection", subject, knobs, PREFILL_CHUNK_PARTITION, route)
     return Projection("sglang", LABEL, knobs, {"server.sh": server, "gateway.sh": gateway},
                       code, {}, tuple(lost), fit_lines)
