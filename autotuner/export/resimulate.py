@@ -37,12 +37,22 @@ def survival(projected: float, simulated: float) -> float | None:
 
 
 def survival_line(label: str, projected: Gain, simulated: Gain) -> str:
-    """'vLLM knobs keep +12.0 % of +25.0 % (48 %)'."""
+    """'vLLM knobs keep +12.0 % of +25.0 % (48 % survives)', with what makes a share
+    meaningless said beside it: a policy gain whose lower bound is not above 0, or a projection
+    that does better than the policy (then it is a different rule, not the policy's)."""
     if projected.error:
         return f"{label}: the projection fails in simulation: {projected.error}"
     share = survival(projected.mean, simulated.mean)
-    kept = f" ({share:.0%} survives)" if share is not None else \
-        " (the policy itself gains nothing here, so no share is defined)"
+    if share is None:
+        kept = " (the policy itself gains nothing here, so no share is defined)"
+    elif share > 1.1:
+        kept = (f" ({share:.0%}: more than the policy itself; the target's closest rule is a "
+                "different one, see the decisions it cannot express)")
+    else:
+        kept = f" ({share:.0%} survives)"
+    if share is not None and simulated.lower <= 0:
+        kept += (f"; the policy's own gain is not significant (lower bound "
+                 f"{simulated.lower * 100:+.1f} %)")
     return (f"{label} keep {projected.mean * 100:+.1f} % of {simulated.mean * 100:+.1f} %"
             f"{kept}")
 
