@@ -204,3 +204,82 @@ def test_the_vllm_scheduler_module_asks_partition_each_step(tmp_path, monkeypatc
     assert issubclass(module.AutotunerAsyncScheduler, sys.modules[
         "vllm.v1.core.sched.async_scheduler"].AsyncScheduler)
     monkeypatch.delitem(sys.modules, MODULE_NAME)
+
+
+# ---------------------------------------------------------------- from a campaign
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """A tiny campaign (as tests/test_review.py's): one tuned proposal, one the check rejects."""
+    from autotuner.campaign import Campaign
+    from autotuner.config import load_config
+    from autotuner.proposers.base import Proposal
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self, codes):
+            self.codes = list(codes)
+
+        def propose(self, request, check):
+            if not self.codes:
+                return Proposal(None, False, "no code in reply")
+            return Proposal(self.codes.pop(0), True, "", attempts=1, model="scripted")
+
+    root = tmp_path_factory.mktemp("campaign")
+    cfg = load_config(**{
+        "name": "x", "results_dir": str(root / "results"),
+        "workloads.scenarios": ["multiturn"], "workloads.screen": ["multiturn"],
+        "workloads.requests": 150, "workloads.scenario_requests": {},
+        "workloads.heldout_seeds": [1001, 1002, 1003], "objective.ladder": [1.0, 1.4],
+        "budget.trials": 2, "budget.proposals": 2, "search.seeds": [], "search.finalists": 1,
+        "gate.bootstrap": 500, "gate.capacity_rel_tol": 0.05, "gate.references": [],
+        "parallelism": 1, "search.screen_threshold": -0.5})
+    honest = HONEST.read_text()
+    rejected = ("import os\n\nTUNABLES = {}\n\n\n"
+                "def route(request, cluster, params):\n    return 0\n")
+    rc = Campaign(cfg, proposer=Scripted([honest, rejected]), simulator=in_process,
+                  stream=io.StringIO(), tty=False).run()
+    assert rc == 0
+    return cfg
+
+
+def _campaign_export(cfg, ref: str, out: Path) -> tuple[int, str]:
+    args = argparse.Namespace(subject=f"{cfg.campaign_dir}:{ref}", policy=None, config=None,
+                              target=["vllm"], out=str(out), sandbox=None, parallelism=1,
+                              json=True)
+    text = io.StringIO()
+    return run_export(args, text, io.StringIO(), simulator=in_process), text.getvalue()
+
+
+def test_a_campaign_candidate_is_measured_with_the_campaigns_own_yardstick(campaign, tmp_path):
+    from autotuner.archive import Archive
+
+    with Archive(campaign.campaign_dir / "archive.sqlite") as archive:
+        tuned = [c for c in archive.candidates() if c.train_score is not None
+                 and c.id.startswith("c")]
+        base = archive.get_meta("baseline")
+    assert tuned
+    rc, out = _campaign_export(campaign, tuned[0].id, tmp_path / "o")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["subject"].endswith(f"candidate {tuned[0].id}")
+    assert data["baseline_from"] == f"tuned by campaign {campaign.name}"
+    assert str(base["params"]["chunk_size"]) in data["baseline"]
+    assert sorted(data["capacities"]["baseline"]) == ["multiturn@1001", "multiturn@1002",
+                                                      "multiturn@1003"]
+    assert (tmp_path / "o" / "vllm" / "serve.sh").is_file()
+
+
+def test_a_candidate_never_evaluated_is_refused(campaign, tmp_path, capsys):
+    from autotuner.archive import Archive
+
+    with Archive(campaign.campaign_dir / "archive.sqlite") as archive:
+        never = [c for c in archive.candidates() if c.train_score is None]
+    assert never, "the fixture's second proposal fails the check"
+    rc, _ = _campaign_export(campaign, never[0].id, tmp_path / "o")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{never[0].id} has not been evaluated" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    rc, _ = _campaign_export(campaign, "c9999", tmp_path / "o")
+    assert rc == 2 and "no candidate 'c9999'" in capsys.readouterr().err

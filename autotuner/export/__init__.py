@@ -82,7 +82,8 @@ def parse_targets(names: Sequence[str]) -> list[str]:
 
 
 def campaign_subject(spec: str) -> tuple[str, Subject]:
-    """(campaign name, candidate) from CAMPAIGN:CANDIDATE; refuses one never evaluated."""
+    """(the campaign as named, a name or a folder; the candidate) from CAMPAIGN:CANDIDATE;
+    refuses a candidate never evaluated."""
     from autotuner.review import ReviewError
     from autotuner.review.common import open_campaign, resolve
 
@@ -101,7 +102,7 @@ def campaign_subject(spec: str) -> tuple[str, Subject]:
     if cand.code is None or cand.train_score is None:
         raise ExportError(f"{cand.id} has not been evaluated ({cand.status}"
                           f"{': ' + cand.failure if cand.failure else ''}): nothing to export")
-    return cfg.name, Subject(cand.id, cand.code, dict(cand.params),
+    return name, Subject(cand.id, cand.code, dict(cand.params),
                              f"campaign {cfg.name}, candidate {cand.id}")
 
 
