@@ -33,7 +33,7 @@ CONFIG = ('parallelism = 1\n[workloads]\nscenarios = ["multiturn"]\nscreen = []\
           'scenario_requests = {}\nheldout_requests = {}\nheldout_seeds = [1001, 1002, 1003]\n'
           '[objective]\nladder = [1.0, 1.5]\n[budget]\ntrials = 1\n'
           '[gate]\nbootstrap = 500\ncapacity_rel_tol = 0.05\nreferences = []\n')
-LINE = re.compile(r"^(?P<label>.+) keep (?P<kept>[+-]\d+\.\d) % of (?P<gain>[+-]\d+\.\d) %")
+LINE = re.compile(r"^(?P<label>.+) keeps? (?P<kept>[+-]\d+\.\d) % of (?P<gain>[+-]\d+\.\d) %")
 
 
 def export(tmp: Path, policy: Path, targets: list[str], out: Path, as_json: bool = False
@@ -114,6 +114,24 @@ def test_a_policy_the_target_expresses_exactly_keeps_all_of_its_gain(tmp_path):
     assert row["capacities"] == data["capacities"]["policy"]
     assert row["gain"]["mean"] == pytest.approx(data["policy_gain"]["mean"])
     assert not [x for x in row["lost"] if x.startswith("route()")]
+
+
+def test_the_vllm_scheduler_module_keeps_what_a_per_step_budget_expresses(tmp_path):
+    """Sarathi's shrinking chunk varies the budget with the decode count: one
+    --max-num-batched-tokens cannot say that, the --scheduler-cls module (re-simulated as its
+    step: the policy's budget and largest chunk, vLLM's first-come-first-served fill) can, and
+    makes exactly the policy's decisions."""
+    rc, out, log = export(tmp_path, baseline_path("sarathi_shrinking"), ["vllm"], tmp_path / "o",
+                          as_json=True)
+    assert rc == 0, log
+    data = json.loads(out)
+    row = data["targets"]["vllm"]
+    assert any(x.startswith("partition(): the budget varies per iteration") for x in row["lost"])
+    (alt,) = row["alternatives"]
+    assert alt["label"] == "vLLM --scheduler-cls module"
+    assert alt["capacities"] == data["capacities"]["policy"]
+    assert LINE.match(alt["line"])
+    assert check_policy((tmp_path / "o" / "vllm" / "projection-1.py").read_text(), "p.py").ok
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):

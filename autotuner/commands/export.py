@@ -19,6 +19,7 @@ from autotuner.export import (
     TARGETS,
     ExportError,
     ExportResult,
+    TargetResult,
     campaign_subject,
     export,
     file_subject,
@@ -95,6 +96,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, log: TextIO | None 
     return guarded("export", guarded_body)
 
 
+def files_of(t: TargetResult) -> list[str]:
+    """The files written for a target, by name."""
+    return sorted([*t.projection.files, "policy.py", "projection.py", "NOTES.txt",
+                   *(f"projection-{n + 1}.py" for n in range(len(t.alternatives)))])
+
+
 def result_data(r: ExportResult) -> dict[str, object]:
     return {
         "subject": r.subject.origin, "params": dict(r.subject.params), "baseline": r.baseline,
@@ -106,8 +113,11 @@ def result_data(r: ExportResult) -> dict[str, object]:
             "error": t.gain.error, "capacities": dict(t.gain.capacities),
             "knobs": dict(t.projection.knobs), "lost": list(t.projection.lost),
             "fit": list(t.projection.fit), "folder": str(t.folder),
-            "files": sorted([*t.projection.files, "policy.py", "projection.py", "NOTES.txt"])}
-            for t in r.targets},
+            "alternatives": [{"label": label, "line": line, "gain": {"mean": g.mean,
+                                                                     "lower": g.lower},
+                              "capacities": dict(g.capacities), "error": g.error}
+                             for label, g, line in t.alternatives],
+            "files": files_of(t)} for t in r.targets},
     }
 
 
@@ -121,10 +131,9 @@ def result_text(r: ExportResult) -> str:
              *(f"  {row}" for row in r.table()), ""]
     for t in r.targets:
         lines.append(t.line)
+        lines += [line for _, _, line in t.alternatives]
         lines += [f"  knob  {f}" for f in t.projection.fit]
         lines += [f"  lost  {x}" for x in t.projection.lost]
-        lines.append(f"  files {t.folder}/: "
-                     + ", ".join(sorted([*t.projection.files, "policy.py", "projection.py",
-                                         "NOTES.txt"])))
+        lines.append(f"  files {t.folder}/: " + ", ".join(files_of(t)))
         lines.append("")
     return "\n".join(lines)

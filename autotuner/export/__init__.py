@@ -47,6 +47,7 @@ class TargetResult:
     gain: Gain
     line: str  # the survival line
     folder: Path
+    alternatives: tuple[tuple[str, Gain, str], ...] = ()  # (label, gain, survival line)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class ExportResult:
 
     def table(self) -> list[str]:
         gains = {"policy": self.policy_gain} | {t.projection.target: t.gain for t in self.targets}
+        for t in self.targets:
+            gains |= {f"{t.projection.target}-{n + 1}": g
+                      for n, (_, g, _) in enumerate(t.alternatives)}
         return per_instance_rows(self.base_caps, gains)
 
 
@@ -131,9 +135,10 @@ def write_atomically(out: Path, build: Callable[[Path], None]) -> None:
         raise
 
 
-def _target_files(folder: Path, subject: Subject, proj: Projection, line: str) -> None:
+def _target_files(folder: Path, subject: Subject, result: TargetResult) -> None:
     from autotuner.gate import bake_params
 
+    proj = result.projection
     folder.mkdir()
     for name, text in proj.files.items():
         (folder / name).write_text(text, encoding="utf-8")
@@ -142,7 +147,10 @@ def _target_files(folder: Path, subject: Subject, proj: Projection, line: str) -
     (folder / "policy.py").write_text(bake_params(subject.code, subject.params),
                                       encoding="utf-8")
     (folder / "projection.py").write_text(proj.policy_code, encoding="utf-8")
-    notes = [line, "", "knobs chosen:", *(f"  {f}" for f in proj.fit), "",
+    for n, alt in enumerate(proj.alternatives):
+        (folder / f"projection-{n + 1}.py").write_text(alt.policy_code, encoding="utf-8")
+    notes = [result.line, *(line for _, _, line in result.alternatives), "", "knobs chosen:",
+             *(f"  {f}" for f in proj.fit), "",
              "decisions of the policy this target cannot express:",
              *(f"  {x}" for x in proj.lost or ("(none observed)",)), ""]
     (folder / "NOTES.txt").write_text("\n".join(notes), encoding="utf-8")
@@ -183,22 +191,32 @@ def export(subject: Subject, targets: Sequence[str], out: Path, *, config: str |
         results: list[TargetResult] = []
         for k, target in enumerate(targets):
             proj = TARGETS[target](obs, subject, cfg)
-            checked = check_policy(proj.policy_code, f"projection-{target}.py")
-            if not checked.ok:  # our own text: a failure here is a bug in the export
-                raise RuntimeError(f"the {target} projection is not a valid policy file: "
-                                   f"{checked.reasons()[0]}")
+            for code in (proj.policy_code, *(a.policy_code for a in proj.alternatives)):
+                checked = check_policy(code, f"projection-{target}.py")
+                if not checked.ok:  # our own text (and the policy's): a bug in the export
+                    raise RuntimeError(f"the {target} projection is not a valid policy file: "
+                                       f"{checked.reasons()[0]}")
             log(f"re-simulating the {target} projection")
             gain = stick.gain(PolicyRef(f"projection-{target}.py", proj.policy_code,
                                         dict(proj.policy_params)),
                               f"export-{subject.name}-{target}", seed_offset=k + 1)
+            alternatives = []
+            for n, alt in enumerate(proj.alternatives):
+                log(f"re-simulating the {target} projection's alternative: {alt.label}")
+                alt_gain = stick.gain(PolicyRef(f"projection-{target}-{n + 1}.py",
+                                                alt.policy_code, dict(alt.policy_params)),
+                                      f"export-{subject.name}-{target}-{n + 1}",
+                                      seed_offset=k + 1)
+                alternatives.append((alt.label, alt_gain,
+                                     survival_line(alt.label, alt_gain, policy_gain)))
             results.append(TargetResult(proj, gain, survival_line(proj.label, gain, policy_gain),
-                                        out / target))
+                                        out / target, tuple(alternatives)))
     finally:
         setup.close()
 
     def build(tmp: Path) -> None:
         for r in results:
-            _target_files(tmp / r.projection.target, subject, r.projection, r.line)
+            _target_files(tmp / r.projection.target, subject, r)
 
     write_atomically(out, build)
     return ExportResult(subject, f"{baseline.name} ({baseline.params})", where, policy_gain,

@@ -14,10 +14,11 @@ from typing import Any
 from autotuner.export.projection import BudgetFit
 
 
-def vllm_args(fit: BudgetFit, cfg: Any) -> list[str]:
-    """``vllm serve`` arguments for the fitted budget on the campaign's cluster."""
+def vllm_args(fit: BudgetFit, cfg: Any, budget: int | None = None) -> list[str]:
+    """``vllm serve`` arguments for the fitted budget (or ``budget``) on the campaign's
+    cluster."""
     args = ["--enable-chunked-prefill", "--enable-prefix-caching",
-            f"--max-num-batched-tokens {fit.budget}",
+            f"--max-num-batched-tokens {budget or fit.budget}",
             f"--tensor-parallel-size {cfg.cluster.tp}", f"--block-size {cfg.cluster.block_size}",
             f"--gpu-memory-utilization {cfg.cluster.gpu_memory_utilization:g}"]
     if fit.cap:

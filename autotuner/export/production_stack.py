@@ -18,7 +18,6 @@ cannot see as the simulator does (waiting tokens, prefix hits) is estimated, and
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from autotuner.export.engine_flags import serve_script, vllm_args
@@ -30,7 +29,7 @@ from autotuner.export.projection import (
     Subject,
     agreement,
     compile_rule,
-    constants,
+    with_own,
 )
 from autotuner.export.vllm import partition_knobs
 from autotuner.sim.api import ClusterView, ReplicaLoad, RequestView
@@ -132,12 +131,6 @@ def routing_module(subject: Subject, kv_capacity: int) -> str:
                           load_fields=ReplicaLoad._fields, cluster_fields=ClusterView._fields)
 
 
-def policy_with_partition(subject: Subject, knobs: dict[str, Any]) -> str:
-    """The policy's own file with its partition() replaced by vLLM's fitted one."""
-    code = re.sub(r"^def partition\(", "def _policy_partition(", subject.code, flags=re.M)
-    return code.rstrip("\n") + "\n\n\n" + constants(knobs) + "\n" + FIXED_BUDGET_PARTITION
-
-
 def kv_capacity_tokens(cfg: Any) -> int:
     cluster = cfg.cluster.spec()
     return int(cluster.cost_model().kv_capacity_tokens(cluster.gpu_memory_utilization,
@@ -161,6 +154,6 @@ def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
     fit_lines = (*fit.fit, "routing: the policy's own route() in a RoutingInterface; built-in "
                  "logics for comparison: " + ", ".join(f"{k} {v:.0%}" for k, v in builtin.items())
                  + " of observed arrivals routed alike")
-    code = policy_with_partition(subject, knobs)
+    code = with_own(subject, ["partition"], knobs, FIXED_BUDGET_PARTITION)
     return Projection("production-stack", LABEL, {**knobs, "routing": "policy route()"}, files,
                       code, dict(subject.params), lost, fit_lines)

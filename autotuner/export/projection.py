@@ -14,6 +14,7 @@ policy picked most often in the same state.
 from __future__ import annotations
 
 import itertools
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,16 @@ from typing import Any
 from autotuner.export.probe import Observations
 
 FIT_ROUTES = 2000  # route samples a grid point is scored on (the first ones observed)
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """Another deployable form of the same target, re-simulated beside the main projection
+    (vLLM's ``--scheduler-cls`` module beside its flags)."""
+
+    label: str
+    policy_code: str
+    policy_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class Projection:
     policy_params: Mapping[str, Any] = field(default_factory=dict)
     lost: tuple[str, ...] = ()
     fit: tuple[str, ...] = ()
+    alternatives: tuple[Alternative, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,31 @@ def partition(replica, params):
     return (replica.decodes + CHUNKED_PREFILL_SIZE, tuple(chunks))
 '''
 
+SCHEDULER_STEP_PARTITION = '''
+def partition(replica, params):
+    """What the vLLM --scheduler-cls module does with the policy's answer each step: its budget
+    (at most MAX_NUM_BATCHED_TOKENS, the engine's flag) and its largest chunk as the step's
+    per-request cap, then vLLM's own first-come-first-served fill."""
+    budget, asked = _policy_partition(replica, params)
+    cap = 0
+    for pair in asked:
+        cap = max(cap, pair[1])
+    budget = max(1, min(int(budget), MAX_NUM_BATCHED_TOKENS, replica.max_batch_tokens))
+    room = budget - replica.decodes
+    kv_room = replica.kv_free_tokens
+    chunks = []
+    for req in replica.waiting:
+        take = min(req.remaining, room, kv_room)
+        if cap > 0:
+            take = min(take, cap)
+        if take <= 0:
+            break
+        chunks.append((req.id, take))
+        room -= take
+        kv_room -= take
+    return (budget, tuple(chunks))
+'''
+
 ROUND_ROBIN = '''
 def route(request, cluster, params):
     return request.id % len(cluster.replicas)
@@ -155,6 +192,7 @@ class BudgetFit:
     partition decisions a constant budget cannot express."""
 
     budget: int
+    largest: int  # the largest budget observed (what a per-step budget may reach)
     prefill_room: int  # the budget net of decodes, median over iterations that took prefill
     cap: int  # 0: no per-request cap observed
     lost: tuple[str, ...]
@@ -164,7 +202,7 @@ class BudgetFit:
 def fit_budget(obs: Observations, knob: str = "max_num_batched_tokens") -> BudgetFit:
     parts = obs.partitions
     if not parts:
-        return BudgetFit(512, 512, 0, (), ("no partition decision was observed",))
+        return BudgetFit(512, 512, 512, 0, (), ("no partition decision was observed",))
     budgets = Counter(p.budget for p in parts)
     budget, count = budgets.most_common(1)[0]
     took = [p for p in parts if p.prefill > 0]
@@ -178,7 +216,7 @@ def fit_budget(obs: Observations, knob: str = "max_num_batched_tokens") -> Budge
                    f"room was left ({len(cuts)} such chunks)")
     lost: list[str] = []
     if "partition" not in obs.defines:
-        return BudgetFit(budget, room, cap, (), tuple(fit))
+        return BudgetFit(budget, max(budgets), room, cap, (), tuple(fit))
     if len(budgets) > 1:
         qs = sorted(p.budget for p in parts)
         lo, hi = qs[len(qs) // 10], qs[(9 * len(qs)) // 10]
@@ -198,7 +236,18 @@ def fit_budget(obs: Observations, knob: str = "max_num_batched_tokens") -> Budge
     if cuts and not cap:
         lost.append(f"partition(): {len(cuts)} chunks cut a prompt short with room left, too "
                     "few and too irregular for a fixed per-request cap")
-    return BudgetFit(budget, max(32, room), cap, tuple(lost), tuple(fit))
+    return BudgetFit(budget, max(budgets), max(32, room), cap, tuple(lost), tuple(fit))
+
+
+def with_own(subject: Subject, replaced: Sequence[str], knobs: Mapping[str, Any],
+             *functions: str) -> str:
+    """The policy's own file with the decision points ``replaced`` renamed ``_policy_<name>``
+    (still callable) and ``functions`` appended with ``knobs`` as constants."""
+    code = subject.code
+    for name in replaced:
+        code = re.sub(rf"^def {name}\(", f"def _policy_{name}(", code, flags=re.M)
+    return code.rstrip("\n") + "\n\n\n" + constants(knobs) + "\n" + "\n".join(
+        f.strip("\n") + "\n\n" for f in functions).rstrip("\n") + "\n"
 
 
 def projection_file(title: str, subject: Subject, knobs: Mapping[str, Any],

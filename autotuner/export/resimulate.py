@@ -37,7 +37,7 @@ def survival(projected: float, simulated: float) -> float | None:
 
 
 def survival_line(label: str, projected: Gain, simulated: Gain) -> str:
-    """'vLLM knobs keep +12.0 % of +25.0 % (48 % survives)', with what makes a share
+    """'vLLM knobs keep +12.0 % of +25.0 % (48% survives)', with what makes a share
     meaningless said beside it: a policy gain whose lower bound is not above 0, or a projection
     that does better than the policy (then it is a different rule, not the policy's)."""
     if projected.error:
@@ -53,7 +53,8 @@ def survival_line(label: str, projected: Gain, simulated: Gain) -> str:
     if share is not None and simulated.lower <= 0:
         kept += (f"; the policy's own gain is not significant (lower bound "
                  f"{simulated.lower * 100:+.1f} %)")
-    return (f"{label} keep {projected.mean * 100:+.1f} % of {simulated.mean * 100:+.1f} %"
+    verb = "keep" if label.endswith("s") else "keeps"
+    return (f"{label} {verb} {projected.mean * 100:+.1f} % of {simulated.mean * 100:+.1f} %"
             f"{kept}")
 
 

@@ -18,6 +18,8 @@ from autotuner.export.projection import (
     FIXED_BUDGET_PARTITION,
     LEAST_OUTSTANDING,
     ROUND_ROBIN,
+    SCHEDULER_STEP_PARTITION,
+    Alternative,
     Projection,
     Subject,
     agreement,
@@ -25,6 +27,7 @@ from autotuner.export.projection import (
     fit_budget,
     projection_file,
     routing_lines,
+    with_own,
 )
 from autotuner.export.vllm_module import MODULE_NAME, VLLM_VERSION, scheduler_module
 
@@ -50,15 +53,29 @@ def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
     files = {
         "serve.sh": serve_script(vllm_args(fit, cfg), cfg),
         "serve-with-scheduler.sh": serve_script(
-            vllm_args(fit, cfg), cfg, [f"--scheduler-cls {MODULE_NAME}.AutotunerScheduler"]),
+            vllm_args(fit, cfg, budget=fit.largest), cfg,
+            [f"--scheduler-cls {MODULE_NAME}.AutotunerScheduler"]),
         f"{MODULE_NAME}.py": scheduler_module(subject.origin, subject.params),
         "balancer.txt": f"route requests over the {cfg.cluster.replicas} engines by {name}\n",
     }
     lost = (*fit.lost, *routing_lines(obs, f"{name} balancing", share))
     fit_lines = (*fit.fit, f"balancer: {name}, the closest of "
                  f"{', '.join(BALANCERS)} ({share:.0%} of observed arrivals routed alike)",
-                 f"{MODULE_NAME}.py: written for vllm=={VLLM_VERSION}, not run against vLLM; "
-                 "it is the serve-with-scheduler.sh variant and is not what is re-simulated")
+                 f"{MODULE_NAME}.py (serve-with-scheduler.sh, --max-num-batched-tokens "
+                 f"{fit.largest}: the largest budget observed): written for vllm=={VLLM_VERSION},"
+                 " not run against vLLM")
     code = projection_file("vLLM projection", subject, knobs, FIXED_BUDGET_PARTITION, route)
     return Projection("vllm", LABEL, {**knobs, "balancer": name}, files, code, {}, lost,
-                      fit_lines)
+                      fit_lines, scheduler_alternative(obs, subject, fit.largest, route))
+
+
+def scheduler_alternative(obs: Observations, subject: Subject, largest: int, route: str
+                          ) -> tuple[Alternative, ...]:
+    """The --scheduler-cls module's step as a policy file: the policy's own partition() for
+    budget and cap, vLLM's fill, the balancer's routing (none when the policy has no
+    partition of its own: the module then leaves every step to vLLM)."""
+    if "partition" not in obs.defines:
+        return ()
+    code = with_own(subject, ["partition", "route"], {"max_num_batched_tokens": largest},
+                    SCHEDULER_STEP_PARTITION, route)
+    return (Alternative("vLLM --scheduler-cls module", code, dict(subject.params)),)
