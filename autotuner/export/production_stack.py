@@ -10,9 +10,11 @@ round-robin router's ``route_request`` before the router starts, and the router 
 ``num_running_requests``, ``num_queuing_requests``, ``gpu_cache_usage_perc``). The module is
 written here but has not been run inside the production-stack router.
 
-The module routes with the policy's own ``route()``, so the projection re-simulated is the policy's
-routing verbatim, with the engines' partitioning reduced to vLLM's flags; what a live router
-cannot see as the simulator does (waiting tokens, prefix hits) is estimated, and said so.
+The module routes with the policy's own ``route()`` on the view a production-stack router has,
+so the projection re-simulated is the policy's ``route()`` given that view (running and queued
+requests and KV room per engine as scraped; waiting tokens estimated as queued requests times
+this prompt's length; no prefix hits), with the engines' partitioning reduced to vLLM's flags.
+The same routing with the simulator's exact view is re-simulated beside it (an upper bound).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from autotuner.export.probe import Observations
 from autotuner.export.projection import (
     FIXED_BUDGET_PARTITION,
     ROUND_ROBIN,
+    Alternative,
     Projection,
     Subject,
     agreement,
@@ -137,6 +140,22 @@ def kv_capacity_tokens(cfg: Any) -> int:
                                                        cluster.block_size))
 
 
+def live_view_route() -> str:
+    """A route() that hands the policy's own (``_policy_route``) the view the module builds."""
+    return (
+        "from collections import namedtuple\n\n"
+        f"LiveLoad = namedtuple('ReplicaLoad', {ReplicaLoad._fields!r})\n"
+        f"LiveCluster = namedtuple('ClusterView', {ClusterView._fields!r})\n\n\n"
+        "def route(request, cluster, params):\n"
+        '    """The policy\'s route() on what the production-stack router sees: running and '
+        "queued\n    requests and KV room per engine; waiting tokens as queued requests x this "
+        'prompt;\n    no prefix hits."""\n'
+        "    live = tuple(LiveLoad(r.replica, r.running, r.waiting, r.waiting * "
+        "request.prompt_tokens,\n                          r.outstanding, r.kv_free_tokens, "
+        "r.kv_capacity_tokens, 0)\n                 for r in cluster.replicas)\n"
+        "    return _policy_route(request, LiveCluster(cluster.now, live), params)\n")
+
+
 def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
     knobs, fit = partition_knobs(obs)
     builtin = {name: agreement(compile_rule(text, {}, "route"), obs)
@@ -148,12 +167,21 @@ def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
     files = {f"{MODULE_NAME}.py": routing_module(subject, kv_capacity_tokens(cfg)),
              "values.yaml": values, "engine.sh": serve_script(vllm_args(fit, cfg), cfg)}
     lost = (*fit.lost,
-            "route(): the live view is estimated (waiting tokens from queued requests x prompt "
-            "length, no prefix hits, KV room from gpu_cache_usage_perc at the scrape interval);"
-            " the re-simulation sees the simulator's exact view, so it is an upper bound")
+            "route(): the router's view is estimated (waiting tokens as queued requests x prompt"
+            " length, no prefix hits; prompt length as characters/4 and KV room from "
+            "gpu_cache_usage_perc at the scrape interval, both exact in the re-simulation); the "
+            "policy's routing on the simulator's exact view is the second line")
     fit_lines = (*fit.fit, "routing: the policy's own route() in a RoutingInterface; built-in "
                  "logics for comparison: " + ", ".join(f"{k} {v:.0%}" for k, v in builtin.items())
                  + " of observed arrivals routed alike")
-    code = with_own(subject, ["partition"], knobs, FIXED_BUDGET_PARTITION)
+    if "route" in obs.defines:
+        code = with_own(subject, ["partition", "route"], knobs, FIXED_BUDGET_PARTITION,
+                        live_view_route())
+        exact = with_own(subject, ["partition"], knobs, FIXED_BUDGET_PARTITION)
+        alternatives = (Alternative("the same with the simulator's exact view (upper bound)",
+                                    exact, dict(subject.params)),)
+    else:  # the policy routes round robin (the baseline's), and so does the module
+        code = with_own(subject, ["partition"], knobs, FIXED_BUDGET_PARTITION, ROUND_ROBIN)
+        alternatives = ()
     return Projection("production-stack", LABEL, {**knobs, "routing": "policy route()"}, files,
-                      code, dict(subject.params), lost, fit_lines)
+                      code, dict(subject.params), lost, fit_lines, alternatives)

@@ -82,10 +82,11 @@ class Yardstick:
 
 def per_instance_rows(base: Mapping[str, float], gains: Mapping[str, Gain]) -> list[str]:
     """One line per instance: the baseline's capacity and each policy's, req/s."""
-    names = list(gains)
-    rows = ["instance".ljust(16) + "baseline".rjust(10) + "".join(n.rjust(18) for n in names)]
+    widths = {n: max(10, len(n) + 2) for n in gains}
+    rows = ["instance".ljust(16) + "baseline".rjust(10) +
+            "".join(n.rjust(widths[n]) for n in gains)]
     for label, cap in base.items():
         rows.append(label.ljust(16) + f"{cap:10.3g}" +
-                    "".join(f"{gains[n].capacities.get(label, 0.0):18.3g}" for n in names))
+                    "".join(f"{gains[n].capacities.get(label, 0.0):{widths[n]}.3g}"
+                            for n in gains))
     return rows
-
