@@ -223,6 +223,10 @@ def test_the_vllm_scheduler_module_asks_partition_each_step(tmp_path, monkeypatc
     assert sched.schedule() == (601, 100)
     assert sched.max_num_scheduled_tokens == 8192  # restored after the step
     assert sched.scheduler_config.long_prefill_token_threshold == 0
+    sched._autotuner_partition = lambda view: (0, ())  # a budget below the decodes
+    assert sched.schedule() == (1, 0)  # decodes still run (one here), as in the simulator
+    sched._autotuner_partition = lambda view: 1 / 0  # a failing policy: vLLM's own step
+    assert sched.schedule() == (8192, 0) and module.AutotunerScheduler.FALLBACKS == 1
     sched.waiting, sched.running = [], [_request("decoding", 50, 60, 0.0)]
     assert sched.schedule() == (8192, 0)  # nothing to prefill: vLLM's own step
     assert issubclass(module.AutotunerAsyncScheduler, sys.modules[

@@ -67,7 +67,7 @@ def project(obs: Observations, subject: Subject, cfg: Any) -> Projection:
         weights = dict.fromkeys(weights, 1)
     files = {"epp-config.yaml": epp_yaml(weights), "engine.sh": serve_script(vllm_args(fit, cfg),
                                                                              cfg)}
-    lost = (*fit.lost, *routing_lines(obs, "the weighted scorers", share),
+    lost = (*fit.lost, *routing_lines(obs, "the weighted scorer sum", share),
             "ties between endpoints: the picker chooses at random, the projection the lowest "
             "index")
     fit_lines = (*fit.fit, f"scorer weights: the grid point (0..5 each) routing {share:.0%} of "

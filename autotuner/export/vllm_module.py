@@ -115,7 +115,9 @@ class _PolicyStep:
             if not view.waiting_count:
                 return super().schedule()
             budget, chunks = self._autotuner_partition(view)
-            budget = max(1, min(int(budget), self.scheduler_config.max_num_batched_tokens))
+            # decodes always run, as in the simulator: the step's budget covers them
+            budget = max(1, view.decodes,
+                         min(int(budget), self.scheduler_config.max_num_batched_tokens))
             cap = max((int(t) for _, t in chunks), default=0)
         except Exception:  # noqa: BLE001 - the policy failed: vLLM's own step, counted
             type(self).FALLBACKS += 1
