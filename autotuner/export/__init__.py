@@ -2,8 +2,8 @@
 
 For a campaign's candidate (or a policy file with a campaign config), and for each target:
 
-1. observe the policy's decisions on the first held-out instance at the tuned baseline's capacity
-   there (``probe``);
+1. observe the policy's decisions on one held-out instance of each workload family, at the tuned
+   baseline's capacity there (``probe``);
 2. project them onto the target's knobs (one module per target: ``vllm``, ``sglang``, ``llm_d``,
    ``dynamo``, ``production_stack``; shared rules and fitting in ``projection``), writing the
    target's files and one line per decision of the policy the target cannot express;
@@ -57,7 +57,7 @@ class ExportResult:
     where: str  # how the baseline was tuned
     policy_gain: Gain
     base_caps: dict[str, float]
-    probe: str  # the instance and rate the decisions were observed at
+    probe: str  # the instances and rates the decisions were observed at
     targets: list[TargetResult]
     out: Path
 
@@ -177,12 +177,13 @@ def export(subject: Subject, targets: Sequence[str], out: Path, *, config: str |
         instances = split_instances(cfg)["heldout"]
         log(f"tuned baseline's held-out capacities on {len(instances)} instances")
         stick = Yardstick(setup.evaluator, cfg, baseline.ref(), instances)
-        probe_at = instances[0]
-        rate = stick.base_caps[probe_at.label]
-        log(f"observing {subject.name} on {probe_at.label} at {rate:.3g} req/s")
+        first_of_family = {i.family: i for i in reversed(instances)}
+        runs = [(i, stick.base_caps[i.label]) for i in instances
+                if first_of_family[i.family] is i]
+        log(f"observing {subject.name}'s decisions on {len(runs)} instance(s)")
         try:
-            obs = observe_policy(subject.code, subject.params, cfg, probe_at, rate,
-                                 f"{subject.name}.py", trusted=simulator is in_process)
+            obs = observe_policy(subject.code, subject.params, cfg, runs, f"{subject.name}.py",
+                                 trusted=simulator is in_process)
         except ProbeError as exc:
             raise ExportError(str(exc)) from None
         log(f"capacity of {subject.name} on the held-out instances")
@@ -220,5 +221,4 @@ def export(subject: Subject, targets: Sequence[str], out: Path, *, config: str |
 
     write_atomically(out, build)
     return ExportResult(subject, f"{baseline.name} ({baseline.params})", where, policy_gain,
-                        dict(stick.base_caps), f"{probe_at.label} at {rate:.3g} req/s", results,
-                        out)
+                        dict(stick.base_caps), obs.where, results, out)

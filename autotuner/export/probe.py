@@ -1,12 +1,13 @@
 """What a policy decides, observed: the evidence every target's projection is fitted to.
 
 A policy is a black box of Python; an engine takes a handful of knobs. To choose the knobs that
-come closest, the policy runs once on a held-out instance at the tuned baseline's capacity (a
-load where decisions matter), and each decision the trusted replay accepts is read beside the
-view it answered: every partition as a few numbers (its budget, its prefill tokens, whether it
-took waiting requests oldest first, where it cut a prompt short while room was left), and the
-first ``MAX_ROUTES`` route calls whole (request and cluster view, and the replica chosen), so
-that each target's routing rule can be asked what it would have chosen in the very same state.
+come closest, the policy runs once on one held-out instance of each workload family, at the
+tuned baseline's capacity there (a load where decisions matter), and each decision the trusted
+replay accepts is read beside the view it answered: every partition as a few numbers (its
+budget, its prefill tokens, whether it took waiting requests oldest first, where it cut a prompt
+short while room was left), and the first route calls whole (request and cluster view, and the
+replica chosen; ``MAX_ROUTES`` shared between the runs), so that each target's routing rule can
+be asked what it would have chosen in the very same state.
 
 The policy runs in the sandbox (``autotuner.evaluate`` with its ``observe`` hook); only tests
 pass ``trusted=True`` for the shipped files, as ``scoring.in_process`` does.
@@ -14,7 +15,7 @@ pass ``trusted=True`` for the shipped files, as ``scoring.in_process`` does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +60,9 @@ class RouteSample:
 
 @dataclass(frozen=True)
 class Observations:
-    """The probe's record: partition samples (all), route samples (the first MAX_ROUTES)."""
+    """The probe's record: partition samples (all), route samples (the first of each run)."""
 
-    instance: str
-    rate: float
+    where: str  # "multiturn@1001 at 1.98 req/s, ..."
     partitions: tuple[PartitionSample, ...]
     routes: tuple[RouteSample, ...]
     defines: frozenset[str] = field(default_factory=frozenset)
@@ -89,8 +89,9 @@ def _partition_sample(view: ReplicaView, answer: Any) -> PartitionSample | None:
 class ObservingPolicy:
     """Wraps the policy the simulator asks; records each answer, returns it unchanged."""
 
-    def __init__(self, policy: Any):
+    def __init__(self, policy: Any, max_routes: int = MAX_ROUTES):
         self.policy = policy
+        self.max_routes = max_routes
         self.partitions: list[PartitionSample] = []
         self.routes: list[RouteSample] = []
 
@@ -103,7 +104,7 @@ class ObservingPolicy:
 
     def route(self, request: RequestView, cluster: ClusterView) -> Any:
         answer = self.policy.route(request, cluster)
-        if len(self.routes) < MAX_ROUTES:
+        if len(self.routes) < self.max_routes:
             try:
                 chosen = coerce_route(answer, len(cluster.replicas), "probe")
             except PolicyError:
@@ -112,10 +113,27 @@ class ObservingPolicy:
         return answer
 
 
-def observe_policy(code: str, params: Mapping[str, Any], cfg: Any, instance: Any, rate: float,
-                   name: str, trusted: bool = False) -> Observations:
-    """One run of the policy on ``instance`` at ``rate`` req/s, observed decision by decision.
-    ``cfg``: the campaign's config (cluster, SLO, sandbox)."""
+def observe_policy(code: str, params: Mapping[str, Any], cfg: Any,
+                   runs: Sequence[tuple[Any, float]], name: str, trusted: bool = False
+                   ) -> Observations:
+    """The policy observed decision by decision, one run per (instance, rate in req/s) of
+    ``runs``. ``cfg``: the campaign's config (cluster, SLO, sandbox)."""
+    from autotuner.policy import read_policy_source
+
+    source = read_policy_source(code, name)
+    partitions: list[PartitionSample] = []
+    routes: list[RouteSample] = []
+    for instance, rate in runs:
+        seen = _observe_run(code, params, cfg, instance, rate, name, trusted,
+                            max(1, MAX_ROUTES // len(runs)))
+        partitions += seen.partitions
+        routes += seen.routes
+    where = ", ".join(f"{inst.label} at {rate:.3g} req/s" for inst, rate in runs)
+    return Observations(where, tuple(partitions), tuple(routes), frozenset(source.defines))
+
+
+def _observe_run(code: str, params: Mapping[str, Any], cfg: Any, instance: Any, rate: float,
+                 name: str, trusted: bool, max_routes: int) -> ObservingPolicy:
     from autotuner.policy import read_policy_source
     from autotuner.scoring import build_workload, horizon_for
 
@@ -125,15 +143,14 @@ def observe_policy(code: str, params: Mapping[str, Any], cfg: Any, instance: Any
     holder: list[ObservingPolicy] = []
 
     def wrap(policy: Any) -> ObservingPolicy:
-        holder.append(ObservingPolicy(policy))
+        holder.append(ObservingPolicy(policy, max_routes))
         return holder[-1]
 
-    source = read_policy_source(code, name)
     if trusted:
         from autotuner.policy import load_policy
         from autotuner.sim.engine import simulate
 
-        result = simulate(cluster, wl, wrap(load_policy(source, params)),
+        result = simulate(cluster, wl, wrap(load_policy(read_policy_source(code, name), params)),
                           horizon=horizon_for(wl, slo))
         error = result.error
     else:
@@ -146,6 +163,4 @@ def observe_policy(code: str, params: Mapping[str, Any], cfg: Any, instance: Any
         error = None if ev.ok else "; ".join(ev.reasons) or ev.verdict
     if error or not holder:
         raise ProbeError(f"{name} fails on the probe workload {instance.label}: {error}")
-    seen = holder[-1]
-    return Observations(instance.label, rate, tuple(seen.partitions), tuple(seen.routes),
-                        frozenset(source.defines))
+    return holder[-1]
