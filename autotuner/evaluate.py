@@ -229,12 +229,15 @@ def evaluate(
     skip_check: bool = False,
     batch: int = 2048,
     warm: bool = False,
+    observe: Any = None,
 ) -> Evaluation:
     """Check, run in the sandbox, replay and score one policy file's text.
 
     workload: a ``WorkloadSpec`` (default: its defaults) or a built ``Workload``. sandbox: a
     backend name, a Backend, or None to detect. skip_check: run without the static check (tests
-    of the sandbox's own defences only; never for real proposals).
+    of the sandbox's own defences only; never for real proposals). observe: wraps the trusted
+    replay's policy (``observe(replay)``) to read each validated decision beside the view it
+    answered (``autotuner export`` projects a policy from them); it must return each answer as is.
     """
     from autotuner.policy import PolicyFileError, read_policy_source
     from autotuner.sim.engine import ClusterSpec
@@ -291,7 +294,7 @@ def evaluate(
         try:
             return _run_and_replay(backend, payload, limits, wl, workload, cluster, slo,
                                    horizon, name, dict(resolved), t0,
-                                   warm=warm and attempt == 0)
+                                   warm=warm and attempt == 0, observe=observe)
         except _BeforeThePolicy as exc:
             last = str(exc)
             if attempt + 1 < INFRA_ATTEMPTS:
@@ -314,7 +317,8 @@ def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, workload: Any,
                     cluster: Any, slo: Any, horizon: float | None, name: str,
-                    params: dict[str, Any], t0: float, *, warm: bool) -> Evaluation:
+                    params: dict[str, Any], t0: float, *, warm: bool,
+                    observe: Any = None) -> Evaluation:
     """One sandboxed run with the trusted replay; raises _BeforeThePolicy for the sandbox's own
     failures."""
     from autotuner.simulation import metrics_of
@@ -338,7 +342,7 @@ def _run_and_replay(backend: Backend, payload: bytes, limits: Limits, wl: Any, w
         if wl is None:
             wl = workload.build()
         replay = _replay_class()(handle, workload_fingerprint(wl))
-        result = _timed_replay(cluster, wl, replay, horizon)
+        result = _timed_replay(cluster, wl, observe(replay) if observe else replay, horizon)
         if replay.fault:
             return failed(replay.fault, "sandbox", replay.pos)
         if result.error:

@@ -84,7 +84,7 @@ def read_candidate(path: str) -> PolicySource:
     return source
 
 
-class _Setup:
+class GateSetup:
     """Config, evaluator, tuned baseline and tuned references for one gate run."""
 
     def __init__(self, config: str | None, campaign: str | None, sandbox: str | None,
@@ -153,7 +153,7 @@ def judge_policy_file(policy: str, *, config: str | None = None, campaign: str |
     ``campaign``'s tuned baseline and references, or against ones tuned here under the
     campaign file ``config`` (default: the built-in defaults). ``log``: progress lines."""
     source = read_candidate(policy)
-    setup = _Setup(config, campaign, sandbox, parallelism, simulator, log)
+    setup = GateSetup(config, campaign, sandbox, parallelism, simulator, log)
     try:
         cfg = setup.cfg
         baseline, caps, goodput, where = setup.baseline()

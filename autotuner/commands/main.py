@@ -14,6 +14,7 @@ from autotuner.commands import (
     calibrate,
     diff,
     evaluate,
+    export,
     gate,
     observe,
     profile,
@@ -35,7 +36,7 @@ COMMANDS = {
     "simulate": simulate, "workloads": workloads, "calibrate": calibrate, "bench": bench,
     "evaluate": evaluate, "run": run, "resume": resume, "status": status, "diff": diff,
     "show": show, "replay": replay, "gate": gate, "report": report, "profile": profile,
-    "observe": observe, "router": router,
+    "observe": observe, "router": router, "export": export,
 }
 
 
