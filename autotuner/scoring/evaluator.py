@@ -178,7 +178,7 @@ def _capacity_row(found: CapacityResult) -> dict[str, Any]:
 _POOL_SESSIONS: SessionSimulator | None = None  # a pool process's warm worker, kept across jobs
 
 
-def _execute_in_worker(job: Job, sessions: bool = False) -> dict[str, Any]:
+def execute_in_worker(job: Job, sessions: bool = False) -> dict[str, Any]:
     global _POOL_SESSIONS
     if not sessions:
         return execute_job(job)
@@ -256,7 +256,7 @@ class LocalPool(Executor):
 
     def _run_pool(self, pool: ProcessPoolExecutor, jobs: Sequence[Job], run: Sequence[int],
                   store: Store) -> None:
-        futures = {pool.submit(_execute_in_worker, jobs[i], self.sessions): i
+        futures = {pool.submit(execute_in_worker, jobs[i], self.sessions): i
                    for i in longest_first(jobs, run)}
         try:
             pending = set(futures)

@@ -13,9 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from autotuner.config import EXECUTORS
 from autotuner.scoring.jobs import Job
 
-EXECUTORS = ("local", "ray")
+__all__ = ["EXECUTORS", "Executor", "ExecutorUnavailable", "Store", "longest_first"]
 Store = Callable[[int, dict[str, Any]], None]  # (index into jobs, its result)
 
 
