@@ -155,9 +155,12 @@ def _kill_first_ray_evaluation(killed: list[str], stop: threading.Event) -> None
             if title.startswith("ray::evaluate-"):  # a worker's title names its task
                 time.sleep(0.3)  # well into the evaluation
                 try:
+                    still = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    if still.decode(errors="replace").split()[:1] != title.split()[:1]:
+                        break  # that task finished meanwhile: look again
                     os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    break  # finished meanwhile: try the next one
+                except (FileNotFoundError, ProcessLookupError):
+                    break
                 killed.append(title.split()[0].removeprefix("ray::evaluate-"))
                 return
         time.sleep(0.05)
