@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -82,16 +83,25 @@ def connect_ray(sandbox_backend: str) -> tuple[str, str]:
         probe = ray.remote(num_cpus=1, max_retries=RAY_TASK_RETRIES)(node_line)
         node = ray.get(probe.remote(sandbox_backend), timeout=PROBE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - whatever the workers raised, in one line
-        text = " ".join(str(exc).split())[-300:]
         raise ExecutorUnavailable(
-            f"the Ray cluster at {address} cannot run an evaluation ({type(exc).__name__}: "
-            f"{text}); every node needs autotuner and its dependencies installed (or submit "
-            "the campaign with `ray job submit --working-dir .`)") from None
+            f"the Ray cluster at {address} cannot run an evaluation ({_worker_failure(exc)}); "
+            "every node needs autotuner and its dependencies importable (installed, or "
+            "shipped by `ray job submit --working-dir .`)") from None
     resources = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     cluster = (f"Ray cluster at {address}: {nodes} node(s), {resources.get('CPU', 0):g} CPUs "
                "(one evaluation per CPU)")
     return cluster, node
+
+
+def _worker_failure(exc: BaseException) -> str:
+    """What went wrong on a worker, short: the missing module when that is it (the usual
+    case: the cluster's Python cannot import autotuner), else the cause's last words."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(getattr(exc, "cause", None) or exc))
+    missing = re.findall(r"No module named '[^']+'", text)
+    if missing:
+        return missing[-1]
+    return f"{type(exc).__name__}: {' '.join(text.split())[-300:]}"
 
 
 @contextlib.contextmanager
