@@ -1,5 +1,6 @@
 """Running jobs: each through the sandbox (or, for trusted files in tests, in this process), one
-at a time or on a process pool, through the archive's evaluation cache.
+at a time or on a process pool here (``LocalPool``; Ray tasks are ``ray_executor.RayTasks``),
+through the archive's evaluation cache (``Evaluator``).
 
 A ``run`` job's result is ``RunMetrics.to_dict()`` plus ``seconds``; a ``capacity`` job's is
 ``capacity`` (the highest sustainable rate at which ``share`` of the window's requests meet their
@@ -179,6 +180,8 @@ _POOL_SESSIONS: SessionSimulator | None = None  # a pool process's warm worker, 
 
 
 def execute_in_worker(job: Job, sessions: bool = False) -> dict[str, Any]:
+    """One job in a pool process or a Ray worker, which keeps its warm sandbox worker (when
+    ``sessions``) for the next job of the same policy and params."""
     global _POOL_SESSIONS
     if not sessions:
         return execute_job(job)
