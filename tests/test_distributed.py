@@ -45,7 +45,7 @@ from test_campaign import TINY, _spawn, _tuning_under_way, _wait_for  # noqa: E4
 # one proposal in flight: with more, the order proposals arrive in (and so their ids) depends
 # on the proposer threads' timing whatever the executor
 SMALL = {**TINY, "budget.proposals": 2, "search.seeds": [], "search.in_flight": 1,
-         "workloads.heldout_seeds": [1001]}
+         "workloads.heldout_seeds": [1001], "gate.references": ["power_of_two"]}
 
 
 def free_port() -> int:
