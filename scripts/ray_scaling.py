@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,11 +54,10 @@ def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def start_cluster(cpus: int) -> tuple[subprocess.Popen, str]:
+def start_cluster(cpus: int, temp: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
@@ -107,12 +107,14 @@ def main() -> int:
         if args.address:
             rate, cluster = ray_pass(args.address, jobs)
         else:
-            proc, address = start_cluster(int(cpus or 1))
+            temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths
+            proc, address = start_cluster(int(cpus or 1), temp)
             try:
                 rate, cluster = ray_pass(address, jobs)
             finally:
                 os.killpg(proc.pid, signal.SIGKILL)  # the cluster's own process group
                 proc.wait()
+                shutil.rmtree(temp, ignore_errors=True)
         rows.append((cluster, rate, f"{before} -> {load()}"))
     reference = rows[0][1]
     for name, rate, load_line in rows:
