@@ -1,7 +1,9 @@
 """Tuning a policy's declared parameters with Optuna (TPE, seeded), durably.
 
 One study per candidate (the baseline included, with the same trial budget), all in one journal
-file (``results/<campaign>/optuna.journal``), so ``optuna-dashboard`` can show a campaign's
+file (``results/<campaign>/optuna.journal``) or, when the campaign names one, an RDB
+(``--storage postgresql://...``) that several drivers and a dashboard share, its study names then
+prefixed by the campaign (``Studies``). Either way ``optuna-dashboard`` can show a campaign's
 searches and a killed campaign resumes each study where it stopped:
 
 - trials that finished (complete or failed) count against the budget and are never re-run;
@@ -16,6 +18,7 @@ the file's own defaults, so tuning never ends worse than the starting point.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
@@ -27,7 +30,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
-from optuna.storages import JournalStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
@@ -74,6 +77,68 @@ def open_storage(path: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
 
 
+class StorageUnavailable(RuntimeError):
+    """An RDB storage that cannot be used (bad URL, no driver, unreachable). One line."""
+
+
+RDB_CONNECT_TIMEOUT_S = 10
+
+
+def open_rdb_storage(url: str) -> RDBStorage:
+    """Optuna's RDB storage at ``url`` (its tables created when new), connected once now so that
+    a wrong URL fails here, in one line, before anything else is written."""
+    shown = shown_url(url)
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": RDB_CONNECT_TIMEOUT_S}
+    try:
+        return RDBStorage(_with_installed_driver(url), engine_kwargs=engine_kwargs)
+    except ImportError:
+        raise StorageUnavailable(f"{shown}: its database driver is not installed (for "
+                                 "PostgreSQL: pip install 'autotuner[ray]', which brings "
+                                 "psycopg2)") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors vary by dialect and cause
+        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        raise StorageUnavailable(f"{shown}: {type(exc).__name__}: {detail}") from None
+
+
+def _with_installed_driver(url: str) -> str:
+    """A bare ``postgresql://`` URL names SQLAlchemy's default driver, psycopg 3 since
+    SQLAlchemy 2.1 and psycopg2 before: name psycopg2 (the extra's) when only it is here."""
+    if not url.startswith("postgresql://") or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        return url
+    return "postgresql+psycopg2://" + url[len("postgresql://"):]
+
+
+def shown_url(url: str) -> str:
+    """The URL for logs and errors: its password, if any, masked."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - unparsable: show only the scheme
+        return url.split("://", 1)[0] + "://..."
+
+
+@dataclass(frozen=True)
+class Studies:
+    """A campaign's Optuna storage and the prefix its study names carry there: a journal file
+    belongs to one campaign (no prefix), an RDB is shared by campaigns, so there each campaign's
+    studies are named ``<prefix><study>`` (the prefix made once, kept in the archive)."""
+
+    storage: BaseStorage
+    prefix: str = ""
+
+    def name(self, study: str) -> str:
+        return self.prefix + study
+
+
+def as_studies(storage: Studies | BaseStorage) -> Studies:
+    return storage if isinstance(storage, Studies) else Studies(storage)
+
+
 def distributions(tunables: Sequence[Tunable]) -> dict[str, BaseDistribution]:
     out: dict[str, BaseDistribution] = {}
     for t in tunables:
@@ -107,7 +172,7 @@ def study_seed(seed: int, name: str) -> int:
 
 def tune(
     *,
-    storage: JournalStorage,
+    storage: Studies | BaseStorage,
     study_name: str,
     tunables: Sequence[Tunable],
     n_trials: int,
@@ -122,6 +187,8 @@ def tune(
     Without tunables there is nothing to search: one evaluation of the empty parameter set.
     ``should_stop`` is polled between trials (the campaign's wall-clock budget).
     """
+    studies = as_studies(storage)
+    storage, study_name = studies.storage, studies.name(study_name)
     n_trials = max(1, n_trials)
     if not tunables:
         n_trials = 1
@@ -187,10 +254,11 @@ def result_of(study: optuna.Study, tunables: Sequence[Tunable]) -> TuneResult:
     return TuneResult(params, float(best.value), len(complete) + len(failed), failures, history)
 
 
-def load_result(storage: JournalStorage, study_name: str, tunables: Sequence[Tunable]
+def load_result(storage: Studies | BaseStorage, study_name: str, tunables: Sequence[Tunable]
                 ) -> TuneResult | None:
+    studies = as_studies(storage)
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=studies.name(study_name), storage=studies.storage)
     except KeyError:
         return None
     return result_of(study, tunables)

@@ -638,7 +638,7 @@ POOL_THEN_DIE = textwrap.dedent("""
 
     if __name__ == "__main__":
         evaluator = Evaluator(NoCache(), parallelism=2)
-        pool = evaluator._get_pool()
+        pool = evaluator.executor._get_pool()
         futures = [pool.submit(time.sleep, 60) for _ in range(4)]  # the queue, buffered
         print(" ".join(str(pid) for pid in pool._processes), flush=True)
         time.sleep(float(sys.argv[1]))

@@ -317,7 +317,7 @@ def test_evaluation_processes_lost_twice_is_one_clear_error(tmp_path, monkeypatc
     def lost(*args, **kwargs):
         raise BrokenProcessPool("a child process terminated abruptly")
 
-    monkeypatch.setattr(scoring.Evaluator, "_run_pool", staticmethod(lost))
+    monkeypatch.setattr(scoring.LocalPool, "_run_pool", staticmethod(lost))
     archive = Archive(tmp_path / "archive.sqlite")
     code = baseline_path("fixed_chunk").read_text()
     jobs = [scoring.Job(code, {}, scoring.Instance("chat", seed, 50)) for seed in (0, 1)]

@@ -13,6 +13,7 @@ from autotuner.scoring import (
     Evaluator,
     Instance,
     Job,
+    LocalPool,
     execute_job,
     goodput_of,
     in_process,
@@ -119,7 +120,7 @@ def test_a_dead_pool_is_replaced_once_and_runs_only_what_has_no_result(monkeypat
         if len(calls) == 1:
             raise BrokenProcessPool("a child process terminated abruptly")
 
-    monkeypatch.setattr(Evaluator, "_run_pool", staticmethod(flaky_pool))
+    monkeypatch.setattr(LocalPool, "_run_pool", staticmethod(flaky_pool))
     archive = MemoryArchive()
     ev = Evaluator(archive, parallelism=2)
     jobs = [job(rate=8.0), job(rate=9.0), job(rate=10.0)]

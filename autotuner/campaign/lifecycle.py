@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import time
@@ -24,8 +25,9 @@ from autotuner.campaign.errors import CampaignError, one_line
 from autotuner.campaign.progress import fmt_duration
 from autotuner.campaign.state import CampaignState
 from autotuner.config import write_config
-from autotuner.scoring import Evaluator
-from autotuner.tune import open_storage, repair_journal
+from autotuner.scoring import Evaluator, Executor
+from autotuner.scoring.ray_executor import RayTasks  # imports ray only when one is made
+from autotuner.tune import Studies, open_rdb_storage, open_storage, repair_journal
 
 
 def staging_dir(folder: Path) -> Path:
@@ -118,7 +120,8 @@ def end_setup(state: CampaignState) -> None:
     state.dir, state.setting_up = state.final_dir, False
     state.archive = Archive(state.dir / "archive.sqlite")
     state.evaluator.archive = state.archive
-    state.storage = open_storage(state.dir / "optuna.journal")
+    if not state.cfg.optuna_storage:  # the journal moved with the folder
+        state.storage = open_studies(state)
     state.progress.log(f"setup passed: campaign folder {state.dir}")
 
 
@@ -137,10 +140,34 @@ def open_folder(state: CampaignState) -> None:
         "name": state.cfg.name, "created": time.time(), "phase": "baseline"})
     state.elapsed0 = float(state.archive.get_meta("elapsed_s", 0.0))
     state.t0 = time.monotonic()
-    repair_journal(state.dir / "optuna.journal")
-    state.storage = open_storage(state.dir / "optuna.journal")
-    state.evaluator = Evaluator(state.archive, state.cfg.parallelism, state.simulator)
+    state.storage = open_studies(state)
+    state.evaluator = Evaluator(state.archive, state.cfg.parallelism, state.simulator,
+                                executor=make_executor(state))
     state.evaluator.start()
+
+
+def open_studies(state: CampaignState) -> Studies:
+    """The campaign's Optuna studies: the folder's journal (repaired after a kill), or the RDB
+    the config names, under a prefix made once for this campaign and kept in its archive."""
+    assert state.archive is not None
+    url = state.cfg.optuna_storage
+    if not url:
+        repair_journal(state.dir / "optuna.journal")
+        return Studies(open_storage(state.dir / "optuna.journal"))
+    prefix = state.archive.get_meta("optuna_prefix")
+    if not prefix:
+        prefix = f"{state.cfg.name}-{secrets.token_hex(4)}/"
+        state.archive.set_meta("optuna_prefix", prefix)
+    return Studies(open_rdb_storage(url), str(prefix))
+
+
+def make_executor(state: CampaignState) -> Executor | None:
+    """Ray tasks when the config says so (the preflight connected to the cluster); None: the
+    evaluator's local pool. Each node's sandbox goes to the log the first time it reports."""
+    if state.cfg.executor != "ray":
+        return None
+    return RayTasks(sessions=True, simulator=state.simulator,
+                    on_node=lambda line: state.progress.log(f"ray node: {line}"))
 
 
 def close_folder(state: CampaignState) -> None:

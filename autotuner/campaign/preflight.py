@@ -12,21 +12,31 @@ from autotuner.campaign.state import CampaignState
 from autotuner.check import check_policy
 from autotuner.config import policy_file
 from autotuner.isolation import SandboxUnavailable
-from autotuner.scoring import Instance, build_workload
+from autotuner.scoring import ExecutorUnavailable, Instance, build_workload
+from autotuner.scoring.ray_executor import connect_ray
+from autotuner.tune import StorageUnavailable, open_rdb_storage, shown_url
 
 
 def preflight(state: CampaignState) -> None:
     """The policy files (present, readable, accepted by the static check), the traces
-    (readable, with requests in every window), the sandbox, and last (it may wait on the
-    network) the proposer: a configured LLM endpoint answers one test request."""
+    (readable, with requests in every window), the sandbox (here, or on a Ray node that
+    answers a probe task), the Optuna RDB storage, and last (it may wait on the network) the
+    proposer: a configured LLM endpoint answers one test request."""
     if not state.resume:
         _check_policy_files(state)
     _check_traces(state)
-    if state.simulator is None:
+    if state.cfg.executor == "ray":
+        _connect_ray(state)
+    elif state.simulator is None:
         try:  # looked up on the module: tests stand in for the sandbox there
             state.sandbox_line = scoring.sandbox_description(state.cfg.sandbox.backend)
         except SandboxUnavailable as exc:
             raise CampaignError(f"sandbox: {exc}") from None
+    if state.cfg.optuna_storage:
+        try:
+            open_rdb_storage(state.cfg.optuna_storage)
+        except StorageUnavailable as exc:
+            raise CampaignError(f"optuna_storage: {exc}") from None
     stored = stored_state(state) if state.resume else {}
     searching = ("baseline", "seeds", "search") + (("done",) if state.extend else ())
     if state.proposer is None and stored.get("phase", "baseline") in searching:
@@ -34,6 +44,17 @@ def preflight(state: CampaignState) -> None:
         answered = preflight_proposer(state.proposer)
         if answered is not None:
             state.proposer_line += f" ({answered})"
+
+
+def _connect_ray(state: CampaignState) -> None:
+    """The cluster answers, and one of its nodes can evaluate (its sandbox is the line the
+    setup shows; every node's is logged when it first reports)."""
+    try:
+        state.executor_line, node = connect_ray(state.cfg.sandbox.backend)
+    except ExecutorUnavailable as exc:
+        raise CampaignError(f"executor: {exc}") from None
+    if state.simulator is None:
+        state.sandbox_line = (f"on the Ray nodes; probed {node}", "WEAKER" in node)
 
 
 def _check_policy_files(state: CampaignState) -> None:
@@ -91,6 +112,10 @@ def describe_setup(state: CampaignState) -> None:
         + (f", {b.tokens} tokens" if b.tokens is not None else "")
         + (f", ${b.usd:g}" if b.usd is not None else "")
         + f"; parallelism {cfg.parallelism}")
+    if state.executor_line:
+        log(f"executor: {state.executor_line}")
+    if cfg.optuna_storage:
+        log(f"optuna storage: {shown_url(cfg.optuna_storage)}")
     if state.sandbox_line is not None:
         line, weaker = state.sandbox_line
         log(f"sandbox: {line}" + ("  [WEAKER isolation: a plain child process]" if weaker

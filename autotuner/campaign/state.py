@@ -71,6 +71,7 @@ class CampaignState:
         self.proposer_dead = ""  # the reason the proposer can no longer be used
         self.simulator = simulator
         self.sandbox_line: tuple[str, bool] | None = None
+        self.executor_line = ""  # the Ray cluster, once the preflight connected to it
         self.progress = Progress(stream, tty)
         self.rng = random.Random(cfg.seed)
         self.instances = split_instances(cfg)

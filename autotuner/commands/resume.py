@@ -8,6 +8,7 @@ import sys
 
 from autotuner.campaign import Campaign, CampaignError, campaign_dir, one_line
 from autotuner.commands.common import EXIT_USAGE
+from autotuner.commands.run import add_execution_options
 from autotuner.config import ConfigError, load_config
 
 HELP = "continue a stopped or killed campaign"
@@ -21,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wall-time", type=float, metavar="SECONDS",
                    help="new wall-time budget (total, counting the time already spent)")
     g.add_argument("--parallelism", type=int, help="evaluations at once")
+    h = p.add_argument_group("execution changes (default: as the campaign was run)")
+    add_execution_options(h)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = {"budget.proposals": getattr(args, "proposals", None),
                      "budget.wall_time_s": getattr(args, "wall_time", None),
                      "parallelism": getattr(args, "parallelism", None),
+                     "executor": getattr(args, "executor", None),
+                     "optuna_storage": getattr(args, "storage", None),
                      # the folder is where it is, whatever name/results_dir the file says
                      "name": folder.name, "results_dir": str(folder.parent)}
         cfg = load_config(folder / "config.toml", **overrides)

@@ -8,7 +8,7 @@ from typing import Any
 
 from autotuner.campaign import Campaign, CampaignError, one_line
 from autotuner.commands.common import EXIT_USAGE, add_sandbox_option
-from autotuner.config import ConfigError, load_config
+from autotuner.config import EXECUTORS, ConfigError, load_config
 
 HELP = "run a search campaign (defaults: offline proposer, minutes)"
 
@@ -19,6 +19,7 @@ OVERRIDES = {
     "tokens": "budget.tokens", "usd": "budget.usd", "proposer": "proposer.kind",
     "llm_model": "proposer.llm.model", "base_url": "proposer.llm.base_url",
     "sandbox": "sandbox.backend", "requests": "workloads.requests",
+    "executor": "executor", "storage": "optuna_storage",
 }
 
 
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--results-dir", help="where campaign folders live (default results)")
     g.add_argument("--seed", type=int, help="campaign seed")
     g.add_argument("--parallelism", type=int, help="evaluations at once (default 2)")
+    add_execution_options(g)
     g.add_argument("--proposals", type=int, help="proposal budget")
     g.add_argument("--trials", type=int, help="Optuna trials per candidate (and the baseline)")
     g.add_argument("--wall-time", type=float, metavar="SECONDS", help="wall-time budget")
@@ -45,6 +47,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--requests", type=int,
                    help="requests per workload instance, for every scenario")
     g.add_argument("--scenarios", help="comma-separated built-in scenarios")
+
+
+def add_execution_options(g: argparse._ArgumentGroup) -> None:
+    """Where evaluations run and where Optuna's studies live (``run`` and ``resume``)."""
+    g.add_argument("--executor", choices=EXECUTORS,
+                   help="where evaluations run: local processes (default), or Ray tasks on the "
+                   "cluster at $RAY_ADDRESS (else the one `ray start` began on this machine)")
+    g.add_argument("--storage", metavar="URL",
+                   help="Optuna's studies in an RDB (sqlite:///file.db, "
+                   "postgresql://user@host/db) instead of the campaign folder's journal")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

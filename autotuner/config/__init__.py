@@ -23,9 +23,10 @@ from autotuner.config.records import (
     SLOConfig,
     WorkloadsConfig,
 )
-from autotuner.config.validation import ConfigError, policy_file, validate
+from autotuner.config.validation import EXECUTORS, ConfigError, policy_file, validate
 
 __all__ = [
+    "EXECUTORS",
     "SCENARIO_NAMES",
     "BudgetConfig",
     "CampaignConfig",

@@ -359,12 +359,22 @@ class CampaignConfig:
         seed: seeds everything random in the campaign (proposer, Optuna, bootstrap, parent
             choice); the workloads are seeded by the ``[workloads]`` seeds.
         parallelism: evaluations run at once (worker processes); 2 suits a 2-core machine.
+            With the Ray executor the cluster's CPUs decide instead.
+        executor: where evaluations run: ``"local"`` (a process pool here) or ``"ray"`` (Ray
+            tasks on the cluster at ``RAY_ADDRESS``, else the one ``ray start`` began here).
+        optuna_storage: where Optuna's studies live: empty for the campaign folder's
+            ``optuna.journal``, or an RDB URL (``sqlite:///path.db``,
+            ``postgresql://user@host/db``) that several drivers or a dashboard share. Keep
+            passwords out of it (libpq reads ``PGPASSWORD`` or ``~/.pgpass``): the config as
+            run is written to the campaign folder.
     """
 
     name: str = "default"
     results_dir: str = "results"
     seed: int = 0
     parallelism: int = 2
+    executor: str = "local"
+    optuna_storage: str = ""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     slo: SLOConfig = field(default_factory=SLOConfig)
     workloads: WorkloadsConfig = field(default_factory=WorkloadsConfig)

@@ -30,6 +30,8 @@ from autotuner.sim.workload import MAX_REQUESTS
 
 MAX_NAME_CHARS = 100
 MAX_SEED = 2**32 - 1  # the range every seeded generator here accepts
+EXECUTORS = ("local", "ray")  # where evaluations run: autotuner.scoring.executors
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")  # what Optuna's RDBStorage (SQLAlchemy) takes
 MAX_PARALLELISM = 64  # worker processes; more than the cores only queue
 MAX_SEEDS_PER_SPLIT = 100  # workload instances per scenario and split
 MAX_BLOCK_SIZE = 1024
@@ -105,6 +107,12 @@ def _validate_top_level(cfg: CampaignConfig) -> None:
              "name", f"must be letters, digits, '-', '_' or '.', got {name!r}")
     _bounded(cfg.seed, 0, MAX_SEED, "seed")
     _bounded(cfg.parallelism, 1, MAX_PARALLELISM, "parallelism")
+    _require(cfg.executor in EXECUTORS, "executor",
+             f"must be {' or '.join(repr(e) for e in EXECUTORS)}, got {cfg.executor!r}")
+    url = cfg.optuna_storage
+    _require(not url or url.split("://", 1)[0].split("+", 1)[0] in RDB_SCHEMES,
+             "optuna_storage", "must be empty (the campaign's journal file) or an RDB URL "
+             f"starting {', '.join(s + '://' for s in RDB_SCHEMES)}, got {url!r}")
 
 
 def _validate_cluster(c: ClusterConfig) -> None:

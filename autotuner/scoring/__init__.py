@@ -4,12 +4,14 @@ Read in this order: ``jobs`` (what is evaluated: an ``Instance`` is a scenario w
 trace window, a ``Job`` one policy with its parameter values on one instance, at one rate or
 searched for its capacity), ``evaluator`` (how a job runs: through ``autotuner.evaluate``, the
 sandbox with trusted replay, for the baseline exactly as for a proposal; the ``Evaluator`` runs
-many on a process pool through the archive's evaluation cache), ``ladder`` (the search's objective,
+many through the archive's evaluation cache on an ``executors.Executor``: a local process pool,
+or Ray tasks on a cluster, ``ray_executor``), ``ladder`` (the search's objective,
 a cheap stand-in for capacity, paired against the tuned baseline on each instance).
 """
 
 from autotuner.scoring.evaluator import (
     Evaluator,
+    LocalPool,
     NoCache,
     Simulator,
     execute_job,
@@ -21,6 +23,7 @@ from autotuner.scoring.evaluator import (
     sandboxed_evaluation,
     simulator_for,
 )
+from autotuner.scoring.executors import EXECUTORS, Executor, ExecutorUnavailable
 from autotuner.scoring.jobs import Instance, Job, build_workload, horizon_for, split_instances
 from autotuner.scoring.ladder import (
     FADE_MULTIPLE,
@@ -41,7 +44,11 @@ _backend = sandbox_backend
 __all__ = [
     "FADE_MULTIPLE",
     "MIN_RATIO",
+    "EXECUTORS",
     "Evaluator",
+    "Executor",
+    "ExecutorUnavailable",
+    "LocalPool",
     "Instance",
     "Job",
     "LadderScore",

@@ -1,5 +1,6 @@
 """Running jobs: each through the sandbox (or, for trusted files in tests, in this process), one
-at a time or on a process pool, through the archive's evaluation cache.
+at a time or on a process pool here (``LocalPool``; Ray tasks are ``ray_executor.RayTasks``),
+through the archive's evaluation cache (``Evaluator``).
 
 A ``run`` job's result is ``RunMetrics.to_dict()`` plus ``seconds``; a ``capacity`` job's is
 ``capacity`` (the highest sustainable rate at which ``share`` of the window's requests meet their
@@ -29,6 +30,7 @@ from autotuner.evaluate import Evaluation, evaluate
 from autotuner.identity import sha256
 from autotuner.isolation import Backend, Limits, SandboxBroken, get_backend
 from autotuner.policy import PolicyFileError, read_policy_source
+from autotuner.scoring.executors import Executor, Store, longest_first
 from autotuner.scoring.jobs import Job, build_workload, horizon_for
 from autotuner.session import Session
 from autotuner.sim.engine import ClusterSpec
@@ -177,7 +179,9 @@ def _capacity_row(found: CapacityResult) -> dict[str, Any]:
 _POOL_SESSIONS: SessionSimulator | None = None  # a pool process's warm worker, kept across jobs
 
 
-def _execute_in_worker(job: Job, sessions: bool = False) -> dict[str, Any]:
+def execute_in_worker(job: Job, sessions: bool = False) -> dict[str, Any]:
+    """One job in a pool process or a Ray worker, which keeps its warm sandbox worker (when
+    ``sessions``) for the next job of the same policy and params."""
     global _POOL_SESSIONS
     if not sessions:
         return execute_job(job)
@@ -213,39 +217,27 @@ class NoCache:
         pass
 
 
-class Evaluator:
-    """Runs jobs on a process pool, through the archive's evaluation cache.
+class LocalPool(Executor):
+    """A process pool on this machine (``parallelism`` spawned processes), or this process
+    alone when the parallelism is 1, a batch holds one job, or a test passes its own
+    ``simulator``. A pool whose worker died (killed from outside, out of memory) is replaced
+    once. ``sessions``: each process keeps one warm sandbox worker for consecutive runs of the
+    same policy and params (``SessionSimulator``)."""
 
-    ``evaluate(jobs)`` returns results in order; cached results come back without running, a job
-    repeated within one call runs once, and new results are stored as soon as they finish. A
-    pool whose worker died (killed from outside, out of memory) is replaced once. ``sessions``
-    (the default): each evaluation process keeps one warm sandbox worker for consecutive runs of
-    the same policy and params (``SessionSimulator``); off, every run starts its own worker.
-    """
-
-    def __init__(self, archive: Any, parallelism: int = 2,
-                 simulator: Simulator | None = None, sessions: bool = True):
-        self.archive = archive
+    def __init__(self, parallelism: int = 2, simulator: Simulator | None = None,
+                 sessions: bool = True):
         self.parallelism = max(1, parallelism)
         self.sessions = sessions
+        self.simulator = simulator
         self._local_sessions: SessionSimulator | None = None
         if simulator is None and sessions:
             self._local_sessions = SessionSimulator()
-            simulator_here: Simulator | None = self._local_sessions
+            self._simulator_here: Simulator | None = self._local_sessions
         else:
-            simulator_here = simulator
-        self.simulator = simulator
-        self._simulator_here = simulator_here  # what runs jobs in this process
+            self._simulator_here = simulator  # what runs jobs in this process
         self._pool: ProcessPoolExecutor | None = None
-        self.ran = 0  # jobs run (not from the cache)
-        self.cached = 0
-        self.seconds = 0.0  # summed job seconds (inside the workers)
-        self.sims = 0  # simulations run: one per run job, one per capacity probe
-        self.wall = 0.0  # wall seconds spent in evaluate() running jobs
-
-    def wall_per_sim(self, default: float = 0.3) -> float:
-        """Measured wall seconds per simulation at this parallelism (for budgeting)."""
-        return self.wall / self.sims if self.sims >= 20 else default
+        self.description = (f"local, {self.parallelism} evaluation process(es)"
+                            if self.parallelism > 1 and simulator is None else "local, in process")
 
     def _get_pool(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.parallelism > 1 and self.simulator is None:
@@ -256,7 +248,6 @@ class Evaluator:
         return self._pool
 
     def start(self) -> None:
-        """Start the workers now (before any threads exist in this process)."""
         self._get_pool()
 
     def close(self, cancel: bool = False) -> None:
@@ -267,10 +258,9 @@ class Evaluator:
             self._pool = None
 
     def _run_pool(self, pool: ProcessPoolExecutor, jobs: Sequence[Job], run: Sequence[int],
-                  store: Callable[[int, dict[str, Any]], None]) -> None:
-        # longest first (capacity jobs, then the highest rates) so the pool's tail is short
-        order = sorted(run, key=lambda i: (jobs[i].kind != "capacity", -(jobs[i].rate or 0.0)))
-        futures = {pool.submit(_execute_in_worker, jobs[i], self.sessions): i for i in order}
+                  store: Store) -> None:
+        futures = {pool.submit(execute_in_worker, jobs[i], self.sessions): i
+                   for i in longest_first(jobs, run)}
         try:
             pending = set(futures)
             while pending:
@@ -281,6 +271,67 @@ class Evaluator:
             for fut in futures:
                 fut.cancel()
             raise
+
+    def run(self, jobs: Sequence[Job], indices: Sequence[int], store: Store) -> None:
+        pool = self._get_pool()
+        if pool is None or len(indices) <= 1:
+            for i in indices:
+                store(i, execute_job(jobs[i], self._simulator_here))
+            return
+        done: set[int] = set()
+
+        def keep(i: int, result: dict[str, Any]) -> None:
+            done.add(i)
+            store(i, result)
+
+        left = list(indices)
+        for attempt in range(2):
+            try:
+                self._run_pool(self._get_pool(), jobs, left, keep)
+                return
+            except BrokenProcessPool:
+                # a worker died (killed from outside, out of memory): start a fresh pool once
+                # and run what has no result yet; a second death is an error
+                self.close(cancel=True)
+                left = [i for i in left if i not in done]
+                if attempt:
+                    raise SandboxBroken(
+                        "an evaluation process died twice in a row (killed from outside, or "
+                        "out of memory); the evaluations it was running were not recorded, and "
+                        "`autotuner resume` runs them again") from None
+
+
+class Evaluator:
+    """Runs jobs on an executor (``LocalPool`` unless given one: ``RayTasks`` on a cluster),
+    through the archive's evaluation cache.
+
+    ``evaluate(jobs)`` returns results in order; cached results come back without running, a job
+    repeated within one call runs once, and new results are stored (by key, once, here on the
+    driver) as soon as they finish.
+    """
+
+    def __init__(self, archive: Any, parallelism: int = 2,
+                 simulator: Simulator | None = None, sessions: bool = True,
+                 executor: Executor | None = None):
+        self.archive = archive
+        self.simulator = simulator
+        self.executor = executor or LocalPool(parallelism, simulator, sessions)
+        self.ran = 0  # jobs run (not from the cache)
+        self.cached = 0
+        self.seconds = 0.0  # summed job seconds (inside the workers)
+        self.sims = 0  # simulations run: one per run job, one per capacity probe
+        self.wall = 0.0  # wall seconds spent in evaluate() running jobs
+
+    def wall_per_sim(self, default: float = 0.3) -> float:
+        """Measured wall seconds per simulation at this parallelism (for budgeting)."""
+        return self.wall / self.sims if self.sims >= 20 else default
+
+    def start(self) -> None:
+        """Start the workers now (before any threads exist in this process)."""
+        self.executor.start()
+
+    def close(self, cancel: bool = False) -> None:
+        self.executor.close(cancel)
 
     def evaluate(self, jobs: Sequence[Job], candidate_id: str | None = None,
                  on_result: Callable[[int, dict[str, Any]], None] | None = None
@@ -298,12 +349,15 @@ class Evaluator:
         run = list(first.values())
 
         def store(i: int, result: dict[str, Any]) -> None:
+            if results[i] is not None:
+                return  # an executor that reported a job twice: the first result stands
             self._store(jobs[i], keys[i], result, candidate_id)
             results[i] = result
             if on_result:
                 on_result(i, result)
 
-        self._run(jobs, run, results, store)
+        if run:
+            self.executor.run(jobs, run, store)
         for i in todo:
             if results[i] is None:
                 results[i] = results[first[keys[i]]]
@@ -322,27 +376,3 @@ class Evaluator:
         self.ran += 1
         self.seconds += seconds
         self.sims += len(result.get("probes") or ()) if job.kind == "capacity" else 1
-
-    def _run(self, jobs: Sequence[Job], run: list[int], results: list[dict[str, Any] | None],
-             store: Callable[[int, dict[str, Any]], None]) -> None:
-        """Run the jobs at indices ``run``, in this process or on the pool."""
-        pool = self._get_pool()
-        if pool is None or len(run) <= 1:
-            for i in run:
-                store(i, execute_job(jobs[i], self._simulator_here))
-            return
-        left = list(run)
-        for attempt in range(2):
-            try:
-                self._run_pool(self._get_pool(), jobs, left, store)
-                return
-            except BrokenProcessPool:
-                # a worker died (killed from outside, out of memory): start a fresh pool once
-                # and run what has no result yet; a second death is an error
-                self.close(cancel=True)
-                left = [i for i in left if results[i] is None]
-                if attempt:
-                    raise SandboxBroken(
-                        "an evaluation process died twice in a row (killed from outside, or "
-                        "out of memory); the evaluations it was running were not recorded, and "
-                        "`autotuner resume` runs them again") from None
