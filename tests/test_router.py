@@ -281,7 +281,9 @@ def test_a_stuck_policy_worker_is_killed_and_restarted(backends, router, monkeyp
         time.sleep(0.05)
     now = status(thread)
     assert now["policy_restarts"] >= 1 and now["policy_worker_pid"] != pid
-    assert set(codes) == {200} and now["fallbacks"]["timeout"] == 2
+    # two timeouts fill the backlog; a request that reaches the restarted (as endless) worker
+    # before this loop sees the restart times out too
+    assert set(codes) == {200} and now["fallbacks"]["timeout"] >= 2
     assert now["fallbacks"]["backlog"] >= 1
 
 
