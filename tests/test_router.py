@@ -502,6 +502,27 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and err.startswith("autotuner router: error:")
 
 
+def test_the_prediction_simulates_the_same_requests_with_each_routing():
+    from autotuner.resources import baseline_path
+    from autotuner.router.compare import predict
+    from autotuner.router.loadgen import Shot
+    from autotuner.sim.measured import StepProfile
+
+    # one request at a time per server, 1 ms a prompt token: long and short prompts alternate,
+    # so round robin queues every long one on server 0 and least-outstanding spreads them
+    profile = StepProfile("t", base_s=0.01, prefill_base_s=0.0, prefill_token_s=0.001,
+                          prefill_pair_s=0.0, decode_s=0.0, context_token_s=0.0,
+                          kv_capacity_tokens=8192, max_num_seqs=1)
+    shots = [Shot(0.01 * i, "/v1/completions", {"prompt": "x"}) for i in range(9)]
+    prompts = [1000, 10] * 4 + [10]
+    outputs = (2,) * 8 + (0,)  # the last one failed live: not simulated
+    rr = predict(profile, baseline_path("fixed_chunk"), "rr", shots, prompts, outputs, 2)
+    lo = predict(profile, LEAST, "lo", shots, prompts, outputs, 2)
+    assert rr.per_backend == (4, 4) and sum(lo.per_backend) == 8
+    assert 3.9 < rr.ttft_p99_s < 4.2  # the fourth long prompt waits behind three
+    assert lo.ttft_p99_s < 0.8 * rr.ttft_p99_s
+
+
 # -- real llama.cpp servers ----------------------------------------------------------------------
 def _llama_reason() -> str:
     from autotuner.router.compare import llama_unavailable
@@ -531,6 +552,19 @@ def test_real_llama_servers_round_robin_vs_policy(llama_urls):
         assert row.ok == row.requests == 6 and row.fallbacks == 0
     assert rows[0].per_backend == (3, 3)  # round robin alternates exactly
     assert rows[0].ttft_p50_s > 0 and rows[1].ttft_p50_s > 0
+
+
+@pytest.mark.skipif(bool(_llama_reason()), reason=_llama_reason() or "available")
+def test_chat_prompts_are_counted_as_the_server_counts_them(llama_urls):
+    from autotuner.router.compare import engine_prompt_tokens
+    from autotuner.router.loadgen import chat_workload
+
+    shots = chat_workload(3, rate=1.5, seed=7, shared_prefix_share=0.3)
+    assert len({len(s.body["messages"]) for s in shots}) == 2  # with and without a system prompt
+    for shot, counted in zip(shots, engine_prompt_tokens(shots), strict=True):
+        code, answer = post(llama_urls[0], shot.path, dict(shot.body, stream=False, max_tokens=1),
+                            timeout=120)
+        assert code == 200 and json.loads(answer)["usage"]["prompt_tokens"] == counted
 
 
 @pytest.mark.skipif(bool(_llama_reason()), reason=_llama_reason() or "available")
