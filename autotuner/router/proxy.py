@@ -40,7 +40,10 @@ from .policy_worker import PolicyUnavailable, PolicyWorker
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
-TOKENIZE_TIMEOUT_S = 0.5
+TOKENIZE_PROBE_TIMEOUT_S = 2.0  # finding a tokenize endpoint at start
+# One sample in flight at a time, waited for patiently: llama-cpp-python serves a tokenize call
+# only between generations, and one abandoned by a short timeout would stay queued there.
+TOKENIZE_SAMPLE_TIMEOUT_S = 30.0
 TOKENIZE_EVERY_S = 0.25  # at most one prompt sampled for the token ratio this often
 
 
@@ -126,7 +129,8 @@ class Router:
             await asyncio.sleep(TOKENIZE_EVERY_S)
             text, self._token_sample = self._token_sample, ""
             if text:
-                counted = await self._tokenize(*self.tokenizer, text)
+                counted = await self._tokenize(*self.tokenizer, text,
+                                               TOKENIZE_SAMPLE_TIMEOUT_S)
                 if counted is not None:
                     self.token_ratio.learn(len(text), counted)
 
@@ -162,16 +166,17 @@ class Router:
         """The first backend with a tokenize endpoint (llama-cpp-python's or vLLM's)."""
         for url in self.backends:
             for path, kind in (("/extras/tokenize", "llama.cpp"), ("/tokenize", "vllm")):
-                if await self._tokenize(url + path, kind, "hello") is not None:
+                if await self._tokenize(url + path, kind, "hello",
+                                        TOKENIZE_PROBE_TIMEOUT_S) is not None:
                     return url + path, kind
         return None
 
-    async def _tokenize(self, url: str, kind: str, text: str) -> int | None:
+    async def _tokenize(self, url: str, kind: str, text: str, timeout_s: float) -> int | None:
         body = {"input": text} if kind == "llama.cpp" else {"prompt": text}
         assert self.session is not None
         try:
             async with self.session.post(
-                    url, json=body, timeout=aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_S)) as r:
+                    url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
                 if r.status != 200:
                     return None
                 data = await r.json(content_type=None)
