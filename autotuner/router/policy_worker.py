@@ -206,7 +206,9 @@ class PolicyWorker:
         future = asyncio.get_running_loop().create_future()
         self._pending[query_id] = future
         try:
-            os.write(handle.proc.stdin.fileno(), query.encode() + b"\n")
+            data = memoryview(query.encode() + b"\n")
+            while data:  # a pipe may take a long line (many backends) in parts
+                data = data[os.write(handle.proc.stdin.fileno(), data):]
             self._unanswered += 1
         except (OSError, ValueError) as exc:
             self._pending.pop(query_id, None)
