@@ -10,7 +10,7 @@ routing (autotuner/router/compare.py says what it does not model).
 
     PYTHONPATH=$PWD python scripts/router_compare.py [--policy FILE] [--servers 2]
         [--requests 12] [--rate 1.5] [--max-tokens 4] [--seed 7] [--profile FILE]
-        [--save-profile FILE]
+        [--save-profile FILE] [--direct]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from autotuner.router.compare import (  # noqa: E402
     llama_servers,
     llama_unavailable,
     measure,
+    measure_direct,
     predict,
     profile_servers,
     table,
@@ -46,6 +47,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", help="a step profile of these servers (skips profiling)")
     parser.add_argument("--save-profile", help="write the profile measured here to this file")
+    parser.add_argument("--direct", action="store_true",
+                        help="also send the requests straight to the servers (round robin by "
+                        "the client, no router) as a reference row")
     args = parser.parse_args()
     reason = llama_unavailable()
     if reason:
@@ -68,6 +72,7 @@ def main() -> int:
                 Path(args.save_profile).write_text(profile.to_json(), encoding="utf-8")
         rows = [measure(baseline_path("fixed_chunk"), "round robin", urls, shots),
                 measure(args.policy, Path(args.policy).stem, urls, shots)]
+        direct = measure_direct(urls, shots) if args.direct else None
     prompts = engine_prompt_tokens(shots)
     predictions = [predict(profile, routing, row.routing, shots, prompts, row.output_tokens,
                            args.servers)
@@ -83,6 +88,9 @@ def main() -> int:
           f"fit MAPE on its probes "
           f"{profile.fit.get('overall', {}).get('mape', float('nan')) * 100:.0f} %")
     print(table(rows, predictions))
+    if direct is not None:
+        print("reference, no router (not simulated):")
+        print(table([direct]).split("\n", 1)[1])
     return 0
 
 

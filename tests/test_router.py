@@ -523,6 +523,18 @@ def test_the_prediction_simulates_the_same_requests_with_each_routing():
     assert lo.ttft_p99_s < 0.8 * rr.ttft_p99_s
 
 
+def test_the_direct_reference_alternates_servers_without_a_router(backends):
+    from autotuner.router.compare import measure_direct
+    from autotuner.router.loadgen import Shot
+
+    fakes = backends(2)
+    shots = [Shot(0.01 * i, "/v1/completions", {"prompt": f"d{i}", "stream": i % 2 == 0,
+                                                 "chunks": 3}) for i in range(5)]
+    row = measure_direct([f.url for f in fakes], shots)
+    assert (row.ok, row.per_backend, [f.requests for f in fakes]) == (5, (3, 2), [3, 2])
+    assert row.ttft_p50_s > 0
+
+
 # -- real llama.cpp servers ----------------------------------------------------------------------
 def _llama_reason() -> str:
     from autotuner.router.compare import llama_unavailable

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -147,6 +148,29 @@ def measure(policy: str | Path, label: str, urls: list[str], shots: list[Shot],
     return Row(label, len(shots), len(good), percentile(ttft, 50), percentile(ttft, 99),
                percentile(total, 50), percentile(total, 99), per_backend, fallbacks,
                tuple(o.tokens if o.status == 200 and o.complete else 0 for o in outcomes))
+
+
+def measure_direct(urls: list[str], shots: list[Shot]) -> Row:
+    """The reference without the router: the client sends shot i straight to server i mod n, at
+    the same times, so that what the machine does to latency shows apart from routing."""
+    outcomes: list = [None] * len(shots)
+
+    def one_server(k: int) -> None:
+        mine = list(range(k, len(shots), len(urls)))
+        for index, outcome in zip(mine, replay(urls[k], [shots[i] for i in mine]), strict=True):
+            outcomes[index] = outcome
+
+    threads = [threading.Thread(target=one_server, args=(k,)) for k in range(len(urls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    good = [o for o in outcomes if o.status == 200 and o.complete]
+    ttft, total = [o.ttft_s for o in good], [o.total_s for o in good]
+    per_backend = tuple(len(range(k, len(shots), len(urls))) for k in range(len(urls)))
+    return Row("round robin, direct", len(shots), len(good), percentile(ttft, 50),
+               percentile(ttft, 99), percentile(total, 50), percentile(total, 99), per_backend,
+               0, tuple(o.tokens if o.status == 200 and o.complete else 0 for o in outcomes))
 
 
 # A short probe schedule: about a minute on two busy cores, enough for the linear step model.
