@@ -5,7 +5,9 @@ with the least-outstanding baseline in its sandboxed worker) run as their own pr
 process sends requests at RATE/s straight to the backend (the reference) and through the router,
 alternating short blocks of BLOCK requests so that both arms see the same background load on a
 shared machine, and prints the p50/p99 of each, the difference (added latency) and the ratio.
-``--busy`` keeps one core busy (a ``while True: pass`` process) for the whole run; ``--repeat``
+It also prints the CPU time the router process and its policy worker spent per request (from
+/proc), which, unlike latency, the machine's other load barely moves. ``--busy`` keeps one core
+busy (a ``while True: pass`` process) for the whole run; ``--repeat``
 runs the whole measurement again to show the spread. Each run prints the load average.
 
     PYTHONPATH=$PWD python scripts/bench_router.py [--rate 200] [--requests 1200] [--block 100]
@@ -79,6 +81,30 @@ def _router_counters(url: str) -> dict[str, float]:
     return counts
 
 
+def _cpu_seconds(root: int) -> dict[str, float]:
+    """CPU time (user + system) of ``root`` and, apart, of all its descendants (the policy
+    worker, inside its sandbox), from /proc: what the router costs whatever the machine's load."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    below, stack = 0.0, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        below += times.get(pid, 0.0)
+        stack += children.get(pid, [])
+    return {"router": times.get(root, 0.0), "worker": below}
+
+
 def measure(backend_url: str, router_url: str, rate: float, requests: int, block: int
             ) -> tuple[dict[str, list[float]], int]:
     """Alternate blocks of ``block`` requests between the arms until each had ``requests``."""
@@ -138,22 +164,26 @@ def main() -> None:
               f"{' (router ' + ' '.join(args.router_arg) + ')' if args.router_arg else ''}")
         print(f"{'run':>3} {'load avg':>9} {'direct p50':>10} {'p99':>7} {'router p50':>10} "
               f"{'p99':>7} {'added p50':>9} {'p99':>7} {'ratio p99':>9}  failed fallbacks "
-              f"decision mean")
+              f"decision mean  CPU/request: router worker")
         for run in range(1, args.repeat + 1):
             load = os.getloadavg()[0]
             before = _router_counters(router_url)
+            cpu_before = _cpu_seconds(procs[-1].pid)
             samples, failed = measure(backend_url, router_url, args.rate, args.requests,
                                       args.block)
             after = _router_counters(router_url)
+            cpu_after = _cpu_seconds(procs[-1].pid)
             (d50, d99), (r50, r99) = ((percentile(v, 50) * 1e3, percentile(v, 99) * 1e3)
                                       for v in (samples["direct"], samples["router"]))
             decisions = after["policy"] + after["fallback"] - before["policy"] - \
                 before["fallback"]
+            cpu_us = {part: (cpu_after[part] - cpu_before[part]) / max(1.0, decisions) * 1e6
+                      for part in ("router", "worker")}
             mean_ms = (after["decision_s"] - before["decision_s"]) / max(1.0, decisions) * 1e3
             print(f"{run:>3} {load:>9.2f} {d50:>8.3f}ms {d99:>5.2f}ms {r50:>8.3f}ms "
                   f"{r99:>5.2f}ms {r50 - d50:>7.3f}ms {r99 - d99:>5.2f}ms {r99 / d99:>9.2f}  "
                   f"{failed:>6} {after['fallback'] - before['fallback']:>9.0f} "
-                  f"{mean_ms:>9.3f}ms")
+                  f"{mean_ms:>9.3f}ms  {cpu_us['router']:>15.0f}us {cpu_us['worker']:>4.0f}us")
         print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores here: "
               f"{os.cpu_count()} CPUs)")
     finally:

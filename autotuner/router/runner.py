@@ -15,8 +15,9 @@ from .proxy import Router, RouterConfig, serve
 
 
 def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (an optional dependency of the router's extra:
-    it roughly halves the proxy hop's CPU cost), else None for asyncio's own."""
+    """uvloop's event loop where it is installed (an optional dependency of the router's extra;
+    scripts/bench_router.py measures the difference with --router-arg=--no-uvloop), else None
+    for asyncio's own."""
     try:
         import uvloop
     except ImportError:
