@@ -11,7 +11,7 @@ busy (a ``while True: pass`` process) for the whole run; ``--repeat``
 runs the whole measurement again to show the spread. Each run prints the load average.
 
     PYTHONPATH=$PWD python scripts/bench_router.py [--rate 200] [--requests 1200] [--block 100]
-        [--repeat 3] [--busy] [--router-arg=--no-uvloop]
+        [--repeat 3] [--busy] [--tokenizing-backend] [--router-arg=--no-uvloop]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from autotuner.router.loadgen import Shot, percentile, replay  # noqa: E402
 
 
-def serve_trivial(port: int) -> None:
+def serve_trivial(port: int, tokenize: bool) -> None:
     from aiohttp import web
 
     body = b'{"id":"x","object":"text_completion","choices":[{"index":0,"text":"ok"}]}'
@@ -45,7 +45,13 @@ def serve_trivial(port: int) -> None:
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "trivial"}]})
 
+    async def count(request: web.Request) -> web.Response:  # llama-cpp-python's, at once
+        text = (await request.json()).get("input", "")
+        return web.json_response({"tokens": list(range(len(text) // 4 + 1))})
+
     app = web.Application()
+    if tokenize:
+        app.router.add_post("/extras/tokenize", count)
     app.router.add_post("/v1/completions", complete)
     app.router.add_get("/v1/models", models)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
@@ -132,10 +138,13 @@ def main() -> None:
     parser.add_argument("--policy", default="least_outstanding")
     parser.add_argument("--router-arg", action="append", default=[],
                         help="an extra argument for `autotuner router` (repeatable)")
+    parser.add_argument("--tokenizing-backend", action="store_true",
+                        help="the trivial backend also answers llama-cpp-python's "
+                        "/extras/tokenize (at once), as real engines have one")
     parser.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_trivial:
-        serve_trivial(args.serve_trivial)
+        serve_trivial(args.serve_trivial, args.tokenizing_backend)
         return
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     backend_port, router_port = _port(), _port()
@@ -146,8 +155,10 @@ def main() -> None:
         if args.busy:
             procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
                                           start_new_session=True))
-        procs.append(subprocess.Popen([sys.executable, __file__, "--serve-trivial",
-                                       str(backend_port)], env=env, start_new_session=True))
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, "--serve-trivial", str(backend_port),
+             *(["--tokenizing-backend"] if args.tokenizing_backend else [])], env=env,
+            start_new_session=True))
         _wait(backend_url, procs[-1])
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "autotuner", "router", "--policy", args.policy,
@@ -161,6 +172,7 @@ def main() -> None:
         print(f"router overhead at {args.rate:g} requests/s, {args.requests} requests per arm "
               f"and run in alternating blocks of {args.block}, trivial backend, {args.policy} "
               f"in its sandboxed worker{', one core kept busy' if args.busy else ''}"
+              f"{', the backend has a tokenize endpoint' if args.tokenizing_backend else ''}"
               f"{' (router ' + ' '.join(args.router_arg) + ')' if args.router_arg else ''}")
         print(f"{'run':>3} {'load avg':>9} {'direct p50':>10} {'p99':>7} {'router p50':>10} "
               f"{'p99':>7} {'added p50':>9} {'p99':>7} {'ratio p99':>9}  failed fallbacks "
