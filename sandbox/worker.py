@@ -250,9 +250,9 @@ def _serve_routes(out, lines, request):
     """The live router's long-lived mode (autotuner/router/policy_worker.py): load the policy
     once, answer ``{"ready": ...}``, then one route() per stdin line until end of file.
 
-    A query is ``{"i": n, "q": [RequestView fields], "c": [now, [[ReplicaLoad fields], ...]]}``;
-    the answer ``{"i": n, "k": raw}`` or ``{"i": n, "e": reason}``. The trusted side checks every
-    answer (coerce_route) and falls back when it is late, wrong or missing, so nothing here is
+    A query is ``[n, [RequestView fields], now, [[ReplicaLoad fields], ...]]``; the answer
+    ``{"i": n, "k": raw}`` or ``{"i": n, "e": reason}``. The trusted side checks every answer
+    (coerce_route) and falls back when it is late, wrong or missing, so nothing here is
     believed. End of file (the router closed the pipe or died) ends the worker.
     """
     from autotuner.policy import load_policy, read_policy_source
@@ -269,18 +269,17 @@ def _serve_routes(out, lines, request):
         line = lines.readline(1 << 20)
         if not line.endswith(b"\n"):
             os._exit(0)
-        query = json.loads(line)
-        now, loads = query["c"]
+        query_id, fields, now, loads = json.loads(line)
         cluster = ClusterView(now, tuple(ReplicaLoad(*load) for load in loads))
         try:
-            raw = route(RequestView(*query["q"]), cluster)
-            answer = {"i": query["i"], "k": raw if isinstance(raw, (int, float)) else repr(raw)}
+            raw = route(RequestView(*fields), cluster)
+            answer = {"i": query_id, "k": raw if isinstance(raw, (int, float)) else repr(raw)}
         except BaseException as exc:  # noqa: BLE001 - a raising policy is an answer too
-            answer = {"i": query["i"], "e": _describe(exc)[:MAX_ERROR_CHARS]}
+            answer = {"i": query_id, "e": _describe(exc)[:MAX_ERROR_CHARS]}
         try:
             _emit(out, answer)
         except ValueError:  # NaN or an int too large for JSON: refused on the trusted side
-            _emit(out, {"i": query["i"], "e": "route() returned a non-finite number"})
+            _emit(out, {"i": query_id, "e": "route() returned a non-finite number"})
 
 
 def main():

@@ -2,10 +2,16 @@
 
 A trivial OpenAI-style backend (answers at once) and the router (``python -m autotuner router``
 with the least-outstanding baseline in its sandboxed worker) run as their own processes; this
-process sends the same requests at RATE/s straight to the backend and through the router, in
-alternating rounds, and prints the p50/p99 of each and the difference (added latency) and ratio.
+process sends requests at RATE/s straight to the backend (the reference) and through the router,
+alternating short blocks of BLOCK requests so that both arms see the same background load on a
+shared machine, and prints the p50/p99 of each, the difference (added latency) and the ratio.
+It also prints the CPU time the router process and its policy worker spent per request (from
+/proc), which, unlike latency, the machine's other load barely moves. ``--busy`` keeps one core
+busy (a ``while True: pass`` process) for the whole run; ``--repeat``
+runs the whole measurement again to show the spread. Each run prints the load average.
 
-    PYTHONPATH=$PWD python scripts/bench_router.py [--rate 200] [--requests 1000] [--rounds 2]
+    PYTHONPATH=$PWD python scripts/bench_router.py [--rate 200] [--requests 1200] [--block 100]
+        [--repeat 3] [--busy] [--tokenizing-backend] [--router-arg=--no-uvloop]
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from autotuner.router.loadgen import Shot, percentile, replay  # noqa: E402
 
 
-def serve_trivial(port: int) -> None:
+def serve_trivial(port: int, tokenize: bool) -> None:
     from aiohttp import web
 
     body = b'{"id":"x","object":"text_completion","choices":[{"index":0,"text":"ok"}]}'
@@ -38,7 +45,13 @@ def serve_trivial(port: int) -> None:
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "trivial"}]})
 
+    async def count(request: web.Request) -> web.Response:  # llama-cpp-python's, at once
+        text = (await request.json()).get("input", "")
+        return web.json_response({"tokens": list(range(len(text) // 4 + 1))})
+
     app = web.Application()
+    if tokenize:
+        app.router.add_post("/extras/tokenize", count)
     app.router.add_post("/v1/completions", complete)
     app.router.add_get("/v1/models", models)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
@@ -62,15 +75,76 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     raise SystemExit(f"{url} did not start")
 
 
+def _router_counters(url: str) -> dict[str, float]:
+    """The router's own decision counters and decision-time sum from its /metrics."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    counts: dict[str, float] = {"policy": 0.0, "fallback": 0.0}
+    for by, n in re.findall(r'^autotuner_router_decisions_total\{[^}]*by="(\w+)"\} (\S+)', text,
+                            re.M):
+        counts[by] += float(n)
+    total = re.search(r"^autotuner_router_decision_seconds_sum (\S+)", text, re.M)
+    counts["decision_s"] = float(total[1]) if total else float("nan")
+    return counts
+
+
+def _cpu_seconds(root: int) -> dict[str, float]:
+    """CPU time (user + system) of ``root`` and, apart, of all its descendants (the policy
+    worker, inside its sandbox), from /proc: what the router costs whatever the machine's load."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    below, stack = 0.0, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        below += times.get(pid, 0.0)
+        stack += children.get(pid, [])
+    return {"router": times.get(root, 0.0), "worker": below}
+
+
+def measure(backend_url: str, router_url: str, rate: float, requests: int, block: int
+            ) -> tuple[dict[str, list[float]], int]:
+    """Alternate blocks of ``block`` requests between the arms until each had ``requests``."""
+    shots = [Shot(i / rate, "/v1/completions", {"prompt": f"hello {i}", "max_tokens": 1})
+             for i in range(block)]
+    samples: dict[str, list[float]] = {"direct": [], "router": []}
+    failed = 0
+    for _ in range(max(1, requests // block)):
+        for arm, url in (("direct", backend_url), ("router", router_url)):
+            outcomes = replay(url, shots)
+            failed += sum(1 for o in outcomes if o.status != 200)
+            samples[arm] += [o.total_s for o in outcomes if o.status == 200]
+    return samples, failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=1200, help="per arm and run")
+    parser.add_argument("--block", type=int, default=100,
+                        help="requests per block; the arms alternate block by block")
+    parser.add_argument("--repeat", type=int, default=1, help="independent runs (same router)")
+    parser.add_argument("--busy", action="store_true",
+                        help="keep one core busy with a spinning process throughout")
+    parser.add_argument("--policy", default="least_outstanding")
+    parser.add_argument("--router-arg", action="append", default=[],
+                        help="an extra argument for `autotuner router` (repeatable)")
+    parser.add_argument("--tokenizing-backend", action="store_true",
+                        help="the trivial backend also answers llama-cpp-python's "
+                        "/extras/tokenize (at once), as real engines have one")
     parser.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_trivial:
-        serve_trivial(args.serve_trivial)
+        serve_trivial(args.serve_trivial, args.tokenizing_backend)
         return
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     backend_port, router_port = _port(), _port()
@@ -78,36 +152,52 @@ def main() -> None:
     router_url = f"http://127.0.0.1:{router_port}"
     procs = []
     try:
-        procs.append(subprocess.Popen([sys.executable, __file__, "--serve-trivial",
-                                       str(backend_port)], env=env, start_new_session=True))
+        if args.busy:
+            procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                          start_new_session=True))
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, "--serve-trivial", str(backend_port),
+             *(["--tokenizing-backend"] if args.tokenizing_backend else [])], env=env,
+            start_new_session=True))
         _wait(backend_url, procs[-1])
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "autotuner", "router", "--policy", "least_outstanding",
-             "--backend", backend_url, "--port", str(router_port)], env=env,
+            [sys.executable, "-m", "autotuner", "router", "--policy", args.policy,
+             "--backend", backend_url, "--port", str(router_port), *args.router_arg], env=env,
             start_new_session=True, stderr=subprocess.DEVNULL))
         _wait(router_url, procs[-1])
-        shots = [Shot(i / args.rate, "/v1/completions", {"prompt": f"hello {i}",
-                                                         "max_tokens": 1})
-                 for i in range(args.requests)]
-        replay(router_url, shots[:50])  # warm both paths' connection pools
-        replay(backend_url, shots[:50])
-        samples: dict[str, list[float]] = {"direct": [], "router": []}
-        failed = 0
-        for _ in range(args.rounds):
-            for arm, url in (("direct", backend_url), ("router", router_url)):
-                outcomes = replay(url, shots)
-                failed += sum(1 for o in outcomes if o.status != 200)
-                samples[arm] += [o.total_s for o in outcomes if o.status == 200]
-        stats = {arm: (percentile(v, 50), percentile(v, 99)) for arm, v in samples.items()}
-        print(f"router overhead at {args.rate:g} requests/s, {args.requests} requests x "
-              f"{args.rounds} rounds per arm, trivial backend, least_outstanding policy in its "
-              f"sandboxed worker; {failed} failed")
-        print(f"{'':8} {'p50 ms':>8} {'p99 ms':>8}")
-        for arm, (p50, p99) in stats.items():
-            print(f"{arm:8} {p50 * 1000:8.3f} {p99 * 1000:8.3f}")
-        (d50, d99), (r50, r99) = stats["direct"], stats["router"]
-        print(f"{'added':8} {(r50 - d50) * 1000:8.3f} {(r99 - d99) * 1000:8.3f}")
-        print(f"{'ratio':8} {r50 / d50:8.2f} {r99 / d99:8.2f}")
+        warm = [Shot(i / args.rate, "/v1/completions", {"prompt": "warm", "max_tokens": 1})
+                for i in range(50)]
+        replay(router_url, warm)  # warm both paths' connection pools
+        replay(backend_url, warm)
+        print(f"router overhead at {args.rate:g} requests/s, {args.requests} requests per arm "
+              f"and run in alternating blocks of {args.block}, trivial backend, {args.policy} "
+              f"in its sandboxed worker{', one core kept busy' if args.busy else ''}"
+              f"{', the backend has a tokenize endpoint' if args.tokenizing_backend else ''}"
+              f"{' (router ' + ' '.join(args.router_arg) + ')' if args.router_arg else ''}")
+        print(f"{'run':>3} {'load avg':>9} {'direct p50':>10} {'p99':>7} {'router p50':>10} "
+              f"{'p99':>7} {'added p50':>9} {'p99':>7} {'ratio p99':>9}  failed fallbacks "
+              f"decision mean  CPU/request: router worker")
+        for run in range(1, args.repeat + 1):
+            load = os.getloadavg()[0]
+            before = _router_counters(router_url)
+            cpu_before = _cpu_seconds(procs[-1].pid)
+            samples, failed = measure(backend_url, router_url, args.rate, args.requests,
+                                      args.block)
+            after = _router_counters(router_url)
+            cpu_after = _cpu_seconds(procs[-1].pid)
+            (d50, d99), (r50, r99) = ((percentile(v, 50) * 1e3, percentile(v, 99) * 1e3)
+                                      for v in (samples["direct"], samples["router"]))
+            decisions = after["policy"] + after["fallback"] - before["policy"] - \
+                before["fallback"]
+            cpu_us = {part: (cpu_after[part] - cpu_before[part]) / max(1.0, decisions) * 1e6
+                      for part in ("router", "worker")}
+            mean_ms = (after["decision_s"] - before["decision_s"]) / max(1.0, decisions) * 1e3
+            print(f"{run:>3} {load:>9.2f} {d50:>8.3f}ms {d99:>5.2f}ms {r50:>8.3f}ms "
+                  f"{r99:>5.2f}ms {r50 - d50:>7.3f}ms {r99 - d99:>5.2f}ms {r99 / d99:>9.2f}  "
+                  f"{failed:>6} {after['fallback'] - before['fallback']:>9.0f} "
+                  f"{mean_ms:>9.3f}ms  {cpu_us['router']:>15.0f}us {cpu_us['worker']:>4.0f}us")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores here: "
+              f"{os.cpu_count()} CPUs)")
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):

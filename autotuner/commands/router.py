@@ -22,15 +22,18 @@ Forwards POST /v1/chat/completions and /v1/completions (streaming passed through
 one of the --backend servers, chosen by the policy's route() from a live ClusterView: requests
 in flight per backend (waiting = no response byte yet, running = streaming), prompt tokens
 waiting, and prefix-cache hits estimated from 16-token block hashes of the prompts sent to each
-backend. Prompt tokens come from the first backend with a tokenize endpoint (llama-cpp-python's
-/extras/tokenize, vLLM's /tokenize); without one, and with --no-tokenize, they are ESTIMATED as
-characters/4 (the chat template's tokens are not counted either way). KV capacity cannot be
-observed: --kv-capacity-tokens sets it. Where a backend's /metrics has vLLM's or llama.cpp's
-gauges, its own running/waiting counts (every client's) raise the router's, and its KV use bounds
-the free room. The policy runs in one long-lived sandboxed worker; a
-decision later than --policy-timeout-ms, or one that fails, falls back to least-outstanding
-routing (counted at GET /metrics), and a dead worker is restarted. GET /v1/models is answered by
-the first backend that responds; GET /router/status shows the live view as JSON."""
+backend. Prompt tokens are ESTIMATED from the prompt's characters, never counted on a request's
+path: the characters-per-token ratio is learnt in the background from the first backend with a
+tokenize endpoint (llama-cpp-python's /extras/tokenize, vLLM's /tokenize; one sampled prompt per
+0.25 s); without one, and with --no-tokenize, it is 4 (the chat template's tokens are not
+counted either way). The event loop is uvloop's where uvloop is installed (--no-uvloop:
+asyncio's). KV capacity cannot be observed: --kv-capacity-tokens sets it. Where a backend's
+/metrics has vLLM's or llama.cpp's gauges, its own running/waiting counts (every client's) raise
+the router's, and its KV use bounds the free room. The policy runs in one long-lived sandboxed
+worker; a decision later than --policy-timeout-ms, or one that fails, falls back to
+least-outstanding routing (counted at GET /metrics), and a dead worker is restarted. GET
+/v1/models is answered by the first backend that responds; GET /router/status shows the live
+view as JSON."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="each backend's KV cache in tokens, as the policy is told (default 65536)")
     p.add_argument("--no-tokenize", action="store_true",
                    help="never ask a backend to tokenize; estimate prompt tokens as chars/4")
+    p.add_argument("--no-uvloop", action="store_true",
+                   help="run on asyncio's own event loop even where uvloop is installed")
     p.add_argument("--engine-metrics-s", type=float, default=1.0,
                    help="read each backend's /metrics this often (vLLM's or llama.cpp's gauges: "
                    "running, waiting, KV use; 0: never; default 1)")
@@ -78,7 +83,7 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     try:
         from autotuner.router.proxy import serve
-        from autotuner.router.runner import PolicyRefused, build_router
+        from autotuner.router.runner import PolicyRefused, build_router, uvloop_factory
     except ImportError as exc:  # aiohttp is the optional extra `router`
         raise CLIError(f"the router needs aiohttp: pip install 'autotuner[router]' ({exc})") \
             from exc
@@ -92,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     except WorkerFault as exc:  # the policy failed to load in its worker, or the sandbox
         raise CLIError(f"the policy worker did not start: {exc}") from exc
+    loop_factory = None if args.no_uvloop else uvloop_factory()
     print(f"autotuner router: http://{args.host}:{args.port} -> {', '.join(config.backends)} "
-          f"(policy {args.policy}, worker pid {router.policy.pid()})", file=sys.stderr)
+          f"(policy {args.policy}, worker pid {router.policy.pid()}, "
+          f"{'uvloop' if loop_factory else 'asyncio'} event loop)", file=sys.stderr)
     try:
-        asyncio.run(serve(router, args.host, args.port))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(router, args.host, args.port))
     finally:
         router.policy.close()
     return EXIT_OK

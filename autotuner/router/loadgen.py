@@ -29,6 +29,7 @@ class Outcome:
     total_s: float
     complete: bool  # a stream ended with [DONE]; a plain answer was read whole
     error: str = ""
+    tokens: int = 0  # a stream's events that carried content (one token each on llama.cpp)
 
 
 def chat_workload(n: int, rate: float, seed: int, max_tokens: int = 8,
@@ -61,20 +62,24 @@ def send(url: str, shot: Shot, timeout: float) -> Outcome:
         stream = response.getheader("Content-Type", "").startswith("text/event-stream")
         ttft = None
         done = False
+        tokens = 0
         if not stream:
             data = response.read()
             ttft = time.perf_counter() - t0
             return Outcome(response.status, ttft, ttft, bool(data))
         for line in response:
-            if ttft is None and line.startswith(b"data: ") and b'"content"' in line:
-                ttft = time.perf_counter() - t0
+            if line.startswith(b"data: ") and b'"content"' in line:
+                tokens += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
             if line.startswith(b"data: [DONE]"):
                 done = True
             if b'"error"' in line and line.startswith(b"data: "):
                 return Outcome(response.status, ttft or 0.0, time.perf_counter() - t0, False,
-                               line.decode(errors="replace")[:200])
+                               line.decode(errors="replace")[:200], tokens)
         total = time.perf_counter() - t0
-        return Outcome(response.status, ttft if ttft is not None else total, total, done)
+        return Outcome(response.status, ttft if ttft is not None else total, total, done,
+                       tokens=tokens)
     except (OSError, http.client.HTTPException) as exc:
         return Outcome(0, 0.0, time.perf_counter() - t0, False, f"{type(exc).__name__}: {exc}")
     finally:

@@ -13,6 +13,7 @@ flight there (or the engine's reported use, when lower).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from collections import OrderedDict
@@ -25,8 +26,33 @@ PREFIX_BLOCK_TOKENS = 16  # the block the prefix estimate hashes (vLLM's default
 MAX_REMEMBERED_BLOCKS = 50_000  # per backend, least recently sent dropped first
 
 
-def estimate_tokens(text: str) -> int:
-    return max(1, (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+def estimate_tokens(text: str, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    return max(1, math.ceil(len(text) / chars_per_token))
+
+
+class TokenRatio:
+    """Characters per token, learnt from what a backend's tokenizer counted for prompts the
+    router sent (sampled in the background): a request is never held up by a tokenize call,
+    which on llama-cpp-python waits behind the generation in progress. The estimate starts at
+    CHARS_PER_TOKEN; each sample moves it by its weight in characters against the recent
+    ``memory_chars``, so one odd prompt cannot swing it."""
+
+    def __init__(self, memory_chars: int = 20_000):
+        self.chars = float(CHARS_PER_TOKEN)  # a prior of one token's worth
+        self.tokens = 1.0
+        self.memory_chars = memory_chars
+        self.samples = 0
+
+    @property
+    def chars_per_token(self) -> float:
+        return min(16.0, max(1.0, self.chars / self.tokens))
+
+    def learn(self, chars: int, tokens: int) -> None:
+        if chars <= 0 or tokens <= 0:
+            return
+        keep = min(1.0, self.memory_chars / max(1.0, self.chars + chars))
+        self.chars, self.tokens = self.chars * keep + chars, self.tokens * keep + tokens
+        self.samples += 1
 
 
 BLOCK_CHARS = PREFIX_BLOCK_TOKENS * CHARS_PER_TOKEN

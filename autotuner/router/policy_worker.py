@@ -199,30 +199,42 @@ class PolicyWorker:
                 handle.kill()  # its end of output arrives next: _dead, then a restart
             raise PolicyUnavailable("backlog", f"{self._unanswered} decisions still unanswered")
         query_id = next(self._ids)
-        query = {"i": query_id, "q": list(request),
-                 "c": [cluster.now, [list(r) for r in cluster.replicas]]}
+        # One line, one write: [id, RequestView, now, [ReplicaLoad, ...]] (named tuples are
+        # JSON arrays), the compact form sandbox/worker.py's serve_routes reads.
+        query = json.dumps([query_id, request, cluster.now, cluster.replicas],
+                           separators=(",", ":"))
         future = asyncio.get_running_loop().create_future()
         self._pending[query_id] = future
         try:
-            handle.proc.stdin.write((json.dumps(query) + "\n").encode())
-            handle.proc.stdin.flush()
+            data = memoryview(query.encode() + b"\n")
+            while data:  # a pipe may take a long line (many backends) in parts
+                data = data[os.write(handle.proc.stdin.fileno(), data):]
             self._unanswered += 1
         except (OSError, ValueError) as exc:
             self._pending.pop(query_id, None)
             raise PolicyUnavailable("worker_dead", str(exc)) from exc
         return query_id, future
 
+    def _expire(self, query_id: int, future: asyncio.Future, timeout: float) -> None:
+        self._pending.pop(query_id, None)
+        if not future.done():
+            future.set_exception(PolicyUnavailable(
+                "timeout", f"no decision within {timeout * 1000:g} ms"))
+
     async def decide(self, request: RequestView, cluster: ClusterView, timeout: float) -> int:
-        """The policy's replica for this request, checked; PolicyUnavailable otherwise."""
+        """The policy's replica for this request, checked; PolicyUnavailable otherwise. The
+        deadline is a timer on the answer's future (no task per decision, as wait_for makes)."""
         try:
             query_id, future = self._submit(request, cluster)
-            answer = await asyncio.wait_for(future, timeout)
-        except TimeoutError as exc:
-            self._pending.pop(query_id, None)
-            raise PolicyUnavailable("timeout", f"no decision within {timeout * 1000:g} ms") \
-                from exc
-        except PolicyUnavailable:
-            self._restart_later()
+            timer = asyncio.get_running_loop().call_later(
+                timeout, self._expire, query_id, future, timeout)
+            try:
+                answer = await future
+            finally:
+                timer.cancel()
+        except PolicyUnavailable as exc:
+            if exc.kind != "timeout":
+                self._restart_later()
             raise
         if "e" in answer:
             raise PolicyUnavailable("error", str(answer["e"])[:400])

@@ -3,13 +3,16 @@
 aiohttp because one package gives both halves a proxy needs (a server and a pooled client with
 per-phase timeouts) on one event loop, with streaming in both directions chunk by chunk.
 
-What a request goes through: its prompt is counted (the backend's tokenize endpoint, else
-chars/4) and hashed into prefix blocks; the policy's route() picks a backend from the live
-ClusterView within ``policy_timeout_s`` (else least-outstanding, counted); the body is forwarded
-unchanged. A backend that fails before its first response byte (refused, reset, timed out) is
-retried on the least-loaded backend not yet tried; its HTTP error status is passed through as it
-is. Past the first byte the response is the client's: a backend that dies mid-stream ends that
-stream with an SSE error event (``data: {"error": ...}``), and no other request notices.
+What a request goes through: its prompt tokens are estimated from its characters (the ratio
+learnt in the background from a backend's tokenize endpoint where one has it, else 4 a token: a
+tokenize call per request would put a second backend round trip, queued behind generation on
+llama-cpp-python, in front of every decision) and it is hashed into prefix blocks; the policy's
+route() picks a backend from the live ClusterView within ``policy_timeout_s`` (else
+least-outstanding, counted); the body is forwarded unchanged. A backend that fails before its
+first response byte (refused, reset, timed out) is retried on the least-loaded backend not yet
+tried; its HTTP error status is passed through as it is. Past the first byte the response is the
+client's: a backend that dies mid-stream ends that stream with an SSE error event (``data:
+{"error": ...}``), and no other request notices.
 """
 
 from __future__ import annotations
@@ -23,14 +26,25 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .metrics import RouterMetrics
-from .observe import LiveCluster, block_hashes, estimate_tokens, parse_engine_metrics
+from .observe import (
+    LiveCluster,
+    TokenRatio,
+    block_hashes,
+    estimate_tokens,
+    parse_engine_metrics,
+)
 from .policy_worker import PolicyUnavailable, PolicyWorker
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
-TOKENIZE_TIMEOUT_S = 0.5
+TOKENIZE_PROBE_TIMEOUT_S = 2.0  # finding a tokenize endpoint at start
+# One sample in flight at a time, waited for patiently: llama-cpp-python serves a tokenize call
+# only between generations, and one abandoned by a short timeout would stay queued there.
+TOKENIZE_SAMPLE_TIMEOUT_S = 30.0
+TOKENIZE_EVERY_S = 0.25  # at most one prompt sampled for the token ratio this often
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,7 @@ class RouterConfig:
     backends: tuple[str, ...]
     policy_timeout_s: float = 0.05
     kv_capacity_tokens: int = 65_536
-    tokenize: bool = True  # ask a backend's tokenize endpoint when it has one
+    tokenize: bool = True  # learn the token ratio from a backend's tokenize endpoint
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
     engine_metrics_s: float = 1.0  # how often to read each backend's /metrics (0: never)
@@ -76,8 +90,10 @@ class Router:
         self.cluster = LiveCluster(len(self.backends), config.kv_capacity_tokens)
         self.metrics = RouterMetrics(self.backends)
         self.tokenizer: tuple[str, str] | None = None  # (url, "llama.cpp"|"vllm")
+        self.token_ratio = TokenRatio()
+        self._token_sample = ""  # the latest prompt, for the background token count
         self.session: aiohttp.ClientSession | None = None
-        self._scraper: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle
     def app(self) -> web.Application:
@@ -97,10 +113,26 @@ class Router:
         self.session = aiohttp.ClientSession(
             timeout=timeout, auto_decompress=False,
             connector=aiohttp.TCPConnector(limit=0, force_close=False))
+        loop = asyncio.get_running_loop()
         if self.config.tokenize:
             self.tokenizer = await self._find_tokenizer()
+            if self.tokenizer is not None:
+                self._tasks.append(loop.create_task(self._learn_token_ratio()))
         if self.config.engine_metrics_s > 0:
-            self._scraper = asyncio.get_running_loop().create_task(self._scrape_engines())
+            self._tasks.append(loop.create_task(self._scrape_engines()))
+
+    async def _learn_token_ratio(self) -> None:
+        """Count the latest prompt's tokens with the backend's tokenizer every
+        TOKENIZE_EVERY_S, off every request's path, and learn the characters-per-token ratio."""
+        assert self.tokenizer is not None
+        while True:
+            await asyncio.sleep(TOKENIZE_EVERY_S)
+            text, self._token_sample = self._token_sample, ""
+            if text:
+                counted = await self._tokenize(*self.tokenizer, text,
+                                               TOKENIZE_SAMPLE_TIMEOUT_S)
+                if counted is not None:
+                    self.token_ratio.learn(len(text), counted)
 
     async def _scrape_engines(self) -> None:
         """Read each backend's own gauges (vLLM's, llama.cpp's) every ``engine_metrics_s``; a
@@ -125,8 +157,8 @@ class Router:
             await asyncio.sleep(self.config.engine_metrics_s)
 
     async def _close(self, _app: web.Application) -> None:
-        if self._scraper is not None:
-            self._scraper.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self.session is not None:
             await self.session.close()
 
@@ -134,16 +166,17 @@ class Router:
         """The first backend with a tokenize endpoint (llama-cpp-python's or vLLM's)."""
         for url in self.backends:
             for path, kind in (("/extras/tokenize", "llama.cpp"), ("/tokenize", "vllm")):
-                if await self._tokenize(url + path, kind, "hello") is not None:
+                if await self._tokenize(url + path, kind, "hello",
+                                        TOKENIZE_PROBE_TIMEOUT_S) is not None:
                     return url + path, kind
         return None
 
-    async def _tokenize(self, url: str, kind: str, text: str) -> int | None:
+    async def _tokenize(self, url: str, kind: str, text: str, timeout_s: float) -> int | None:
         body = {"input": text} if kind == "llama.cpp" else {"prompt": text}
         assert self.session is not None
         try:
             async with self.session.post(
-                    url, json=body, timeout=aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_S)) as r:
+                    url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
                 if r.status != 200:
                     return None
                 data = await r.json(content_type=None)
@@ -154,12 +187,10 @@ class Router:
             tokens = len(data["tokens"])
         return tokens if isinstance(tokens, int) else None
 
-    async def count_tokens(self, text: str) -> int:
+    def count_tokens(self, text: str) -> int:
         if self.tokenizer is not None and text:
-            counted = await self._tokenize(*self.tokenizer, text)
-            if counted is not None:
-                return max(1, counted)
-        return estimate_tokens(text)
+            self._token_sample = text
+        return estimate_tokens(text, self.token_ratio.chars_per_token)
 
     # -- handlers
     async def forward(self, request: web.Request) -> web.StreamResponse:
@@ -170,7 +201,7 @@ class Router:
         except ValueError:
             return _error(400, "the request body is not JSON", "invalid_request_error")
         text = prompt_text(request.path, payload)
-        tokens = await self.count_tokens(text)
+        tokens = self.count_tokens(text)
         hashes = block_hashes(text)
         backend = await self.choose(tokens, hashes)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -205,8 +236,10 @@ class Router:
 
     async def _relay(self, request: web.Request, backend: int, body: bytes,
                      headers: dict[str, str], tokens: int, t0: float) -> web.StreamResponse:
-        """Send to one backend and stream its answer back; _BeforeFirstByte when it failed
-        before anything reached the client (the caller retries elsewhere)."""
+        """Send to one backend and relay its answer; _BeforeFirstByte when it failed before
+        anything reached the client (the caller retries elsewhere). A sized body (Content-Length,
+        a plain JSON answer) is relayed whole, in one write; anything else (an SSE stream) chunk
+        by chunk."""
         assert self.session is not None
         url = self.backends[backend] + request.path_qs
         try:
@@ -222,17 +255,36 @@ class Router:
                 raise _BeforeFirstByte("the backend closed the connection")
             self.cluster.first_byte(backend, tokens)
             self.metrics.first_byte_seconds.observe(time.perf_counter() - t0)
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    response.headers.add(key, value)
-            outcome = await self._stream(request, response, upstream, first)
+            kept = CIMultiDict((k, v) for k, v in upstream.headers.items()
+                               if k.lower() not in HOP_BY_HOP)
+            if upstream.content_length is not None:
+                response, outcome = await self._whole(upstream, first, kept)
+            else:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                              headers=kept)
+                outcome = await self._stream(request, response, upstream, first)
             self.metrics.responses[(backend, outcome)] += 1
             self.cluster.done(backend, tokens, started=True)
             self.metrics.request_seconds.observe(time.perf_counter() - t0)
             return response
         finally:
             upstream.release()
+
+    @staticmethod
+    async def _whole(upstream: aiohttp.ClientResponse, first: bytes, headers: CIMultiDict
+                     ) -> tuple[web.Response, str]:
+        """The rest of a sized body; a backend that dies before it is all here gets the client
+        a 502 saying so, never a truncated body."""
+        chunks = [first]
+        try:
+            while chunk := await upstream.content.readany():
+                chunks.append(chunk)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return _error(502, f"the backend failed mid-response: {_describe(exc)}",
+                          "backend_error"), "died_mid_response"
+        return web.Response(body=b"".join(chunks), status=upstream.status,
+                            reason=upstream.reason, headers=headers), \
+            f"status_{upstream.status}"
 
     async def _stream(self, request: web.Request, response: web.StreamResponse,
                       upstream: aiohttp.ClientResponse, first: bytes) -> str:
@@ -294,6 +346,8 @@ class Router:
             "decisions": {f"{self.backends[i]}|{by}": n
                           for (i, by), n in self.metrics.decisions.items()},
             "tokenizer": self.tokenizer,
+            "chars_per_token": round(self.token_ratio.chars_per_token, 3),
+            "token_ratio_samples": self.token_ratio.samples,
         })
 
 

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from .policy_worker import PolicyWorker
 from .proxy import Router, RouterConfig, serve
+
+
+def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (an optional dependency of the router's extra;
+    scripts/bench_router.py measures the difference with --router-arg=--no-uvloop), else None
+    for asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class PolicyRefused(ValueError):
@@ -43,9 +54,10 @@ class RouterThread:
     """A router serving on 127.0.0.1 from its own thread and event loop; ``close()`` stops it
     and its policy worker."""
 
-    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 0,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None):
         self.router = router
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory or asyncio.new_event_loop)()
         bound: Future = Future()
         self._task: asyncio.Task | None = None
 
