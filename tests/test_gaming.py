@@ -4,7 +4,10 @@ Every policy there games a share-of-requests capacity without serving better (de
 prompts, never serving them, trickling them a few tokens at a time, shortest-first with no or
 token aging, newest-first, abandoning late requests, starving every n-th request, a sacrificial
 replica, and a real routing gain padded with newest-first). Each is
-refused, and by the condition that catches it; the honest control (routing by waiting prefill
+refused, and by the condition that catches it. ``tests/gaming/heldout/`` holds kinds written after
+the gate was (timed against its own limits, hidden from its overtaking count, triggered only by
+bursts, chosen by a hash of the prompt, a sacrificial replica chosen by the cache, periodic
+prefill blackouts): they are refused the same way. The honest control (routing by waiting prefill
 work net of prefix-cache hits) still passes on multiturn and mixed, against the baseline and a
 reference bar.
 
@@ -54,6 +57,21 @@ STARVING = {
                                                    "capacity"}),
 }
 
+# Held back: kinds the corpus above does not name, written afterwards as an adversary would
+# (each one's docstring says which check it was aimed at). Each runs on the workload where it
+# gains most, so that where capacity alone cannot refuse it, the conditions on its claim must.
+HELDOUT = CORPUS / "heldout"
+HELD_BACK = {
+    "burst_triggered_sjf.py": ("mixed", 2000, SEEDS, {"inversions", "tail"}),
+    "newest_first_with_grace.py": ("multiturn", 600, SEEDS, {"inversions", "tail"}),
+    "overdue_first_sjf.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
+    "router_overdue_first_sjf.py": ("mixed", 2000, SEEDS, {"inversions"}),
+    "prompt_parity_deferral.py": ("mixed", 2000, SEEDS, {"inversions"}),
+    "release_before_limit.py": ("mixed", 2000, SEEDS, {"inversions"}),
+    "prefill_blackout.py": ("multiturn", 600, SEEDS, {"max_wait", "finished"}),
+    "cold_prompts_replica.py": ("chat", 2000, SEEDS, {"tail", "capacity", "regression"}),
+}
+
 
 class _Memory:
     """An evaluation cache in memory, so the baseline's capacities are measured once."""
@@ -81,8 +99,8 @@ def _config(scenarios, references=()):
                           "gate.references": list(references)})
 
 
-def _policy(name: str) -> PolicyRef:
-    source = read_policy_file(CORPUS / name)
+def _policy(name: str, folder: Path = CORPUS) -> PolicyRef:
+    source = read_policy_file(folder / name)
     return PolicyRef(name, source.code, source.defaults())
 
 
@@ -91,12 +109,18 @@ def test_the_corpus_is_what_the_tests_name():
     assert files == set(STARVING) | {"honest_cache_aware.py"}
 
 
-@pytest.mark.parametrize("name", sorted(STARVING))
+def test_the_held_back_corpus_is_what_the_tests_name():
+    assert {p.name for p in HELDOUT.glob("*.py")} == set(HELD_BACK)
+
+
+@pytest.mark.parametrize("name", sorted(STARVING) + [f"heldout/{n}" for n in sorted(HELD_BACK)])
 def test_each_starvation_policy_is_refused_by_the_condition_that_catches_it(evaluator, name):
-    scenario, requests, seeds, expected = STARVING[name]
+    folder, stem = (HELDOUT, name.split("/", 1)[1]) if name.startswith("heldout/") else (
+        CORPUS, name)
+    scenario, requests, seeds, expected = (HELD_BACK if folder is HELDOUT else STARVING)[stem]
     cfg = _config([scenario])
     insts = [Instance(scenario, seed, requests) for seed in seeds]
-    result = run_gate(evaluator, cfg, name, _policy(name), BASELINE, insts)
+    result = run_gate(evaluator, cfg, stem, _policy(stem, folder), BASELINE, insts)
     assert not result.passed
     failed = set(result.failed())
     assert expected <= failed, (name, [c.line() for c in result.conditions])
