@@ -13,7 +13,9 @@ reference bar.
 
 Trusted files run in process (``scoring.in_process``) through the same Evaluator, capacity
 search and gate as the campaign, on small held-out instances. The baseline is fixed-chunk at a
-2048-token chunk (the corpus files' own chunk, so only scheduling and routing differ).
+2048-token chunk, and every policy runs at that chunk too (the corpus files' own default; the two
+audit subjects, ``audit/`` here, are the bench's files in ``baselines/audit/``, which default to
+512), so only scheduling and routing differ.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ import pytest
 from autotuner.config import load_config
 from autotuner.gate import PolicyRef, run_gate
 from autotuner.policy import read_policy_file
-from autotuner.resources import baseline_path
+from autotuner.resources import asset_dir, baseline_path
 from autotuner.scoring import Evaluator, Instance, in_process
 
 CORPUS = Path(__file__).resolve().parent / "gaming"
+AUDIT = asset_dir("baselines") / "audit"  # the audit's two subjects, shared with the bench
 CHUNK = {"chunk_size": 2048}
 BASELINE = PolicyRef("fixed_chunk.py", baseline_path("fixed_chunk").read_text(), CHUNK)
 SEEDS = (1001, 1002, 1003)
@@ -44,8 +47,8 @@ STARVING = {
     # with the refitted cost model its deferred prompts no longer turn overdue on these runs
     # (0 inversions, longest wait 0.99 x a deadline), but its tail and its capacity refuse it
     "defer_above_length.py": ("chat", 2000, SEEDS, {"tail", "capacity"}),
-    "defer_above_quantile.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
-    "shortest_first.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),
+    "audit/defer_long.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
+    "audit/shortest_first.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),
     "shortest_first_slow_aging.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),
     "newest_first.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
     "sacrificial_replica.py": ("chat", 2000, SEEDS, {"tail", "capacity", "regression"}),
@@ -99,14 +102,26 @@ def _config(scenarios, references=()):
                           "gate.references": list(references)})
 
 
-def _policy(name: str, folder: Path = CORPUS) -> PolicyRef:
-    source = read_policy_file(folder / name)
-    return PolicyRef(name, source.code, source.defaults())
+def _path(name: str) -> Path:
+    """``audit/X`` is in ``baselines/audit/``, ``heldout/X`` in the held-back corpus."""
+    folder, _, stem = name.rpartition("/")
+    return {"audit": AUDIT, "heldout": HELDOUT, "": CORPUS}[folder] / stem
+
+
+def _policy(name: str) -> PolicyRef:
+    """The file at its defaults, at the baseline's chunk where it has one (the audit files
+    default to 512), so only scheduling and routing differ from the baseline."""
+    source = read_policy_file(_path(name))
+    params = source.defaults()
+    if "chunk_size" in params:
+        params = {**params, **CHUNK}
+    return PolicyRef(Path(name).name, source.code, params)
 
 
 def test_the_corpus_is_what_the_tests_name():
     files = {p.name for p in CORPUS.glob("*.py")}
-    assert files == set(STARVING) | {"honest_cache_aware.py"}
+    assert files == {n for n in STARVING if "/" not in n} | {"honest_cache_aware.py"}
+    assert all(_path(n).is_file() for n in STARVING)
 
 
 def test_the_held_back_corpus_is_what_the_tests_name():
@@ -115,12 +130,11 @@ def test_the_held_back_corpus_is_what_the_tests_name():
 
 @pytest.mark.parametrize("name", sorted(STARVING) + [f"heldout/{n}" for n in sorted(HELD_BACK)])
 def test_each_starvation_policy_is_refused_by_the_condition_that_catches_it(evaluator, name):
-    folder, stem = (HELDOUT, name.split("/", 1)[1]) if name.startswith("heldout/") else (
-        CORPUS, name)
-    scenario, requests, seeds, expected = (HELD_BACK if folder is HELDOUT else STARVING)[stem]
+    scenario, requests, seeds, expected = {**STARVING, **{f"heldout/{n}": v for n, v in
+                                                          HELD_BACK.items()}}[name]
     cfg = _config([scenario])
     insts = [Instance(scenario, seed, requests) for seed in seeds]
-    result = run_gate(evaluator, cfg, stem, _policy(stem, folder), BASELINE, insts)
+    result = run_gate(evaluator, cfg, name, _policy(name), BASELINE, insts)
     assert not result.passed
     failed = set(result.failed())
     assert expected <= failed, (name, [c.line() for c in result.conditions])
@@ -250,7 +264,7 @@ def test_the_audits_policy_gains_capacity_on_mixed_and_is_refused_for_what_it_ov
     mixed (long multi-turn prompts have long deadlines), and its tail even improves; what gives
     it away is that at its claim it serves later arrivals while earlier ones are overdue."""
     insts = [Instance("mixed", seed, 2000) for seed in SEEDS]
-    result = run_gate(evaluator, _config(["mixed"]), "audit", _policy("defer_above_quantile.py"),
+    result = run_gate(evaluator, _config(["mixed"]), "audit", _policy("audit/defer_long.py"),
                       BASELINE, insts)
     by_name = {c.name: c for c in result.conditions}
     assert by_name["capacity"].passed and result.baseline.mean_gain > 0.1
