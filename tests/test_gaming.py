@@ -218,9 +218,9 @@ def test_autotuner_gate_command_bad_input_is_one_line_and_exit_2(tmp_path, capsy
     for argv, needle in (
         (["gate", "--policy", str(tmp_path / "missing.py")], "no such policy file"),
         (["gate", "--policy", str(bad)], "not a valid policy file"),
-        (["gate", "--policy", str(CORPUS / "shortest_first.py"), "--config",
+        (["gate", "--policy", str(CORPUS / "newest_first.py"), "--config",
           str(tmp_path / "nope.toml")], "no such campaign file"),
-        (["gate", "--policy", str(CORPUS / "shortest_first.py"), "--campaign", "nope"],
+        (["gate", "--policy", str(CORPUS / "newest_first.py"), "--campaign", "nope"],
          "no campaign 'nope'"),
     ):
         assert main(argv) == 2

@@ -22,7 +22,7 @@ Written against the cheapest ways to look good without serving better:
   collapses (an overloaded queue), below it the share saturates near 1, so the mean of per-run
   crossings overstates the rate at which the pooled share is the target (Jensen). Measured
   (fixed_chunk, bursty, share 0.9): five 6,000-request seeds give 74.1-80.6 req/s each (mean
-  76.5) but 75.0 pooled; three 40,000-request seeds pooled 72.0.
+  76.5) but 75.6 pooled; the same five seeds at 40,000 requests pool to 71.2.
 
 Why a single short run cannot settle some workloads, and what it takes (measured with
 ``autotuner bench --capacity-length``, 4 x Llama-3-8B on H100, fixed_chunk):
