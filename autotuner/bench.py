@@ -12,8 +12,10 @@ requests. Under a share-only yardstick it did: a short run absorbs a burst and d
 last arrival, and a policy that defers long prompts lets their backlog grow without bound while its
 share stays high, so its "capacity" fell from +56 % over the baseline at 2,000 requests to +7 % at
 40,000. ``capacity_against_length`` measures each policy's capacity at a short and a long run of
-the same scenario and seed: under the sustainable-capacity yardstick their ratio should stay within
-5 % of 1, for the baseline and for the starvation policies in ``baselines/audit/``.
+the same scenario and seeds: under the sustainable-capacity yardstick their ratio should stay
+within 5 % of 1, for the baseline and for the starvation policies in ``baselines/audit/``. With
+several seeds each length's capacity pools them (``autotuner.sim.metrics.capacity_pooled``), which
+the bursty and mixed workloads need (its docstring says why).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from autotuner.isolation import available_backends, get_backend
 from autotuner.policy import PolicySource, load_policy, read_policy_file
 from autotuner.resources import asset_dir, baseline_path
 from autotuner.sim.engine import ClusterSpec, SimResult, simulate
-from autotuner.sim.metrics import SLO, capacity, slo_met
+from autotuner.sim.metrics import SLO, capacity_pooled, slo_met
 from autotuner.sim.workload import Workload, make_workload
 from autotuner.simulation import WorkloadSpec, metrics_of
 
@@ -182,15 +184,19 @@ def length_policy_path(text: str) -> Path:
 
 
 def capacity_against_length(sources: Sequence[PolicySource], scenarios: Sequence[str],
-                            slo_kinds: Sequence[str], short: int, long_: int, seed: int,
+                            slo_kinds: Sequence[str], short: int, long_: int,
+                            seeds: Sequence[int],
                             on_row: Callable[[dict[str, Any]], None] | None = None
                             ) -> list[dict[str, Any]]:
     """Capacity at ``short`` and ``long_`` requests per policy, scenario and SLO kind, and the
     ratio long/short (``on_row`` sees each row as it is measured: they take minutes).
 
-    Each policy runs at its file's default parameters (the comparison is the same policy at two
-    run lengths, not policies against each other). The long search starts from the short one's
-    capacity, which only saves probes: the bisection still brackets it from both sides.
+    With several ``seeds``, each length's capacity pools one run per seed at every probed rate
+    (``capacity_pooled``), so the ratio compares run lengths rather than two samples of a
+    workload whose rare heavy requests or bursts differ by seed. Each policy runs at its file's
+    default parameters (the comparison is the same policy at two run lengths, not policies
+    against each other). The long search starts from the short one's capacity, which only saves
+    probes: the bisection still brackets it from both sides.
     """
     cluster = ClusterSpec()
     rows: list[dict[str, Any]] = []
@@ -200,11 +206,13 @@ def capacity_against_length(sources: Sequence[PolicySource], scenarios: Sequence
                 t0 = time.perf_counter()
                 caps: list[float] = []
                 for n in (short, long_):
-                    wl = make_workload(scen, n, seed=seed)
-                    found = capacity(cluster, wl, lambda s=source: load_policy(s), SLO(kind=kind),
-                                     start=caps[0] if caps and caps[0] > 0 else None)
+                    wls = [make_workload(scen, n, seed=seed) for seed in seeds]
+                    found = capacity_pooled(cluster, wls, lambda s=source: load_policy(s),
+                                            SLO(kind=kind),
+                                            start=caps[0] if caps and caps[0] > 0 else None)
                     caps.append(found.rate)
                 row = {"policy": Path(source.name).stem, "scenario": scen, "slo": kind,
+                       "seeds": list(seeds),
                        "short": short, "long": long_, "capacity_short": caps[0],
                        "capacity_long": caps[1],
                        "ratio": caps[1] / caps[0] if caps[0] > 0 else float("nan"),

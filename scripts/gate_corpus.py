@@ -48,11 +48,14 @@ def main() -> None:
     p.add_argument("--workloads", default="chat:2000,multiturn:600,mixed:2000",
                    help="SCENARIO:REQUESTS,... (three held-out seeds each)")
     p.add_argument("--chunk", type=int, default=2048, help="the baseline's chunk size")
-    p.add_argument("policies", nargs="*", type=Path, help="policy files (default: the corpus "
-                   "and the reference policies)")
+    p.add_argument("policies", nargs="*", type=Path, help="policy files (default: the corpus, "
+                   "the audit subjects, the held-back corpus and the reference policies)")
     args = p.parse_args()
-    files = args.policies or sorted((ROOT / "tests" / "gaming").glob("*.py")) + [
-        baseline_path(r) for r in REFERENCES]
+    gaming = ROOT / "tests" / "gaming"
+    files = args.policies or (sorted(gaming.glob("*.py")) + sorted((ROOT / "baselines" / "audit")
+                                                                    .glob("*.py"))
+                              + sorted((gaming / "heldout").glob("*.py"))
+                              + [baseline_path(r) for r in REFERENCES])
     ev = Evaluator(_Memory(), 1, in_process)
     base = PolicyRef("fixed_chunk.py", baseline_path("fixed_chunk").read_text(),
                      {"chunk_size": args.chunk})

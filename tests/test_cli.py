@@ -82,6 +82,8 @@ def test_workloads_lists_the_scenarios(capsys):
         (["bench", "--capacity-length", "--scenarios", "chatty"], "chatty"),
         (["bench", "--capacity-length", "--slo-kinds", "strict"], "strict"),
         (["bench", "--capacity-length", "--policy", "no_such_policy"], "no_such_policy"),
+        (["bench", "--capacity-length", "--seeds", "1,x"], "--seeds"),
+        (["bench", "--capacity-length", "--seeds", ","], "--seeds"),
     ],
 )
 def test_bad_input_gets_one_clear_line(capsys, argv, needle):
@@ -110,6 +112,12 @@ def test_bench_capacity_against_run_length(capsys):
     (row,) = json.loads(out)
     assert row["policy"] == "fixed_chunk" and row["capacity_short"] > 0
     assert row["ratio"] == pytest.approx(row["capacity_long"] / row["capacity_short"])
+    code, out, err = run(capsys, "bench", "--capacity-length", "--lengths", "100,200",
+                         "--scenarios", "chat", "--policy", "fixed_chunk", "--seeds", "1,2",
+                         "--json")
+    assert code == 0, err
+    (pooled,) = json.loads(out)
+    assert pooled["seeds"] == [1, 2] and pooled["capacity_short"] > 0
 
 
 def test_malformed_trace_names_line_and_field(capsys, tmp_path):

@@ -4,13 +4,18 @@ Every policy there games a share-of-requests capacity without serving better (de
 prompts, never serving them, trickling them a few tokens at a time, shortest-first with no or
 token aging, newest-first, abandoning late requests, starving every n-th request, a sacrificial
 replica, and a real routing gain padded with newest-first). Each is
-refused, and by the condition that catches it; the honest control (routing by waiting prefill
+refused, and by the condition that catches it. ``tests/gaming/heldout/`` holds kinds written after
+the gate was (timed against its own limits, hidden from its overtaking count, triggered only by
+bursts, chosen by a hash of the prompt, a sacrificial replica chosen by the cache, periodic
+prefill blackouts): they are refused the same way. The honest control (routing by waiting prefill
 work net of prefix-cache hits) still passes on multiturn and mixed, against the baseline and a
 reference bar.
 
 Trusted files run in process (``scoring.in_process``) through the same Evaluator, capacity
 search and gate as the campaign, on small held-out instances. The baseline is fixed-chunk at a
-2048-token chunk (the corpus files' own chunk, so only scheduling and routing differ).
+2048-token chunk, and every policy runs at that chunk too (the corpus files' own default; the two
+audit subjects, ``audit/`` here, are the bench's files in ``baselines/audit/``, which default to
+512), so only scheduling and routing differ.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import pytest
 from autotuner.config import load_config
 from autotuner.gate import PolicyRef, run_gate
 from autotuner.policy import read_policy_file
-from autotuner.resources import baseline_path
+from autotuner.resources import asset_dir, baseline_path
 from autotuner.scoring import Evaluator, Instance, in_process
 
 CORPUS = Path(__file__).resolve().parent / "gaming"
+AUDIT = asset_dir("baselines") / "audit"  # the audit's two subjects, shared with the bench
 CHUNK = {"chunk_size": 2048}
 BASELINE = PolicyRef("fixed_chunk.py", baseline_path("fixed_chunk").read_text(), CHUNK)
 SEEDS = (1001, 1002, 1003)
@@ -41,8 +47,8 @@ STARVING = {
     # with the refitted cost model its deferred prompts no longer turn overdue on these runs
     # (0 inversions, longest wait 0.99 x a deadline), but its tail and its capacity refuse it
     "defer_above_length.py": ("chat", 2000, SEEDS, {"tail", "capacity"}),
-    "defer_above_quantile.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
-    "shortest_first.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),
+    "audit/defer_long.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
+    "audit/shortest_first.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),
     "shortest_first_slow_aging.py": ("chat", 2000, SEEDS, {"inversions", "capacity"}),
     "newest_first.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
     "sacrificial_replica.py": ("chat", 2000, SEEDS, {"tail", "capacity", "regression"}),
@@ -52,6 +58,21 @@ STARVING = {
     "trickle_long.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity", "regression"}),
     "never_serve_long.py": ("chat", 400, (1001,), {"finished", "max_wait", "sustainable",
                                                    "capacity"}),
+}
+
+# Held back: kinds the corpus above does not name, written afterwards as an adversary would
+# (each one's docstring says which check it was aimed at). Each runs on the workload where it
+# gains most, so that where capacity alone cannot refuse it, the conditions on its claim must.
+HELDOUT = CORPUS / "heldout"
+HELD_BACK = {
+    "burst_triggered_sjf.py": ("mixed", 2000, SEEDS, {"inversions", "tail"}),
+    "newest_first_with_grace.py": ("multiturn", 600, SEEDS, {"inversions", "tail"}),
+    "overdue_first_sjf.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
+    "router_overdue_first_sjf.py": ("mixed", 2000, SEEDS, {"inversions"}),
+    "prompt_parity_deferral.py": ("mixed", 2000, SEEDS, {"inversions"}),
+    "release_before_limit.py": ("mixed", 2000, SEEDS, {"inversions"}),
+    "prefill_blackout.py": ("multiturn", 600, SEEDS, {"max_wait", "finished"}),
+    "cold_prompts_replica.py": ("chat", 2000, SEEDS, {"tail", "capacity", "regression"}),
 }
 
 
@@ -81,19 +102,36 @@ def _config(scenarios, references=()):
                           "gate.references": list(references)})
 
 
+def _path(name: str) -> Path:
+    """``audit/X`` is in ``baselines/audit/``, ``heldout/X`` in the held-back corpus."""
+    folder, _, stem = name.rpartition("/")
+    return {"audit": AUDIT, "heldout": HELDOUT, "": CORPUS}[folder] / stem
+
+
 def _policy(name: str) -> PolicyRef:
-    source = read_policy_file(CORPUS / name)
-    return PolicyRef(name, source.code, source.defaults())
+    """The file at its defaults, at the baseline's chunk where it has one (the audit files
+    default to 512), so only scheduling and routing differ from the baseline."""
+    source = read_policy_file(_path(name))
+    params = source.defaults()
+    if "chunk_size" in params:
+        params = {**params, **CHUNK}
+    return PolicyRef(Path(name).name, source.code, params)
 
 
 def test_the_corpus_is_what_the_tests_name():
     files = {p.name for p in CORPUS.glob("*.py")}
-    assert files == set(STARVING) | {"honest_cache_aware.py"}
+    assert files == {n for n in STARVING if "/" not in n} | {"honest_cache_aware.py"}
+    assert all(_path(n).is_file() for n in STARVING)
 
 
-@pytest.mark.parametrize("name", sorted(STARVING))
+def test_the_held_back_corpus_is_what_the_tests_name():
+    assert {p.name for p in HELDOUT.glob("*.py")} == set(HELD_BACK)
+
+
+@pytest.mark.parametrize("name", sorted(STARVING) + [f"heldout/{n}" for n in sorted(HELD_BACK)])
 def test_each_starvation_policy_is_refused_by_the_condition_that_catches_it(evaluator, name):
-    scenario, requests, seeds, expected = STARVING[name]
+    scenario, requests, seeds, expected = {**STARVING, **{f"heldout/{n}": v for n, v in
+                                                          HELD_BACK.items()}}[name]
     cfg = _config([scenario])
     insts = [Instance(scenario, seed, requests) for seed in seeds]
     result = run_gate(evaluator, cfg, name, _policy(name), BASELINE, insts)
@@ -180,9 +218,9 @@ def test_autotuner_gate_command_bad_input_is_one_line_and_exit_2(tmp_path, capsy
     for argv, needle in (
         (["gate", "--policy", str(tmp_path / "missing.py")], "no such policy file"),
         (["gate", "--policy", str(bad)], "not a valid policy file"),
-        (["gate", "--policy", str(CORPUS / "shortest_first.py"), "--config",
+        (["gate", "--policy", str(CORPUS / "newest_first.py"), "--config",
           str(tmp_path / "nope.toml")], "no such campaign file"),
-        (["gate", "--policy", str(CORPUS / "shortest_first.py"), "--campaign", "nope"],
+        (["gate", "--policy", str(CORPUS / "newest_first.py"), "--campaign", "nope"],
          "no campaign 'nope'"),
     ):
         assert main(argv) == 2
@@ -226,7 +264,7 @@ def test_the_audits_policy_gains_capacity_on_mixed_and_is_refused_for_what_it_ov
     mixed (long multi-turn prompts have long deadlines), and its tail even improves; what gives
     it away is that at its claim it serves later arrivals while earlier ones are overdue."""
     insts = [Instance("mixed", seed, 2000) for seed in SEEDS]
-    result = run_gate(evaluator, _config(["mixed"]), "audit", _policy("defer_above_quantile.py"),
+    result = run_gate(evaluator, _config(["mixed"]), "audit", _policy("audit/defer_long.py"),
                       BASELINE, insts)
     by_name = {c.name: c for c in result.conditions}
     assert by_name["capacity"].passed and result.baseline.mean_gain > 0.1

@@ -18,8 +18,10 @@ from autotuner.resources import asset_dir, baseline_path
 from autotuner.sim.engine import ClusterSpec, SimResult
 from autotuner.sim.metrics import (
     SLO,
+    PooledRun,
     RunMetrics,
     capacity,
+    capacity_pooled,
     jain_index,
     metrics_at,
     probe_horizon,
@@ -236,6 +238,49 @@ def test_capacity_needs_the_share_and_sustainability():
     assert found.at_capacity is not None and found.at_capacity.meets(0.9)
     found = search_capacity(_fake(accept_below=20.0, sustain_below=30.0), 10.0, 0.9)
     assert 19.0 < found.rate < 20.0
+
+
+def _run(attainment: float, window: int, growth: float = 0.0, resolution: float = 0.001,
+         error=None) -> RunMetrics:
+    base = RunMetrics.failed(workload([0.0], [1], [1]), "").to_dict()
+    limit = SLO.max_backlog_growth + resolution
+    base.update(error=error, attainment=attainment, window_requests=window,
+                backlog_growth=growth, backlog_limit=limit, sustainable=growth <= limit,
+                slo_kind="deadline")
+    return RunMetrics.from_dict(base)
+
+
+def test_pooled_runs_are_judged_as_one_long_run_not_an_average_of_runs():
+    """A run that collapsed (overloaded) drags the pooled share down by its weight in requests;
+    the backlog trend is pooled the same way, against the resolution of all the runs' work; a
+    failed run fails the rate."""
+    pooled = PooledRun((_run(1.0, 3000), _run(0.6, 1000)))
+    assert pooled.attainment == pytest.approx(0.9) and pooled.meets(0.9)
+    assert not pooled.meets(0.91)
+    # one short run's noise (growth just over its own limit) does not refuse the pooled rate...
+    noisy = PooledRun((_run(1.0, 3000), _run(1.0, 1000, growth=0.03, resolution=0.008)))
+    assert not noisy.runs[1].sustainable and noisy.sustainable and noisy.meets(0.5)
+    assert noisy.backlog_limit == pytest.approx(SLO.max_backlog_growth + 0.008 / 4)
+    # ...a backlog that grows in every run does
+    growing = PooledRun((_run(1.0, 3000, growth=0.05), _run(1.0, 1000, growth=0.05)))
+    assert growing.backlog_growth == pytest.approx(0.05) and not growing.meets(0.5)
+    assert not PooledRun((_run(1.0, 3000), _run(1.0, 1000, error="bad"))).meets(0.5)
+    assert not PooledRun(()).meets(0.0)
+
+
+def test_pooled_capacity_of_one_run_is_its_capacity_and_pooling_is_not_averaging():
+    cluster, slo = ClusterSpec(), SLO()
+    wls = [make_workload("bursty", 600, seed=s) for s in (1, 2)]
+    alone = [capacity(cluster, w, _policy("fixed_chunk"), slo, rel_tol=0.04).rate for w in wls]
+    one = capacity_pooled(cluster, wls[:1], _policy("fixed_chunk"), slo, rel_tol=0.04)
+    assert one.rate == pytest.approx(alone[0])
+    both = capacity_pooled(cluster, wls, _policy("fixed_chunk"), slo, rel_tol=0.04)
+    assert isinstance(both.at_capacity, PooledRun) and both.at_capacity.meets(0.9)
+    assert len(both.at_capacity.runs) == 2
+    # the pooled share at the pooled capacity is at least the target, whichever run fell short
+    assert min(alone) * 0.9 < both.rate < max(alone) * 1.1
+    with pytest.raises(ValueError):
+        capacity_pooled(cluster, [], _policy("fixed_chunk"), slo)
 
 
 def _policy(name: str):

@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SHORT,LONG requests per run (default 6000,40000)")
     g.add_argument("--slo-kinds", default="deadline",
                    help="comma-separated SLO kinds to compare (deadline, legacy)")
-    g.add_argument("--seed", type=int, default=1001, help="workload seed (default 1001)")
+    g.add_argument("--seeds", default="1001", help="comma-separated workload seeds; with several, "
+                   "each length's capacity pools one run per seed (default 1001)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +159,12 @@ def _capacity_length(args: argparse.Namespace) -> int:
     for kind in kinds:
         if kind not in SLO_KINDS:
             raise CLIError(f"unknown SLO kind {kind!r} (known: {', '.join(SLO_KINDS)})")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise CLIError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise CLIError(f"--seeds needs at least one seed, none negative, got {args.seeds!r}")
     sources = [read_policy_file(bench.length_policy_path(p))
                for p in (args.policy or bench.DEFAULT_LENGTH_POLICIES)]
 
@@ -167,11 +174,13 @@ def _capacity_length(args: argparse.Namespace) -> int:
               f"{row['ratio']:10.3f}  {row['seconds']:7.1f}", flush=True)
 
     if not args.json:
-        print(f"capacity (req/s, share 0.9) at {short:,} and {long_:,} requests, seed {args.seed}, "
-              f"4 x llama-3-8b on h100; policies at their default parameters")
+        print(f"capacity (req/s, share 0.9) at {short:,} and {long_:,} requests, "
+              f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+              f"{' pooled' if len(seeds) > 1 else ''}, 4 x llama-3-8b on h100; policies at their "
+              "default parameters")
         print(f"  {'policy':<16} {'scenario':<10} {'SLO':<9} {short:>9,} {long_:>9,}  "
               f"{'long/short':>10}  {'seconds':>7}")
-    rows = bench.capacity_against_length(sources, scenarios, kinds, short, long_, args.seed,
+    rows = bench.capacity_against_length(sources, scenarios, kinds, short, long_, seeds,
                                          on_row=None if args.json else show)
     if args.json:
         print_json(rows)
