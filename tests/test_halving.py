@@ -1,0 +1,157 @@
+"""Successive halving in the campaign (early rejection in screening, pruned tuning trials) and
+the evaluation budget, on small deterministic campaigns.
+
+The simulator is the in-process one with a marked candidate's goodput scaled on one scenario
+(``# scaled on <scenario> by <factor>``): a way to make a candidate good on the screening stage
+and poor (or great) elsewhere without relying on what some real policy happens to do there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotuner import archive as A
+from autotuner.archive import Archive
+from autotuner.campaign import Campaign
+from autotuner.config import load_config
+from autotuner.proposers.base import Proposal
+from autotuner.resources import baseline_path
+from autotuner.scoring import in_process, ladder_scores, split_instances
+
+FIXED = baseline_path("fixed_chunk").read_text()
+MARK = re.compile(r"# scaled on (\w+) by ([0-9.]+)")
+
+SMALL = {
+    "workloads.scenarios": ["multiturn", "summarize", "chat"], "workloads.screen": ["multiturn"],
+    "workloads.requests": 150, "workloads.scenario_requests": {},
+    "workloads.heldout_requests": {}, "workloads.heldout_seeds": [1001, 1002],
+    "objective.ladder": [1.0, 1.4], "budget.trials": 3, "budget.proposals": 2,
+    "search.seeds": [], "search.islands": 1, "search.finalists": 1, "gate.bootstrap": 500,
+    "gate.capacity_rel_tol": 0.05, "gate.references": [], "parallelism": 1,
+    "search.in_flight": 1,
+}
+
+
+def scaled(code, params, cluster, wl, slo, horizon, sandbox, name):
+    """``in_process``, with a marked file's goodput scaled on its scenario."""
+    metrics = in_process(code, params, cluster, wl, slo, horizon, sandbox, name)
+    for mark in MARK.finditer(code):
+        if wl.name == mark.group(1) and not metrics.error:
+            k = float(mark.group(2))
+            metrics = dataclasses.replace(metrics, goodput_rps=metrics.goodput_rps * k,
+                                          goodput_tok_s=metrics.goodput_tok_s * k)
+    return metrics
+
+
+class Scripted:
+    name = "scripted"
+
+    def __init__(self, codes):
+        self.codes = list(codes)
+
+    def propose(self, request, check):
+        return Proposal(self.codes.pop(0), True, "") if self.codes else \
+            Proposal(None, False, "no more")
+
+
+def campaign(tmp_path: Path, name: str, codes, **extra) -> tuple[Path, str]:
+    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": name,
+                         **extra})
+    out = io.StringIO()
+    rc = Campaign(cfg, proposer=Scripted(codes), simulator=scaled, stream=out, tty=False).run()
+    assert rc == 0, out.getvalue()
+    return cfg.campaign_dir, out.getvalue()
+
+
+def labels_run(archive: Archive, cand_id: str) -> set[str]:
+    rows = archive.conn.execute("SELECT DISTINCT workload FROM evaluations WHERE candidate_id=?",
+                                (cand_id,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def marked(text: str) -> str:
+    """The baseline's program with a module constant that makes it a program of its own."""
+    return FIXED.replace("TUNABLES = {", f"NOTE = {text!r}\n\nTUNABLES = {{", 1)
+
+
+POOR = marked("# scaled on summarize by 0.05")
+GOOD = marked("a copy of the baseline")
+
+
+def test_a_poor_candidate_stops_early_and_a_good_one_runs_every_stage(tmp_path):
+    folder, out = campaign(tmp_path, "halve", [POOR, GOOD])
+    with Archive(folder / "archive.sqlite") as archive:
+        poor, good = archive.get("c0001"), archive.get("c0002")
+        # the poor one passed the cheap stage, then stopped after 2 of 3 instances: no chat run,
+        # no tuning, its partial score recorded and labelled
+        assert poor.status == A.SCREENED_OUT and poor.train_score is None
+        assert poor.failure.startswith("rejected early: partial score")
+        assert "on 2 of 3 instances" in poor.failure
+        assert poor.screen_score is not None and poor.screen_score < -0.02
+        assert labels_run(archive, "c0001") == {"multiturn@1", "summarize@1"}
+        assert A.failure_category(poor.status, poor.failure) == "rejected early"
+        # the good one ran every stage and was tuned
+        assert good.status in (A.TUNED, A.FINALIST, A.GATE_FAILED, A.PROMOTED)
+        assert labels_run(archive, "c0002") >= {"multiturn@1", "summarize@1", "chat@1"}
+    assert "c0001 (island 0): rejected early" in out.replace(" <- baseline", "")
+    assert optuna.study.get_all_study_names(
+        optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            str(folder / "optuna.journal")))).count("c0001") == 0
+
+
+def test_early_rejection_keeps_a_good_candidates_score_and_costs_a_poor_one_less(tmp_path):
+    on, _ = campaign(tmp_path, "on", [POOR, GOOD])
+    off, _ = campaign(tmp_path, "off", [POOR, GOOD], **{"search.early_rejection": False})
+    with Archive(on / "archive.sqlite") as a_on, Archive(off / "archive.sqlite") as a_off:
+        assert a_off.get("c0001").status == A.TUNED  # without it, the poor one is tuned in full
+        assert a_on.evaluation_count("c0001") * 3 < a_off.evaluation_count("c0001")
+        good_on, good_off = a_on.get("c0002"), a_off.get("c0002")
+        assert (good_on.train_score, good_on.params) == (good_off.train_score, good_off.params)
+        assert a_on.evaluation_count("c0002") < a_off.evaluation_count("c0002")  # pruned trials
+
+
+def _stored_train_score(folder: Path, cand_id: str) -> float:
+    """The candidate's training objective recomputed from the archive's full training ladder
+    at its tuned parameters (every job is cached: nothing runs)."""
+    from autotuner.config import load_config as load
+    from autotuner.scoring import Evaluator, ladder_jobs
+
+    cfg = load(folder / "config.toml")
+    train = split_instances(cfg)["train"]
+    with Archive(folder / "archive.sqlite") as archive:
+        cand, base = archive.get(cand_id), archive.get_meta("baseline")
+        ev = Evaluator(archive, parallelism=1, simulator=scaled)
+        jobs = ladder_jobs(cand.code, cand.params, train, base["caps"]["train"], cfg,
+                           name=f"{cand_id}.py")
+        results = ev.evaluate(jobs)
+        assert ev.ran == 0 and ev.cached == len(jobs)
+    return ladder_scores(results, train, base["reference"]["train"], cfg).objective
+
+
+def test_a_partial_score_never_becomes_a_training_score_nor_reaches_the_gate(tmp_path):
+    """Great on the screening stage, poor on the last instance: early rejection lets it through
+    to tuning (the last stage never rejects), and its training score is the full one, below the
+    baseline, so it is no finalist; its pruned trials have no value the tuner could return."""
+    lopsided = marked("# scaled on multiturn by 3; # scaled on chat by 0.2")
+    folder, out = campaign(tmp_path, "lop", [lopsided], **{"budget.proposals": 1,
+                                                           "budget.trials": 5})
+    with Archive(folder / "archive.sqlite") as archive:
+        cand = archive.get("c0001")
+        assert cand.status == A.TUNED, (cand.status, cand.failure)
+        assert cand.screen_score > 1.0  # the cheap stage alone: x3
+        assert cand.train_score == pytest.approx(_stored_train_score(folder, "c0001"))
+        assert cand.train_score < 0  # the full judgement
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
+    trials = optuna.load_study(study_name="c0001", storage=storage).get_trials()
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and all(t.value is None for t in pruned)
+    assert cand.train_score == max(t.value for t in complete)
+    assert "no candidate beat the tuned baseline on training: nothing to gate" in out
