@@ -155,3 +155,77 @@ def test_a_partial_score_never_becomes_a_training_score_nor_reaches_the_gate(tmp
     assert pruned and all(t.value is None for t in pruned)
     assert cand.train_score == max(t.value for t in complete)
     assert "no candidate beat the tuned baseline on training: nothing to gate" in out
+
+
+class Counting(Scripted):
+    """Scripted, and notes the archive's evaluation count whenever it is asked to propose."""
+
+    def __init__(self, codes, campaign_ref):
+        super().__init__(codes)
+        self.campaign, self.counts = campaign_ref, []
+
+    def propose(self, request, check):
+        self.counts.append(self.campaign[0].archive.evaluation_count())
+        return super().propose(request, check)
+
+
+def _budget_run(tmp_path: Path, name: str, codes, **extra) -> tuple[Path, str, list[int]]:
+    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": name,
+                         "budget.proposals": 3, **extra})
+    ref: list[Campaign] = []
+    proposer = Counting(codes, ref)
+    out = io.StringIO()
+    ref.append(Campaign(cfg, proposer=proposer, simulator=scaled, stream=out, tty=False))
+    assert ref[0].run() == 0, out.getvalue()
+    return cfg.campaign_dir, out.getvalue(), proposer.counts
+
+
+def test_the_evaluation_budget_stops_the_search_and_the_finalist_is_still_gated(tmp_path):
+    better = marked("# scaled on multiturn by 1.6")
+    codes = [better, GOOD, POOR]
+    _, _, counts = _budget_run(tmp_path, "free", codes)
+    assert len(counts) == 3  # unbudgeted: every proposal asked for
+    # a budget of one evaluation more than the baseline's: the first proposal is asked for and
+    # evaluated in full, then nothing more
+    folder, out, counts = _budget_run(tmp_path, "capped", codes,
+                                      **{"budget.evaluations": counts[0] + 1})
+    assert len(counts) == 1
+    assert "search stopped: the evaluation budget is spent" in out
+    assert "1 of 3 proposals, each evaluated in full" in out
+    with Archive(folder / "archive.sqlite") as archive:
+        (cand,) = archive.candidates(origin="proposal")
+        assert cand.status in (A.PROMOTED, A.GATE_FAILED) and cand.gate, (cand.status, out)
+        assert cand.train_score > 0 and cand.validation_score > 0
+        assert archive.get_meta("phase") == "done"
+
+
+def test_the_evaluation_budget_is_validated():
+    from autotuner.config import ConfigError
+
+    with pytest.raises(ConfigError, match="budget.evaluations: must be between 1"):
+        load_config(**{"budget.evaluations": 0})
+    with pytest.raises(ConfigError, match="search.prune_margin"):
+        load_config(**{"search.prune_margin": -0.1})
+
+
+def test_the_search_keeps_back_time_to_gate_every_finalist():
+    """The wall-time reserve covers validating and gating every finalist, with held-out runs
+    weighed by their size, so no finalist goes ungated for want of time."""
+    from autotuner.campaign.state import CampaignState
+
+    class Measured:
+        def wall_per_sim(self) -> float:
+            return 0.5
+
+    def estimate(**extra) -> float:
+        state = CampaignState(load_config(**{"gate.references": [], **extra}))
+        state.evaluator = Measured()  # type: ignore[assignment]
+        return state.finalize_estimate()
+
+    one, three = estimate(**{"search.finalists": 1}), estimate(**{"search.finalists": 3})
+    # default held-out instances are 6,000/3,000/600/6,000/2,000 requests against training's
+    # 2,000/1,000/600/2,000/1,000: a held-out run weighs 17,600/6,600 of a training one
+    gate_s = 15 * 21 * (17600 / 6600) * 0.5
+    validation_s = 3 * 5 * (6600 / 6600) * 0.5
+    assert three - one == pytest.approx(1.15 * 2 * (gate_s + validation_s))
+    assert one > 1.15 * gate_s
