@@ -108,12 +108,17 @@ def test_a_poor_candidate_stops_early_and_a_good_one_runs_every_stage(tmp_path):
 def test_early_rejection_keeps_a_good_candidates_score_and_costs_a_poor_one_less(tmp_path):
     on, _ = campaign(tmp_path, "on", [POOR, GOOD])
     off, _ = campaign(tmp_path, "off", [POOR, GOOD], **{"search.early_rejection": False})
+    pruned, _ = campaign(tmp_path, "pruned", [POOR, GOOD], **{"search.prune_trials": True})
     with Archive(on / "archive.sqlite") as a_on, Archive(off / "archive.sqlite") as a_off:
         assert a_off.get("c0001").status == A.TUNED  # without it, the poor one is tuned in full
         assert a_on.evaluation_count("c0001") * 3 < a_off.evaluation_count("c0001")
         good_on, good_off = a_on.get("c0002"), a_off.get("c0002")
         assert (good_on.train_score, good_on.params) == (good_off.train_score, good_off.params)
-        assert a_on.evaluation_count("c0002") < a_off.evaluation_count("c0002")  # pruned trials
+        # screening's full run at the starting parameters is the first trial: nothing extra
+        assert a_on.evaluation_count("c0002") == a_off.evaluation_count("c0002")
+        full_cost = a_off.evaluation_count("c0002")
+    with Archive(pruned / "archive.sqlite") as a_pruned:
+        assert a_pruned.evaluation_count("c0002") < full_cost  # pruned trials stop part-way
 
 
 def _stored_train_score(folder: Path, cand_id: str) -> float:
@@ -139,8 +144,8 @@ def test_a_partial_score_never_becomes_a_training_score_nor_reaches_the_gate(tmp
     to tuning (the last stage never rejects), and its training score is the full one, below the
     baseline, so it is no finalist; its pruned trials have no value the tuner could return."""
     lopsided = marked("# scaled on multiturn by 3; # scaled on chat by 0.2")
-    folder, out = campaign(tmp_path, "lop", [lopsided], **{"budget.proposals": 1,
-                                                           "budget.trials": 5})
+    folder, out = campaign(tmp_path, "lop", [lopsided], **{
+        "budget.proposals": 1, "budget.trials": 5, "search.prune_trials": True})
     with Archive(folder / "archive.sqlite") as archive:
         cand = archive.get("c0001")
         assert cand.status == A.TUNED, (cand.status, cand.failure)

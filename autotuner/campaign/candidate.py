@@ -110,7 +110,7 @@ def _evaluate(state: CampaignState, jobs: list[Job], candidate_id: str
 def _tune(state: CampaignState, cand: Candidate, tunables: tuple[Tunable, ...],
           t0: float) -> None:
     """Optuna's trials on the training set (resumable: the study is in the journal), then the
-    best parameters' scores archived. With ``search.early_rejection``, a trial runs over the
+    best parameters' scores archived. With ``search.prune_trials``, a trial runs over the
     training instances in stages and is pruned once it trails the best complete trial so far
     on the same instances by more than the margin (see ``_trial_objective``)."""
     assert state.archive is not None and state.baseline is not None
@@ -158,7 +158,7 @@ def _tune(state: CampaignState, cand: Candidate, tunables: tuple[Tunable, ...],
 def _trial_objective(state: CampaignState, cand: Candidate, code: str, name: str
                      ) -> Callable[[dict[str, Any]], tuple[float | None, str | None]]:
     """One trial's objective on the training set. Without a best complete trial yet (the
-    first trial of this session) or without early rejection, the full ladder; otherwise the
+    first trial of this session) or without ``prune_trials``, the full ladder; otherwise the
     staged ladder, raising ``optuna.TrialPruned`` when the trial's objective on the instances
     run so far is more than the margin below the best complete trial's on the same ones. A
     pruned trial's value is never reported, so it cannot become the candidate's score."""
@@ -166,7 +166,7 @@ def _trial_objective(state: CampaignState, cand: Candidate, code: str, name: str
     cfg = state.cfg
     caps, ref = state.baseline.caps["train"], state.baseline.reference["train"]
     staged = training_order(state)
-    margin = cfg.search.prune_margin if cfg.search.early_rejection else None
+    margin = cfg.search.prune_margin if cfg.search.prune_trials else None
     leader: dict[str, Any] = {"value": None, "per_instance": {}}
 
     def bar(end: int) -> float:
