@@ -22,6 +22,7 @@ from autotuner.campaign import Campaign
 from autotuner.config import load_config
 from autotuner.proposers.base import Proposal
 from autotuner.resources import baseline_path
+from autotuner.review.show import show_text
 from autotuner.scoring import in_process, ladder_scores, split_instances
 
 FIXED = baseline_path("fixed_chunk").read_text()
@@ -96,6 +97,8 @@ def test_a_poor_candidate_stops_early_and_a_good_one_runs_every_stage(tmp_path):
         assert poor.screen_score is not None and poor.screen_score < -0.02
         assert labels_run(archive, "c0001") == {"multiturn@1", "summarize@1"}
         assert A.failure_category(poor.status, poor.failure) == "rejected early"
+        assert "failures: rejected early: partial score" in show_text(archive, poor)
+        assert archive.failures_by_reason().get("rejected early") == 1
         # the good one ran every stage and was tuned
         assert good.status in (A.TUNED, A.FINALIST, A.GATE_FAILED, A.PROMOTED)
         assert labels_run(archive, "c0002") >= {"multiturn@1", "summarize@1", "chat@1"}
