@@ -326,17 +326,20 @@ def campaign_throughput(candidates: int = 3, requests: int | None = None, rounds
 
 # ------------------------------------------------------------------------------- a small campaign
 CAMPAIGN_PATHS = (
-    # name, warm-worker sessions, successive halving; and what the path is
-    ("one_worker_per_run", False, False,
+    # name, warm-worker sessions, early rejection in screening, pruned trials; what the path is
+    ("one_worker_per_run", False, False, False,
      "main when issue 12 was filed: a fresh sandbox worker per run, every trial in full"),
-    ("sessions", True, False, "today's main: warm-worker sessions, every trial in full"),
-    ("sessions_halving", True, True,
-     "this branch: sessions and early rejection in screening (the campaign default)"),
+    ("sessions", True, False, False, "today's main: warm-worker sessions, every trial in full"),
+    ("sessions_halving", True, True, False,
+     "this branch's default: sessions and early rejection in screening"),
+    ("sessions_halving_pruning", True, True, True,
+     "opt-in: also prune trials (search.prune_trials; changes tuned results)"),
 )
 
 
 def small_campaign_config(results_dir: str, proposals: int, trials: int,
-                          requests: int | None, seed: int, early_rejection: bool) -> Any:
+                          requests: int | None, seed: int, early_rejection: bool,
+                          prune_trials: bool = False) -> Any:
     """The standard small campaign: the default config (offline proposer, the five built-in
     scenarios, one seed island, the default ladder and thresholds) with fewer proposals and
     trials, each training instance capped at ``requests``, parallelism 1 (the time split is
@@ -350,7 +353,8 @@ def small_campaign_config(results_dir: str, proposals: int, trials: int,
         "proposer.kind": "offline", "budget.proposals": proposals, "budget.trials": trials,
         "budget.min_proposals": proposals, "budget.wall_time_s": 86400.0,
         "workloads.scenario_requests": sizes,
-        "search.early_rejection": early_rejection, "search.in_flight": 1,
+        "search.early_rejection": early_rejection, "search.prune_trials": prune_trials,
+        "search.in_flight": 1,
     })
 
 
@@ -439,8 +443,8 @@ def _search_campaign(row: dict[str, Any], tuning: dict[str, float]) -> type:
     return Timed
 
 
-def campaign_search(name: str, sessions: bool, halving: bool, setup: Any, folder: Any,
-                    proposals: int, trials: int, requests: int | None, seed: int
+def campaign_search(name: str, sessions: bool, halving: bool, pruning: bool, setup: Any,
+                    folder: Any, proposals: int, trials: int, requests: int | None, seed: int
                     ) -> dict[str, Any]:
     """One path's search of the small campaign, resumed from a copy of the ``setup`` folder
     (its tuned baseline and seeds, made once for every path): proposals per minute and
@@ -456,7 +460,8 @@ def campaign_search(name: str, sessions: bool, halving: bool, setup: Any, folder
     simulator = SessionSimulator() if sessions else sandboxed
     tuning = {"objective_s": 0.0, "tune_s": 0.0}
     row: dict[str, Any] = {"path": name}
-    cfg = small_campaign_config(str(folder), proposals, trials, requests, seed, halving)
+    cfg = small_campaign_config(str(folder), proposals, trials, requests, seed, halving,
+                                pruning)
     shutil.copytree(setup, cfg.campaign_dir)
     original = candidate_module.tune
     candidate_module.tune = _timed_tune(tuning)  # type: ignore[assignment]
@@ -480,7 +485,7 @@ def campaign_speed(proposals: int = 6, trials: int = 4, requests: int | None = 5
                    seed: int = 0) -> dict[str, Any]:
     """The small campaign's search through each of ``CAMPAIGN_PATHS`` in turn, in this
     process, each resumed from the same tuned baseline and seeds (set up once, untimed), and
-    the ratios of the last (this branch) to each earlier one: proposals per minute (what a
+    the ratios of this branch's paths to the two mains': proposals per minute (what a
     campaign's quality is bounded by) and simulations per second (what the sandbox and
     simulator deliver). The paths start from the same archive with the same seed, so their
     first proposal is the same program; later ones follow what each path's scores made of
@@ -499,19 +504,22 @@ def campaign_speed(proposals: int = 6, trials: int = 4, requests: int | None = 5
                                      tty=False).run()
         finally:
             sessions.close()
-        rows = [campaign_search(name, with_sessions, halving, cfg.campaign_dir,
+        rows = [campaign_search(name, with_sessions, halving, pruning, cfg.campaign_dir,
                                 Path(tmp) / name, proposals, trials, requests, seed)
-                for name, with_sessions, halving, _ in CAMPAIGN_PATHS]
-    new = rows[-1]
+                for name, with_sessions, halving, pruning, _ in CAMPAIGN_PATHS]
+    by_name = {row["path"]: row for row in rows}
+
+    def ratio(new: dict[str, Any], old: dict[str, Any]) -> dict[str, float]:
+        return {key: new[key] / old[key] for key in
+                ("proposals_per_min", "proposals_per_cpu_min", "simulations_per_s")}
+
     return {
         "campaign": f"{proposals} proposals x {trials} trials, offline proposer, seed {seed}, "
                     f"default scenarios" + (f" capped at {requests} requests" if requests
                                             else "") + ", parallelism 1",
         "paths": rows,
-        "about": {name: what for name, _, _, what in CAMPAIGN_PATHS},
-        "ratios": {old["path"]: {
-            "proposals_per_min": new["proposals_per_min"] / old["proposals_per_min"],
-            "proposals_per_cpu_min": new["proposals_per_cpu_min"] / old["proposals_per_cpu_min"],
-            "simulations_per_s": new["simulations_per_s"] / old["simulations_per_s"]}
-            for old in rows[:-1]},
+        "about": {name: what for name, *_, what in CAMPAIGN_PATHS},
+        "ratios": {row["path"]: {ref: ratio(row, by_name[ref])
+                                 for ref in ("one_worker_per_run", "sessions")}
+                   for row in rows[2:]},
     }

@@ -272,12 +272,14 @@ def test_bench_campaign_times_each_path_of_a_small_campaign() -> None:
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     paths = [row["path"] for row in out["paths"]]
-    assert paths == ["one_worker_per_run", "sessions", "sessions_halving"]
+    assert paths == ["one_worker_per_run", "sessions", "sessions_halving",
+                     "sessions_halving_pruning"]
     for row in out["paths"]:
         assert row["proposals"] == 1 and row["simulations"] > 0 and row["wall_s"] > 0
         assert set(row["split"]) == {"sandbox_start_and_ipc_s", "worker_simulation_s",
                                      "trusted_replay_s", "tuner_s", "proposer_s"}
         assert row["split"]["worker_simulation_s"] > 0 and row["split"]["trusted_replay_s"] > 0
-    assert set(out["ratios"]) == {"one_worker_per_run", "sessions"}
+    assert set(out["ratios"]) == {"sessions_halving", "sessions_halving_pruning"}
+    assert all(set(r) == {"one_worker_per_run", "sessions"} for r in out["ratios"].values())
     # the same proposal judged without halving both times: the same tuned outcome
     assert out["paths"][0]["tuned"] == out["paths"][1]["tuned"]

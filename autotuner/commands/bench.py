@@ -145,10 +145,11 @@ def _campaign(args: argparse.Namespace) -> int:
         print("    time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s"
                                        for k, v in row["split"].items()))
         print("    outcome: " + ", ".join(f"{k} {v}" for k, v in row["statuses"].items()))
-    for old, ratio in out["ratios"].items():
-        print(f"  sessions_halving / {old}: {ratio['proposals_per_min']:.2f}x proposals/min "
-              f"({ratio['proposals_per_cpu_min']:.2f}x per CPU min), "
-              f"{ratio['simulations_per_s']:.2f}x simulations/s")
+    for new, against in out["ratios"].items():
+        for old, ratio in against.items():
+            print(f"  {new} / {old}: {ratio['proposals_per_min']:.2f}x proposals/min "
+                  f"({ratio['proposals_per_cpu_min']:.2f}x per CPU min), "
+                  f"{ratio['simulations_per_s']:.2f}x simulations/s")
     sys.stdout.flush()
     return EXIT_OK
 
