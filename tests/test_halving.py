@@ -235,3 +235,20 @@ def test_the_search_keeps_back_time_to_gate_every_finalist():
     # of the 15 held-out instances; the baseline's capacities are measured once)
     assert three - one == pytest.approx(1.15 * 2 * (15 + 15 * 9) * 0.5)
     assert one >= 1.15 * 15 * 21 * 0.5
+
+
+def test_every_finalist_is_gated_even_when_the_wall_time_is_spent(tmp_path):
+    """A budget the setup alone overruns: ``min_proposals`` keeps the search to two proposals,
+    and both finalists are gated (the campaign overruns its budget rather than leave a
+    finalist ungated)."""
+    codes = [marked("# scaled on multiturn by 1.6"), marked("# scaled on chat by 1.5")]
+    folder, out = campaign(tmp_path, "late", codes, **{
+        "budget.wall_time_s": 1.0, "budget.min_proposals": 2, "budget.proposals": 3,
+        "search.finalists": 2})
+    assert "search stopped: wall-time budget reached (2 of 3 proposals)" in out
+    assert "wall-time budget is spent" not in out
+    with Archive(folder / "archive.sqlite") as archive:
+        finalists = archive.candidates(origin="proposal")
+        assert len(finalists) == 2
+        for cand in finalists:
+            assert cand.validation_score > 0 and cand.gate, (cand.id, cand.status, out)
