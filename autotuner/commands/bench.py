@@ -144,7 +144,9 @@ def _campaign(args: argparse.Namespace) -> int:
         print(f"    {out['about'][row['path']]}")
         print("    time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s"
                                        for k, v in row["split"].items()))
-        print("    outcome: " + ", ".join(f"{k} {v}" for k, v in row["statuses"].items()))
+        print("    outcome: " + ", ".join(f"{k} {v}" for k, v in row["statuses"].items())
+              + "; training scores: " + (", ".join(
+                  f"{cid} {score:+.1%}" for cid, (score, _) in row["tuned"].items()) or "none"))
     for new, against in out["ratios"].items():
         for old, ratio in against.items():
             print(f"  {new} / {old}: {ratio['proposals_per_min']:.2f}x proposals/min "
