@@ -470,7 +470,7 @@ def failure_category(status: str, failure: str) -> str:
     """A short bucket for the progress display and status table: 'check', 'no code', ..."""
     text = (failure or "").lower()
     if status == SCREENED_OUT:
-        return "screened out"
+        return "rejected early" if text.startswith("rejected early") else "screened out"
     if status == PROPOSAL_FAILED:
         for needle, label in (("check rejected", "check"), ("no code", "no code"),
                               ("did not apply", "edit did not apply"), ("budget", "budget"),

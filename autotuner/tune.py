@@ -50,6 +50,7 @@ class TuneResult:
     trials: int  # finished trials (complete + failed), interrupted ones excluded
     failures: list[str] = field(default_factory=list)  # reasons of failed trials, in order
     history: list[tuple[int, float | None]] = field(default_factory=list)  # (trial, value)
+    pruned: int = 0  # trials stopped part-way (``optuna.TrialPruned``), counted in ``trials``
 
 
 def repair_journal(path: str | Path) -> None:
@@ -185,7 +186,9 @@ def tune(
     """Run (or resume) study ``study_name`` until it holds ``n_trials`` finished trials.
 
     Without tunables there is nothing to search: one evaluation of the empty parameter set.
-    ``should_stop`` is polled between trials (the campaign's wall-clock budget).
+    ``should_stop`` is polled between trials (the campaign's wall-clock budget). An objective
+    may raise ``optuna.TrialPruned`` to stop a trial part-way: it counts against the budget and
+    is never the result.
     """
     studies = as_studies(storage)
     storage, study_name = studies.storage, studies.name(study_name)
@@ -215,7 +218,7 @@ def tune(
 
     def finished() -> list[optuna.trial.FrozenTrial]:
         return [t for t in study.get_trials(deepcopy=False)
-                if t.state == TrialState.COMPLETE
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                 or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))]
 
     done = len(finished())
@@ -224,12 +227,18 @@ def tune(
             break
         trial = study.ask(dists)
         params = dict(trial.params)
-        value, error = objective(params)
-        if error is None and value is not None:
-            study.tell(trial, value)
+        try:
+            value, error = objective(params)
+        except optuna.TrialPruned as stopped:  # stopped part-way: never the study's best
+            trial.set_user_attr("pruned", str(stopped)[:2000])
+            study.tell(trial, state=TrialState.PRUNED)
+            value, error = None, f"pruned: {stopped}"
         else:
-            trial.set_user_attr("error", (error or "no value")[:2000])
-            study.tell(trial, state=TrialState.FAIL)
+            if error is None and value is not None:
+                study.tell(trial, value)
+            else:
+                trial.set_user_attr("error", (error or "no value")[:2000])
+                study.tell(trial, state=TrialState.FAIL)
         done += 1
         if on_trial is not None:
             on_trial(done, value, error)
@@ -245,13 +254,16 @@ def result_of(study: optuna.Study, tunables: Sequence[Tunable]) -> TuneResult:
     history = [(t.number, t.value if t.state == TrialState.COMPLETE else None)
                for t in sorted(complete + failed, key=lambda t: t.number)]
     failures = [str(t.user_attrs.get("error", "failed")) for t in failed]
+    pruned = sum(1 for t in trials if t.state == TrialState.PRUNED)
     if not complete:
-        return TuneResult(defaults, None, len(complete) + len(failed), failures, history)
+        return TuneResult(defaults, None, len(complete) + len(failed) + pruned, failures,
+                          history, pruned)
     # best value; ties go to the earliest trial (the starting points come first)
     best = max(complete, key=lambda t: (t.value, -t.number))
     params = {**defaults, **best.params}
     params = {t.name: t.clip(params[t.name]) for t in tunables}
-    return TuneResult(params, float(best.value), len(complete) + len(failed), failures, history)
+    return TuneResult(params, float(best.value), len(complete) + len(failed) + pruned, failures,
+                      history, pruned)
 
 
 def load_result(storage: Studies | BaseStorage, study_name: str, tunables: Sequence[Tunable]

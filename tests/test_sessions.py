@@ -243,8 +243,8 @@ def _bench(*args: str) -> Any:
                           capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_bench_campaign_prints_both_paths_the_split_and_identical_results() -> None:
-    proc = _bench("--candidates", "1", "--instance-requests", "30", "--json")
+def test_bench_job_mix_prints_both_paths_the_split_and_identical_results() -> None:
+    proc = _bench("--job-mix", "--candidates", "1", "--instance-requests", "30", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert set(out["paths"]) == {"one_worker_per_run", "sessions"}
@@ -256,7 +256,30 @@ def test_bench_campaign_prints_both_paths_the_split_and_identical_results() -> N
     assert out["ratio"] > 0
 
 
-def test_bench_campaign_refuses_bad_counts_in_one_line() -> None:
-    proc = _bench("--candidates", "0")
+@pytest.mark.parametrize("args, key", [(("--job-mix", "--candidates", "0"), "--candidates"),
+                                       (("--proposals", "0"), "--proposals"),
+                                       (("--instance-requests", "5"), "--instance-requests")])
+def test_bench_campaign_refuses_bad_counts_in_one_line(args, key) -> None:
+    proc = _bench(*args)
     assert proc.returncode == 2
-    assert "--candidates" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert key in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_campaign_times_each_path_of_a_small_campaign() -> None:
+    """Every path runs the same small campaign's search and reports proposals per minute,
+    simulations per second and the time split; the ratios are of the halving path to each."""
+    proc = _bench("--proposals", "1", "--trials", "2", "--instance-requests", "30", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    paths = [row["path"] for row in out["paths"]]
+    assert paths == ["one_worker_per_run", "sessions", "sessions_halving",
+                     "sessions_halving_pruning"]
+    for row in out["paths"]:
+        assert row["proposals"] == 1 and row["simulations"] > 0 and row["wall_s"] > 0
+        assert set(row["split"]) == {"sandbox_start_and_ipc_s", "worker_simulation_s",
+                                     "trusted_replay_s", "tuner_s", "proposer_s"}
+        assert row["split"]["worker_simulation_s"] > 0 and row["split"]["trusted_replay_s"] > 0
+    assert set(out["ratios"]) == {"sessions_halving", "sessions_halving_pruning"}
+    assert all(set(r) == {"one_worker_per_run", "sessions"} for r in out["ratios"].values())
+    # the same proposal judged without halving both times: the same tuned outcome
+    assert out["paths"][0]["tuned"] == out["paths"][1]["tuned"]

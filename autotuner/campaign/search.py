@@ -3,8 +3,8 @@ be in flight), while the main thread screens and tunes what came back; every arc
 happens on the main thread.
 
 The search ends at the first budget reached (proposals, wall time less the finalisation's
-share, tokens, dollars) or when the proposer cannot go on. Proposals still out when time is up
-get a grace period, then are abandoned and recorded with what they cost so far.
+share, evaluations, tokens, dollars) or when the proposer cannot go on. Proposals still out
+when time is up get a grace period, then are abandoned and recorded with what they cost so far.
 """
 
 from __future__ import annotations
@@ -78,15 +78,27 @@ class SearchLoop:
             self._collect(wait_s=1.0)
 
     def _out_of_money(self) -> bool:
+        """A budget other than wall time and proposals is spent: tokens, dollars, or
+        evaluations (those already proposed are still evaluated in full)."""
         budget, spend = self.state.cfg.budget, self.archive.spend()
         return ((budget.tokens is not None and spend["tokens"] >= budget.tokens)
-                or (budget.usd is not None and spend["cost_usd"] >= budget.usd))
+                or (budget.usd is not None and spend["cost_usd"] >= budget.usd)
+                or self._evaluations_spent())
+
+    def _evaluations_spent(self) -> bool:
+        limit = self.state.cfg.budget.evaluations
+        return limit is not None and self.archive.evaluation_count() >= limit
 
     def _log_stop(self, made: int, out_of_money: bool) -> None:
         state, budget = self.state, self.state.cfg.budget
         if state.search_over() and made < budget.proposals:
             state.progress.log(f"search stopped: wall-time budget reached "
                                f"({made} of {budget.proposals} proposals)")
+        elif out_of_money and self._evaluations_spent():
+            state.progress.log(f"search stopped: the evaluation budget is spent "
+                               f"({self.archive.evaluation_count()} evaluations of "
+                               f"{budget.evaluations}; {made} of {budget.proposals} proposals, "
+                               f"each evaluated in full)")
         elif out_of_money:
             state.progress.log("search stopped: the token/dollar budget is spent")
         elif state.proposer_dead:

@@ -27,18 +27,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--sandbox", action="store_true",
                    help="measure the sandbox instead: fixed cost per backend, overhead ratio")
-    g = p.add_argument_group("evaluation throughput (--campaign)")
+    g = p.add_argument_group("campaign speed (--campaign)")
     g.add_argument("--campaign", action="store_true",
-                   help="evaluations per second on a campaign-like job mix: a fresh sandbox "
-                        "worker per run against warm worker sessions, in the same process")
+                   help="proposals per minute and simulations per second of a small campaign's "
+                        "search, with the time split: a fresh sandbox worker per run, warm "
+                        "worker sessions, and sessions with successive halving, in the same "
+                        "process")
+    g.add_argument("--proposals", type=int, default=6, help="proposals (default 6)")
+    g.add_argument("--trials", type=int, default=4, help="trials per candidate (default 4)")
+    g.add_argument("--campaign-seed", type=int, default=0, help="campaign seed (default 0)")
+    g.add_argument("--job-mix", action="store_true",
+                   help="with --campaign: evaluations per second of a fixed job mix instead (one "
+                        "worker per run against sessions; --candidates, --rounds, --parallelism)")
     g.add_argument("--candidates", type=int, default=3,
-                   help="tuning trials in the mix (default 3)")
+                   help="tuning trials in the job mix (default 3)")
     g.add_argument("--rounds", type=int, default=1,
                    help="alternating passes of each path (default 1)")
     g.add_argument("--parallelism", type=int, default=1,
                    help="evaluation processes (default 1: the time split is shown only then)")
     g.add_argument("--instance-requests", type=int, default=None, metavar="N",
-                   help="cap each training instance at N requests (default: the config's)")
+                   help="cap each training instance at N requests (default: 500 for the "
+                        "campaign, the config's own sizes for the job mix)")
     g = p.add_argument_group("capacity against run length (--capacity-length)")
     g.add_argument("--capacity-length", action="store_true",
                    help="measure each policy's capacity at a short and a long run and print the "
@@ -62,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
                        "number of requests/s")
     if args.sandbox:
         return _sandbox(args)
+    if args.campaign and args.job_mix:
+        return _job_mix(args)
     if args.campaign:
         return _campaign(args)
     if args.capacity_length:
@@ -117,6 +128,36 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _campaign(args: argparse.Namespace) -> int:
+    requests = 500 if args.instance_requests is None else args.instance_requests
+    if args.proposals < 1 or args.trials < 1 or requests < 10:
+        raise CLIError("--proposals and --trials must be at least 1, --instance-requests at "
+                       "least 10")
+    out = bench.campaign_speed(args.proposals, args.trials, requests, args.campaign_seed)
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print(f"small campaign's search: {out['campaign']}")
+    for row in out["paths"]:
+        print(f"  {row['path']:<19} {row['proposals_per_min']:5.2f} proposals/min "
+              f"({row['proposals']} in {row['wall_s']:.0f} s; "
+              f"{row['proposals_per_cpu_min']:.2f} per CPU min), "
+              f"{row['simulations_per_s']:5.2f} simulations/s ({row['simulations']})")
+        print(f"    {out['about'][row['path']]}")
+        print("    time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s"
+                                       for k, v in row["split"].items()))
+        print("    outcome: " + ", ".join(f"{k} {v}" for k, v in row["statuses"].items())
+              + "; training scores: " + (", ".join(
+                  f"{cid} {score:+.1%}" for cid, (score, _) in row["tuned"].items()) or "none"))
+    for new, against in out["ratios"].items():
+        for old, ratio in against.items():
+            print(f"  {new} / {old}: {ratio['proposals_per_min']:.2f}x proposals/min "
+                  f"({ratio['proposals_per_cpu_min']:.2f}x per CPU min), "
+                  f"{ratio['simulations_per_s']:.2f}x simulations/s")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _job_mix(args: argparse.Namespace) -> int:
     if args.candidates < 1 or args.rounds < 1 or args.parallelism < 1 or (
             args.instance_requests is not None and args.instance_requests < 10):
         raise CLIError("--candidates, --rounds and --parallelism must be at least 1, "

@@ -40,6 +40,7 @@ MAX_SLO_S = 3600.0
 MAX_LADDER_RUNGS, MAX_LOAD_FACTOR = 16, 100.0
 MAX_PROPOSALS = 100_000
 MAX_TRIALS = 10_000
+MAX_EVALUATIONS = 100_000_000
 MAX_WALL_TIME_S = 30 * 86400.0
 MAX_SEARCH_WIDTH = 64  # islands, proposals in flight, inspirations, tournament size
 MAX_FINALISTS = 100
@@ -254,6 +255,8 @@ def _validate_budget(cfg: CampaignConfig) -> None:
     _bounded(b.wall_time_s, 0, MAX_WALL_TIME_S, "budget.wall_time_s")
     _bounded(b.finalize_reserve_s, 0, MAX_WALL_TIME_S, "budget.finalize_reserve_s")
     _bounded(b.min_proposals, 0, MAX_PROPOSALS, "budget.min_proposals")
+    if b.evaluations is not None:
+        _bounded(b.evaluations, 1, MAX_EVALUATIONS, "budget.evaluations")
     _require(b.tokens is None or b.tokens >= 0, "budget.tokens", "must be >= 0")
     _require(b.usd is None or b.usd >= 0, "budget.usd", "must be >= 0")
 
@@ -267,6 +270,7 @@ def _validate_search(cfg: CampaignConfig) -> None:
     _bounded(se.inspirations, 0, MAX_SEARCH_WIDTH, "search.inspirations")
     _bounded(se.finalists, 1, MAX_FINALISTS, "search.finalists")
     _bounded(se.screen_threshold, -1.0, MAX_LOAD_FACTOR, "search.screen_threshold")
+    _bounded(se.prune_margin, 0.0, MAX_LOAD_FACTOR, "search.prune_margin")
     _require(len(set(se.seeds)) == len(se.seeds), "search.seeds", "lists a policy twice")
     for seed_policy in se.seeds:
         _require_policy(seed_policy, "search.seeds")

@@ -108,9 +108,7 @@ def ladder_scores(results: Sequence[Mapping[str, Any]], instances: Sequence[Inst
             "attainment": [r["attainment"] for r in chunk],
             "rates": [r["rate"] for r in chunk],
         }
-    ratios = np.maximum(1.0 + np.array(list(per.values())), MIN_RATIO)
-    objective = float(np.exp(np.log(ratios).mean()) - 1.0) if per else 0.0
-    return LadderScore(objective, per, detail)
+    return LadderScore(objective_on(per, list(per)), per, detail)
 
 
 def stage_ends(count: int, first: int = 1) -> list[int]:
@@ -127,16 +125,19 @@ def stage_ends(count: int, first: int = 1) -> list[int]:
 def staged_ladder(run: Callable[[list[Job]], Sequence[Mapping[str, Any]]], code: str,
                   params: Mapping[str, Any], instances: Sequence[Instance],
                   capacities: Mapping[str, float], reference: Mapping[str, Sequence[float]],
-                  cfg: CampaignConfig, *, reject_below: float, first: int = 1,
-                  name: str = "<policy>") -> LadderScore:
+                  cfg: CampaignConfig, *, reject_below: float | Callable[[int], float],
+                  first: int = 1, name: str = "<policy>") -> LadderScore:
     """``ladder_scores`` with cheap early rejection: the ladder runs stage by stage over the
     instances (``stage_ends``), and a candidate whose objective on the instances so far is below
-    ``reject_below`` (say -0.2: clearly worse than the baseline) is not run on the rest. Its
-    score is the partial objective with ``rejected_early`` set; a candidate that is never below
-    it gets exactly ``ladder_scores`` of the full ladder. ``run`` evaluates jobs (an
-    ``Evaluator``'s ``evaluate``): every stage's results are cached jobs, so running the full
-    ladder later repeats nothing. The early stages decide on fewer workloads, so a threshold
-    well below zero is what keeps a good candidate that starts badly from being lost."""
+    ``reject_below`` (say -0.2: clearly worse than the baseline; or a function of how many
+    instances have run, giving a rival's objective on those same instances less a margin) is not
+    run on the rest. Its score is the partial objective with ``rejected_early`` set; a candidate
+    that is never below it gets exactly ``ladder_scores`` of the full ladder. ``run`` evaluates
+    jobs (an ``Evaluator``'s ``evaluate``): every stage's results are cached jobs, so running the
+    full ladder later repeats nothing. The early stages decide on fewer workloads, so a threshold
+    well below what is hoped for is what keeps a good candidate that starts badly from being
+    lost. The last stage never rejects: a complete score is always the full judgement."""
+    bar = reject_below if callable(reject_below) else (lambda end: float(reject_below))
     results: list[Mapping[str, Any]] = []
     start = 0
     score = LadderScore(0.0, {}, {})
@@ -145,8 +146,16 @@ def staged_ladder(run: Callable[[list[Job]], Sequence[Mapping[str, Any]]], code:
         score = ladder_scores(results, instances[:end], reference, cfg)
         if score.error:
             return score
-        if end < len(instances) and score.objective < reject_below:
+        if end < len(instances) and score.objective < bar(end):
             return LadderScore(score.objective, score.per_instance, score.detail,
                                rejected_early=True)
         start = end
     return score
+
+
+def objective_on(per_instance: Mapping[str, float], labels: Sequence[str]) -> float:
+    """The objective (``ladder_scores``' geometric mean, minus one) of known per-instance
+    scores, restricted to ``labels``: a rival's score on the instances a staged run has reached
+    so far, to compare like with like."""
+    ratios = np.maximum(1.0 + np.array([per_instance[k] for k in labels]), MIN_RATIO)
+    return float(np.exp(np.log(ratios).mean()) - 1.0) if len(labels) else 0.0

@@ -1,0 +1,254 @@
+"""Successive halving in the campaign (early rejection in screening, pruned tuning trials) and
+the evaluation budget, on small deterministic campaigns.
+
+The simulator is the in-process one with a marked candidate's goodput scaled on one scenario
+(``# scaled on <scenario> by <factor>``): a way to make a candidate good on the screening stage
+and poor (or great) elsewhere without relying on what some real policy happens to do there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotuner import archive as A
+from autotuner.archive import Archive
+from autotuner.campaign import Campaign
+from autotuner.config import load_config
+from autotuner.proposers.base import Proposal
+from autotuner.resources import baseline_path
+from autotuner.review.show import show_text
+from autotuner.scoring import in_process, ladder_scores, split_instances
+
+FIXED = baseline_path("fixed_chunk").read_text()
+MARK = re.compile(r"# scaled on (\w+) by ([0-9.]+)")
+
+SMALL = {
+    "workloads.scenarios": ["multiturn", "summarize", "chat"], "workloads.screen": ["multiturn"],
+    "workloads.requests": 150, "workloads.scenario_requests": {},
+    "workloads.heldout_requests": {}, "workloads.heldout_seeds": [1001, 1002],
+    "objective.ladder": [1.0, 1.4], "budget.trials": 3, "budget.proposals": 2,
+    "search.seeds": [], "search.islands": 1, "search.finalists": 1, "gate.bootstrap": 500,
+    "gate.capacity_rel_tol": 0.05, "gate.references": [], "parallelism": 1,
+    "search.in_flight": 1,
+}
+
+
+def scaled(code, params, cluster, wl, slo, horizon, sandbox, name):
+    """``in_process``, with a marked file's goodput scaled on its scenario."""
+    metrics = in_process(code, params, cluster, wl, slo, horizon, sandbox, name)
+    for mark in MARK.finditer(code):
+        if wl.name == mark.group(1) and not metrics.error:
+            k = float(mark.group(2))
+            metrics = dataclasses.replace(metrics, goodput_rps=metrics.goodput_rps * k,
+                                          goodput_tok_s=metrics.goodput_tok_s * k)
+    return metrics
+
+
+class Scripted:
+    name = "scripted"
+
+    def __init__(self, codes):
+        self.codes = list(codes)
+
+    def propose(self, request, check):
+        return Proposal(self.codes.pop(0), True, "") if self.codes else \
+            Proposal(None, False, "no more")
+
+
+def campaign(tmp_path: Path, name: str, codes, **extra) -> tuple[Path, str]:
+    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": name,
+                         **extra})
+    out = io.StringIO()
+    rc = Campaign(cfg, proposer=Scripted(codes), simulator=scaled, stream=out, tty=False).run()
+    assert rc == 0, out.getvalue()
+    return cfg.campaign_dir, out.getvalue()
+
+
+def labels_run(archive: Archive, cand_id: str) -> set[str]:
+    rows = archive.conn.execute("SELECT DISTINCT workload FROM evaluations WHERE candidate_id=?",
+                                (cand_id,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def marked(text: str) -> str:
+    """The baseline's program with a module constant that makes it a program of its own."""
+    return FIXED.replace("TUNABLES = {", f"NOTE = {text!r}\n\nTUNABLES = {{", 1)
+
+
+POOR = marked("# scaled on summarize by 0.05")
+GOOD = marked("a copy of the baseline")
+
+
+def test_a_poor_candidate_stops_early_and_a_good_one_runs_every_stage(tmp_path):
+    folder, out = campaign(tmp_path, "halve", [POOR, GOOD])
+    with Archive(folder / "archive.sqlite") as archive:
+        poor, good = archive.get("c0001"), archive.get("c0002")
+        # the poor one passed the cheap stage, then stopped after 2 of 3 instances: no chat run,
+        # no tuning, its partial score recorded and labelled
+        assert poor.status == A.SCREENED_OUT and poor.train_score is None
+        assert poor.failure.startswith("rejected early: partial score")
+        assert "on 2 of 3 instances" in poor.failure
+        assert poor.screen_score is not None and poor.screen_score < -0.02
+        assert labels_run(archive, "c0001") == {"multiturn@1", "summarize@1"}
+        assert A.failure_category(poor.status, poor.failure) == "rejected early"
+        assert "failures: rejected early: partial score" in show_text(archive, poor)
+        assert archive.failures_by_reason().get("rejected early") == 1
+        # the good one ran every stage and was tuned
+        assert good.status in (A.TUNED, A.FINALIST, A.GATE_FAILED, A.PROMOTED)
+        assert labels_run(archive, "c0002") >= {"multiturn@1", "summarize@1", "chat@1"}
+    assert "c0001 (island 0): rejected early" in out.replace(" <- baseline", "")
+    assert optuna.study.get_all_study_names(
+        optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            str(folder / "optuna.journal")))).count("c0001") == 0
+
+
+def test_early_rejection_keeps_a_good_candidates_score_and_costs_a_poor_one_less(tmp_path):
+    on, _ = campaign(tmp_path, "on", [POOR, GOOD])
+    off, _ = campaign(tmp_path, "off", [POOR, GOOD], **{"search.early_rejection": False})
+    pruned, _ = campaign(tmp_path, "pruned", [POOR, GOOD], **{"search.prune_trials": True})
+    with Archive(on / "archive.sqlite") as a_on, Archive(off / "archive.sqlite") as a_off:
+        assert a_off.get("c0001").status == A.TUNED  # without it, the poor one is tuned in full
+        assert a_on.evaluation_count("c0001") * 3 < a_off.evaluation_count("c0001")
+        good_on, good_off = a_on.get("c0002"), a_off.get("c0002")
+        assert (good_on.train_score, good_on.params) == (good_off.train_score, good_off.params)
+        # screening's full run at the starting parameters is the first trial: nothing extra
+        assert a_on.evaluation_count("c0002") == a_off.evaluation_count("c0002")
+        full_cost = a_off.evaluation_count("c0002")
+    with Archive(pruned / "archive.sqlite") as a_pruned:
+        assert a_pruned.evaluation_count("c0002") < full_cost  # pruned trials stop part-way
+
+
+def _stored_train_score(folder: Path, cand_id: str) -> float:
+    """The candidate's training objective recomputed from the archive's full training ladder
+    at its tuned parameters (every job is cached: nothing runs)."""
+    from autotuner.config import load_config as load
+    from autotuner.scoring import Evaluator, ladder_jobs
+
+    cfg = load(folder / "config.toml")
+    train = split_instances(cfg)["train"]
+    with Archive(folder / "archive.sqlite") as archive:
+        cand, base = archive.get(cand_id), archive.get_meta("baseline")
+        ev = Evaluator(archive, parallelism=1, simulator=scaled)
+        jobs = ladder_jobs(cand.code, cand.params, train, base["caps"]["train"], cfg,
+                           name=f"{cand_id}.py")
+        results = ev.evaluate(jobs)
+        assert ev.ran == 0 and ev.cached == len(jobs)
+    return ladder_scores(results, train, base["reference"]["train"], cfg).objective
+
+
+def test_a_partial_score_never_becomes_a_training_score_nor_reaches_the_gate(tmp_path):
+    """Great on the screening stage, poor on the last instance: early rejection lets it through
+    to tuning (the last stage never rejects), and its training score is the full one, below the
+    baseline, so it is no finalist; its pruned trials have no value the tuner could return."""
+    lopsided = marked("# scaled on multiturn by 3; # scaled on chat by 0.2")
+    folder, out = campaign(tmp_path, "lop", [lopsided], **{
+        "budget.proposals": 1, "budget.trials": 5, "search.prune_trials": True})
+    with Archive(folder / "archive.sqlite") as archive:
+        cand = archive.get("c0001")
+        assert cand.status == A.TUNED, (cand.status, cand.failure)
+        assert cand.screen_score > 1.0  # the cheap stage alone: x3
+        assert cand.train_score == pytest.approx(_stored_train_score(folder, "c0001"))
+        assert cand.train_score < 0  # the full judgement
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
+    trials = optuna.load_study(study_name="c0001", storage=storage).get_trials()
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and all(t.value is None for t in pruned)
+    assert cand.train_score == max(t.value for t in complete)
+    assert "no candidate beat the tuned baseline on training: nothing to gate" in out
+
+
+class Counting(Scripted):
+    """Scripted, and notes the archive's evaluation count whenever it is asked to propose."""
+
+    def __init__(self, codes, campaign_ref):
+        super().__init__(codes)
+        self.campaign, self.counts = campaign_ref, []
+
+    def propose(self, request, check):
+        self.counts.append(self.campaign[0].archive.evaluation_count())
+        return super().propose(request, check)
+
+
+def _budget_run(tmp_path: Path, name: str, codes, **extra) -> tuple[Path, str, list[int]]:
+    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": name,
+                         "budget.proposals": 3, **extra})
+    ref: list[Campaign] = []
+    proposer = Counting(codes, ref)
+    out = io.StringIO()
+    ref.append(Campaign(cfg, proposer=proposer, simulator=scaled, stream=out, tty=False))
+    assert ref[0].run() == 0, out.getvalue()
+    return cfg.campaign_dir, out.getvalue(), proposer.counts
+
+
+def test_the_evaluation_budget_stops_the_search_and_the_finalist_is_still_gated(tmp_path):
+    better = marked("# scaled on multiturn by 1.6")
+    codes = [better, GOOD, POOR]
+    _, _, counts = _budget_run(tmp_path, "free", codes)
+    assert len(counts) == 3  # unbudgeted: every proposal asked for
+    # a budget of one evaluation more than the baseline's: the first proposal is asked for and
+    # evaluated in full, then nothing more
+    folder, out, counts = _budget_run(tmp_path, "capped", codes,
+                                      **{"budget.evaluations": counts[0] + 1})
+    assert len(counts) == 1
+    assert "search stopped: the evaluation budget is spent" in out
+    assert "1 of 3 proposals, each evaluated in full" in out
+    with Archive(folder / "archive.sqlite") as archive:
+        (cand,) = archive.candidates(origin="proposal")
+        assert cand.status in (A.PROMOTED, A.GATE_FAILED) and cand.gate, (cand.status, out)
+        assert cand.train_score > 0 and cand.validation_score > 0
+        assert archive.get_meta("phase") == "done"
+
+
+def test_the_evaluation_budget_is_validated():
+    from autotuner.config import ConfigError
+
+    with pytest.raises(ConfigError, match="budget.evaluations: must be between 1"):
+        load_config(**{"budget.evaluations": 0})
+    with pytest.raises(ConfigError, match="search.prune_margin"):
+        load_config(**{"search.prune_margin": -0.1})
+
+
+def test_the_search_keeps_back_time_to_gate_every_finalist():
+    """The wall-time reserve covers validating and gating every finalist, so no finalist goes
+    ungated for want of time."""
+    from autotuner.campaign.state import CampaignState
+
+    class Measured:
+        def wall_per_sim(self) -> float:
+            return 0.5
+
+    def estimate(**extra) -> float:
+        state = CampaignState(load_config(**{"gate.references": [], **extra}))
+        state.evaluator = Measured()  # type: ignore[assignment]
+        return state.finalize_estimate()
+
+    one, three = estimate(**{"search.finalists": 1}), estimate(**{"search.finalists": 3})
+    # two more finalists: each validated (3 rungs x 5 instances) and gated (9 probes on each
+    # of the 15 held-out instances; the baseline's capacities are measured once)
+    assert three - one == pytest.approx(1.15 * 2 * (15 + 15 * 9) * 0.5)
+    assert one >= 1.15 * 15 * 21 * 0.5
+
+
+def test_every_finalist_is_gated_even_when_the_wall_time_is_spent(tmp_path):
+    """A budget the setup alone overruns: ``min_proposals`` keeps the search to two proposals,
+    and both finalists are gated (the campaign overruns its budget rather than leave a
+    finalist ungated)."""
+    codes = [marked("# scaled on multiturn by 1.6"), marked("# scaled on chat by 1.5")]
+    folder, out = campaign(tmp_path, "late", codes, **{
+        "budget.wall_time_s": 1.0, "budget.min_proposals": 2, "budget.proposals": 3,
+        "search.finalists": 2})
+    assert "search stopped: wall-time budget reached (2 of 3 proposals)" in out
+    assert "wall-time budget is spent" not in out
+    with Archive(folder / "archive.sqlite") as archive:
+        finalists = archive.candidates(origin="proposal")
+        assert len(finalists) == 2
+        for cand in finalists:
+            assert cand.validation_score > 0 and cand.gate, (cand.id, cand.status, out)
