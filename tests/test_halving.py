@@ -77,8 +77,13 @@ def labels_run(archive: Archive, cand_id: str) -> set[str]:
 
 
 def marked(text: str) -> str:
-    """The baseline's program with a module constant that makes it a program of its own."""
-    return FIXED.replace("TUNABLES = {", f"NOTE = {text!r}\n\nTUNABLES = {{", 1)
+    """The baseline's program, behaving the same, with a module constant that it reads: a
+    program of its own (an unread constant would make it a copy of the baseline, refused)."""
+    code = FIXED.replace("TUNABLES = {", f"NOTE = {text!r}\n\nTUNABLES = {{", 1)
+    read = code.replace('budget = params["chunk_size"]',
+                        'budget = params["chunk_size"] if NOTE else 0', 1)
+    assert read != code
+    return read
 
 
 POOR = marked("# scaled on summarize by 0.05")
