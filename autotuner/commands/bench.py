@@ -9,7 +9,7 @@ import math
 import sys
 from typing import Any
 
-from autotuner import bench
+from autotuner import bench, bench_campaign
 from autotuner.commands.common import EXIT_OK, CLIError, print_json
 from autotuner.policy import read_policy_file
 from autotuner.sim.metrics import SLO_KINDS
@@ -132,7 +132,7 @@ def _campaign(args: argparse.Namespace) -> int:
     if args.proposals < 1 or args.trials < 1 or requests < 10:
         raise CLIError("--proposals and --trials must be at least 1, --instance-requests at "
                        "least 10")
-    out = bench.campaign_speed(args.proposals, args.trials, requests, args.campaign_seed)
+    out = bench_campaign.campaign_speed(args.proposals, args.trials, requests, args.campaign_seed)
     if args.json:
         print_json(out)
         return EXIT_OK
@@ -162,7 +162,7 @@ def _job_mix(args: argparse.Namespace) -> int:
             args.instance_requests is not None and args.instance_requests < 10):
         raise CLIError("--candidates, --rounds and --parallelism must be at least 1, "
                        "--instance-requests at least 10")
-    out = bench.campaign_throughput(args.candidates, args.instance_requests, args.rounds,
+    out = bench_campaign.campaign_throughput(args.candidates, args.instance_requests, args.rounds,
                                     args.parallelism)
     if args.json:
         print_json(out)
