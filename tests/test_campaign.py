@@ -210,19 +210,31 @@ def test_llm_campaign_against_a_scripted_chat_server(tmp_path):
         assert len(first.raw) == 2
 
 
+# argv: the config overrides (JSON), the log of evaluations started, and optionally the name of
+# the policy file (``c0002.py``) whose first evaluation never ends, so that a test's Ctrl-C lands
+# mid-evaluation in the search with work left, whatever the machine's load.
+# SIGINT is reset to Python's handler first: a process started from a non-interactive shell's
+# background job (``pytest ... &``) inherits SIGINT ignored and Python keeps it ignored, while
+# the Ctrl-C that these tests stand for reaches a terminal's foreground job, where it is not.
 KILLABLE = textwrap.dedent("""
-    import json, os, sys
+    import json, os, signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from autotuner import scoring
     from autotuner.campaign import Campaign
     from autotuner.config import load_config
     from autotuner.scoring import evaluator
 
     log = open(sys.argv[2], "a")
+    hold = sys.argv[3] if len(sys.argv) > 3 else None
     real = evaluator.execute_job
 
     def logged(job, simulator=None):
         key = job.key()
         log.write("start " + key + "\\n"); log.flush()
+        if job.name == hold:
+            log.write("held " + key + "\\n"); log.flush()
+            while True:
+                time.sleep(0.05)
         out = real(job, simulator)
         return out
 
@@ -234,12 +246,14 @@ KILLABLE = textwrap.dedent("""
 """)
 
 
-def _spawn(tmp_path: Path, overrides: dict, log: Path) -> subprocess.Popen:
+def _spawn(tmp_path: Path, overrides: dict, log: Path, hold: str | None = None
+           ) -> subprocess.Popen:
     script = tmp_path / "campaign_script.py"
     script.write_text(KILLABLE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.Popen([sys.executable, str(script), json.dumps(overrides), str(log)],
+    held = [hold] if hold is not None else []
+    return subprocess.Popen([sys.executable, str(script), json.dumps(overrides), str(log), *held],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -310,10 +324,12 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     overrides = {**TINY, "name": "c", "results_dir": str(tmp_path / "results"),
                  "budget.proposals": 2}
     db = tmp_path / "results" / "c" / "archive.sqlite"
-    proc = _spawn(tmp_path, overrides, tmp_path / "log")
+    log = tmp_path / "log"
+    # the first proposal's first evaluation never ends: Ctrl-C lands in the search, mid-run
+    proc = _spawn(tmp_path, overrides, log, hold="c0002.py")
     try:
         _wait_for(db, lambda c: c.execute("SELECT value FROM meta WHERE key='phase'")
-                  .fetchone() == ('"search"',), proc)
+                  .fetchone() == ('"search"',) and "held " in log.read_text(), proc)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -323,11 +339,17 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     assert proc.returncode == 130, text
     assert "stopped cleanly" in text and "autotuner resume" in text
     assert "Traceback" not in text
-    proc = _spawn(tmp_path, overrides, tmp_path / "log")
+    with Archive(db) as archive:
+        assert archive.integrity_ok() and archive.get_meta("phase") == "search"
+        assert archive.get("c0002").status in (A.PENDING, A.TUNING)
+    proc = _spawn(tmp_path, overrides, log)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()
     with Archive(db) as archive:
         assert archive.get_meta("phase") == "done"
+        proposals = archive.candidates(origin="proposal")
+        assert len(proposals) == 2
+        assert all(c.status not in (A.PENDING, A.TUNING) for c in proposals)
 
 
 def test_autotuner_run_through_the_cli_with_the_real_sandbox(tmp_path):
