@@ -120,12 +120,13 @@ def direction(diagnosis: Diagnosis | None, number: int) -> str:
     return ideas[(number - 1) % len(ideas)]
 
 
-_LINE_REASON = re.compile(r"line (\d+)\b")
+_LINE_REASON = re.compile(r"\bline (\d+)\b")
 
 
 def offending_line(reason: str, code: str | None) -> str:
-    """The source line a reason starting "line N..." names, stripped ("" when none)."""
-    match = _LINE_REASON.match(reason)
+    """The source line a reason names ("line N: ..." from the check, "... at line N: ..."
+    from a dry run), stripped ("" when none)."""
+    match = _LINE_REASON.search(reason)
     if code is None or match is None:
         return ""
     lines = code.splitlines()
