@@ -244,7 +244,11 @@ class _Checker:
         for node in ast.walk(self.tree):
             self.check_node(node)
         for issue in view_issues(self.tree, self.parents):
-            self.add(issue.node, issue.construct, issue.text)
+            text = issue.text
+            attr = getattr(issue.node, "attr", None)
+            if attr in self.tunable_names:  # replica.max_chunk for params["max_chunk"]
+                text = f"{text}; '{attr}' is a tunable: read it as params[\"{attr}\"]"
+            self.add(issue.node, issue.construct, text)
         self.check_params_keys()
 
     def check_params_keys(self) -> None:

@@ -818,7 +818,7 @@ def test_each_request_names_one_idea_from_the_diagnosis_else_in_turn():
     fields = {name for view in views().values() for name in view.field_names}
     for idea in DIRECTIONS.values():
         named = set(re.findall(r"\b[a-z]+_[a-z_]+\b", idea)) | set(
-            re.findall(r"replica\.(\w+)", idea))
+            re.findall(r"\b(?:replica|cluster|r|req)\.(\w+)", idea))
         assert named <= fields, (idea, named - fields)
 
 

@@ -96,3 +96,9 @@ def partition(replica, params):
     reasons = sandbox_dry_run(cfg)(greedy)
     assert reasons and "exceed max_batch_tokens" in reasons[0], reasons
     assert sandbox_dry_run(cfg)(PARENT) == []
+
+
+def test_a_tunable_read_as_a_field_is_told_to_read_params():
+    (reason,) = check_reasons(PARENT.replace('hi = params["max_chunk"]', "hi = replica.max_chunk"))
+    assert "which has no field 'max_chunk'" in reason
+    assert reason.endswith("""'max_chunk' is a tunable: read it as params["max_chunk"]""")

@@ -97,12 +97,15 @@ def strip_docstrings(code: str) -> str:
 # something to write. Keyed by the diagnosis axis it addresses; requests without a diagnosis
 # (the baseline, or runs cached before diagnostics) take them in turn by proposal number.
 DIRECTIONS: dict[str, str] = {
-    "imbalance": "route: the replica with the least waiting_tokens - prefix_hit_tokens",
-    "tbt_tail": "partition: a smaller budget as replica.decodes and decode_context grow",
-    "ttft_tail": "partition: fewest remaining tokens first, plus a bonus for age (now - arrival)",
-    "preemptions": "partition: chunks under a share of kv_free_tokens; route: more kv_free_tokens",
-    "cache_hits": "route: most prefix_hit_tokens, unless its waiting_tokens is far above the least",
-    "chunk_cap": "partition: cap one request's chunk at a share of the budget (a tunable)",
+    "imbalance": ("route: the r in cluster.replicas with least r.waiting_tokens - "
+                  "r.prefix_hit_tokens"),
+    "tbt_tail": "partition: a smaller budget as replica.decodes and replica.decode_context grow",
+    "ttft_tail": ("partition: fewest req.remaining first, plus a bonus for replica.now - "
+                  "req.arrival"),
+    "preemptions": "partition: chunks under a share of replica.kv_free_tokens",
+    "cache_hits": ("route: the r in cluster.replicas with most r.prefix_hit_tokens, unless its "
+                   "r.waiting_tokens is far above the least"),
+    "chunk_cap": "partition: cap one req's chunk at a share of the budget (a new tunable)",
 }
 
 
