@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import difflib
 import re
 import string
 import symtable
@@ -41,7 +42,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from autotuner.api_views import DECISION_ARGS, argument_names
+from autotuner.api_views import DECISION_ARGS, argument_names, point_views, where_field
 from autotuner.check_scopes import scopes_for
 from autotuner.check_views import view_issues
 from autotuner.policy import (
@@ -243,7 +244,35 @@ class _Checker:
         for node in ast.walk(self.tree):
             self.check_node(node)
         for issue in view_issues(self.tree, self.parents):
-            self.add(issue.node, issue.construct, issue.text)
+            text = issue.text
+            attr = getattr(issue.node, "attr", None)
+            if attr in self.tunable_names:  # replica.max_chunk for params["max_chunk"]
+                text = f"{text}; '{attr}' is a tunable: read it as params[\"{attr}\"]"
+            self.add(issue.node, issue.construct, text)
+        self.check_params_keys()
+
+    def check_params_keys(self) -> None:
+        """``params["x"]`` in partition or route where TUNABLES declares no "x": params holds
+        exactly the tunables' values, so the read raises KeyError on the first call (a small
+        model wrote params["now"] for replica.now, and a dry run could say only "KeyError")."""
+        position = {"partition": 1, "route": 2}  # params' place in each signature
+        for stmt in self.tree.body:
+            if not isinstance(stmt, ast.FunctionDef) or stmt.name not in position:
+                continue
+            args = stmt.args.posonlyargs + stmt.args.args
+            if len(args) <= position[stmt.name]:
+                continue
+            params = args[position[stmt.name]].arg
+            for node in ast.walk(stmt):
+                if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+                        and node.value.id == params and isinstance(node.slice, ast.Constant)
+                        and isinstance(node.slice.value, str)):
+                    continue
+                key = node.slice.value
+                if key in self.tunable_names:
+                    continue
+                self.add(node, "params-key",
+                         params_key_advice(key, self.tunable_names, params, stmt.name))
 
     # -- top level --------------------------------------------------------------------------
 
@@ -1172,6 +1201,24 @@ def _tunable_names(tree: ast.Module) -> frozenset[str]:
             return frozenset(k.value for k in stmt.value.keys
                              if isinstance(k, ast.Constant) and isinstance(k.value, str))
     return frozenset()
+
+
+def params_key_advice(key: str, tunables: frozenset[str], params: str = "params",
+                      point: str | None = None) -> str:
+    """Why ``params[key]`` fails, phrased as the fix: declare it, or read the field of that name
+    on a view ``point`` (partition or route) is given."""
+    declared = ", ".join(sorted(tunables)) or "none"
+    text = (f"{params}[{key!r}]: TUNABLES has no entry {key!r}, and {params} holds only the "
+            f"tunables' values (declared: {declared}); declare {key!r} in TUNABLES")
+    reachable = point_views(point) if point else None
+    fields = [f"{v.expr}.{key}" for v in where_field(key)
+              if reachable is None or v in reachable][:2]
+    if fields:
+        text += f", or read the field {' or '.join(fields)}"
+    close = difflib.get_close_matches(key, sorted(tunables), n=1, cutoff=0.6)
+    if close:
+        text += f" (did you mean {params}[{close[0]!r}]?)"
+    return text
 
 
 def undefined_name_advice(name: str, tunables: frozenset[str] = frozenset(), *, where: str = "",

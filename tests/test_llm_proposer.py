@@ -775,3 +775,70 @@ def test_the_campaigns_dry_run_reports_a_run_time_failure_and_passes_a_sound_fil
     assert broken != baseline_path("fixed_chunk").read_text()
     reasons = dry_run(broken)
     assert reasons and "replica 4 does not exist" in " ".join(reasons), reasons
+
+
+def _diagnosis(worst: str | None):
+    """A parent's diagnosis losing 60 % on ``worst`` and 20 % on the inter-token tail (None:
+    level with the baseline everywhere)."""
+    from autotuner.diagnose import Diagnosis, Figure, WorkloadDiagnosis
+
+    figures = [Figure("tbt_tail", 0.06 if worst else 0.05, 0.05),
+               Figure("imbalance", 0.1, 0.1), Figure("preemptions", 0.1, 0.1)]
+    if worst:
+        figures = [f if f.axis != worst else Figure(worst, 0.16, 0.1) for f in figures]
+    return Diagnosis("c0007", "fixed_chunk", "train", tuple(
+        WorkloadDiagnosis(label, 0.0, (1.0,), tuple(figures)) for label in ("chat/1", "mixed/1")))
+
+
+def test_each_request_names_one_idea_from_the_diagnosis_else_in_turn():
+    """'Improve the parent' alone let a small model send the parent back; each request names
+    one change, chosen deterministically, in the API's own field names."""
+    import re
+
+    from autotuner.api_views import views
+    from autotuner.proposers.prompt import DIRECTIONS, direction
+
+    builder = PromptBuilder()
+    req = request()
+    ideas = [builder.user(req, number=n).split("idea: ", 1)[1].split("\n", 1)[0]
+             for n in range(1, len(DIRECTIONS) + 2)]
+    assert ideas[:-1] == list(DIRECTIONS.values()) and ideas[-1] == ideas[0]  # in turn
+    assert builder.user(req, number=3) == builder.user(req, number=3)
+    # The worst measured axis picks it, whatever the number; a parent level with the baseline
+    # (nothing material) falls back to the turn.
+    for axis in ("imbalance", "preemptions"):
+        assert direction(_diagnosis(axis), 5) == DIRECTIONS[axis]
+    assert direction(_diagnosis(None), 2) == list(DIRECTIONS.values())[1]
+    # Dropping the table to fit the cap keeps the idea the table chose.
+    diagnosed = replace(req, parent=replace(req.parent, diagnosis=_diagnosis("preemptions")))
+    tight = builder.fit(diagnosed, 1200, number=1)
+    assert "diagnostics" in tight.dropped
+    assert f"idea: {DIRECTIONS['preemptions']}" in tight.messages[1]["content"]
+    # Every field an idea names exists on a view the policy is given.
+    fields = {name for view in views().values() for name in view.field_names}
+    for idea in DIRECTIONS.values():
+        named = set(re.findall(r"\b[a-z]+_[a-z_]+\b", idea)) | set(
+            re.findall(r"\b(?:replica|cluster|r|req)\.(\w+)", idea))
+        assert named <= fields, (idea, named - fields)
+
+
+def test_a_refusal_goes_back_beside_the_line_it_names_and_repairs_sample_hotter(server):
+    from autotuner.proposers.llm.proposer import REPAIR_TEMPERATURE_MAX, REPAIR_TEMPERATURE_STEP
+
+    def where_sorted(code: str) -> list[str]:
+        return [f"line {n}: sorted() is not allowed here"
+                for n, line in enumerate(code.splitlines(), 1) if "sorted(" in line]
+
+    server.push(*[ok(fenced(code)) for code in _variants(3)])
+    proposer(server, max_check_retries=2, temperature=0.8).propose(request(), where_sorted)
+    fix = server.requests[1].messages[-1]["content"]
+    assert "that line: `for req in sorted(replica.waiting, key=lambda r: r.remaining):`" in fix
+    temps = [r.body["temperature"] for r in server.requests]
+    assert temps == pytest.approx([0.8, 0.8 + REPAIR_TEMPERATURE_STEP,
+                                   min(0.8 + 2 * REPAIR_TEMPERATURE_STEP,
+                                       REPAIR_TEMPERATURE_MAX)])
+    # A reply without code has no line to show; a temperature above the ceiling is left alone.
+    assert "that line" not in PromptBuilder().fix(["no python block"], None)
+    server.push(*[ok(fenced(code)) for code in _variants(2)])
+    proposer(server, max_check_retries=1, temperature=1.5).propose(request(), no_sorting)
+    assert [r.body["temperature"] for r in server.requests[3:]] == [1.5, 1.5]

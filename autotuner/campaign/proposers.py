@@ -39,7 +39,7 @@ def make_proposer(cfg: CampaignConfig, spent: Mapping[str, float] | None = None
 
 
 def sandbox_dry_run(cfg: CampaignConfig) -> CheckFn:
-    """A proposal's first run, on a few dozen requests of the first scenario, in the sandbox and
+    """A proposal's first run, on a few dozen requests of each scenario, in the sandbox and
     replayed like every evaluation, before the proposal is accepted: a file that raises or makes
     an illegal decision goes back to the model with the reason (line, expression, rule) while
     its repair loop can still fix it, for the cost of one small run instead of a screen that
@@ -47,13 +47,18 @@ def sandbox_dry_run(cfg: CampaignConfig) -> CheckFn:
     from autotuner.scoring import Instance, build_workload, horizon_for, sandboxed_evaluation
 
     def dry_run(code: str) -> list[str]:
-        if not cfg.workloads.scenarios:
-            return []  # traces only: the screen is the first run
-        wl = build_workload(Instance(cfg.workloads.scenarios[0], cfg.seed, DRY_RUN_REQUESTS))
+        # Every scenario, not only the first: a budget that ignores max_batch_tokens passed 40
+        # chat requests and failed on multiturn's long prompts, after the repair loop was over.
+        # Each run is a fraction of a second; a model call is minutes.
         slo = cfg.slo.slo()
-        ev = sandboxed_evaluation(code, {}, cfg.cluster.spec(), wl, slo, horizon_for(wl, slo),
-                                  cfg.sandbox, "proposal (dry run)", warm=True)
-        return [] if ev.ok else (list(ev.reasons) or [ev.verdict])
+        for scenario in cfg.workloads.scenarios:  # none (traces only): the screen is the first
+            wl = build_workload(Instance(scenario, cfg.seed, DRY_RUN_REQUESTS))
+            ev = sandboxed_evaluation(code, {}, cfg.cluster.spec(), wl, slo,
+                                      horizon_for(wl, slo), cfg.sandbox,
+                                      f"proposal (dry run, {scenario})", warm=True)
+            if not ev.ok:
+                return list(ev.reasons) or [ev.verdict]
+        return []
 
     return dry_run
 

@@ -24,7 +24,7 @@ import jinja2
 
 from autotuner.api_views import point_views
 from autotuner.check import ALLOWED_MODULES, REFUSED_BUILTINS
-from autotuner.diagnose import diagnosis_table
+from autotuner.diagnose import Diagnosis, diagnosis_table
 from autotuner.policy import PARSE_LOCK
 from autotuner.proposers.base import ParentInfo, ProposalRequest
 from autotuner.resources import asset_dir
@@ -90,6 +90,51 @@ def strip_docstrings(code: str) -> str:
         return code
     kept = [line for i, line in enumerate(code.splitlines(keepends=True), 1) if i not in drop]
     return "".join(kept)
+
+
+# One concrete idea per request. "Improve the parent" alone let a 1.5B model send the parent back
+# unchanged or rename its constants; a single named change, in the API's own field names, gives it
+# something to write. Keyed by the diagnosis axis it addresses; requests without a diagnosis
+# (the baseline, or runs cached before diagnostics) take them in turn by proposal number.
+DIRECTIONS: dict[str, str] = {
+    "imbalance": ("route: the r in cluster.replicas with least r.waiting_tokens - "
+                  "r.prefix_hit_tokens"),
+    "tbt_tail": "partition: a smaller budget as replica.decodes and replica.decode_context grow",
+    "ttft_tail": ("partition: fewest req.remaining first, plus a bonus for replica.now - "
+                  "req.arrival"),
+    "preemptions": "partition: chunks under a share of replica.kv_free_tokens",
+    "cache_hits": ("route: the r in cluster.replicas with most r.prefix_hit_tokens, unless its "
+                   "r.waiting_tokens is far above the least"),
+    "chunk_cap": "partition: cap one req's chunk at a share of the budget (a new tunable)",
+}
+
+
+def direction(diagnosis: Diagnosis | None, number: int) -> str:
+    """The idea one request asks for: the parent's worst measured axis when it loses on one
+    (summed material losses over workloads), else the ``number``-th of ``DIRECTIONS``."""
+    worst: dict[str, float] = {}
+    for w in diagnosis.workloads if diagnosis is not None else ():
+        for f in w.losses():
+            if f.axis in DIRECTIONS:
+                worst[f.axis] = worst.get(f.axis, 0.0) + f.loss
+    if worst:
+        return DIRECTIONS[max(sorted(worst), key=lambda a: worst[a])]
+    ideas = list(DIRECTIONS.values())
+    return ideas[(number - 1) % len(ideas)]
+
+
+_LINE_REASON = re.compile(r"\bline (\d+)\b")
+
+
+def offending_line(reason: str, code: str | None) -> str:
+    """The source line a reason names ("line N: ..." from the check, "... at line N: ..."
+    from a dry run), stripped ("" when none)."""
+    match = _LINE_REASON.search(reason)
+    if code is None or match is None:
+        return ""
+    lines = code.splitlines()
+    number = int(match.group(1))
+    return lines[number - 1].strip() if 1 <= number <= len(lines) else ""
 
 
 def _fmt(value: Any) -> str:
@@ -207,7 +252,10 @@ class PromptBuilder:
         """The parent's code as the model sees it, and as its edits apply: no docstrings."""
         return strip_docstrings(request.parent.code)
 
-    def user(self, request: ProposalRequest) -> str:
+    def user(self, request: ProposalRequest, number: int = 1, idea: str | None = None) -> str:
+        """``number``: the proposal's running number, which picks the idea when the parent
+        has no diagnosis to pick it by; ``idea`` overrides the pick (``fit`` keeps the one the
+        diagnosis chose after dropping the table)."""
         parent = request.parent
         table = None
         if parent.diagnosis is not None and parent.diagnosis.workloads:
@@ -223,23 +271,26 @@ class PromptBuilder:
             notes=request.notes,
             table=table,
             parent_is_baseline=parent.candidate_id == BASELINE_CANDIDATE,
+            idea=idea or direction(parent.diagnosis, number),
         )
 
-    def messages(self, request: ProposalRequest, notes: bool = True) -> list[dict[str, str]]:
+    def messages(self, request: ProposalRequest, notes: bool = True, number: int = 1,
+                 idea: str | None = None) -> list[dict[str, str]]:
         """The opening system + user messages for a request, whole."""
         return [
             {"role": "system", "content": self.system(request, notes)},
-            {"role": "user", "content": self.user(request)},
+            {"role": "user", "content": self.user(request, number, idea)},
         ]
 
-    def fit(self, request: ProposalRequest, cap: int | None) -> FittedPrompt:
+    def fit(self, request: ProposalRequest, cap: int | None, number: int = 1) -> FittedPrompt:
         """The opening messages held under ``cap`` estimated tokens (None: no cap). Drops the
         last inspiration first, one at a time, then the API's field meanings, then the
         parent's diagnostics table; what is left is sent even when still over (the parent and
         the API's names cannot go)."""
         dropped: list[str] = []
         notes = True
-        msgs = self.messages(request)
+        idea = direction(request.parent.diagnosis, number)
+        msgs = self.messages(request, number=number, idea=idea)
         while cap is not None and messages_tokens(msgs) > cap:
             if request.inspirations:
                 dropped.append(f"inspiration {request.inspirations[-1].candidate_id}")
@@ -252,9 +303,12 @@ class PromptBuilder:
                 request = replace(request, parent=replace(request.parent, diagnosis=None))
             else:
                 break
-            msgs = self.messages(request, notes)
+            msgs = self.messages(request, notes, number, idea)
         return FittedPrompt(msgs, messages_tokens(msgs), tuple(dropped))
 
     def fix(self, reasons: Sequence[str], code: str | None) -> str:
-        """The message that sends an unusable reply or a refused file back with the reasons."""
-        return self._env.get_template("fix.j2").render(reasons=list(reasons), code=code)
+        """The message that sends an unusable reply or a refused file back with the reasons,
+        each beside the line of the file it names: a small model told only "line 34" rewrote
+        other lines, or sent the same file back."""
+        return self._env.get_template("fix.j2").render(
+            reasons=[(r, offending_line(r, code)) for r in reasons], code=code)

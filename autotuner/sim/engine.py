@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
+import sysconfig
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -90,6 +92,27 @@ class ClusterSpec:
     @property
     def num_gpus(self) -> int:
         return self.tp * self.replicas
+
+
+# Frames of these trees are the simulator's or the interpreter's, not the policy's.
+_NOT_POLICY = tuple({os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                     *(sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "platstdlib",
+                                                                   "purelib", "platlib"))})
+
+
+def raised(exc: BaseException) -> str:
+    """What a policy's exception is called in a PolicyError: its type, its text, and the line
+    of the policy's code it came from ("KeyError: 'now'" alone sent a small model looking at
+    the wrong line). The line is the deepest frame outside the simulator and the
+    interpreter's libraries, so an error inside statistics.mean names the policy's call."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_NOT_POLICY):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f" (at line {line})" if line is not None else ""
+    return f"raised {type(exc).__name__}: {exc}{where}"
 
 
 class Policy(Protocol):
@@ -345,7 +368,7 @@ class _Simulation:
         except PolicyError:
             raise
         except Exception as exc:  # the policy's own bug: a result, not a crash
-            raise PolicyError(decision, f"raised {type(exc).__name__}: {exc}") from None
+            raise PolicyError(decision, raised(exc)) from None
         r = coerce_route(raw, len(self.reps), decision)
         rep = self.reps[r]
         self.where[i] = r
@@ -460,7 +483,7 @@ class _Simulation:
         except PolicyError:
             raise
         except Exception as exc:
-            raise PolicyError(decision, f"raised {type(exc).__name__}: {exc}") from None
+            raise PolicyError(decision, raised(exc)) from None
         budget, chunks = coerce_partition(raw, decision)
         total = self._validate_chunks(rep, chunks, decision)
         if total and total > budget - n:

@@ -170,11 +170,13 @@ class ChatClient:
 
     def call(self, messages: Sequence[Mapping[str, str]], *, retries: int | None = None,
              max_wait_s: float | None = None, timeout_s: float | None = None,
-             max_tokens: int | None = None, charge: bool = True) -> ChatReply:
+             max_tokens: int | None = None, charge: bool = True,
+             temperature: float | None = None) -> ChatReply:
         """One chat completion; raises EndpointError once retries are spent or not allowed.
 
         The keywords exist for ``preflight``: fewer retries, shorter waits, a shorter timeout
-        per try, a small reply, and no charge to the budget.
+        per try, a small reply, and no charge to the budget; ``temperature`` replaces the
+        configured one for this call (the repair loop's, see ``LLMProposer``).
         """
         import openai
 
@@ -195,7 +197,7 @@ class ChatClient:
             wait: float | None = None
             try:
                 response = client.chat.completions.create(
-                    **self._request_args(messages, max_tokens))
+                    **self._request_args(messages, max_tokens, temperature))
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 detail = self.scrub(_error_message(exc))
@@ -240,13 +242,15 @@ class ChatClient:
         return f"{self.endpoint} answered a test request in {time.monotonic() - t0:.1f} s"
 
     def _request_args(self, messages: Sequence[Mapping[str, str]],
-                      max_tokens: int | None = None) -> dict[str, Any]:
+                      max_tokens: int | None = None,
+                      temperature: float | None = None) -> dict[str, Any]:
         cfg = self.config
         kwargs: dict[str, Any] = {"model": self.model, "messages": list(messages)}
         with self._lock:
             drop_temperature, token_param = self._drop_temperature, self._token_param
-        if cfg.temperature is not None and not drop_temperature:
-            kwargs["temperature"] = cfg.temperature
+        temperature = cfg.temperature if temperature is None else temperature
+        if temperature is not None and not drop_temperature:
+            kwargs["temperature"] = temperature
         if max_tokens is not None or cfg.max_tokens is not None:
             kwargs[token_param] = max_tokens or cfg.max_tokens
         if cfg.extra_body:

@@ -34,6 +34,11 @@ from autotuner.proposers.prompt import PromptBuilder, brief, messages_tokens
 log = logging.getLogger(__name__)
 
 REPEATED = "the reply repeated the previous attempt"
+# Each repair call samples this much hotter than the last (up to REPAIR_TEMPERATURE_MAX): a small
+# model shown its own refused file and the reasons sent the same bytes back at the configured
+# temperature, and a repeat ends the dialogue.
+REPAIR_TEMPERATURE_STEP = 0.15
+REPAIR_TEMPERATURE_MAX = 1.1
 
 
 @dataclass(frozen=True)
@@ -236,7 +241,7 @@ class LLMProposer:
 
     def _open(self, request: ProposalRequest, number: int) -> _Dialogue:
         cap = self.config.prompt_token_cap or None
-        fitted = self.prompts.fit(request, cap)
+        fitted = self.prompts.fit(request, cap, number)
         if fitted.dropped:
             log.info("prompt over %s tokens: left out %s", cap, ", ".join(fitted.dropped))
         base = self.prompts.shown_parent(request)
@@ -268,7 +273,8 @@ class LLMProposer:
             self._report(talk, "asking", estimate)
             started = time.monotonic()
             try:
-                reply = self.client.call(talk.messages)
+                reply = self.client.call(talk.messages,
+                                         temperature=self._temperature(talk.attempts))
             except EndpointError as exc:
                 reason = str(exc)
                 if not reason.startswith("budget exhausted"):
@@ -297,6 +303,14 @@ class LLMProposer:
             return talk.result(None, f"check rejected after {talk.attempts} attempts: {summary}")
         n = talk.attempts
         return talk.result(None, summary if n == 1 else f"{summary} (after {n} attempts)")
+
+    def _temperature(self, attempt: int) -> float | None:
+        """The sampling temperature of the ``attempt``-th call (None: the endpoint's)."""
+        base = self.config.temperature
+        if base is None or attempt <= 1 or base >= REPAIR_TEMPERATURE_MAX:
+            return base
+        return round(min(base + REPAIR_TEMPERATURE_STEP * (attempt - 1),
+                         REPAIR_TEMPERATURE_MAX), 3)
 
     def _review(
         self, reply: ChatReply, talk: _Dialogue, check: CheckFn
