@@ -257,3 +257,20 @@ def test_every_finalist_is_gated_even_when_the_wall_time_is_spent(tmp_path):
         assert len(finalists) == 2
         for cand in finalists:
             assert cand.validation_score > 0 and cand.gate, (cand.id, cand.status, out)
+
+
+def test_a_finalist_that_scores_exactly_as_a_better_ranked_one_is_not_gated_again(tmp_path):
+    """Two programs that differ only in code no run reaches make the same decisions: the
+    second is passed over for a finalist slot (and said so), and the next distinct candidate
+    takes it."""
+    twin_a = marked("# scaled on multiturn by 1.6")
+    twin_b = twin_a.replace("NOTE = ", "LABEL = 'twin'\nNOTE = ", 1)
+    other = marked("# scaled on chat by 1.3")
+    folder, out = campaign(tmp_path, "twins", [twin_a, twin_b, other], **{
+        "budget.proposals": 3, "search.finalists": 2})
+    assert "c0002 is not a finalist: it scores exactly as c0001 on every training instance" \
+        in out, out
+    with Archive(folder / "archive.sqlite") as archive:
+        a, b, c = (archive.get(i) for i in ("c0001", "c0002", "c0003"))
+        assert a.train_score == b.train_score > c.train_score > 0
+        assert a.gate and c.gate and not b.gate

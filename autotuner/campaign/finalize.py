@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from autotuner import archive as A
 from autotuner.archive import Candidate
@@ -72,7 +73,32 @@ def _finalists(state: CampaignState) -> list[Candidate]:
                            f"not a discovery (training {fmt_gain(copy.train_score)})")
     tuned = [c for c in tuned if c.promotable]
     tuned.sort(key=lambda c: -(c.train_score or 0.0))
-    return tuned[: state.cfg.search.finalists]
+    picked: list[Candidate] = []
+    seen: dict[tuple[Any, ...], str] = {}
+    for cand in tuned:
+        if len(picked) == state.cfg.search.finalists:
+            break
+        same = _training_signature(state, cand)
+        if same is not None and same in seen:
+            # the mutation changed code the runs never reach (or its effect cancels out): a
+            # second gate of the same decisions would spend the budget on nothing new
+            state.progress.log(f"{cand.label} is not a finalist: it scores exactly as "
+                               f"{seen[same]} on every training instance at every rate")
+            continue
+        if same is not None:
+            seen[same] = cand.id
+        picked.append(cand)
+    return picked
+
+
+def _training_signature(state: CampaignState, cand: Candidate) -> tuple[Any, ...] | None:
+    """The candidate's per-instance training scores, exactly (None when it has none): two
+    candidates alike in every one almost surely made the same decisions."""
+    assert state.archive is not None
+    by_instance = state.archive.scores(cand.id, "train").get("train", {})
+    if not by_instance:
+        return None
+    return tuple(sorted((label, score) for label, (score, _detail) in by_instance.items()))
 
 
 def _validate(state: CampaignState, baseline: Baseline, cand: Candidate) -> None:
