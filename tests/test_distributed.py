@@ -153,7 +153,7 @@ def _kill_first_ray_evaluation(killed: list[str], stop: threading.Event) -> None
         for line in ps.splitlines():
             pid, _, title = line.strip().partition(" ")
             if title.startswith("ray::evaluate-"):  # a worker's title names its task
-                time.sleep(0.3)  # well into the evaluation
+                time.sleep(0.05)  # into the evaluation (its title is set as it starts)
                 try:
                     still = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                     if still.decode(errors="replace").split()[:1] != title.split()[:1]:
@@ -176,7 +176,9 @@ def test_a_ray_worker_killed_mid_evaluation_loses_nothing(tmp_path, ray_cluster)
         pytest.skip(f"no sandbox backend works here: {exc}")
     connect_ray("auto")
     code = baseline_path("fixed_chunk").read_text()
-    jobs = [Job(code, {}, Instance("chat", seed, 60), kind="capacity") for seed in range(4)]
+    # long enough (a capacity search over 400 requests) that a quiet machine cannot finish a
+    # task between two looks of the killer
+    jobs = [Job(code, {}, Instance("chat", seed, 400), kind="capacity") for seed in range(4)]
     jobs.append(jobs[0])  # a duplicate within the batch runs once
     nodes: list[str] = []
     stored: list[int] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -81,6 +82,7 @@ def _probe(backend: str) -> dict[str, str]:
                   skip_check=True)
     assert ev.verdict == "failed"
     text = ev.reasons[0].split("PROBE ", 1)[1]
+    text = re.sub(r" \(at line \d+\)$", "", text)  # where in the file it raised
     return dict(item.split("=", 1) for item in text.split())
 
 
