@@ -349,8 +349,22 @@ def _fields_text(view: View) -> str:
     return ", ".join(view.field_names)
 
 
+# Names a model reaches for that the API spells otherwise: a replica's index is its field
+# `replica` (Qwen2.5-Coder-1.5B wrote `best.id` in 2 of 24 proposals and, told the fields of
+# ReplicaLoad, wrote it again: told the field by name, a repair has something to do).
+_SPELLED_OTHERWISE = {
+    ("ReplicaView", "id"): "replica", ("ReplicaView", "index"): "replica",
+    ("ReplicaLoad", "id"): "replica", ("ReplicaLoad", "index"): "replica",
+    ("ReplicaLoad", "idx"): "replica", ("ReplicaLoad", "replica_id"): "replica",
+    ("ReplicaView", "replica_id"): "replica",
+}
+
+
 def _elsewhere(attr: str, view: View) -> str:
     """Where a field of that name does exist, when it is on another view."""
+    spelled = _SPELLED_OTHERWISE.get((view.name, attr))
+    if spelled is not None:
+        return f" (its index is the field .{spelled}: write .{spelled} instead of .{attr})"
     others = [v for v in where_field(attr) if v.name != view.name]
     if not others:
         close = difflib.get_close_matches(attr, view.field_names, n=1, cutoff=0.6)

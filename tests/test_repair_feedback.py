@@ -7,6 +7,8 @@ now names its line, and the check refuses a params key that TUNABLES does not de
 
 from __future__ import annotations
 
+import pytest
+
 from autotuner.check import check_reasons
 from autotuner.policy import load_policy, read_policy_source
 from autotuner.proposers.prompt import PromptBuilder, offending_line
@@ -102,3 +104,13 @@ def test_a_tunable_read_as_a_field_is_told_to_read_params():
     (reason,) = check_reasons(PARENT.replace('hi = params["max_chunk"]', "hi = replica.max_chunk"))
     assert "which has no field 'max_chunk'" in reason
     assert reason.endswith("""'max_chunk' is a tunable: read it as params["max_chunk"]""")
+
+
+@pytest.mark.parametrize("expr", ["best.id", "best.index", "best.replica_id"])
+def test_a_replica_index_asked_for_by_another_name_is_told_the_field(expr: str) -> None:
+    code = ("TUNABLES = {}\n\n\ndef route(request, cluster, params):\n"
+            "    best = min(cluster.replicas, key=lambda r: r.waiting_tokens)\n"
+            f"    return {expr}\n")
+    (reason,) = check_reasons(code)
+    assert reason.startswith(f"line 6: '{expr}'")
+    assert "write .replica instead of" in reason
