@@ -264,6 +264,10 @@ def test_pooled_runs_are_judged_as_one_long_run_not_an_average_of_runs():
     # ...a backlog that grows in every run does
     growing = PooledRun((_run(1.0, 3000, growth=0.05), _run(1.0, 1000, growth=0.05)))
     assert growing.backlog_growth == pytest.approx(0.05) and not growing.meets(0.5)
+    # ...and a seed whose queue drains does not pay for one whose queue fills (measured: the
+    # long-prompt deferrer on mixed, 6k, one seed at 2.2x the limit, another at -0.0136)
+    cancelled = PooledRun((_run(1.0, 1000, growth=0.047), _run(1.0, 1000, growth=-0.047)))
+    assert cancelled.backlog_growth == pytest.approx(0.0235) and not cancelled.meets(0.5)
     assert not PooledRun((_run(1.0, 3000), _run(1.0, 1000, error="bad"))).meets(0.5)
     assert not PooledRun(()).meets(0.0)
 

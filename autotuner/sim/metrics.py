@@ -586,7 +586,10 @@ class PooledRun:
 
     @property
     def backlog_growth(self) -> float:
-        return self._pooled([r.backlog_growth for r in self.runs])
+        """Each run's growth, a draining run counted as steady: one seed's queue emptying says
+        nothing of another's filling (unclipped, the long-prompt deferrer on mixed at 6k had
+        one seed growing at 2.2x the limit cancelled by another draining, and passed)."""
+        return self._pooled([max(0.0, r.backlog_growth) for r in self.runs])
 
     @property
     def backlog_limit(self) -> float:
