@@ -27,12 +27,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autotuner.evaluate import evaluate
 from autotuner.isolation import available_backends, get_backend
 from autotuner.policy import PolicySource, load_policy, read_policy_file
 from autotuner.resources import asset_dir, baseline_path
 from autotuner.sim.engine import ClusterSpec, SimResult, simulate
-from autotuner.sim.metrics import SLO, capacity_pooled, slo_met
+from autotuner.sim.metrics import (
+    SLO,
+    CapacityResult,
+    PooledRun,
+    metrics_at,
+    search_capacity_settled,
+    slo_met,
+)
 from autotuner.sim.workload import Workload, make_workload
 from autotuner.simulation import WorkloadSpec, metrics_of
 
@@ -183,9 +192,26 @@ def length_policy_path(text: str) -> Path:
     return audit if audit.is_file() else baseline_path(text)
 
 
+def _capacity_at_length(source: PolicySource, scen: str, kind: str, n: int,
+                        seeds: Sequence[int], max_multiple: int, start: float | None
+                        ) -> CapacityResult:
+    """One length's capacity, pooling the seeds' runs at each probed rate (``PooledRun``),
+    checked on runs twice as long as the gate checks its own (``search_capacity_settled``)."""
+    cluster, slo = ClusterSpec(), SLO(kind=kind)
+
+    def probe_at(rate: float, multiple: int) -> PooledRun:
+        return PooledRun(tuple(
+            metrics_at(cluster, make_workload(scen, n * multiple, seed=seed),
+                       lambda: load_policy(source), slo, rate)
+            for seed in seeds), slo.max_backlog_growth)
+
+    hint = start or float(np.mean([make_workload(scen, n, seed=s).rate for s in seeds]))
+    return search_capacity_settled(probe_at, max(hint, 1e-3), 0.9, max_multiple=max_multiple)
+
+
 def capacity_against_length(sources: Sequence[PolicySource], scenarios: Sequence[str],
                             slo_kinds: Sequence[str], short: int, long_: int,
-                            seeds: Sequence[int],
+                            seeds: Sequence[int], max_multiple: int = 1, per_seed: bool = False,
                             on_row: Callable[[dict[str, Any]], None] | None = None
                             ) -> list[dict[str, Any]]:
     """Capacity at ``short`` and ``long_`` requests per policy, scenario and SLO kind, and the
@@ -193,28 +219,35 @@ def capacity_against_length(sources: Sequence[PolicySource], scenarios: Sequence
 
     With several ``seeds``, each length's capacity pools one run per seed at every probed rate
     (``capacity_pooled``), so the ratio compares run lengths rather than two samples of a
-    workload whose rare heavy requests or bursts differ by seed. Each policy runs at its file's
-    default parameters (the comparison is the same policy at two run lengths, not policies
-    against each other). The long search starts from the short one's capacity, which only saves
-    probes: the bisection still brackets it from both sides.
+    workload whose rare heavy requests or bursts differ by seed; ``per_seed`` instead finds each
+    seed's capacity on its own and takes their geometric mean, as the gate judges each held-out
+    instance on its own. ``max_multiple`` > 1 checks each capacity on a run twice as long, as
+    the gate does (``gate.capacity_max_multiple``); the row says how long the runs became. Each
+    policy runs at its file's default parameters (the comparison is the same policy at two run
+    lengths, not policies against each other). The long search starts from the short one's
+    capacity, which only saves probes: the bisection still brackets it from both sides.
     """
-    cluster = ClusterSpec()
     rows: list[dict[str, Any]] = []
+    groups = [[s] for s in seeds] if per_seed else [list(seeds)]
     for source in sources:
         for scen in scenarios:
             for kind in slo_kinds:
                 t0 = time.perf_counter()
                 caps: list[float] = []
+                multiples: list[list[int]] = []
                 for n in (short, long_):
-                    wls = [make_workload(scen, n, seed=seed) for seed in seeds]
-                    found = capacity_pooled(cluster, wls, lambda s=source: load_policy(s),
-                                            SLO(kind=kind),
-                                            start=caps[0] if caps and caps[0] > 0 else None)
-                    caps.append(found.rate)
+                    found = [_capacity_at_length(source, scen, kind, n, group, max_multiple,
+                                                 caps[0] if caps and caps[0] > 0 else None)
+                             for group in groups]
+                    rates = [f.rate for f in found]
+                    caps.append(float(np.exp(np.mean(np.log(rates)))) if min(rates) > 0
+                                else 0.0)
+                    multiples.append([f.multiple for f in found])
                 row = {"policy": Path(source.name).stem, "scenario": scen, "slo": kind,
-                       "seeds": list(seeds),
+                       "seeds": list(seeds), "per_seed": per_seed, "max_multiple": max_multiple,
                        "short": short, "long": long_, "capacity_short": caps[0],
                        "capacity_long": caps[1],
+                       "multiples_short": multiples[0], "multiples_long": multiples[1],
                        "ratio": caps[1] / caps[0] if caps[0] > 0 else float("nan"),
                        "seconds": time.perf_counter() - t0}
                 rows.append(row)

@@ -27,6 +27,7 @@ from autotuner.sim.metrics import (
     probe_horizon,
     run_metrics,
     search_capacity,
+    search_capacity_settled,
     slo_met,
 )
 from autotuner.sim.workload import Workload, make_workload
@@ -238,6 +239,44 @@ def test_capacity_needs_the_share_and_sustainability():
     assert found.at_capacity is not None and found.at_capacity.meets(0.9)
     found = search_capacity(_fake(accept_below=20.0, sustain_below=30.0), 10.0, 0.9)
     assert 19.0 < found.rate < 20.0
+
+
+def _by_length(capacity_at: dict[int, float]):
+    """A probe whose capacity falls with the run's length multiple, as a bursty workload's does
+    until the run outlasts its excursions; the calls made are kept."""
+    calls: list[tuple[float, int]] = []
+
+    def probe(rate: float, multiple: int) -> RunMetrics:
+        calls.append((rate, multiple))
+        return _fake(capacity_at[multiple], math.inf)(rate)
+    return probe, calls
+
+
+def test_a_capacity_that_holds_on_a_run_twice_as_long_costs_one_check():
+    probe, calls = _by_length({1: 40.0, 2: 40.0})
+    found = search_capacity_settled(probe, 10.0, 0.9, max_multiple=4)
+    assert 39.0 < found.rate < 40.0 and found.multiple == 1 and found.settled is True
+    assert [m for _, m in calls].count(2) == 1 and found.length_checks[0][:2] == (2, found.rate)
+
+
+def test_a_capacity_a_longer_run_refuses_is_searched_again_on_it():
+    probe, calls = _by_length({1: 40.0, 2: 36.0, 4: 34.0, 8: 34.0})
+    found = search_capacity_settled(probe, 10.0, 0.9, max_multiple=4)
+    assert 33.0 < found.rate < 34.0 and found.multiple == 4
+    assert found.settled is False  # the longest run allowed moved the rate: not verified
+    assert max(m for _, m in calls) == 4  # never longer than allowed
+    assert [c[0] for c in found.length_checks] == [2, 4]
+    settled = search_capacity_settled(probe, 10.0, 0.9, max_multiple=8)
+    assert settled.multiple == 4 and settled.settled is True and settled.rate == found.rate
+    plain = search_capacity_settled(_by_length({1: 40.0})[0], 10.0, 0.9)
+    assert plain.settled is None and plain.multiple == 1 and not plain.length_checks
+
+
+def test_a_policy_failing_on_the_longer_run_has_no_capacity():
+    def probe(rate: float, multiple: int) -> RunMetrics:
+        return _fake(40.0, math.inf)(rate) if multiple == 1 else _run(1.0, 10, error="boom")
+    found = search_capacity_settled(probe, 10.0, 0.9, max_multiple=2)
+    assert found.rate == 0.0 and found.error == "boom"
 
 
 def _run(attainment: float, window: int, growth: float = 0.0, resolution: float = 0.001,

@@ -15,6 +15,7 @@ from autotuner.scoring import (
     Job,
     LocalPool,
     execute_job,
+    extended,
     goodput_of,
     in_process,
     ladder_scores,
@@ -51,6 +52,7 @@ def test_job_key_covers_what_changes_the_result_and_nothing_else():
     assert cap.key() != key
     assert cap.key() != job(kind="capacity", rate=12.0).key()  # the hint changes the probes
     assert cap.key() != dataclasses.replace(cap, rel_tol=0.05).key()
+    assert cap.key() != dataclasses.replace(cap, max_multiple=4).key()
 
 
 # ------------------------------------------------------------------------------- results
@@ -68,13 +70,26 @@ def test_a_run_result_is_run_metrics_plus_seconds():
 
 def test_a_capacity_result_names_its_probes_and_the_run_at_capacity():
     out = execute_job(job(kind="capacity", rate=30.0), in_process)
-    assert set(out) == {"capacity", "probes", "at_capacity", "error", "seconds"}
+    assert set(out) == {"capacity", "probes", "at_capacity", "error", "seconds",
+                        "requests_multiple", "settled", "length_checks"}
+    assert out["requests_multiple"] == 1 and out["settled"] is None  # no length check asked
     assert out["error"] is None and out["capacity"] > 0
     assert all(len(p) == 3 for p in out["probes"])
     at = RunMetrics.from_dict(out["at_capacity"])
     assert at.meets(0.9) and at.rate == pytest.approx(out["capacity"], rel=1e-9)
     refused = [p for p in out["probes"] if p[0] > out["capacity"]]
     assert refused and all(att < 0.9 or not sus for _, att, sus in refused)
+
+
+def test_a_capacity_job_checks_its_rate_on_the_instance_extended_and_says_how_long_it_ran():
+    out = execute_job(job(kind="capacity", rate=30.0, max_multiple=2), in_process)
+    assert out["error"] is None and out["settled"] in (True, False)
+    (multiple, rate, *_), *_ = out["length_checks"]
+    assert multiple == 2 and rate >= out["capacity"]
+    at = RunMetrics.from_dict(out["at_capacity"])
+    assert at.requests == CHAT.requests * out["requests_multiple"]
+    assert extended(CHAT, 4) == Instance("chat", 1, 1600)
+    assert extended(Instance(None, 0, 400, "t.csv", (0.8, 1.0)), 2) is None  # a trace window
 
 
 def test_a_policy_failure_is_a_result_with_every_field():

@@ -11,6 +11,7 @@ from typing import Any
 
 from autotuner import bench, bench_campaign
 from autotuner.commands.common import EXIT_OK, CLIError, print_json
+from autotuner.config import GateConfig
 from autotuner.policy import read_policy_file
 from autotuner.sim.metrics import SLO_KINDS
 from autotuner.sim.workload import SCENARIOS
@@ -63,6 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated SLO kinds to compare (deadline, legacy)")
     g.add_argument("--seeds", default="1001", help="comma-separated workload seeds; with several, "
                    "each length's capacity pools one run per seed (default 1001)")
+    g.add_argument("--per-seed", action="store_true",
+                   help="with several --seeds: each seed's capacity on its own, then their "
+                        "geometric mean, as the gate judges each held-out instance")
+    g.add_argument("--max-multiple", type=int, default=GateConfig.capacity_max_multiple,
+                   metavar="M", help="check each capacity on a run twice as long, searching "
+                   "again on longer runs up to M times the length, as the gate does (default "
+                   f"{GateConfig.capacity_max_multiple}, gate.capacity_max_multiple; 1: the "
+                   "plain bisection)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -206,22 +215,30 @@ def _capacity_length(args: argparse.Namespace) -> int:
         raise CLIError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if not seeds or any(s < 0 for s in seeds):
         raise CLIError(f"--seeds needs at least one seed, none negative, got {args.seeds!r}")
+    if args.max_multiple not in (1, 2, 4, 8, 16):
+        raise CLIError(f"--max-multiple must be 1, 2, 4, 8 or 16, got {args.max_multiple}")
     sources = [read_policy_file(bench.length_policy_path(p))
                for p in (args.policy or bench.DEFAULT_LENGTH_POLICIES)]
 
     def show(row: dict[str, Any]) -> None:
+        grew = "/".join(",".join(f"x{m}" for m in ms)
+                        for ms in (row["multiples_short"], row["multiples_long"]))
         print(f"  {row['policy']:<16} {row['scenario']:<10} {row['slo']:<9} "
               f"{row['capacity_short']:9.2f} {row['capacity_long']:9.2f}  "
-              f"{row['ratio']:10.3f}  {row['seconds']:7.1f}", flush=True)
+              f"{row['ratio']:10.3f}  {row['seconds']:7.1f}  {grew}", flush=True)
 
     if not args.json:
+        how = (" each on its own, geometric mean" if args.per_seed else " pooled") \
+            if len(seeds) > 1 else ""
+        check = (f"each checked on a run twice as long, up to x{args.max_multiple}"
+                 if args.max_multiple > 1 else "no length check")
         print(f"capacity (req/s, share 0.9) at {short:,} and {long_:,} requests, "
-              f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-              f"{' pooled' if len(seeds) > 1 else ''}, 4 x llama-3-8b on h100; policies at their "
-              "default parameters")
+              f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}{how}, "
+              f"{check}; 4 x llama-3-8b on h100; policies at their default parameters")
         print(f"  {'policy':<16} {'scenario':<10} {'SLO':<9} {short:>9,} {long_:>9,}  "
-              f"{'long/short':>10}  {'seconds':>7}")
+              f"{'long/short':>10}  {'seconds':>7}  runs grew (short/long)")
     rows = bench.capacity_against_length(sources, scenarios, kinds, short, long_, seeds,
+                                         args.max_multiple, args.per_seed,
                                          on_row=None if args.json else show)
     if args.json:
         print_json(rows)

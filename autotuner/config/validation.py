@@ -291,6 +291,8 @@ def _validate_gate(cfg: CampaignConfig) -> None:
         _require(policy_file(ref).is_file(), "gate.references",
                  f"no reference policy {ref!r} (a name in baselines/ or a .py path)")
     _require(0 < g.capacity_rel_tol < 0.5, "gate.capacity_rel_tol", "must be in (0, 0.5)")
+    _require(g.capacity_max_multiple in (1, 2, 4, 8, 16), "gate.capacity_max_multiple",
+             "must be 1, 2, 4, 8 or 16 (the run doubles per check)")
 
 
 def _validate_sandbox(cfg: CampaignConfig) -> None:

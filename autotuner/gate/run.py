@@ -70,7 +70,7 @@ class PolicyRef:
 
 
 # The run metrics kept per instance in a gate result (what a reader checks a claim against).
-AT_CLAIM_FIELDS = ("rate", "attainment", "sustainable", "backlog_growth",
+AT_CLAIM_FIELDS = ("rate", "requests", "attainment", "sustainable", "backlog_growth",
                    "max_wait_over_deadline", "longest_wait_s", "unfinished", "starved",
                    "priority_inversions", "late_finish_share", "ttft_over_deadline_p99",
                    "goodput_rps", "goodput_tok_s", "throughput_tok_s", "jain_slowdown",

@@ -74,6 +74,7 @@ def params_text(params: Mapping[str, Any]) -> str:
 
 # Fairness beside capacity: what a share-of-requests capacity hides (run metrics keys).
 FAIRNESS_COLUMNS = (
+    ("requests", "run", "{:,d} req"),  # longer than the instance where its capacity was checked
     ("goodput_tok_s", "tok goodput", "{:,.0f}/s"),
     ("longest_wait_s", "longest wait", "{:.3g} s"),
     ("max_wait_over_deadline", "wait/deadline", "{:.3g}x"),

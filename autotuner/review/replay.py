@@ -147,7 +147,8 @@ def replay(spec: str, opts: ReplayOptions) -> dict[str, Any]:
                                                     opts.share))
     kind = "capacity" if opts.capacity else "run"
     jobs = [Job(code, params, inst, kind, opts.rate, cfg.cluster, cfg.slo, sandbox,
-                rel_tol=cfg.gate.capacity_rel_tol, name=name)
+                rel_tol=cfg.gate.capacity_rel_tol, name=name,
+                max_multiple=cfg.gate.capacity_max_multiple)
             for inst in insts
             for code, params, name in ((t.code, t.params, "policy.py"),
                                        (t.baseline_code, t.baseline_params, "baseline.py"))]

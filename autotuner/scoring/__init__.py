@@ -24,7 +24,14 @@ from autotuner.scoring.evaluator import (
     simulator_for,
 )
 from autotuner.scoring.executors import EXECUTORS, Executor, ExecutorUnavailable
-from autotuner.scoring.jobs import Instance, Job, build_workload, horizon_for, split_instances
+from autotuner.scoring.jobs import (
+    Instance,
+    Job,
+    build_workload,
+    extended,
+    horizon_for,
+    split_instances,
+)
 from autotuner.scoring.ladder import (
     FADE_MULTIPLE,
     MIN_RATIO,
@@ -56,6 +63,7 @@ __all__ = [
     "NoCache",
     "Simulator",
     "build_workload",
+    "extended",
     "capacity_jobs",
     "execute_job",
     "goodput_of",

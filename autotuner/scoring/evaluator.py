@@ -31,7 +31,7 @@ from autotuner.identity import sha256
 from autotuner.isolation import Backend, Limits, SandboxBroken, get_backend
 from autotuner.policy import PolicyFileError, read_policy_source
 from autotuner.scoring.executors import Executor, Store, longest_first
-from autotuner.scoring.jobs import Job, build_workload, horizon_for
+from autotuner.scoring.jobs import Job, build_workload, extended, horizon_for
 from autotuner.session import Session
 from autotuner.sim.engine import ClusterSpec
 from autotuner.sim.metrics import (
@@ -39,7 +39,7 @@ from autotuner.sim.metrics import (
     CapacityResult,
     RunMetrics,
     run_metrics,
-    search_capacity,
+    search_capacity_settled,
 )
 from autotuner.sim.workload import Workload
 from autotuner.simulation import run_policy
@@ -140,9 +140,14 @@ def simulator_for() -> Simulator:
     return sandboxed
 
 
-def run_at(job: Job, rate: float | None, simulator: Simulator) -> RunMetrics:
-    """The job's policy on its instance at ``rate`` (None: the instance's own)."""
-    base = build_workload(job.instance)
+def run_at(job: Job, rate: float | None, simulator: Simulator, multiple: int = 1
+           ) -> RunMetrics:
+    """The job's policy on its instance at ``rate`` (None: the instance's own), the instance
+    extended to ``multiple`` times its requests."""
+    inst = extended(job.instance, multiple)
+    if inst is None:
+        raise ValueError(f"{job.instance.label}: a trace window cannot be extended")
+    base = build_workload(inst)
     wl = base if rate is None else base.with_rate(rate)
     slo = job.slo.slo()
     return simulator(job.code, job.params, job.cluster.spec(), wl, slo, horizon_for(wl, slo),
@@ -160,8 +165,12 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
         out = run_at(job, job.rate, simulator).to_dict()
     elif job.kind == "capacity":
         start = job.rate or build_workload(job.instance).rate
-        found = search_capacity(lambda rate: run_at(job, rate, simulator), start, job.slo.share,
-                                job.rel_tol)
+        multiple = 1  # the longest run the instance can grow to, within the job's allowance
+        while 2 * multiple <= job.max_multiple and extended(job.instance, 2 * multiple):
+            multiple *= 2
+        found = search_capacity_settled(
+            lambda rate, m: run_at(job, rate, simulator, m), start, job.slo.share, job.rel_tol,
+            max_multiple=multiple)
         out = _capacity_row(found)
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
@@ -172,6 +181,8 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
 def _capacity_row(found: CapacityResult) -> dict[str, Any]:
     return {"error": found.error, "capacity": found.rate,
             "probes": [list(p) for p in found.probes],
+            "requests_multiple": found.multiple, "settled": found.settled,
+            "length_checks": [list(c) for c in found.length_checks],
             "at_capacity": found.at_capacity.to_dict() if found.at_capacity else None}
 
 

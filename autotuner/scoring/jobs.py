@@ -11,7 +11,7 @@ import functools
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from autotuner.config import CampaignConfig, ClusterConfig, SandboxConfig, SLOCo
 from autotuner.identity import evaluation_key, sha256
 from autotuner.sim.metrics import probe_horizon
 from autotuner.sim.traces import load_trace, window_seconds
-from autotuner.sim.workload import Workload, make_workload
+from autotuner.sim.workload import MAX_REQUESTS, Workload, make_workload
 
 
 # ------------------------------------------------------------------------------- instances
@@ -102,6 +102,17 @@ def _build_cached(inst: Instance) -> Workload:
     return make_workload(str(inst.scenario), inst.requests, seed=inst.seed)
 
 
+def extended(inst: Instance, multiple: int) -> Instance | None:
+    """The instance with ``multiple`` times its requests (same scenario and seed), or None
+    where it cannot grow: a trace window holds what it holds, and no workload is longer than
+    ``MAX_REQUESTS``."""
+    if multiple == 1:
+        return inst
+    if inst.trace or inst.requests * multiple > MAX_REQUESTS:
+        return None
+    return replace(inst, requests=inst.requests * multiple)
+
+
 def build_workload(inst: Instance) -> Workload:
     """The instance's requests at their own (generated or recorded) rate. Cached per process."""
     return _build_cached(inst)
@@ -141,6 +152,7 @@ class Job:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     rel_tol: float = 0.02
     name: str = "<policy>"
+    max_multiple: int = 1  # capacity: the longest run, as a multiple of the instance's requests
 
     def key(self) -> str:
         """Identity for the evaluation cache: everything that changes the result, and nothing
@@ -149,6 +161,8 @@ class Job:
                    "slo": asdict(self.slo)}
         if self.kind == "capacity":
             context["rel_tol"] = self.rel_tol
+            if self.max_multiple > 1:
+                context["max_multiple"] = self.max_multiple
             context["hint"] = None if self.rate is None else round(float(self.rate), 6)
         return evaluation_key(sha256(self.code), dict(self.params), self.instance.key(),
                               self.rate if self.kind == "run" else None, context)

@@ -64,7 +64,8 @@ def capacity_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Inst
                   name: str = "<policy>") -> list[Job]:
     return [
         Job(code, dict(params), inst, "capacity", (hints or {}).get(inst.label), cfg.cluster,
-            cfg.slo, cfg.sandbox, rel_tol=cfg.gate.capacity_rel_tol, name=name)
+            cfg.slo, cfg.sandbox, rel_tol=cfg.gate.capacity_rel_tol, name=name,
+            max_multiple=cfg.gate.capacity_max_multiple)
         for inst in instances
     ]
 
