@@ -91,9 +91,10 @@ def capacities(evaluator: Evaluator, cfg: CampaignConfig, policy: PolicyRef,
                instances: Sequence[Instance], candidate_id: str,
                hints: Mapping[str, float] | None = None, who: str = "baseline"
                ) -> dict[str, float]:
-    """Capacity per instance; a failure or a (near) zero capacity raises with one line."""
+    """Capacity per instance on the instances' own runs (it places the ladder's rungs, which
+    run there); a failure or a (near) zero capacity raises with one line."""
     results = evaluator.evaluate(capacity_jobs(policy.code, policy.params, instances, cfg, hints,
-                                               name=policy.name), candidate_id)
+                                               name=policy.name, checked=False), candidate_id)
     caps: dict[str, float] = {}
     for inst, res in zip(instances, results, strict=True):
         if res.get("error"):

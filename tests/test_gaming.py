@@ -53,7 +53,10 @@ STARVING = {
     "newest_first.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
     "sacrificial_replica.py": ("chat", 2000, SEEDS, {"tail", "capacity", "regression"}),
     "abandon_late.py": ("multiturn", 600, SEEDS, {"inversions", "tail", "capacity"}),
-    "cache_aware_newest_first.py": ("multiturn", 600, SEEDS, {"inversions", "tail"}),
+    # capacities checked on runs twice as long (gate.capacity_max_multiple): the baseline's tail
+    # at its capacity is then measured on 1,200-2,400-request runs, and this router's, on runs
+    # as long, is no worse; it overtakes overdue requests all the same
+    "cache_aware_newest_first.py": ("multiturn", 600, SEEDS, {"inversions"}),
     "starve_by_id.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
     "trickle_long.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity", "regression"}),
     "never_serve_long.py": ("chat", 400, (1001,), {"finished", "max_wait", "sustainable",
@@ -65,13 +68,14 @@ STARVING = {
 # gains most, so that where capacity alone cannot refuse it, the conditions on its claim must.
 HELDOUT = CORPUS / "heldout"
 HELD_BACK = {
-    "burst_triggered_sjf.py": ("mixed", 2000, SEEDS, {"inversions", "tail"}),
-    "newest_first_with_grace.py": ("multiturn", 600, SEEDS, {"inversions", "tail"}),
+    # (as cache_aware_newest_first above: its tail passes once both sides run longer)
+    "burst_triggered_sjf.py": ("mixed", 2000, SEEDS, {"inversions"}),
+    "newest_first_with_grace.py": ("multiturn", 600, SEEDS, {"inversions"}),
     "overdue_first_sjf.py": ("chat", 2000, SEEDS, {"inversions", "tail", "capacity"}),
     "router_overdue_first_sjf.py": ("mixed", 2000, SEEDS, {"inversions"}),
     "prompt_parity_deferral.py": ("mixed", 2000, SEEDS, {"inversions"}),
     "release_before_limit.py": ("mixed", 2000, SEEDS, {"inversions"}),
-    "prefill_blackout.py": ("multiturn", 600, SEEDS, {"max_wait", "finished"}),
+    "prefill_blackout.py": ("multiturn", 600, SEEDS, {"max_wait"}),
     "cold_prompts_replica.py": ("chat", 2000, SEEDS, {"tail", "capacity", "regression"}),
 }
 
@@ -153,7 +157,7 @@ def test_a_real_gain_padded_with_starvation_passes_capacity_but_not_its_claim(ev
     by_name = {c.name: c for c in result.conditions}
     assert by_name["capacity"].passed and result.baseline.lower_bound > 0.3
     assert by_name["regression"].passed
-    assert not by_name["inversions"].passed and not by_name["tail"].passed
+    assert not by_name["inversions"].passed and not result.passed
     assert "overtaken while overdue" in by_name["inversions"].figures
 
 

@@ -17,7 +17,7 @@ from autotuner.gate import (
     refusal_line,
     zero_capacity,
 )
-from autotuner.scoring import Evaluator, Instance
+from autotuner.scoring import Evaluator, Instance, run_lengths
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,16 @@ class Yardstick:
     def __init__(self, evaluator: Evaluator, cfg: CampaignConfig, baseline: PolicyRef,
                  instances: Sequence[Instance]):
         self.evaluator, self.cfg, self.instances = evaluator, cfg, list(instances)
-        caps, _, err = measure_capacities(evaluator, baseline, instances, cfg, None, "baseline")
+        caps, raw, err = measure_capacities(evaluator, baseline, instances, cfg, None, "baseline")
         if err:
             raise GateInputError(f"the tuned baseline fails on a held-out workload: {err}")
         if zero := zero_capacity(caps, cfg.gate.min_baseline_capacity):
             raise GateInputError(refusal_line(zero[0], caps[zero[0]], "tuned baseline", cfg))
-        self.base_caps = caps
+        self.base_caps, self.base_lengths = caps, run_lengths(raw)
 
     def gain(self, policy: PolicyRef, candidate_id: str, seed_offset: int = 0) -> Gain:
         caps, _, err = measure_capacities(self.evaluator, policy, self.instances, self.cfg,
-                                          self.base_caps, candidate_id)
+                                          self.base_caps, candidate_id, self.base_lengths)
         comp = compare(caps, self.base_caps, "baseline", self.cfg.gate,
                        self.cfg.seed + seed_offset)
         return Gain(comp.mean_gain, comp.lower_bound, caps, err)

@@ -20,7 +20,7 @@ from autotuner.gate.conditions import (
     regression_condition,
 )
 from autotuner.gate.statistics import Comparison, compare, family_gains
-from autotuner.scoring import Evaluator, Instance, Job, capacity_jobs
+from autotuner.scoring import Evaluator, Instance, Job, capacity_jobs, extended, run_lengths
 
 
 class GateInputError(ValueError):
@@ -79,10 +79,13 @@ AT_CLAIM_FIELDS = ("rate", "requests", "attainment", "sustainable", "backlog_gro
 
 def measure_capacities(evaluator: Evaluator, policy: PolicyRef, instances: Sequence[Instance],
                        cfg: CampaignConfig, hints: Mapping[str, float] | None,
-                       candidate_id: str | None
+                       candidate_id: str | None, lengths: Mapping[str, int] | None = None
                        ) -> tuple[dict[str, float], dict[str, Any], str | None]:
-    """Capacity per instance (label -> req/s), the raw results, and the first error."""
-    jobs = capacity_jobs(policy.code, policy.params, instances, cfg, hints, name=policy.name)
+    """Capacity per instance (label -> req/s), the raw results, and the first error.
+    ``lengths``: the run lengths the baseline's capacities were found on (``run_lengths``),
+    where each search starts, so both sides of a comparison are judged on runs as long."""
+    jobs = capacity_jobs(policy.code, policy.params, instances, cfg, hints, name=policy.name,
+                         lengths=lengths)
     results = evaluator.evaluate(jobs, candidate_id)
     caps, raw, error = {}, {}, None
     for inst, res in zip(instances, results, strict=True):
@@ -111,7 +114,8 @@ def _fairness(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def measure_references(evaluator: Evaluator, cfg: CampaignConfig, references: Sequence[PolicyRef],
-                       instances: Sequence[Instance], base_caps: Mapping[str, float]
+                       instances: Sequence[Instance], base_caps: Mapping[str, float],
+                       base_lengths: Mapping[str, int] | None = None
                        ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """Held-out capacities of the tuned references (cached after the first gate), and a table
     of each one's figures against the tuned baseline."""
@@ -120,7 +124,7 @@ def measure_references(evaluator: Evaluator, cfg: CampaignConfig, references: Se
     for k, ref in enumerate(references):
         stem = Path(ref.name).stem
         caps, _, err = measure_capacities(evaluator, ref, instances, cfg, base_caps,
-                                          f"reference-{stem}")
+                                          f"reference-{stem}", base_lengths)
         comp = compare(caps, base_caps, "baseline", cfg.gate, cfg.seed + 11 + k)
         table[stem] = {"params": dict(ref.params), "mean_gain": comp.mean_gain,
                        "lower_bound": comp.lower_bound, "error": err}
@@ -152,14 +156,15 @@ def run_gate(
         raise GateInputError(f"the tuned baseline fails on a held-out workload: {base_err}")
     if zero := zero_capacity(base_caps, gate.min_baseline_capacity):
         raise GateInputError(refusal_line(zero[0], base_caps[zero[0]], "tuned baseline", cfg))
+    base_lengths = run_lengths(base_raw)
     cand_caps, cand_raw, cand_err = measure_capacities(evaluator, candidate, instances, cfg,
-                                                       base_caps, candidate_id)
+                                                       base_caps, candidate_id, base_lengths)
     families = {i.label: i.family for i in instances}
     conditions: list[Condition] = []
     if cand_err:
         conditions.append(Condition("evaluation", False, f"evaluation failed: {cand_err}"))
     judged, at_claim, no_claim = _claims(evaluator, cfg, candidate, candidate_id, instances,
-                                         cand_caps, cand_raw, base_caps)
+                                         cand_caps, cand_raw, base_caps, base_lengths)
     conditions += claim_conditions(
         judged, at_claim, {k: v.get("at_capacity") or {} for k, v in base_raw.items()},
         cfg.slo.share, gate, no_claim)
@@ -168,14 +173,15 @@ def run_gate(
                                          gate.confidence))
     per_family = family_gains(comparisons[0], families)
     conditions.append(regression_condition(per_family, gate.regression_tolerance))
-    ref_caps, ref_table = measure_references(evaluator, cfg, references, instances, base_caps)
+    ref_caps, ref_table = measure_references(evaluator, cfg, references, instances, base_caps,
+                                             base_lengths)
     best_ref = max(ref_caps, key=lambda s: ref_table[s]["mean_gain"], default=None)
     ref_comp, ref_condition = _reference_condition(cfg, cand_caps, ref_caps, ref_table, best_ref)
     comparisons += [ref_comp] if ref_comp is not None else []
     conditions.append(ref_condition)
     if promoted is not None:
         prom_caps, _, prom_err = measure_capacities(evaluator, promoted, instances, cfg,
-                                                    base_caps, promoted_id)
+                                                    base_caps, promoted_id, base_lengths)
         if not prom_err:
             comp = compare(cand_caps, prom_caps, promoted_id or "promoted", gate, cfg.seed + 1)
             comparisons.append(comp)
@@ -216,7 +222,8 @@ def _reference_condition(cfg: CampaignConfig, cand_caps: Mapping[str, float],
 
 def _claims(evaluator: Evaluator, cfg: CampaignConfig, candidate: PolicyRef, candidate_id: str,
             instances: Sequence[Instance], cand_caps: Mapping[str, float],
-            cand_raw: Mapping[str, Any], base_caps: Mapping[str, float]
+            cand_raw: Mapping[str, Any], base_caps: Mapping[str, float],
+            base_lengths: Mapping[str, int]
             ) -> tuple[dict[str, float], dict[str, dict[str, Any]], list[str]]:
     """The rate each instance is judged at, the run there, and the instances without a claim.
 
@@ -225,8 +232,9 @@ def _claims(evaluator: Evaluator, cfg: CampaignConfig, candidate: PolicyRef, can
     judged = dict(cand_caps)
     at_claim = {k: dict(v.get("at_capacity") or {}) for k, v in cand_raw.items()}
     lost = [i for i in instances if cand_caps[i.label] <= 0 and not cand_raw[i.label].get("error")]
-    runs = [Job(candidate.code, dict(candidate.params), i, "run", base_caps[i.label], cfg.cluster,
-                cfg.slo, cfg.sandbox, name=candidate.name) for i in lost]
+    runs = [Job(candidate.code, dict(candidate.params),
+                extended(i, base_lengths.get(i.label, 1)) or i, "run", base_caps[i.label],
+                cfg.cluster, cfg.slo, cfg.sandbox, name=candidate.name) for i in lost]
     for inst, res in zip(lost, evaluator.evaluate(runs, candidate_id) if runs else [],
                          strict=True):
         judged[inst.label], at_claim[inst.label] = base_caps[inst.label], res

@@ -104,7 +104,7 @@ def _measure_subject(m: Measurer, pick: Subject, base_meta: dict[str, Any]) -> _
     except Exception as exc:  # noqa: BLE001 - a missing diff must not sink the report
         diff = f"(no diff: {exc})"
     m.log(f"held-out capacity of {label}")
-    subject = m.capacities(subject, insts, baseline.caps)
+    subject = m.capacities(subject, insts, baseline.caps, baseline.lengths)
     return _Measured(insts, baseline, subject, info, diff)
 
 
@@ -127,7 +127,7 @@ def _references(m: Measurer, base_meta: dict[str, Any], baseline: Policy,
                            note=f"tuned by {tuned['by']}; training objective "
                                 f"{pct(tuned.get('value'))}"))
     m.log(f"held-out capacity of {len(refs)} reference policies on {len(ref_insts)} instances")
-    return [m.capacities(r, ref_insts, baseline.caps) for r in refs], ref_insts
+    return [m.capacities(r, ref_insts, baseline.caps, baseline.lengths) for r in refs], ref_insts
 
 
 def _recorded(pick: Subject) -> dict[str, Any] | None:

@@ -155,9 +155,12 @@ class Measurer:
 
     # -- through the evaluator ------------------------------------------------------------
     def capacities(self, pol: Policy, insts: Sequence[Instance],
-                   hints: Mapping[str, float] | None) -> Policy:
-        """``pol`` with its held-out capacities (``hints``: first brackets, by label)."""
-        jobs = capacity_jobs(pol.code, pol.params, insts, self.cfg, hints, name=f"{pol.key}.py")
+                   hints: Mapping[str, float] | None,
+                   lengths: Mapping[str, int] | None = None) -> Policy:
+        """``pol`` with its held-out capacities (``hints``: first brackets, ``lengths``: the
+        baseline's run lengths, by label: the gate's jobs, so its cached results)."""
+        jobs = capacity_jobs(pol.code, pol.params, insts, self.cfg, hints, name=f"{pol.key}.py",
+                             lengths=lengths)
         results = self.evaluator.evaluate(jobs, pol.key)
         return pol.measured({i.label: r for i, r in zip(insts, results, strict=True)})
 

@@ -78,6 +78,7 @@ class Policy:
     caps: Mapping[str, float] = field(default_factory=dict)
     at_capacity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     error: str | None = None
+    lengths: Mapping[str, int] = field(default_factory=dict)  # run length each was found on
 
     def measured(self, results: Mapping[str, Mapping[str, Any]]) -> Policy:
         """This policy with capacity job results (instance label -> result) taken in."""
@@ -86,7 +87,9 @@ class Policy:
                        caps={k: float(r.get("capacity") or 0.0) for k, r in results.items()},
                        at_capacity={k: dict(r.get("at_capacity") or {})
                                     for k, r in results.items()},
-                       error=errors[0] if errors else None)
+                       error=errors[0] if errors else None,
+                       lengths={k: int(r.get("requests_multiple") or 1)
+                                for k, r in results.items()})
 
 
 @dataclass(frozen=True)

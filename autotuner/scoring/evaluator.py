@@ -170,7 +170,7 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
             multiple *= 2
         found = search_capacity_settled(
             lambda rate, m: run_at(job, rate, simulator, m), start, job.slo.share, job.rel_tol,
-            max_multiple=multiple)
+            max_multiple=multiple, first_multiple=job.first_multiple)
         out = _capacity_row(found)
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")

@@ -153,6 +153,7 @@ class Job:
     rel_tol: float = 0.02
     name: str = "<policy>"
     max_multiple: int = 1  # capacity: the longest run, as a multiple of the instance's requests
+    first_multiple: int = 1  # capacity: the run length the search starts on (same unit)
 
     def key(self) -> str:
         """Identity for the evaluation cache: everything that changes the result, and nothing
@@ -163,6 +164,8 @@ class Job:
             context["rel_tol"] = self.rel_tol
             if self.max_multiple > 1:
                 context["max_multiple"] = self.max_multiple
+            if self.first_multiple > 1:
+                context["first_multiple"] = self.first_multiple
             context["hint"] = None if self.rate is None else round(float(self.rate), 6)
         return evaluation_key(sha256(self.code), dict(self.params), self.instance.key(),
                               self.rate if self.kind == "run" else None, context)

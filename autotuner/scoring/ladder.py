@@ -61,13 +61,26 @@ def ladder_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instan
 
 def capacity_jobs(code: str, params: Mapping[str, Any], instances: Sequence[Instance],
                   cfg: CampaignConfig, hints: Mapping[str, float] | None = None,
-                  name: str = "<policy>") -> list[Job]:
+                  name: str = "<policy>", lengths: Mapping[str, int] | None = None,
+                  checked: bool = True) -> list[Job]:
+    """One capacity search per instance. ``hints``: first brackets by label; ``lengths``: the
+    run length (multiple of the instance's requests) each search starts on, e.g. the one the
+    baseline's capacity was found on, so a policy compared with it is judged on runs at least
+    as long (``run_lengths``). ``checked``: each capacity checked on longer runs up to
+    ``gate.capacity_max_multiple`` (a claim); unchecked where it only places the ladder's rungs
+    on the instance's own runs."""
     return [
         Job(code, dict(params), inst, "capacity", (hints or {}).get(inst.label), cfg.cluster,
             cfg.slo, cfg.sandbox, rel_tol=cfg.gate.capacity_rel_tol, name=name,
-            max_multiple=cfg.gate.capacity_max_multiple)
+            max_multiple=cfg.gate.capacity_max_multiple if checked else 1,
+            first_multiple=(lengths or {}).get(inst.label, 1))
         for inst in instances
     ]
+
+
+def run_lengths(results: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """label -> the run length (multiple of its instance's requests) a capacity was found on."""
+    return {label: int(res.get("requests_multiple") or 1) for label, res in results.items()}
 
 
 MIN_RATIO = 0.01
