@@ -433,6 +433,42 @@ def test_prefix_hits_are_estimated_from_the_prompts_sent():
     assert cluster.view(cluster.request(1, []), []).replicas[1].outstanding == 0
 
 
+
+def test_held_prefix_blocks_stay_prefix_closed_as_the_oldest_are_evicted(monkeypatch):
+    """hit_blocks is a binary search: it is right only while a backend holds each remembered
+    prompt's head at least as long as its tail, eviction included."""
+    from autotuner.router import observe
+
+    monkeypatch.setattr(observe, "MAX_REMEMBERED_BLOCKS", 8)
+    load = observe.BackendLoad()
+    first = observe.block_hashes("a" * 64 * 6)
+    second = observe.block_hashes("b" * 64 * 6)
+    load.remember(first)
+    load.remember(first[:3])  # the head again, most recent now
+    load.remember(second)  # 12 blocks for 8 places: the four oldest go
+    assert len(load.blocks) == 8
+    assert [h in load.blocks for h in first] == [True, True, False, False, False, False]
+    longer = observe.block_hashes("a" * 64 * 6 + "b" * 64 * 6)
+    assert longer[:6] == first
+    for prompt in (first, second, first[:1], longer, []):
+        linear = next((i for i, h in enumerate(prompt) if h not in load.blocks), len(prompt))
+        assert load.hit_blocks(prompt) == linear
+    assert load.hit_blocks(second) == 6 and load.hit_blocks(first) == 2
+
+
+def test_the_decision_query_is_the_json_the_worker_reads():
+    from autotuner.router.observe import LiveCluster, block_hashes
+    from autotuner.router.policy_worker import query_line
+
+    cluster = LiveCluster(3, kv_capacity_tokens=1000)
+    cluster.sent(2, 70, block_hashes("x" * 300))
+    request = cluster.request(75, block_hashes("x" * 300))
+    view = cluster.view(request, block_hashes("x" * 300))
+    line = query_line(41, request, view)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == json.loads(json.dumps([41, request, view.now, view.replicas]))
+    assert isinstance(json.loads(line)[1][1], float)  # the arrival time stays a float
+
 STICKY = '''"""Round robin, except to the backend holding most of the prompt's prefix."""
 
 TUNABLES = {}

@@ -17,10 +17,10 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_type_hints
 
 from autotuner.isolation import Backend, Limits, WorkerFault, get_backend
-from autotuner.sim.api import ClusterView, PolicyError, RequestView, coerce_route
+from autotuner.sim.api import ClusterView, PolicyError, ReplicaLoad, RequestView, coerce_route
 
 RESTART_BACKOFF_S = 1.0
 MAX_ANSWER_BYTES = 1 << 20
@@ -38,6 +38,26 @@ START_TIMEOUT_S = 60.0
 # processes and output stay capped.
 LIVE_LIMITS = Limits(wall_s=10.0 * 365 * 86400, cpu_s=10 * 365 * 86400,
                      output_bytes=1 << 62)
+
+
+def _printf_format(record: type) -> str:
+    """A %-format writing one of ``record``'s tuples as a JSON array: %r (the shortest exact
+    form) for its float fields, %d for its int ones."""
+    kinds = ["%r" if kind is float else "%d" for kind in get_type_hints(record).values()]
+    return "[" + ",".join(kinds) + "]"
+
+
+_REQUEST_FORMAT = _printf_format(RequestView)
+_LOAD_FORMAT = _printf_format(ReplicaLoad)
+
+
+def query_line(query_id: int, request: RequestView, cluster: ClusterView) -> bytes:
+    """One decision's query, ``[id, RequestView, now, [ReplicaLoad, ...]]`` as a JSON line, the
+    compact form sandbox/worker.py's serve_routes reads. Formatted directly, a third of
+    json.dumps's time on named tuples; every field is an int or a finite float (the router
+    builds them itself)."""
+    loads = ",".join([_LOAD_FORMAT % load for load in cluster.replicas])
+    return (f"[{query_id:d},{_REQUEST_FORMAT % request},{cluster.now!r},[{loads}]]\n").encode()
 
 
 class PolicyUnavailable(Exception):
@@ -202,14 +222,10 @@ class PolicyWorker:
                 handle.kill()  # its end of output arrives next: _dead, then a restart
             raise PolicyUnavailable("backlog", f"{self._unanswered} decisions still unanswered")
         query_id = next(self._ids)
-        # One line, one write: [id, RequestView, now, [ReplicaLoad, ...]] (named tuples are
-        # JSON arrays), the compact form sandbox/worker.py's serve_routes reads.
-        query = json.dumps([query_id, request, cluster.now, cluster.replicas],
-                           separators=(",", ":"))
         future = asyncio.get_running_loop().create_future()
         self._pending[query_id] = future
         try:
-            data = memoryview(query.encode() + b"\n")
+            data = memoryview(query_line(query_id, request, cluster))  # one line, one write
             while data:  # a pipe may take a long line (many backends) in parts
                 data = data[os.write(handle.proc.stdin.fileno(), data):]
             self._unanswered += 1

@@ -220,7 +220,7 @@ class Router:
                 self.metrics.retries += 1
                 backend = self.cluster.least_outstanding(exclude=tried)
 
-    async def choose(self, tokens: int, hashes: list[bytes]) -> int:
+    async def choose(self, tokens: int, hashes: list[int]) -> int:
         t0 = time.perf_counter()
         view = self.cluster.request(tokens, hashes)
         cluster = self.cluster.view(view, hashes)
