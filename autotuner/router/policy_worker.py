@@ -81,6 +81,7 @@ class PolicyWorker:
         self._lock = threading.Lock()
         self._pending: dict[int, asyncio.Future] = {}
         self._attached = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the router's, once attached
         self._buffer = b""
         self._err_bytes = 0
         self._unanswered = 0
@@ -117,7 +118,8 @@ class PolicyWorker:
     def _attach(self, handle: Any) -> None:
         """Read the worker's answers on the event loop itself (no reader thread: a thread
         waiting for the GIL would add milliseconds to a decision)."""
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+        loop = self._loop = asyncio.get_running_loop()
         self._buffer = b""
         self._err_bytes = 0
         self._unanswered = 0
@@ -222,7 +224,7 @@ class PolicyWorker:
                 handle.kill()  # its end of output arrives next: _dead, then a restart
             raise PolicyUnavailable("backlog", f"{self._unanswered} decisions still unanswered")
         query_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending[query_id] = future
         try:
             data = memoryview(query_line(query_id, request, cluster))  # one line, one write
@@ -245,7 +247,7 @@ class PolicyWorker:
         deadline is a timer on the answer's future (no task per decision, as wait_for makes)."""
         try:
             query_id, future = self._submit(request, cluster)
-            timer = asyncio.get_running_loop().call_later(
+            timer = self._loop.call_later(
                 timeout, self._expire, query_id, future, timeout)
             try:
                 answer = await future
