@@ -511,6 +511,14 @@ def test_an_engines_own_gauges_count_in_the_view(backends, router):
     assert parse_engine_metrics("llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\n"
                                 ).running == 2
     assert parse_engine_metrics("process_cpu_seconds_total 3\n") is None
+    # Summed over label sets; a longer name sharing the prefix and a bad value are not counted.
+    two_engines = ('vllm:num_requests_running{engine="0"} 2\n'
+                   'vllm:num_requests_running_max 70\n'
+                   'vllm:num_requests_waiting{engine="0"} 1\n'
+                   'vllm:num_requests_running{engine="1"} 3\n'
+                   'vllm:num_requests_waiting{engine="1"} x\n')
+    assert vars(parse_engine_metrics(two_engines)) == {"running": 5, "waiting": 1,
+                                                       "kv_usage": None}
     fakes = backends(2)
     fakes[0].metrics_text = vllm  # busy with other clients' requests
     thread = router(LEAST, [f.url for f in fakes], engine_metrics_s=0.05,
