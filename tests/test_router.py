@@ -122,6 +122,10 @@ class FakeBackend:
         if "status" in body:
             return web.json_response({"error": {"message": "busy", "backend": self.name}},
                                      status=body["status"])
+        if body.get("echo_headers"):  # what reached it, and a cookie for whoever asked
+            response = web.json_response({"headers": dict(request.headers)})
+            response.set_cookie("session", f"{self.name}-{self.requests}")
+            return response
         chunks = int(body.get("chunks", 5))
         if not body.get("stream"):
             if "die_after" in body:  # a sized body cut short
@@ -246,6 +250,29 @@ def test_models_come_from_a_backend(backends, router):
     thread = router(ALWAYS_LAST, [f.url for f in fakes])
     assert json.loads(post_get(thread.url, "/v1/models"))["data"][0]["id"] == "fake0"
 
+
+def test_the_router_adds_no_headers_and_keeps_no_cookies(backends, router):
+    """A transparent proxy: the backend gets the client's headers, none that aiohttp's client
+    would add (an Accept-Encoding would let a backend compress for a client that never asked),
+    and a cookie one client was given never travels with another client's request."""
+    fakes = backends(1)
+    host = fakes[0].url.replace("127.0.0.1", "localhost")  # cookies from IP hosts are refused
+    thread = router(LEAST, [host])
+    seen = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", int(thread.url.rsplit(":", 1)[1]),
+                                          timeout=30)
+        conn.putrequest("POST", "/v1/completions", skip_accept_encoding=True)
+        body = json.dumps({"echo_headers": True}).encode()
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        assert response.status == 200 and "session=" in response.getheader("Set-Cookie", "")
+        seen.append({k.lower() for k in json.loads(response.read())["headers"]})
+        conn.close()
+    for headers in seen:
+        assert not headers & {"accept-encoding", "accept", "user-agent", "cookie"}, headers
 
 def test_a_dead_backend_is_retried_elsewhere(backends, router):
     fakes = backends(2)

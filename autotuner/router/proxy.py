@@ -40,6 +40,9 @@ from .policy_worker import PolicyUnavailable, PolicyWorker
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
+# Headers aiohttp's client adds when a request has none: a proxy passes the client's own on and
+# adds nothing (an Accept-Encoding would let a backend compress for a client that never asked).
+AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 TOKENIZE_PROBE_TIMEOUT_S = 2.0  # finding a tokenize endpoint at start
 # One sample in flight at a time, waited for patiently: llama-cpp-python serves a tokenize call
 # only between generations, and one abandoned by a short timeout would stay queued there.
@@ -111,7 +114,8 @@ class Router:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s,
                                         sock_read=self.config.read_timeout_s)
         self.session = aiohttp.ClientSession(
-            timeout=timeout, auto_decompress=False,
+            timeout=timeout, auto_decompress=False, skip_auto_headers=AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookie is its client's alone
             connector=aiohttp.TCPConnector(limit=0, force_close=False))
         loop = asyncio.get_running_loop()
         if self.config.tokenize:
