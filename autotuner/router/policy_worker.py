@@ -25,7 +25,7 @@ from autotuner.sim.api import ClusterView, PolicyError, ReplicaLoad, RequestView
 RESTART_BACKOFF_S = 1.0
 MAX_ANSWER_BYTES = 1 << 20
 # One read of the worker's pipes: an answer is a few dozen bytes, and asking os.read for 1 MiB
-# costs about 35 us a call (CPython allocates the whole buffer, which glibc maps and unmaps).
+# costs 15-35 us a call (CPython allocates the whole buffer, which glibc maps and unmaps).
 READ_BYTES = 1 << 16
 # Queries written and not yet answered (timed-out ones included): kept well below what a pipe
 # buffers (64 KiB), so that writing a query never blocks the event loop behind a slow policy.
@@ -53,7 +53,7 @@ _LOAD_FORMAT = _printf_format(ReplicaLoad)
 
 def query_line(query_id: int, request: RequestView, cluster: ClusterView) -> bytes:
     """One decision's query, ``[id, RequestView, now, [ReplicaLoad, ...]]`` as a JSON line, the
-    compact form sandbox/worker.py's serve_routes reads. Formatted directly, a third of
+    compact form sandbox/worker.py's serve_routes reads. Formatted directly, in about half
     json.dumps's time on named tuples; every field is an int or a finite float (the router
     builds them itself)."""
     loads = ",".join([_LOAD_FORMAT % load for load in cluster.replicas])
