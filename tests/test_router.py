@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -558,6 +560,21 @@ def test_an_engines_own_gauges_count_in_the_view(backends, router):
                for _ in range(3)]
     assert answers == ["fake1"] * 3  # least-outstanding, counting fake0's own report
 
+
+def test_the_overhead_bench_compares_an_older_revision_in_the_same_blocks():
+    """scripts/bench_router.py --before REV: a row per router arm, each request answered."""
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True
+                      ).returncode != 0:
+        pytest.skip("not a git checkout: --before needs one")
+    out = subprocess.run(
+        [sys.executable, str(root / "scripts" / "bench_router.py"), "--requests", "20",
+         "--block", "10", "--before", "HEAD"], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("  1 ")]
+    assert [row[1] for row in rows] == ["router", "before"]
+    assert all(row[10] == "0" and row[11] == "0" for row in rows)  # none failed, no fallback
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):
     from autotuner.commands.main import main
