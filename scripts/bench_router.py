@@ -136,7 +136,9 @@ def checkout(revision: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "autotuner",
                               "baselines", "sandbox"], capture_output=True, check=False)
     if archive.returncode != 0:
-        raise SystemExit(f"--before {revision}: {archive.stderr.decode().strip()}")
+        print(f"bench_router: --before {revision}: {archive.stderr.decode().strip()}",
+              file=sys.stderr)
+        raise SystemExit(2)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
 
@@ -181,6 +183,10 @@ def main() -> None:
     procs = []
     routers: dict[str, tuple[str, subprocess.Popen]] = {}  # arm: (URL, its process)
     with contextlib.ExitStack() as stack:
+        roots = {"router": ROOT}
+        if args.before:  # checked out first, removed last (after its router has stopped)
+            roots["before"] = checkout(args.before, Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="bench-router-before-"))))
         stack.callback(_stop, procs)
         if args.busy:
             procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
@@ -190,10 +196,6 @@ def main() -> None:
              *(["--tokenizing-backend"] if args.tokenizing_backend else [])], env=env,
             start_new_session=True))
         _wait(backend_url, procs[-1])
-        roots = {"router": ROOT}
-        if args.before:
-            roots["before"] = checkout(args.before, Path(stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="bench-router-before-"))))
         for arm, root in roots.items():
             routers[arm] = start_router(root, args.policy, backend_url, args.router_arg)
             procs.append(routers[arm][1])
