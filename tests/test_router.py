@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -122,6 +124,10 @@ class FakeBackend:
         if "status" in body:
             return web.json_response({"error": {"message": "busy", "backend": self.name}},
                                      status=body["status"])
+        if body.get("echo_headers"):  # what reached it, and a cookie for whoever asked
+            response = web.json_response({"headers": dict(request.headers)})
+            response.set_cookie("session", f"{self.name}-{self.requests}")
+            return response
         chunks = int(body.get("chunks", 5))
         if not body.get("stream"):
             if "die_after" in body:  # a sized body cut short
@@ -246,6 +252,29 @@ def test_models_come_from_a_backend(backends, router):
     thread = router(ALWAYS_LAST, [f.url for f in fakes])
     assert json.loads(post_get(thread.url, "/v1/models"))["data"][0]["id"] == "fake0"
 
+
+def test_the_router_adds_no_headers_and_keeps_no_cookies(backends, router):
+    """A transparent proxy: the backend gets the client's headers, none that aiohttp's client
+    would add (an Accept-Encoding would let a backend compress for a client that never asked),
+    and a cookie one client was given never travels with another client's request."""
+    fakes = backends(1)
+    host = fakes[0].url.replace("127.0.0.1", "localhost")  # cookies from IP hosts are refused
+    thread = router(LEAST, [host])
+    seen = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", int(thread.url.rsplit(":", 1)[1]),
+                                          timeout=30)
+        conn.putrequest("POST", "/v1/completions", skip_accept_encoding=True)
+        body = json.dumps({"echo_headers": True}).encode()
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        assert response.status == 200 and "session=" in response.getheader("Set-Cookie", "")
+        seen.append({k.lower() for k in json.loads(response.read())["headers"]})
+        conn.close()
+    for headers in seen:
+        assert not headers & {"accept-encoding", "accept", "user-agent", "cookie"}, headers
 
 def test_a_dead_backend_is_retried_elsewhere(backends, router):
     fakes = backends(2)
@@ -433,6 +462,42 @@ def test_prefix_hits_are_estimated_from_the_prompts_sent():
     assert cluster.view(cluster.request(1, []), []).replicas[1].outstanding == 0
 
 
+
+def test_held_prefix_blocks_stay_prefix_closed_as_the_oldest_are_evicted(monkeypatch):
+    """hit_blocks is a binary search: it is right only while a backend holds each remembered
+    prompt's head at least as long as its tail, eviction included."""
+    from autotuner.router import observe
+
+    monkeypatch.setattr(observe, "MAX_REMEMBERED_BLOCKS", 8)
+    load = observe.BackendLoad()
+    first = observe.block_hashes("a" * 64 * 6)
+    second = observe.block_hashes("b" * 64 * 6)
+    load.remember(first)
+    load.remember(first[:3])  # the head again, most recent now
+    load.remember(second)  # 12 blocks for 8 places: the four oldest go
+    assert len(load.blocks) == 8
+    assert [h in load.blocks for h in first] == [True, True, False, False, False, False]
+    longer = observe.block_hashes("a" * 64 * 6 + "b" * 64 * 6)
+    assert longer[:6] == first
+    for prompt in (first, second, first[:1], longer, []):
+        linear = next((i for i, h in enumerate(prompt) if h not in load.blocks), len(prompt))
+        assert load.hit_blocks(prompt) == linear
+    assert load.hit_blocks(second) == 6 and load.hit_blocks(first) == 2
+
+
+def test_the_decision_query_is_the_json_the_worker_reads():
+    from autotuner.router.observe import LiveCluster, block_hashes
+    from autotuner.router.policy_worker import query_line
+
+    cluster = LiveCluster(3, kv_capacity_tokens=1000)
+    cluster.sent(2, 70, block_hashes("x" * 300))
+    request = cluster.request(75, block_hashes("x" * 300))
+    view = cluster.view(request, block_hashes("x" * 300))
+    line = query_line(41, request, view)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == json.loads(json.dumps([41, request, view.now, view.replicas]))
+    assert isinstance(json.loads(line)[1][1], float)  # the arrival time stays a float
+
 STICKY = '''"""Round robin, except to the backend holding most of the prompt's prefix."""
 
 TUNABLES = {}
@@ -475,6 +540,14 @@ def test_an_engines_own_gauges_count_in_the_view(backends, router):
     assert parse_engine_metrics("llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\n"
                                 ).running == 2
     assert parse_engine_metrics("process_cpu_seconds_total 3\n") is None
+    # Summed over label sets; a longer name sharing the prefix and a bad value are not counted.
+    two_engines = ('vllm:num_requests_running{engine="0"} 2\n'
+                   'vllm:num_requests_running_max 70\n'
+                   'vllm:num_requests_waiting{engine="0"} 1\n'
+                   'vllm:num_requests_running{engine="1"} 3\n'
+                   'vllm:num_requests_waiting{engine="1"} x\n')
+    assert vars(parse_engine_metrics(two_engines)) == {"running": 5, "waiting": 1,
+                                                       "kv_usage": None}
     fakes = backends(2)
     fakes[0].metrics_text = vllm  # busy with other clients' requests
     thread = router(LEAST, [f.url for f in fakes], engine_metrics_s=0.05,
@@ -487,6 +560,21 @@ def test_an_engines_own_gauges_count_in_the_view(backends, router):
                for _ in range(3)]
     assert answers == ["fake1"] * 3  # least-outstanding, counting fake0's own report
 
+
+def test_the_overhead_bench_compares_an_older_revision_in_the_same_blocks():
+    """scripts/bench_router.py --before REV: a row per router arm, each request answered."""
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True
+                      ).returncode != 0:
+        pytest.skip("not a git checkout: --before needs one")
+    out = subprocess.run(
+        [sys.executable, str(root / "scripts" / "bench_router.py"), "--requests", "20",
+         "--block", "10", "--before", "HEAD"], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("  1 ")]
+    assert [row[1] for row in rows] == ["router", "before"]
+    assert all(row[10] == "0" and row[11] == "0" for row in rows)  # none failed, no fallback
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):
     from autotuner.commands.main import main

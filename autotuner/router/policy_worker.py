@@ -17,13 +17,16 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_type_hints
 
 from autotuner.isolation import Backend, Limits, WorkerFault, get_backend
-from autotuner.sim.api import ClusterView, PolicyError, RequestView, coerce_route
+from autotuner.sim.api import ClusterView, PolicyError, ReplicaLoad, RequestView, coerce_route
 
 RESTART_BACKOFF_S = 1.0
 MAX_ANSWER_BYTES = 1 << 20
+# One read of the worker's pipes: an answer is a few dozen bytes, and asking os.read for 1 MiB
+# costs 15-35 us a call (CPython allocates the whole buffer, which glibc maps and unmaps).
+READ_BYTES = 1 << 16
 # Queries written and not yet answered (timed-out ones included): kept well below what a pipe
 # buffers (64 KiB), so that writing a query never blocks the event loop behind a slow policy.
 MAX_UNANSWERED = 128
@@ -35,6 +38,26 @@ START_TIMEOUT_S = 60.0
 # processes and output stay capped.
 LIVE_LIMITS = Limits(wall_s=10.0 * 365 * 86400, cpu_s=10 * 365 * 86400,
                      output_bytes=1 << 62)
+
+
+def _printf_format(record: type) -> str:
+    """A %-format writing one of ``record``'s tuples as a JSON array: %r (the shortest exact
+    form) for its float fields, %d for its int ones."""
+    kinds = ["%r" if kind is float else "%d" for kind in get_type_hints(record).values()]
+    return "[" + ",".join(kinds) + "]"
+
+
+_REQUEST_FORMAT = _printf_format(RequestView)
+_LOAD_FORMAT = _printf_format(ReplicaLoad)
+
+
+def query_line(query_id: int, request: RequestView, cluster: ClusterView) -> bytes:
+    """One decision's query, ``[id, RequestView, now, [ReplicaLoad, ...]]`` as a JSON line, the
+    compact form sandbox/worker.py's serve_routes reads. Formatted directly, in about half
+    json.dumps's time on named tuples; every field is an int or a finite float (the router
+    builds them itself)."""
+    loads = ",".join([_LOAD_FORMAT % load for load in cluster.replicas])
+    return (f"[{query_id:d},{_REQUEST_FORMAT % request},{cluster.now!r},[{loads}]]\n").encode()
 
 
 class PolicyUnavailable(Exception):
@@ -58,6 +81,7 @@ class PolicyWorker:
         self._lock = threading.Lock()
         self._pending: dict[int, asyncio.Future] = {}
         self._attached = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the router's, once attached
         self._buffer = b""
         self._err_bytes = 0
         self._unanswered = 0
@@ -94,7 +118,8 @@ class PolicyWorker:
     def _attach(self, handle: Any) -> None:
         """Read the worker's answers on the event loop itself (no reader thread: a thread
         waiting for the GIL would add milliseconds to a decision)."""
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+        loop = self._loop = asyncio.get_running_loop()
         self._buffer = b""
         self._err_bytes = 0
         self._unanswered = 0
@@ -106,7 +131,7 @@ class PolicyWorker:
     def _readable(self, loop: asyncio.AbstractEventLoop, handle: Any, stream: str) -> None:
         pipe = handle.proc.stdout if stream == "out" else handle.proc.stderr
         try:
-            data = os.read(pipe.fileno(), 1 << 20)
+            data = os.read(pipe.fileno(), READ_BYTES)
         except BlockingIOError:
             return
         except OSError:
@@ -199,14 +224,10 @@ class PolicyWorker:
                 handle.kill()  # its end of output arrives next: _dead, then a restart
             raise PolicyUnavailable("backlog", f"{self._unanswered} decisions still unanswered")
         query_id = next(self._ids)
-        # One line, one write: [id, RequestView, now, [ReplicaLoad, ...]] (named tuples are
-        # JSON arrays), the compact form sandbox/worker.py's serve_routes reads.
-        query = json.dumps([query_id, request, cluster.now, cluster.replicas],
-                           separators=(",", ":"))
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending[query_id] = future
         try:
-            data = memoryview(query.encode() + b"\n")
+            data = memoryview(query_line(query_id, request, cluster))  # one line, one write
             while data:  # a pipe may take a long line (many backends) in parts
                 data = data[os.write(handle.proc.stdin.fileno(), data):]
             self._unanswered += 1
@@ -226,7 +247,7 @@ class PolicyWorker:
         deadline is a timer on the answer's future (no task per decision, as wait_for makes)."""
         try:
             query_id, future = self._submit(request, cluster)
-            timer = asyncio.get_running_loop().call_later(
+            timer = self._loop.call_later(
                 timeout, self._expire, query_id, future, timeout)
             try:
                 answer = await future

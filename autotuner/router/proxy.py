@@ -40,6 +40,9 @@ from .policy_worker import PolicyUnavailable, PolicyWorker
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
+# Headers aiohttp's client adds when a request has none: a proxy passes the client's own on and
+# adds nothing (an Accept-Encoding would let a backend compress for a client that never asked).
+AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 TOKENIZE_PROBE_TIMEOUT_S = 2.0  # finding a tokenize endpoint at start
 # One sample in flight at a time, waited for patiently: llama-cpp-python serves a tokenize call
 # only between generations, and one abandoned by a short timeout would stay queued there.
@@ -111,7 +114,8 @@ class Router:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s,
                                         sock_read=self.config.read_timeout_s)
         self.session = aiohttp.ClientSession(
-            timeout=timeout, auto_decompress=False,
+            timeout=timeout, auto_decompress=False, skip_auto_headers=AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookie is its client's alone
             connector=aiohttp.TCPConnector(limit=0, force_close=False))
         loop = asyncio.get_running_loop()
         if self.config.tokenize:
@@ -220,7 +224,7 @@ class Router:
                 self.metrics.retries += 1
                 backend = self.cluster.least_outstanding(exclude=tried)
 
-    async def choose(self, tokens: int, hashes: list[bytes]) -> int:
+    async def choose(self, tokens: int, hashes: list[int]) -> int:
         t0 = time.perf_counter()
         view = self.cluster.request(tokens, hashes)
         cluster = self.cluster.view(view, hashes)
@@ -363,7 +367,12 @@ def _describe(exc: BaseException) -> str:
 async def serve(router: Router, host: str, port: int,
                 ready: asyncio.Future | None = None) -> Sequence[Any]:
     """Run until cancelled; ``ready`` gets the bound (host, port)."""
-    runner = web.AppRunner(router.app(), access_log=None, handle_signals=False)
+    # No SO_KEEPALIVE on clients' connections (a syscall per connection, ~7 us of the router's
+    # CPU on a trivial request): an idle one is closed after aiohttp's keep-alive timeout
+    # (75 s), long before the kernel's first keep-alive probe (2 h), and one that dies
+    # mid-stream fails the router's next write.
+    runner = web.AppRunner(router.app(), access_log=None, handle_signals=False,
+                           tcp_keepalive=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
