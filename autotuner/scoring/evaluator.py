@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +49,8 @@ from autotuner.simulation import run_policy
 Simulator = Callable[[str, Mapping[str, Any], ClusterSpec, Workload, SLO, float, SandboxConfig,
                       str], RunMetrics]
 
+
+RECENT_CALLS = 200  # evaluate() calls kept for the recent speed (a trial is one call)
 
 # ------------------------------------------------------------------------------- one run
 @functools.lru_cache(maxsize=4)
@@ -323,10 +326,23 @@ class Evaluator:
         self.seconds = 0.0  # summed job seconds (inside the workers)
         self.sims = 0  # simulations run: one per run job, one per capacity probe
         self.wall = 0.0  # wall seconds spent in evaluate() running jobs
+        # (wall seconds, runs) of the latest calls that ran single runs (a ladder, a trial): the
+        # speed now, on a machine whose load changes (``campaign.reserve``)
+        self.recent: deque[tuple[float, int]] = deque(maxlen=RECENT_CALLS)
 
     def wall_per_sim(self, default: float = 0.3) -> float:
         """Measured wall seconds per simulation at this parallelism (for budgeting)."""
         return self.wall / self.sims if self.sims >= 20 else default
+
+    def recent_wall_per_sim(self, at_least: int = 60) -> float | None:
+        """Wall seconds per run over the latest calls of single runs (at least ``at_least``
+        runs of them; None before that many ran)."""
+        wall, sims = 0.0, 0
+        for call_wall, call_sims in reversed(self.recent):
+            wall, sims = wall + call_wall, sims + call_sims
+            if sims >= at_least:
+                return wall / sims
+        return None
 
     def start(self) -> None:
         """Start the workers now (before any threads exist in this process)."""
@@ -349,6 +365,7 @@ class Evaluator:
         for i in todo:
             first.setdefault(keys[i], i)
         run = list(first.values())
+        sims0 = self.sims
 
         def store(i: int, result: dict[str, Any]) -> None:
             if results[i] is not None:
@@ -365,6 +382,8 @@ class Evaluator:
                 results[i] = results[first[keys[i]]]
         if run:
             self.wall += time.perf_counter() - t_start
+            if all(jobs[i].kind == "run" for i in run):  # capacity probes differ in size
+                self.recent.append((time.perf_counter() - t_start, self.sims - sims0))
         return [r if r is not None else {} for r in results]
 
     def _store(self, job: Job, key: str, result: dict[str, Any],
