@@ -327,7 +327,8 @@ def test_every_finalist_is_gated_even_when_the_wall_time_is_spent(tmp_path):
     folder, out = campaign(tmp_path, "late", codes, **{
         "budget.wall_time_s": 1.0, "budget.min_proposals": 2, "budget.proposals": 3,
         "search.finalists": 2})
-    assert "search stopped: wall-time budget reached (2 of 3 proposals)" in out
+    assert "search stopped: wall-time budget reached (2 of 3 proposals; " in out
+    assert "kept back for the finalisation)" in out and "finalisation took " in out
     assert "wall-time budget is spent" not in out
     with Archive(folder / "archive.sqlite") as archive:
         finalists = archive.candidates(origin="proposal")

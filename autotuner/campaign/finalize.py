@@ -28,6 +28,16 @@ from autotuner.yardstick import YardstickError, capacities
 
 def finalize_phase(state: CampaignState) -> None:
     assert state.archive is not None
+    start = state.elapsed()
+    _finalize(state)
+    kept = state.archive.get_meta("finalize_reserve_s")
+    state.progress.log(f"finalisation took {fmt_duration(state.elapsed() - start)}"
+                       + (f" (the search kept back {fmt_duration(kept)})"
+                          if kept is not None else ""))
+
+
+def _finalize(state: CampaignState) -> None:
+    assert state.archive is not None
     baseline = _baseline_on_validation(state)
     finalists = _finalists(state)
     if not finalists:

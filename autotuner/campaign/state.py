@@ -91,9 +91,14 @@ class CampaignState:
     def elapsed(self) -> float:
         return self.elapsed0 + time.monotonic() - self.t0
 
+    def finalize_reserve(self) -> float:
+        """Seconds of the wall-time budget kept back for validating and gating the finalists
+        (``campaign.reserve``), at least ``budget.finalize_reserve_s``."""
+        return max(self.cfg.budget.finalize_reserve_s, finalize_estimate(self))
+
     def search_over(self) -> bool:
         b = self.cfg.budget
-        if self.elapsed() < b.wall_time_s - max(b.finalize_reserve_s, finalize_estimate(self)):
+        if self.elapsed() < b.wall_time_s - self.finalize_reserve():
             return False
         if self.archive is not None and b.min_proposals:
             evaluated = self.archive.count(origin="proposal") - len(self.archive.candidates(
