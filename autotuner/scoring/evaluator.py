@@ -51,6 +51,11 @@ Simulator = Callable[[str, Mapping[str, Any], ClusterSpec, Workload, SLO, float,
 
 
 RECENT_CALLS = 200  # evaluate() calls kept for the recent speed (a trial is one call)
+# Decisions per line of a session worker's log. The trusted replay starts on the first line, so
+# it runs beside the worker's simulation (on another core, or for a larger share of a busy one)
+# instead of after it: a training run at the default sizes makes ~2,400 decisions, which the
+# worker's default of 2,048 per line sent in one or two lines at the end.
+SESSION_BATCH = 256
 
 # ------------------------------------------------------------------------------- one run
 @functools.lru_cache(maxsize=4)
@@ -112,7 +117,8 @@ class SessionSimulator:
             self.close()
             self._session = Session(code, name=name, params=params, cluster=cluster,
                                     sandbox=sandbox_backend(sandbox.backend),
-                                    limits=sandbox_limits(sandbox), with_metrics=False)
+                                    limits=sandbox_limits(sandbox), with_metrics=False,
+                                    batch=SESSION_BATCH)
             self._key = key
             self.sessions_started += 1
         ev = self._session.run(wl, slo=slo, horizon=horizon, params=params)
