@@ -295,6 +295,33 @@ def test_the_reserve_is_the_measured_cost_of_the_finalists_picked_now(tmp_path):
         assert finalize_estimate(state) == 0.0  # no finalist: nothing to gate
 
 
+def test_the_gate_is_weighed_by_cpu_when_this_session_measured_it(tmp_path):
+    """Wall seconds measured minutes apart on a shared machine do not compare; the trusted
+    side's CPU seconds, counted by the evaluator in this session, are preferred."""
+    from autotuner.campaign.reserve import gate_cost_in_runs, runs_per_gate
+
+    folder, _ = campaign(tmp_path, "cpu", [marked("# scaled on multiturn by 1.6")])
+    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": "cpu"})
+    state = Campaign(cfg, resume=True, stream=io.StringIO(), tty=False)
+    heldout = [i.label for i in state.instances["heldout"]]
+    train = [i.label for i in state.instances["train"]]
+    rows = [("reference-a", label, False, 0.5) for label in train] + \
+        [("reference-a", label, True, 2.0) for label in heldout]
+
+    class Counted(_Measured):
+        def cpu_costs(self, prefix: str) -> list:
+            return [r for r in rows if r[0].startswith(prefix)]
+
+    with Archive(folder / "archive.sqlite") as archive:
+        state.archive = archive
+        state.evaluator = Counted(0.1)  # type: ignore[assignment]
+        assert gate_cost_in_runs(state) == pytest.approx(len(heldout) * 2.0 / 0.5)
+        assert runs_per_gate(rows, heldout, train) == gate_cost_in_runs(state)
+        rows.clear()  # nothing measured this session (a resumed campaign): the archive's
+        assert gate_cost_in_runs(state) == pytest.approx(runs_per_gate(
+            archive.evaluation_costs("baseline"), heldout, train))
+
+
 def test_the_references_are_measured_before_the_search_and_the_gate_runs_none_of_theirs(
         tmp_path):
     """The gate's references do not depend on the search: tuned and measured on the held-out

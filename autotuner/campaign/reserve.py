@@ -66,10 +66,23 @@ def runs_per_gate(costs: Iterable[tuple[str, str, bool, float]], heldout: Sequen
 
 def gate_cost_in_runs(state: CampaignState) -> float:
     """``runs_per_gate`` from the references' measured costs, else the tuned baseline's, else
-    the old rule of thumb (nine training-run-sized probes per held-out instance)."""
+    the old rule of thumb (nine training-run-sized probes per held-out instance). Costs are the
+    trusted side's CPU seconds where this session measured them (``Evaluator.cpu_costs``): the
+    references' training runs and held-out searches ran minutes apart, and wall seconds on a
+    shared machine moved 2-3x between the two (a busy default campaign predicted 46 training
+    runs per gate from wall seconds, where its gates took about 190 at the search's speed);
+    else the archive's wall seconds (a resumed campaign)."""
     assert state.archive is not None
     heldout = [i.label for i in state.instances["heldout"]]
     train = [i.label for i in state.instances["train"]]
+    cpu_costs = getattr(state.evaluator, "cpu_costs", None)
+    if cpu_costs is not None:
+        measured = runs_per_gate(cpu_costs(REFERENCE_PREFIX), heldout, train)
+        if measured is None:  # references that were seeds: tuned as the seed
+            measured = runs_per_gate([*cpu_costs(REFERENCE_PREFIX), *cpu_costs(SEED_PREFIX)],
+                                     heldout, train)
+        if measured is not None:
+            return measured
     references = state.archive.evaluation_costs(REFERENCE_PREFIX)
     measured = runs_per_gate(references, heldout, train)
     if measured is None and references:  # every reference was a seed: tuned as the seed
