@@ -459,6 +459,16 @@ class Archive:
                  canonical(result), seconds, time.time()),
             )
 
+    def evaluation_costs(self, candidate_prefix: str) -> list[tuple[str, str, bool, float]]:
+        """(candidate id, workload label, whether a capacity search, seconds) of every stored
+        evaluation of the candidates whose id starts with ``candidate_prefix``: what the
+        campaign measured a kind of evaluation to cost (``campaign.reserve``)."""
+        rows = self.conn.execute(
+            "SELECT candidate_id, workload, json_extract(result, '$.probes') IS NOT NULL, seconds"
+            " FROM evaluations WHERE substr(candidate_id, 1, ?) = ?",
+            (len(candidate_prefix), candidate_prefix))
+        return [(str(c), str(w), bool(cap), float(s)) for c, w, cap, s in rows]
+
     def evaluation_count(self, candidate_id: str | None = None) -> int:
         if candidate_id is None:
             return int(self.conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])

@@ -143,7 +143,8 @@ def small_campaign_config(results_dir: str, proposals: int, trials: int,
     """The standard small campaign: the default config (offline proposer, the five built-in
     scenarios, one seed island, the default ladder and thresholds) with fewer proposals and
     trials, each training instance capped at ``requests``, parallelism 1 (the time split is
-    measured in this process), and no finalisation (the bench times the search)."""
+    measured in this process), and no finalisation (the bench times the search), so no gate
+    references either (a campaign measures them before its search)."""
     from autotuner.config import CampaignConfig, load_config
 
     w = CampaignConfig().workloads
@@ -154,7 +155,7 @@ def small_campaign_config(results_dir: str, proposals: int, trials: int,
         "budget.min_proposals": proposals, "budget.wall_time_s": 86400.0,
         "workloads.scenario_requests": sizes,
         "search.early_rejection": early_rejection, "search.prune_trials": prune_trials,
-        "search.in_flight": 1,
+        "search.in_flight": 1, "gate.references": [],
     })
 
 

@@ -1,8 +1,9 @@
-"""Sessions: many runs of one policy file with one set of params on one warm sandbox worker.
+"""Sessions: many runs of one policy file on one warm sandbox worker, each run with its own params.
 
-A small run's cost was mostly the worker's start (an interpreter and its imports, ~0.1 s of CPU)
-rather than its simulation; a session pays it once per policy and params (a candidate's ladder
-rungs and capacity probes, an Optuna trial's runs). The judging is ``autotuner.evaluate``'s,
+A small run's cost was mostly the worker's start (an interpreter and its imports, ~0.15 s of CPU)
+rather than its simulation; a session pays it once per policy file (a candidate's ladder rungs,
+capacity probes and every Optuna trial's runs: on a busy 2-core machine a worker per trial and
+pool process cost about a fifth of a trial's CPU). The judging is ``autotuner.evaluate``'s,
 unchanged: this module only feeds it runs over a kept worker (the worker's session mode in
 ``sandbox/worker.py``) and falls back to a lone ``evaluate`` whenever the worker itself fails.
 """
@@ -40,7 +41,8 @@ class _SessionLost(Exception):
 
 
 class Session:
-    """Many runs of one policy file with one set of params, on one warm sandbox worker.
+    """Many runs of one policy file on one warm sandbox worker (``params`` by default, or the
+    params a run names: each run loads a fresh module with its own).
 
     The trust boundary is ``evaluate``'s: the trusted side replays every run's decisions in its
     own simulator and computes the metrics itself; the worker's word is believed for nothing
@@ -68,12 +70,15 @@ class Session:
         self.with_metrics = with_metrics
         self.handle: Any = None
         self.runs = 0  # runs on the current worker
-        self.rejected: Evaluation | None = None
+        self.rejected: Evaluation | None = None  # the file refused, or the default params
         self.params: dict[str, Any] = {}
+        self.source: Any = None
+        self._resolved: dict[str, dict[str, Any] | Evaluation] = {}
         self._check()
 
     def _check(self) -> None:
-        """The static check and the params, once for the session (``evaluate``'s step 1)."""
+        """The static check once for the session, and the default params (``evaluate``'s step
+        1); a run with other params has them resolved on their own (``_params_for``)."""
         from autotuner.policy import PolicyFileError, read_policy_source
 
         t0 = time.perf_counter()
@@ -93,26 +98,49 @@ class Session:
                     [i.construct for i in checked.issues])
                 return
             source = checked.source
-        try:
-            self.params = dict(source.resolve_params(self.params_in))
-        except PolicyFileError as exc:
-            self.rejected = _rejected([str(exc)], self.name, t0, ["params"], self.params_in)
+        self.source = source
+        params = self._params_for(self.params_in)
+        if isinstance(params, Evaluation):
+            self.rejected = params
+        else:
+            self.params = params
 
-    def run(self, workload: Any, *, slo: Any = None, horizon: float | None = None) -> Evaluation:
-        """One run on ``workload`` (a built ``Workload``), as ``evaluate`` would judge it."""
+    def _params_for(self, params_in: Mapping[str, Any]) -> dict[str, Any] | Evaluation:
+        """``params_in`` resolved against the file's TUNABLES as ``evaluate`` resolves them
+        (cached), or the rejection a lone run with them would get."""
+        from autotuner.policy import PolicyFileError
+
+        key = json.dumps(dict(params_in), sort_keys=True, default=repr)
+        if key not in self._resolved:
+            t0 = time.perf_counter()
+            try:
+                self._resolved[key] = dict(self.source.resolve_params(dict(params_in)))
+            except PolicyFileError as exc:
+                self._resolved[key] = _rejected([str(exc)], self.name, t0, ["params"],
+                                                dict(params_in))
+        return self._resolved[key]
+
+    def run(self, workload: Any, *, slo: Any = None, horizon: float | None = None,
+            params: Mapping[str, Any] | None = None) -> Evaluation:
+        """One run on ``workload`` (a built ``Workload``) with ``params`` (None: the session's),
+        as ``evaluate`` would judge it."""
         from autotuner.sim.metrics import SLO
 
         t0 = time.perf_counter()
         slo = slo or SLO()
-        if self.rejected is not None:
+        params_in = self.params_in if params is None else dict(params)
+        if self.source is None and self.rejected is not None:  # the file itself is refused
             return replace(self.rejected, wall_s=0.0)
+        resolved = self._params_for(params_in)
+        if isinstance(resolved, Evaluation):
+            return replace(resolved, wall_s=0.0)
         if getattr(self.backend, "sessions", True):
             try:
-                return self._in_session(workload, slo, horizon, t0)
+                return self._in_session(workload, slo, horizon, t0, resolved)
             except (_SessionLost, WorkerFault):
                 self.close()
         TIMINGS["alone"] += 1
-        return evaluate(self.code, name=self.name, params=self.params_in, cluster=self.cluster,
+        return evaluate(self.code, name=self.name, params=params_in, cluster=self.cluster,
                         workload=workload, slo=slo, horizon=horizon, sandbox=self.backend,
                         limits=self.limits, skip_check=self.skip_check, batch=self.batch)
 
@@ -140,12 +168,13 @@ class Session:
             self.handle, self.runs = handle, 0
         return self.handle
 
-    def _in_session(self, wl: Any, slo: Any, horizon: float | None, t0: float) -> Evaluation:
+    def _in_session(self, wl: Any, slo: Any, horizon: float | None, t0: float,
+                    params: dict[str, Any]) -> Evaluation:
         from autotuner.simulation import metrics_of
 
         handle = self._worker()
         self.runs += 1
-        line = {"workload": {"data": _workload_data(wl)}, "horizon": horizon}
+        line = {"workload": {"data": _workload_data(wl)}, "horizon": horizon, "params": params}
         handle.send_more((json.dumps(line, allow_nan=False) + "\n").encode())
         replay = _replay_class()(handle, workload_fingerprint(wl), session=True)
         result = _timed_replay(self.cluster, wl, replay, horizon)
@@ -155,7 +184,7 @@ class Session:
                 self.close()
             return Evaluation(FAILED, [_clip(reason)], None, decisions,
                               time.perf_counter() - t0, self.backend.name, self.name,
-                              dict(self.params), [], phase)
+                              dict(params), [], phase)
 
         if replay.fault or not replay.greeted:
             raise _SessionLost(replay.fault or "no hello")
@@ -178,7 +207,7 @@ class Session:
                           replay.pos, True)
         metrics = metrics_of(self.cluster, wl, result, slo) if self.with_metrics else None
         return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0,
-                          self.backend.name, self.name, dict(self.params), [], "done", result)
+                          self.backend.name, self.name, dict(params), [], "done", result)
 
     def close(self) -> None:
         if self.handle is not None:

@@ -16,8 +16,9 @@ else. It reads ONE JSON request, one line on stdin, then:
    another core at the same time; then one ``{"end": {...}}`` line and ``os._exit``.
 
 A session request (``"session": true``, no workload) keeps the worker for many runs of the same
-policy file and params: each further stdin line ``{"workload": ..., "horizon": ...}`` is one run,
-answered by its own hello, decision log and end line, with a fresh policy module each time. It
+policy file: each further stdin line ``{"workload": ..., "horizon": ..., "params": ...}`` is one
+run (with the request's params when the line names none), answered by its own hello, decision log
+and end line, with a fresh policy module each time. It
 saves the interpreter start and imports per run (most of a small run's cost); the trusted side
 still replays and scores every run's decisions on its own.
 
@@ -336,11 +337,12 @@ def main():
         ok = _run_one(out, recorder_class, request, cluster, _workload(request["workload"]),
                       request.get("horizon"))
         os._exit(0 if ok else 3)
-    # A session: one run per further line ({"workload": ..., "horizon": ...}), same policy file
-    # and params, until the parent closes stdin (the reader thread then exits the process).
+    # A session: one run per further line ({"workload": ..., "horizon": ..., "params": ...}),
+    # same policy file, until the parent closes stdin (the reader thread then exits the process).
     while True:
         run = json.loads(session.get())
-        if not _run_one(out, recorder_class, request, cluster, _workload(run["workload"]),
+        this = request if run.get("params") is None else {**request, "params": run["params"]}
+        if not _run_one(out, recorder_class, this, cluster, _workload(run["workload"]),
                         run.get("horizon")):
             os._exit(3)
 

@@ -221,25 +221,129 @@ def test_the_evaluation_budget_is_validated():
         load_config(**{"search.prune_margin": -0.1})
 
 
-def test_the_search_keeps_back_time_to_gate_every_finalist():
-    """The wall-time reserve covers validating and gating every finalist, so no finalist goes
-    ungated for want of time."""
-    from autotuner.campaign.state import CampaignState
+def test_a_gate_costs_what_the_references_held_out_searches_cost_in_training_runs():
+    from autotuner.campaign.reserve import predicted_finalisation, runs_per_gate
 
-    class Measured:
-        def wall_per_sim(self) -> float:
-            return 0.5
+    heldout, train = ["chat@1001", "mixed@1001"], ["chat@1", "mixed@1"]
+    costs = [("reference-a", "chat@1", False, 0.2), ("reference-a", "mixed@1", False, 0.4),
+             ("reference-a", "chat@1001", True, 1.2), ("reference-b", "chat@1001", True, 1.8),
+             ("reference-a", "mixed@1001", True, 0.9), ("reference-a", "chat@101", True, 9.0)]
+    # per held-out instance the mean search (1.5 s, 0.9 s), over the mean training run (0.3 s)
+    assert runs_per_gate(costs, heldout, train) == pytest.approx((1.5 + 0.9) / 0.3)
+    # the same campaign on a machine twice as busy: every cost doubles, the ratio stays
+    busy = [(c, w, cap, 2 * s) for c, w, cap, s in costs]
+    assert runs_per_gate(busy, heldout, train) == pytest.approx(runs_per_gate(costs, heldout,
+                                                                              train))
+    assert runs_per_gate(costs, [*heldout, "bursty@1001"], train) is None  # not measured
+    assert runs_per_gate(costs[2:], heldout, train) is None  # no training run measured
+    quiet = predicted_finalisation(0.1, 30, 2, 8.0)
+    assert quiet == pytest.approx(1.2 * 0.1 * (30 + 2 * 8.0))
+    assert predicted_finalisation(0.2, 30, 2, 8.0) == pytest.approx(2 * quiet)
 
-    def estimate(**extra) -> float:
-        state = CampaignState(load_config(**{"gate.references": [], **extra}))
-        state.evaluator = Measured()  # type: ignore[assignment]
-        return state.finalize_estimate()
 
-    one, three = estimate(**{"search.finalists": 1}), estimate(**{"search.finalists": 3})
-    # two more finalists: each validated (3 rungs x 5 instances) and gated (9 probes on each
-    # of the 15 held-out instances; the baseline's capacities are measured once)
-    assert three - one == pytest.approx(1.15 * 2 * (15 + 15 * 9) * 0.5)
-    assert one >= 1.15 * 15 * 21 * 0.5
+class _Measured:
+    """An evaluator whose latest runs took ``wall_per_run`` seconds each."""
+
+    def __init__(self, wall_per_run: float):
+        self.wall_per_run = wall_per_run
+
+    def recent_wall_per_sim(self) -> float:
+        return self.wall_per_run
+
+    def wall_per_sim(self) -> float:
+        return self.wall_per_run
+
+
+def test_the_reserve_is_the_measured_cost_of_the_finalists_picked_now(tmp_path):
+    """Quiet or busy, the reserve is the finalists' validation runs and held-out capacity
+    searches at the speed of the latest runs; with no finalist yet there is nothing to keep
+    back beyond ``budget.finalize_reserve_s``."""
+    from autotuner.campaign.reserve import SAFETY, finalize_estimate, gate_cost_in_runs
+
+    codes = [marked("# scaled on multiturn by 1.6"), marked("# scaled on chat by 1.5"),
+             marked("# scaled on summarize by 1.3")]
+    folder, _ = campaign(tmp_path, "reserve", codes, **{"budget.proposals": 3,
+                                                        "search.finalists": 2})
+    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": "reserve",
+                         "search.finalists": 2})
+    state = Campaign(cfg, resume=True, stream=io.StringIO(), tty=False)
+    with Archive(folder / "archive.sqlite") as archive:
+        state.archive = archive
+        from autotuner.campaign.baseline import stored_baseline
+
+        state.baseline = stored_baseline(state)
+        state.baseline = dataclasses.replace(state.baseline, reference={
+            "train": state.baseline.reference["train"]})  # validation not yet run
+        for cand in archive.candidates(origin="proposal"):  # as when the search stops
+            archive.update(cand.id, status=A.TUNED, validation_score=None)
+        per_gate = gate_cost_in_runs(state)
+        # no references here: the tuned baseline's held-out searches, over its training runs
+        rows = archive.evaluation_costs("baseline")
+        heldout = [i.label for i in state.instances["heldout"]]
+        train = [i.label for i in state.instances["train"]]
+        searches = [sum(s for _, w, cap, s in rows if cap and w == label)
+                    / sum(1 for _, w, cap, _ in rows if cap and w == label) for label in heldout]
+        runs = [s for _, w, cap, s in rows if not cap and w in train]
+        assert per_gate == pytest.approx(sum(searches) / (sum(runs) / len(runs)))
+        validation_runs = 2 * 3 * 3  # rungs x validation instances x (2 finalists + baseline)
+        for wall_per_run in (0.05, 0.5):
+            state.evaluator = _Measured(wall_per_run)  # type: ignore[assignment]
+            assert finalize_estimate(state) == pytest.approx(
+                SAFETY * wall_per_run * (validation_runs + 2 * per_gate))
+        for cand in archive.candidates(origin="proposal"):
+            archive.update(cand.id, status=A.SCREENED_OUT)
+        assert finalize_estimate(state) == 0.0  # no finalist: nothing to gate
+
+
+def test_the_gate_is_weighed_by_cpu_when_this_session_measured_it(tmp_path):
+    """Wall seconds measured minutes apart on a shared machine do not compare; the trusted
+    side's CPU seconds, counted by the evaluator in this session, are preferred."""
+    from autotuner.campaign.reserve import gate_cost_in_runs, runs_per_gate
+
+    folder, _ = campaign(tmp_path, "cpu", [marked("# scaled on multiturn by 1.6")])
+    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": "cpu"})
+    state = Campaign(cfg, resume=True, stream=io.StringIO(), tty=False)
+    heldout = [i.label for i in state.instances["heldout"]]
+    train = [i.label for i in state.instances["train"]]
+    rows = [("reference-a", label, False, 0.5) for label in train] + \
+        [("reference-a", label, True, 2.0) for label in heldout]
+
+    class Counted(_Measured):
+        def cpu_costs(self, prefix: str) -> list:
+            return [r for r in rows if r[0].startswith(prefix)]
+
+    with Archive(folder / "archive.sqlite") as archive:
+        state.archive = archive
+        state.evaluator = Counted(0.1)  # type: ignore[assignment]
+        assert gate_cost_in_runs(state) == pytest.approx(len(heldout) * 2.0 / 0.5)
+        assert runs_per_gate(rows, heldout, train) == gate_cost_in_runs(state)
+        rows.clear()  # nothing measured this session (a resumed campaign): the archive's
+        assert gate_cost_in_runs(state) == pytest.approx(runs_per_gate(
+            archive.evaluation_costs("baseline"), heldout, train))
+
+
+def test_the_references_are_measured_before_the_search_and_the_gate_runs_none_of_theirs(
+        tmp_path):
+    """The gate's references do not depend on the search: tuned and measured on the held-out
+    instances before it, so the gate finds them all in the cache, and the reserve is predicted
+    from their measured held-out searches."""
+    folder, out = campaign(tmp_path, "refs", [marked("# scaled on multiturn by 1.6")], **{
+        "budget.proposals": 1, "gate.references": ["least_outstanding"]})
+    with Archive(folder / "archive.sqlite") as archive:
+        (cand,) = archive.candidates(origin="proposal")
+        assert cand.gate, (cand.status, out)
+        first_proposal_run = archive.conn.execute(
+            "SELECT MIN(created) FROM evaluations WHERE candidate_id=?", (cand.id,)).fetchone()[0]
+        late = archive.conn.execute(
+            "SELECT COUNT(*) FROM evaluations WHERE candidate_id LIKE 'reference-%' AND "
+            "created > ?", (first_proposal_run,)).fetchone()[0]
+        searches = [w for _, w, capacity, _ in archive.evaluation_costs("reference-")
+                    if capacity]
+        heldout = split_instances(load_config(**SMALL))["heldout"]
+        assert sorted(searches) == sorted(i.label for i in heldout)  # each held-out instance
+        assert late == 0  # tuning and held-out searches all before the search
+    assert out.index("reference least_outstanding tuned like the baseline") < \
+        out.index("c0001 <- baseline (island 0): proposed")
 
 
 def test_every_finalist_is_gated_even_when_the_wall_time_is_spent(tmp_path):
@@ -250,7 +354,8 @@ def test_every_finalist_is_gated_even_when_the_wall_time_is_spent(tmp_path):
     folder, out = campaign(tmp_path, "late", codes, **{
         "budget.wall_time_s": 1.0, "budget.min_proposals": 2, "budget.proposals": 3,
         "search.finalists": 2})
-    assert "search stopped: wall-time budget reached (2 of 3 proposals)" in out
+    assert "search stopped: wall-time budget reached (2 of 3 proposals; " in out
+    assert "kept back for the finalisation)" in out and "finalisation took " in out
     assert "wall-time budget is spent" not in out
     with Archive(folder / "archive.sqlite") as archive:
         finalists = archive.candidates(origin="proposal")

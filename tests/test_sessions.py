@@ -85,6 +85,47 @@ def test_a_policy_error_is_the_same_verdict_and_the_session_goes_on(backend: Any
             (b.verdict, b.reasons, b.decisions, b.phase)
 
 
+def test_one_session_serves_runs_with_different_params_as_lone_workers(backend: Any) -> None:
+    """A candidate's tuning trials share one worker: each run loads a fresh module with the
+    params it names, judged exactly as a lone worker with those params; params the file refuses
+    get the lone run's rejection, and the worker goes on."""
+    wl = workloads()[0]
+    sets = [{"chunk_size": 64}, {"chunk_size": 4096}, {"chunk_size": 64}]
+    alone = [evaluate(FIXED, workload=wl, sandbox=backend, params=p) for p in sets]
+    bad = {"chunk_size": 64, "no_such_tunable": 1}
+    lone_bad = evaluate(FIXED, workload=wl, sandbox=backend, params=bad)
+    with Session(FIXED, sandbox=backend) as session:
+        batched = [session.run(wl, params=p) for p in sets]
+        refused = session.run(wl, params=bad)
+        last = session.run(wl)  # the session's own (default) params
+        assert session.handle is not None and session.runs == len(sets) + 1  # one worker
+    assert metrics_bytes(alone[0], wl) != metrics_bytes(alone[1], wl)  # params matter here
+    for a, b in zip(alone, batched, strict=True):
+        assert metrics_bytes(a, wl) == metrics_bytes(b, wl)
+        assert (a.verdict, a.decisions, a.params) == (b.verdict, b.decisions, b.params)
+    assert (refused.verdict, refused.reasons) == (lone_bad.verdict, lone_bad.reasons) == \
+        ("rejected", lone_bad.reasons)
+    assert metrics_bytes(last, wl) == metrics_bytes(evaluate(FIXED, workload=wl,
+                                                             sandbox=backend), wl)
+
+
+def test_session_simulator_keeps_one_worker_across_a_candidates_trials() -> None:
+    from autotuner.scoring.evaluator import SessionSimulator
+
+    simulator = SessionSimulator()
+    jobs = [Job(FIXED, {"chunk_size": c}, CHAT, "run", 4.0) for c in (256, 512, 1024)]
+    try:
+        from autotuner.scoring import execute_job
+
+        for job in jobs:
+            execute_job(job, simulator)
+        assert simulator.sessions_started == 1
+        execute_job(Job(STATEFUL, {"chunk_size": 256}, CHAT, "run", 4.0), simulator)
+        assert simulator.sessions_started == 2  # another policy file: another worker
+    finally:
+        simulator.close()
+
+
 class _KillOnce:
     """Kills the session's worker (SIGKILL to its process group, as from outside) when the
     trusted side has read ``after`` decision lines of the session, once."""

@@ -5,29 +5,38 @@ archive names it. Then the campaign's summary.
 
 Only a gain on validation earns a gate; the best finalist is always gated, the others when
 validation says they might beat the promoted one. The wall-time budget never skips a gate: the
-search stopped early enough to leave the predicted time for all of them (``finalize_estimate``),
+search stopped early enough to leave the predicted time for all of them (``campaign.reserve``),
 so a slow machine makes fewer proposals, not an unfinished gate; where the prediction was short
 (or ``min_proposals`` kept the search going), the campaign runs over its budget by that much.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 from autotuner import archive as A
 from autotuner.archive import Candidate
 from autotuner.campaign.diagnostics import explanation_of
 from autotuner.campaign.errors import CampaignError
 from autotuner.campaign.progress import fmt_duration, fmt_gain
+from autotuner.campaign.references import tuned_reference_policies
 from autotuner.campaign.state import Baseline, CampaignState
 from autotuner.gate import GateInputError, GateResult, PolicyRef, run_gate, write_promotion
 from autotuner.scoring import ladder_scores
-from autotuner.yardstick import TunedPolicy, YardstickError, capacities, tuned_references
+from autotuner.yardstick import YardstickError, capacities
 
 
 def finalize_phase(state: CampaignState) -> None:
+    assert state.archive is not None
+    start = state.elapsed()
+    _finalize(state)
+    kept = state.archive.get_meta("finalize_reserve_s")
+    state.progress.log(f"finalisation took {fmt_duration(state.elapsed() - start)}"
+                       + (f" (the search kept back {fmt_duration(kept)})"
+                          if kept is not None else ""))
+
+
+def _finalize(state: CampaignState) -> None:
     assert state.archive is not None
     baseline = _baseline_on_validation(state)
     finalists = _finalists(state)
@@ -65,40 +74,12 @@ def _baseline_on_validation(state: CampaignState) -> Baseline:
 
 
 def _finalists(state: CampaignState) -> list[Candidate]:
-    """The best proposals that gained on training, best first."""
-    tuned = [c for c in state.scored() if c.origin == "proposal"
-             and c.status in (A.TUNED, A.FINALIST) and (c.train_score or 0) > 0]
-    for copy in (c for c in tuned if not c.promotable):
-        state.progress.log(f"{copy.label} is not a finalist: a copy of a reference policy is "
-                           f"not a discovery (training {fmt_gain(copy.train_score)})")
-    tuned = [c for c in tuned if c.promotable]
-    tuned.sort(key=lambda c: -(c.train_score or 0.0))
-    picked: list[Candidate] = []
-    seen: dict[tuple[Any, ...], str] = {}
-    for cand in tuned:
-        if len(picked) == state.cfg.search.finalists:
-            break
-        same = _training_signature(state, cand)
-        if same is not None and same in seen:
-            # the mutation changed code the runs never reach (or its effect cancels out): a
-            # second gate of the same decisions would spend the budget on nothing new
-            state.progress.log(f"{cand.label} is not a finalist: it scores exactly as "
-                               f"{seen[same]} on every training instance at every rate")
-            continue
-        if same is not None:
-            seen[same] = cand.id
-        picked.append(cand)
+    """The best proposals that gained on training, best first (``CampaignState.finalists``),
+    saying why any better-ranked one is not among them."""
+    picked, notes = state.finalists()
+    for note in notes:
+        state.progress.log(note)
     return picked
-
-
-def _training_signature(state: CampaignState, cand: Candidate) -> tuple[Any, ...] | None:
-    """The candidate's per-instance training scores, exactly (None when it has none): two
-    candidates alike in every one almost surely made the same decisions."""
-    assert state.archive is not None
-    by_instance = state.archive.scores(cand.id, "train").get("train", {})
-    if not by_instance:
-        return None
-    return tuple(sorted((label, score) for label, (score, _detail) in by_instance.items()))
 
 
 def _validate(state: CampaignState, baseline: Baseline, cand: Candidate) -> None:
@@ -136,7 +117,7 @@ def _gate_finalists(state: CampaignState, baseline: Baseline, finalists: list[Ca
             state.progress.log(f"finalist {cand.id} {skip}")
             continue
         if references is None:
-            references = _tuned_references(state, baseline)
+            references = tuned_reference_policies(state, baseline)
         state.tick(f"gate: {cand.id} on {len(state.instances['heldout'])} held-out instances")
         try:
             result = run_gate(
@@ -198,26 +179,6 @@ def _record_verdict(state: CampaignState, baseline: Baseline, cand: Candidate,
         state.progress.log(f"  {condition.line()}")
     for line in why.lines() if why is not None else ():
         state.progress.log(f"  why: {line}")
-
-
-def _tuned_references(state: CampaignState, b: Baseline) -> list[PolicyRef]:
-    """The gate's reference policies, tuned like the baseline: a seed the campaign tuned
-    keeps its tuned values; any other is tuned here once (kept in the archive's meta)."""
-    archive = state.archive
-    assert archive is not None and state.evaluator is not None
-
-    def keep(tuned: TunedPolicy) -> None:
-        stored = dict(archive.get_meta("references", {}) or {})
-        archive.set_meta("references", stored | {tuned.stem: dataclasses.asdict(tuned)})
-        state.progress.log(f"reference {tuned.stem} tuned like the baseline: "
-                           f"{dict(tuned.params)} (training {fmt_gain(tuned.value)})")
-
-    refs = tuned_references(
-        state.evaluator, state.cfg, state.instances["train"],
-        TunedPolicy(b.name, b.code, b.params, 0.0, "campaign"), b.caps["train"],
-        b.reference["train"], state.storage, "this campaign", archive=archive,
-        log=state.tick, on_tuned=keep)
-    return [r.ref() for r in refs]
 
 
 def summary(state: CampaignState) -> None:

@@ -16,6 +16,7 @@ import time
 from autotuner import archive as A
 from autotuner.campaign.candidate import process
 from autotuner.campaign.parents import migrate, proposal_request
+from autotuner.campaign.progress import fmt_duration
 from autotuner.campaign.state import CampaignState
 from autotuner.check import check_policy
 from autotuner.proposers.base import Proposal, Proposer
@@ -91,9 +92,12 @@ class SearchLoop:
 
     def _log_stop(self, made: int, out_of_money: bool) -> None:
         state, budget = self.state, self.state.cfg.budget
+        reserve = state.finalize_reserve()
+        self.archive.set_meta("finalize_reserve_s", reserve)  # finalize says how it compared
         if state.search_over() and made < budget.proposals:
             state.progress.log(f"search stopped: wall-time budget reached "
-                               f"({made} of {budget.proposals} proposals)")
+                               f"({made} of {budget.proposals} proposals; "
+                               f"{fmt_duration(reserve)} kept back for the finalisation)")
         elif out_of_money and self._evaluations_spent():
             state.progress.log(f"search stopped: the evaluation budget is spent "
                                f"({self.archive.evaluation_count()} evaluations of "

@@ -1,5 +1,7 @@
 """Phase 2: the configured reference policies (``search.seeds``) start islands: each enters the
-archive as a candidate, a child of the baseline, and is screened and tuned like a proposal."""
+archive as a candidate, a child of the baseline, and is screened and tuned like a proposal. Then
+the gate's references are tuned and measured on the held-out workloads (``campaign.references``),
+so the search need keep back time only for what depends on it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 
 from autotuner import archive as A
 from autotuner.campaign.candidate import process
+from autotuner.campaign.references import measure_reference_policies
 from autotuner.campaign.state import CampaignState
 from autotuner.config import policy_file
 
@@ -25,3 +28,4 @@ def seeds_phase(state: CampaignState) -> None:
                 files_dir=state.dir / "candidates")
     for cand in state.archive.candidates(origin="seed", status=(A.PENDING, A.TUNING)):
         process(state, cand)
+    measure_reference_policies(state)

@@ -20,11 +20,12 @@ from typing import Any, TextIO
 from autotuner import archive as A
 from autotuner.archive import Archive, Candidate
 from autotuner.campaign.progress import Progress, fmt_duration, fmt_gain
+from autotuner.campaign.reserve import finalize_estimate
 from autotuner.config import CampaignConfig, policy_file
 from autotuner.lineage import same_policy_as, shipped_references
 from autotuner.proposers.base import Proposer
 from autotuner.scoring import Evaluator, Instance, Simulator, ladder_jobs, split_instances
-from autotuner.yardstick import from_campaign, ladder_goodput, read_named_policy, reference_names
+from autotuner.yardstick import ladder_goodput
 
 PHASES = ("baseline", "seeds", "search", "finalize", "done")
 SCORED = (A.TUNED, A.FINALIST, A.GATE_FAILED, A.PROMOTED)  # statuses with a training score
@@ -84,16 +85,20 @@ class CampaignState:
         self.elapsed0 = 0.0  # seconds spent by earlier sessions of this campaign
         self._status_cache = ""
         self._status_at = 0.0
-        self._reference_files: list[tuple[str, str]] | None = None  # gate.references
         self._copyable: dict[str, str] | None = None  # every reference a proposal may copy
 
     # -- time ----------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.elapsed0 + time.monotonic() - self.t0
 
+    def finalize_reserve(self) -> float:
+        """Seconds of the wall-time budget kept back for validating and gating the finalists
+        (``campaign.reserve``), at least ``budget.finalize_reserve_s``."""
+        return max(self.cfg.budget.finalize_reserve_s, finalize_estimate(self))
+
     def search_over(self) -> bool:
         b = self.cfg.budget
-        if self.elapsed() < b.wall_time_s - max(b.finalize_reserve_s, self.finalize_estimate()):
+        if self.elapsed() < b.wall_time_s - self.finalize_reserve():
             return False
         if self.archive is not None and b.min_proposals:
             evaluated = self.archive.count(origin="proposal") - len(self.archive.candidates(
@@ -101,41 +106,6 @@ class CampaignState:
             if evaluated < min(b.min_proposals, b.proposals):
                 return False
         return True
-
-    def gate_sims(self, finalists: int = 1) -> int:
-        """Simulations gating ``finalists`` candidates takes: the baseline's held-out
-        capacities once (cached after the first gate), each candidate's (bracketed by the
-        baseline's, so fewer probes); the claim is judged on the capacity search's runs."""
-        return len(self.instances["heldout"]) * (12 + 9 * finalists)
-
-    def _reference_sims(self) -> int:
-        """Simulations the gate's reference policies still need: tuning the ones not tuned
-        yet, and their held-out capacities (cached once measured)."""
-        if self.archive is None:
-            return 0
-        if self._reference_files is None:
-            self._reference_files = [read_named_policy(n) for n in reference_names(self.cfg)]
-        untuned = [name for name, code in self._reference_files
-                   if from_campaign(self.archive, name, code) is None]
-        per_trial = len(self.cfg.objective.ladder) * len(self.instances["train"])
-        return (len(untuned) * self.cfg.budget.trials * per_trial
-                + len(self._reference_files) * len(self.instances["heldout"]) * 9)
-
-    def finalize_estimate(self) -> float:
-        """Seconds validation and the gating of every finalist will take, from the measured
-        speed so far: the search stops early enough that no finalist goes ungated for want of
-        time (a slow machine makes fewer proposals instead). Counted in simulations at the
-        speed the search measured, whatever their size (held-out runs are longer, but capacity
-        probes at low rates end early): on a loaded 2-core machine the default campaign's
-        finalisation took 6:32 where 5:40 was left when its search stopped (README)."""
-        if self.evaluator is None:
-            return 0.0
-        n_val = len(self.instances["validation"])
-        rungs = len(self.cfg.objective.ladder)
-        finalists = self.cfg.search.finalists
-        sims = (rungs * n_val * (1 + finalists) + self.gate_sims(finalists)
-                + self._reference_sims())
-        return 1.15 * sims * self.evaluator.wall_per_sim()
 
     def save_elapsed(self) -> None:
         if self.archive is not None:
@@ -152,6 +122,41 @@ class CampaignState:
         assert self.archive is not None
         return [c for c in self.archive.candidates(status=SCORED, island=island)
                 if c.train_score is not None]
+
+    def finalists(self) -> tuple[list[Candidate], list[str]]:
+        """The best proposals that gained on training, best first, at most
+        ``search.finalists`` of them, and why any better-ranked one is not among them: a copy
+        of a reference is no discovery, and a candidate that scores exactly as a better-ranked
+        one on every training instance made the same decisions (a mutation in code the runs
+        never reach), so a second gate of it would spend the budget on nothing new."""
+        tuned = [c for c in self.scored() if c.origin == "proposal"
+                 and c.status in (A.TUNED, A.FINALIST) and (c.train_score or 0) > 0]
+        notes = [f"{c.label} is not a finalist: a copy of a reference policy is not a "
+                 f"discovery (training {fmt_gain(c.train_score)})"
+                 for c in tuned if not c.promotable]
+        tuned = sorted((c for c in tuned if c.promotable), key=lambda c: -(c.train_score or 0.0))
+        picked: list[Candidate] = []
+        seen: dict[tuple[Any, ...], str] = {}
+        for cand in tuned:
+            if len(picked) == self.cfg.search.finalists:
+                break
+            same = self._training_signature(cand)
+            if same is not None and same in seen:
+                notes.append(f"{cand.label} is not a finalist: it scores exactly as "
+                             f"{seen[same]} on every training instance at every rate")
+                continue
+            if same is not None:
+                seen[same] = cand.id
+            picked.append(cand)
+        return picked, notes
+
+    def _training_signature(self, cand: Candidate) -> tuple[Any, ...] | None:
+        """The candidate's per-instance training scores, exactly (None when it has none)."""
+        assert self.archive is not None
+        by_instance = self.archive.scores(cand.id, "train").get("train", {})
+        if not by_instance:
+            return None
+        return tuple(sorted((label, score) for label, (score, _detail) in by_instance.items()))
 
     def best(self, promotable_only: bool = False) -> Candidate | None:
         pool = [c for c in self.scored() if c.promotable or not promotable_only]

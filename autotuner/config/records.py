@@ -232,7 +232,9 @@ class BudgetConfig:
         wall_time_s: wall-clock seconds for the whole campaign; the search stops early enough to
             leave ``finalize_reserve_s`` for validation and the gate.
         finalize_reserve_s: seconds kept back from ``wall_time_s`` for validation and the gate,
-            at least; more when the speed measured so far says they need more.
+            at least; more when the campaign's own measured evaluation costs say the finalists
+            it would pick now need more (``campaign.reserve``: their validation runs and
+            held-out capacity searches, at the speed of the latest evaluations).
         min_proposals: the wall-time budget does not end the search before this many proposals
             were made and evaluated (on a machine much slower than expected, a campaign that
             proposed nothing would be wasted); the other budgets still apply.
@@ -250,7 +252,7 @@ class BudgetConfig:
     proposals: int = 30
     trials: int = 8
     wall_time_s: float = 800.0
-    finalize_reserve_s: float = 90.0
+    finalize_reserve_s: float = 30.0
     min_proposals: int = 3
     evaluations: int | None = None
     tokens: int | None = None

@@ -14,12 +14,12 @@ transaction each as soon as they finish, so a kill loses at most the jobs in fli
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -49,6 +49,14 @@ from autotuner.simulation import run_policy
 Simulator = Callable[[str, Mapping[str, Any], ClusterSpec, Workload, SLO, float, SandboxConfig,
                       str], RunMetrics]
 
+
+CPU_KEY = "cpu_s"  # a result's CPU seconds on the trusted side, counted, never archived
+RECENT_CALLS = 200  # evaluate() calls kept for the recent speed (a trial is one call)
+# Decisions per line of a session worker's log. The trusted replay starts on the first line, so
+# it runs beside the worker's simulation (on another core, or for a larger share of a busy one)
+# instead of after it: a training run at the default sizes makes ~2,400 decisions, which the
+# worker's default of 2,048 per line sent in one or two lines at the end.
+SESSION_BATCH = 256
 
 # ------------------------------------------------------------------------------- one run
 @functools.lru_cache(maxsize=4)
@@ -90,27 +98,31 @@ def sandboxed(code: str, params: Mapping[str, Any], cluster: ClusterSpec, wl: Wo
 
 
 class SessionSimulator:
-    """The sandbox as ``sandboxed`` runs it, but consecutive runs of the same policy file and
-    params share one warm worker (``autotuner.evaluate.Session``): a candidate's ladder rungs
-    and capacity probes pay one interpreter start instead of one each. Every run is still
-    replayed and measured by the trusted side, and gets the same ``RunMetrics`` as alone."""
+    """The sandbox as ``sandboxed`` runs it, but consecutive runs of the same policy file share
+    one warm worker (``autotuner.session.Session``), whatever their params: a candidate's
+    screening, every tuning trial's ladder rungs and its capacity probes pay one interpreter
+    start instead of one per run (or per trial). Every run still loads a fresh policy module
+    with its own params, is replayed and measured by the trusted side, and gets the same
+    ``RunMetrics`` as alone."""
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._session: Session | None = None
+        self.sessions_started = 0  # workers' policy files taken up (tests count them)
 
     def __call__(self, code: str, params: Mapping[str, Any], cluster: ClusterSpec,
                  wl: Workload, slo: SLO, horizon: float, sandbox: SandboxConfig,
                  name: str) -> RunMetrics:
-        key = (sha256(code), json.dumps(dict(params), sort_keys=True, default=repr),
-               repr(cluster), repr(sandbox), name)
+        key = (sha256(code), repr(cluster), repr(sandbox), name)
         if self._session is None or key != self._key:
             self.close()
             self._session = Session(code, name=name, params=params, cluster=cluster,
                                     sandbox=sandbox_backend(sandbox.backend),
-                                    limits=sandbox_limits(sandbox), with_metrics=False)
+                                    limits=sandbox_limits(sandbox), with_metrics=False,
+                                    batch=SESSION_BATCH)
             self._key = key
-        ev = self._session.run(wl, slo=slo, horizon=horizon)
+            self.sessions_started += 1
+        ev = self._session.run(wl, slo=slo, horizon=horizon, params=params)
         if not ev.ok:
             return RunMetrics.failed(wl, "; ".join(ev.reasons) or ev.verdict, slo.kind)
         return run_metrics(wl, ev.result, slo)
@@ -156,11 +168,13 @@ def run_at(job: Job, rate: float | None, simulator: Simulator, multiple: int = 1
 
 def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
     """Run one job (in a pool worker) and return its archive row: the typed result
-    (``RunMetrics``, or ``CapacityResult`` for a capacity job) as plain data, plus ``seconds``.
+    (``RunMetrics``, or ``CapacityResult`` for a capacity job) as plain data, plus ``seconds``
+    and ``cpu_s`` (this thread's CPU for it: the trusted replay and metrics, a cost the
+    machine's load barely moves; the ``Evaluator`` keeps it out of the archive).
     Never raises for a policy's failure: the reason is the result's ``error``. Infrastructure
     failures (the sandbox itself broken) do raise."""
     simulator = simulator or simulator_for()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     if job.kind == "run":
         out = run_at(job, job.rate, simulator).to_dict()
     elif job.kind == "capacity":
@@ -175,6 +189,7 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
     out["seconds"] = time.perf_counter() - t0
+    out[CPU_KEY] = time.thread_time() - cpu0
     return out
 
 
@@ -332,10 +347,33 @@ class Evaluator:
         self.seconds = 0.0  # summed job seconds (inside the workers)
         self.sims = 0  # simulations run: one per run job, one per capacity probe
         self.wall = 0.0  # wall seconds spent in evaluate() running jobs
+        # (wall seconds, runs) of the latest calls that ran single runs (a ladder, a trial): the
+        # speed now, on a machine whose load changes (``campaign.reserve``)
+        self.recent: deque[tuple[float, int]] = deque(maxlen=RECENT_CALLS)
+        # (candidate id, workload label, capacity search?) -> [jobs, trusted-side CPU seconds]
+        self.cpu: dict[tuple[str, str, bool], list[float]] = {}
 
     def wall_per_sim(self, default: float = 0.3) -> float:
         """Measured wall seconds per simulation at this parallelism (for budgeting)."""
         return self.wall / self.sims if self.sims >= 20 else default
+
+    def recent_wall_per_sim(self, at_least: int = 60) -> float | None:
+        """Wall seconds per run over the latest calls of single runs (at least ``at_least``
+        runs of them; None before that many ran)."""
+        wall, sims = 0.0, 0
+        for call_wall, call_sims in reversed(self.recent):
+            wall, sims = wall + call_wall, sims + call_sims
+            if sims >= at_least:
+                return wall / sims
+        return None
+
+    def cpu_costs(self, candidate_prefix: str) -> list[tuple[str, str, bool, float]]:
+        """(candidate id, workload label, capacity search?, mean CPU seconds) of what this
+        session ran for candidates whose id starts with ``candidate_prefix``: the shape of
+        ``Archive.evaluation_costs``, in CPU rather than wall seconds."""
+        return [(cid, label, capacity, cpu / n)
+                for (cid, label, capacity), (n, cpu) in self.cpu.items()
+                if cid.startswith(candidate_prefix) and n]
 
     def start(self) -> None:
         """Start the workers now (before any threads exist in this process)."""
@@ -358,10 +396,12 @@ class Evaluator:
         for i in todo:
             first.setdefault(keys[i], i)
         run = list(first.values())
+        sims0 = self.sims
 
         def store(i: int, result: dict[str, Any]) -> None:
             if results[i] is not None:
                 return  # an executor that reported a job twice: the first result stands
+            self._count_cpu(jobs[i], candidate_id, result.pop(CPU_KEY, None))
             self._store(jobs[i], keys[i], result, candidate_id)
             results[i] = result
             if on_result:
@@ -374,7 +414,16 @@ class Evaluator:
                 results[i] = results[first[keys[i]]]
         if run:
             self.wall += time.perf_counter() - t_start
+            if all(jobs[i].kind == "run" for i in run):  # capacity probes differ in size
+                self.recent.append((time.perf_counter() - t_start, self.sims - sims0))
         return [r if r is not None else {} for r in results]
+
+    def _count_cpu(self, job: Job, candidate_id: str | None, cpu: Any) -> None:
+        if isinstance(cpu, (int, float)) and candidate_id:
+            row = self.cpu.setdefault((candidate_id, job.instance.label,
+                                       job.kind == "capacity"), [0, 0.0])
+            row[0] += 1
+            row[1] += float(cpu)
 
     def _store(self, job: Job, key: str, result: dict[str, Any],
                candidate_id: str | None) -> None:
