@@ -89,12 +89,13 @@ def ladder_goodput(results: Sequence[Mapping[str, Any]], instances: Sequence[Ins
 
 def capacities(evaluator: Evaluator, cfg: CampaignConfig, policy: PolicyRef,
                instances: Sequence[Instance], candidate_id: str,
-               hints: Mapping[str, float] | None = None, who: str = "baseline"
-               ) -> dict[str, float]:
-    """Capacity per instance on the instances' own runs (it places the ladder's rungs, which
-    run there); a failure or a (near) zero capacity raises with one line."""
+               hints: Mapping[str, float] | None = None, who: str = "baseline",
+               checked: bool = False) -> dict[str, float]:
+    """Capacity per instance; a failure or a (near) zero capacity raises with one line.
+    Unchecked (the instances' own runs) where it places the ladder's rungs, which run there;
+    ``checked`` on the held-out split, the gate's own jobs (so the gate finds them cached)."""
     results = evaluator.evaluate(capacity_jobs(policy.code, policy.params, instances, cfg, hints,
-                                               name=policy.name, checked=False), candidate_id)
+                                               name=policy.name, checked=checked), candidate_id)
     caps: dict[str, float] = {}
     for inst, res in zip(instances, results, strict=True):
         if res.get("error"):

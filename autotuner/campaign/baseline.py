@@ -88,6 +88,6 @@ def _tune_and_measure(state: CampaignState, file_name: str, code: str
                           state.storage, tick=state.tick, on_result=on_result)
     state.tick("baseline: capacity on the validation and held-out workloads")
     other = {split: capacities(state.evaluator, cfg, tuned.policy.ref(), state.instances[split],
-                               "baseline", who="tuned baseline")
+                               "baseline", who="tuned baseline", checked=split == "heldout")
              for split in ("validation", "heldout")}
     return tuned, other

@@ -14,7 +14,8 @@ import dataclasses
 
 from autotuner.campaign.progress import fmt_gain
 from autotuner.campaign.state import Baseline, CampaignState
-from autotuner.gate import PolicyRef, measure_references
+from autotuner.gate import PolicyRef, measure_capacities, measure_references
+from autotuner.scoring import run_lengths
 from autotuner.yardstick import TunedPolicy, tuned_references
 
 
@@ -43,7 +44,12 @@ def measure_reference_policies(state: CampaignState) -> None:
     assert state.evaluator is not None and state.baseline is not None
     if not state.cfg.gate.references:
         return
-    refs = tuned_reference_policies(state, state.baseline)
+    b = state.baseline
+    refs = tuned_reference_policies(state, b)
     state.tick(f"references: capacity on {len(state.instances['heldout'])} held-out instances")
+    # the run lengths the baseline's held-out capacities were found on (its searches are in
+    # the evaluation cache): the gate's reference jobs start there, so these are the same jobs
+    _, base_raw, _ = measure_capacities(state.evaluator, PolicyRef(b.name, b.code, b.params),
+                                        state.instances["heldout"], state.cfg, None, "baseline")
     measure_references(state.evaluator, state.cfg, refs, state.instances["heldout"],
-                       state.baseline.caps["heldout"])
+                       b.caps["heldout"], run_lengths(base_raw))
