@@ -214,8 +214,8 @@ class _Checker:
         self.members: dict[str, tuple[str, str]] = {}  # from-imported name -> (module, member)
         self.bound: set[str] = set()
         self.parents: dict[int, ast.AST] = {}
-        self.tunable_names = _tunable_names(tree)
-        self.in_tunables = _tunables_node_ids(tree)  # its own rule explains what is wrong there
+        self.tunable_names = tunable_names(tree)
+        self.in_tunables = tunables_node_ids(tree)  # its own rule explains what is wrong there
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -1157,8 +1157,8 @@ def _scope_issues(text: str, tree: ast.Module,
     issues = []
     parents = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
     scopes = scopes_for(tree, parents)
-    tunables = _tunable_names(tree)
-    in_tunables = _tunables_node_ids(tree)
+    tunables = tunable_names(tree)
+    in_tunables = tunables_node_ids(tree)
     for name in sorted(bad):
         loads = [
             n
@@ -1187,13 +1187,13 @@ def _scope_issues(text: str, tree: ast.Module,
     return issues
 
 
-def _tunables_node_ids(tree: ast.Module) -> frozenset[int]:
+def tunables_node_ids(tree: ast.Module) -> frozenset[int]:
     return frozenset(id(n) for stmt in tree.body if isinstance(stmt, ast.Assign)
                      and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in stmt.targets)
                      for n in ast.walk(stmt.value))
 
 
-def _tunable_names(tree: ast.Module) -> frozenset[str]:
+def tunable_names(tree: ast.Module) -> frozenset[str]:
     """The names TUNABLES declares (string keys of the dict literal), read from the AST."""
     for stmt in tree.body:
         if (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict)

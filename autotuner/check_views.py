@@ -68,6 +68,9 @@ class FieldIssue:
     node: ast.AST
     construct: str
     text: str
+    # The one field the reason names as meant (``.index`` -> "replica", a single close spelling);
+    # "" when the reason leaves a choice. The proposer's mechanical repair writes it in.
+    field: str = ""
 
 
 class _Inference:
@@ -360,6 +363,18 @@ _SPELLED_OTHERWISE = {
 }
 
 
+def meant_field(attr: str, view: View) -> str:
+    """The one field of ``view`` that ``attr`` stands for: a spelling the API writes otherwise,
+    or the single close match when no other view has ``attr``; "" when there is no one answer."""
+    spelled = _SPELLED_OTHERWISE.get((view.name, attr))
+    if spelled is not None:
+        return spelled
+    if any(v.name != view.name for v in where_field(attr)):
+        return ""
+    close = difflib.get_close_matches(attr, view.field_names, n=2, cutoff=0.6)
+    return close[0] if len(close) == 1 else ""
+
+
 def _elsewhere(attr: str, view: View) -> str:
     """Where a field of that name does exist, when it is on another view."""
     spelled = _SPELLED_OTHERWISE.get((view.name, attr))
@@ -386,7 +401,8 @@ def _issue_for(node: ast.Attribute, t: _T) -> FieldIssue | None:
             return None
         return FieldIssue(node, "api-field", (
             f"'{shown}.{attr}': {shown} is a {view.name} ({view.origin}), which has no field "
-            f"'{attr}'{_elsewhere(attr, view)}. {view.name} fields: {_fields_text(view)}"))
+            f"'{attr}'{_elsewhere(attr, view)}. {view.name} fields: {_fields_text(view)}"),
+            meant_field(attr, view))
     if t.kind == "seq" and attr not in _TUPLE_METHODS:
         view = views()[t.view]
         hint = f"; '{attr}' is a field of each entry" if view.field(attr) else ""

@@ -126,15 +126,33 @@ def direction(diagnosis: Diagnosis | None, number: int) -> str:
 _LINE_REASON = re.compile(r"\bline (\d+)\b")
 
 
-def offending_line(reason: str, code: str | None) -> str:
-    """The source line a reason names ("line N: ..." from the check, "... at line N: ..."
-    from a dry run), stripped ("" when none)."""
+def reason_line(reason: str) -> int:
+    """The line a reason names ("line N: ..." from the check, "... at line N: ..." from a dry
+    run); 0 when none."""
     match = _LINE_REASON.search(reason)
-    if code is None or match is None:
+    return int(match.group(1)) if match else 0
+
+
+def offending_line(reason: str, code: str | None) -> str:
+    """The source line a reason names, stripped ("" when none)."""
+    number = reason_line(reason)
+    if code is None or not number:
         return ""
     lines = code.splitlines()
-    number = int(match.group(1))
     return lines[number - 1].strip() if 1 <= number <= len(lines) else ""
+
+
+def marked_file(code: str, reasons: Sequence[str]) -> str:
+    """The file with ``  # <- problem N`` after each line the N-th reason names."""
+    lines = code.splitlines()
+    marks: dict[int, list[str]] = {}
+    for n, reason in enumerate(reasons, 1):
+        number = reason_line(reason)
+        if 1 <= number <= len(lines):
+            marks.setdefault(number, []).append(str(n))
+    for number, which in marks.items():
+        lines[number - 1] += f"  # <- problem {', '.join(which)}"
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Any) -> str:
@@ -305,6 +323,13 @@ class PromptBuilder:
                 break
             msgs = self.messages(request, notes, number, idea)
         return FittedPrompt(msgs, messages_tokens(msgs), tuple(dropped))
+
+    def repair(self, reasons: Sequence[str], code: str) -> str:
+        """The message that asks for a refused file to be fixed, and nothing else: the file
+        with the lines the reasons name marked, and the reasons beside those lines."""
+        return self._env.get_template("repair.j2").render(
+            marked=marked_file(code, reasons),
+            reasons=[(r, offending_line(r, code)) for r in reasons])
 
     def fix(self, reasons: Sequence[str], code: str | None) -> str:
         """The message that sends an unusable reply or a refused file back with the reasons,
