@@ -676,7 +676,15 @@ class _Checker:
                 )
             elif name not in ALLOWED_BUILTINS:
                 self.add(node, "undefined-name",
-                         undefined_name_advice(name, self.tunable_names, where=""))
+                         undefined_name_advice(name, self.tunable_names,
+                                               where=self.function_name(node)))
+
+    def function_name(self, node: ast.AST) -> str:
+        """The innermost function a node is in ("" at module level)."""
+        cur = self.parents.get(id(node))
+        while cur is not None and not isinstance(cur, ast.FunctionDef):
+            cur = self.parents.get(id(cur))
+        return cur.name if isinstance(cur, ast.FunctionDef) else ""
 
     def check_attribute(self, node: ast.Attribute) -> None:
         attr = node.attr
@@ -1241,6 +1249,13 @@ def undefined_name_advice(name: str, tunables: frozenset[str] = frozenset(), *, 
         return (f"{used} but is not defined{there}: it is a local variable of "
                 f"{' and '.join(locals_of)}, which {where or 'this code'} cannot see; compute "
                 "it here, or pass it as an argument")
+    if where and where != "the module":
+        # No module has it, so the import list only distracted: Qwen2.5-Coder-1.5B, told
+        # "define it, or import it from an allowed module (math, random, ...)", sent the same
+        # file back.
+        return (f"{used} but is never assigned: no line of {where} or of the module sets "
+                f"'{name}'; assign {name} = ... in {where} before this line, or use a value "
+                f"{where} already has")
     return (f"{used} but is neither defined in this file nor an allowed built-in; define it, "
             f"or import it from an allowed module ({_allowed_modules_text()})")
 
