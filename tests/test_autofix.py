@@ -95,3 +95,21 @@ def test_what_leaves_a_choice_is_left_to_the_model(body, route):
         code += "\n\ndef helper():\n    return chunk_size\n"
     assert check_reasons(code)
     assert mechanical_repair(code) == (code, ())
+
+
+@pytest.mark.parametrize("entry, fixed_entry", [
+    ('{"type": "float", "low": 0.01, "high": 0.1, "step": 0.01, "default": 0.05}',
+     '{"type": "float", "low": 0.01, "high": 0.1, "default": 0.05}'),
+    ('{"type": "float", "low": 0.01, "high": 0.1, "default": 0.05, "step": 0.01}',
+     '{"type": "float", "low": 0.01, "high": 0.1, "default": 0.05}'),
+])
+def test_a_tunables_key_the_format_lacks_is_dropped(entry, fixed_entry):
+    """Optuna's "step" in a TUNABLES entry (Qwen2.5-Coder-1.5B wrote it, then sent it back)."""
+    code = policy("    room = int(replica.max_batch_tokens * params['max_share'])\n")
+    shown = '"max_share": {"type": "float", "low": 0.1, "high": 1.0, "default": 0.5}'
+    slipped = code.replace(shown, f'"max_share": {entry}')
+    assert "unknown keys ['step']" in check_reasons(slipped)[0]
+    fixed, notes = mechanical_repair(slipped)
+    assert fixed == code.replace(shown, f'"max_share": {fixed_entry}')
+    assert notes == ("line 4: TUNABLES['max_share'] key 'step' dropped (not a TUNABLES key)",)
+    assert check_reasons(fixed) == []

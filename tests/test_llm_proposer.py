@@ -881,3 +881,13 @@ def test_a_file_before_the_replys_first_fence_is_read(server):
     server.push(ok(f"{NEW_FILE}```\n\n## Task\n\nidea: shortest first\n"))
     result = proposer(server).propose(request(), passes)
     assert result.ok and result.code == NEW_FILE and len(server.requests) == 1
+
+
+def test_a_dry_runs_illegal_decision_goes_back_with_what_the_rule_asks():
+    """The dry run names a rule but no line: the repair message says what the code must do."""
+    reason = ("illegal decision: partition(replica 1 at t=0.682s): chunk of 0 tokens for "
+              "request 1 (1..19 allowed)")
+    repair = PromptBuilder().repair([reason], NEW_FILE)
+    assert f"1. {reason}\n   to keep the rule: every chunk is 1 to req.remaining tokens" in repair
+    assert "# <- problem" not in repair and "with as few changed lines as you can" in repair
+    assert "to keep the rule" not in PromptBuilder().repair(["line 3: no"], NEW_FILE)

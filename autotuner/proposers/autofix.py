@@ -13,7 +13,9 @@ nothing the policy means, and the tool writes it in:
 - a field that the API spells otherwise (``r.index`` for ``r.replica``) or a misspelt field with
   exactly one close match on that view and no other view that has it;
 - a ``params`` key that TUNABLES does not declare, with exactly one close declared name and no
-  field of that name anywhere in the API.
+  field of that name anywhere in the API;
+- a TUNABLES entry with a key the format does not have (Optuna's ``"step"``): the key is
+  dropped, which leaves the policy's code as it was and the search space a continuous range.
 
 Anything with a choice in it (a local of another function, a bound that reads a runtime value,
 a field that lives on another view) is left to the model. The result goes through the same check
@@ -30,7 +32,7 @@ from autotuner.api_views import where_field
 from autotuner.check import BUILTIN_NAMES, tunable_names, tunables_node_ids
 from autotuner.check_scopes import scopes_for
 from autotuner.check_views import view_issues
-from autotuner.policy import ALLOWED_MODULES, PARSE_LOCK
+from autotuner.policy import ALLOWED_MODULES, PARSE_LOCK, TUNABLE_KEYS
 
 _PARAMS_POSITION = {"partition": 1, "route": 2}  # params' place in each decision's signature
 _ROUNDS = 3  # a fix can uncover another (an import once a tunable is read from params)
@@ -130,9 +132,40 @@ def _plan(tree: ast.Module) -> tuple[list[_Splice], dict[str, list[str]]]:
             splices.append(_splice(node, f'{params}["{node.attr}"]',
                                    f"line {node.lineno}: {ast.unparse(node)} (a tunable) read "
                                    f'as {params}["{node.attr}"]'))
+    splices += _unknown_tunable_keys(tree)
     for names in imports.values():
         names.sort()
     return _disjoint(splices), {m: n for m, n in imports.items() if n}
+
+
+def _unknown_tunable_keys(tree: ast.Module) -> list[_Splice]:
+    """A splice that drops each ``"key": value`` pair of a TUNABLES entry that the format does
+    not know, with the comma beside it (a pair that shares its line with another)."""
+    out = []
+    for stmt in tree.body:
+        if not (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in stmt.targets)):
+            continue
+        for entry, spec in zip(stmt.value.keys, stmt.value.values, strict=True):
+            if not isinstance(spec, ast.Dict) or not isinstance(entry, ast.Constant):
+                continue
+            pairs = list(zip(spec.keys, spec.values, strict=True))
+            for i, (key, value) in enumerate(pairs):
+                if (not isinstance(key, ast.Constant) or key.value in TUNABLE_KEYS
+                        or key.lineno != value.end_lineno):
+                    continue
+                after = pairs[i + 1][0] if i + 1 < len(pairs) else None
+                before = pairs[i - 1][1] if i else None
+                if after is not None and after.lineno == key.lineno:
+                    span = (key.col_offset, after.col_offset)  # the pair and its comma
+                elif before is not None and before.end_lineno == key.lineno:
+                    span = (before.end_col_offset or 0, value.end_col_offset or 0)
+                else:
+                    continue  # alone on its line: left to the model
+                out.append(_Splice(key.lineno, *span, "",
+                                   f"line {key.lineno}: TUNABLES[{entry.value!r}] key "
+                                   f"{key.value!r} dropped (not a TUNABLES key)"))
+    return out
 
 
 def _called(node: ast.Name, parents: dict[int, ast.AST]) -> bool:
