@@ -75,7 +75,7 @@ def _plan(tree: ast.Module) -> tuple[list[_Splice], dict[str, list[str]]]:
     tunables = tunable_names(tree)
     in_tunables = tunables_node_ids(tree)
     params_of = _params_names(tree)
-    splices: list[_Splice] = []
+    splices: list[_Splice | None] = []
     imports: dict[str, list[str]] = {}
 
     def decision(node: ast.AST) -> ast.FunctionDef | None:
@@ -135,7 +135,8 @@ def _plan(tree: ast.Module) -> tuple[list[_Splice], dict[str, list[str]]]:
     splices += _unknown_tunable_keys(tree)
     for names in imports.values():
         names.sort()
-    return _disjoint(splices), {m: n for m, n in imports.items() if n}
+    return _disjoint([s for s in splices if s is not None]), {m: n for m, n in imports.items()
+                                                               if n}
 
 
 def _unknown_tunable_keys(tree: ast.Module) -> list[_Splice]:
@@ -186,11 +187,13 @@ def _params_names(tree: ast.Module) -> dict[str, str]:
     return out
 
 
-def _splice(node: ast.AST, text: str, note: str) -> _Splice:
+def _splice(node: ast.AST, text: str, note: str) -> _Splice | None:
+    """Replace the node's text; None for a node written over several lines (left alone)."""
     line = getattr(node, "lineno", 0)
     if getattr(node, "end_lineno", None) != line:
-        raise ValueError("a node over several lines is not spliced")
-    return _Splice(line, node.col_offset, node.end_col_offset or 0, text, note)
+        return None
+    return _Splice(line, getattr(node, "col_offset", 0), getattr(node, "end_col_offset", 0) or 0,
+                   text, note)
 
 
 def _disjoint(splices: list[_Splice]) -> list[_Splice]:
