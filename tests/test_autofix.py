@@ -80,8 +80,8 @@ def test_several_fixes_at_once_and_a_file_that_needs_none_is_left_alone():
 @pytest.mark.parametrize("body, route", [
     # a local of another function: which value was meant is the model's choice
     ("    room = replica.max_batch_tokens\n", "    return budget % len(cluster.replicas)\n"),
-    # a field that lives on another view (ReplicaLoad.running), not a spelling slip
-    ("    room = replica.running\n", ""),
+    # a field that lives on another view (ReplicaLoad.prefix_hit_tokens), not a spelling slip
+    ("    room = replica.prefix_hit_tokens\n", ""),
     # a params key that is a field of the API: read the field, or declare it? a choice
     ("    room = params['max_batch_tokens']\n", ""),
     # a bare name that is math's constant: more likely a variable the model forgot
@@ -113,3 +113,15 @@ def test_a_tunables_key_the_format_lacks_is_dropped(entry, fixed_entry):
     assert fixed == code.replace(shown, f'"max_share": {fixed_entry}')
     assert notes == ("line 4: TUNABLES['max_share'] key 'step' dropped (not a TUNABLES key)",)
     assert check_reasons(fixed) == []
+
+
+def test_requests_in_decode_are_spelt_as_each_view_spells_them():
+    """r.decodes in route (Qwen2.5-Coder-1.5B, sent back twice): ReplicaLoad calls it running."""
+    code = policy("    room = replica.max_batch_tokens - replica.decodes\n",
+                  "    return min(cluster.replicas, key=lambda r: r.decodes).replica\n")
+    (reason,) = check_reasons(code)
+    assert ("(the number of requests in decode is the field .running here: write .running "
+            "instead of .decodes)") in reason
+    fixed, notes = mechanical_repair(code)
+    assert notes == ("line 21: .decodes written as .running",)
+    assert "key=lambda r: r.running).replica" in fixed and check_reasons(fixed) == []

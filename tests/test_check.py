@@ -655,7 +655,7 @@ ISSUE_EXAMPLES = [
             return (512, ())
         """,
         4,
-        ["'replica.running'", "ReplicaView", "'running' is a field of ReplicaLoad", "decodes"],
+        ["'replica.running'", "ReplicaView", "write .decodes instead of .running"],
     ),
     (
         """
