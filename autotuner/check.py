@@ -214,8 +214,8 @@ class _Checker:
         self.members: dict[str, tuple[str, str]] = {}  # from-imported name -> (module, member)
         self.bound: set[str] = set()
         self.parents: dict[int, ast.AST] = {}
-        self.tunable_names = _tunable_names(tree)
-        self.in_tunables = _tunables_node_ids(tree)  # its own rule explains what is wrong there
+        self.tunable_names = tunable_names(tree)
+        self.in_tunables = tunables_node_ids(tree)  # its own rule explains what is wrong there
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -676,7 +676,15 @@ class _Checker:
                 )
             elif name not in ALLOWED_BUILTINS:
                 self.add(node, "undefined-name",
-                         undefined_name_advice(name, self.tunable_names, where=""))
+                         undefined_name_advice(name, self.tunable_names,
+                                               where=self.function_name(node)))
+
+    def function_name(self, node: ast.AST) -> str:
+        """The innermost function a node is in ("" at module level)."""
+        cur = self.parents.get(id(node))
+        while cur is not None and not isinstance(cur, ast.FunctionDef):
+            cur = self.parents.get(id(cur))
+        return cur.name if isinstance(cur, ast.FunctionDef) else ""
 
     def check_attribute(self, node: ast.Attribute) -> None:
         attr = node.attr
@@ -1157,8 +1165,8 @@ def _scope_issues(text: str, tree: ast.Module,
     issues = []
     parents = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
     scopes = scopes_for(tree, parents)
-    tunables = _tunable_names(tree)
-    in_tunables = _tunables_node_ids(tree)
+    tunables = tunable_names(tree)
+    in_tunables = tunables_node_ids(tree)
     for name in sorted(bad):
         loads = [
             n
@@ -1187,13 +1195,13 @@ def _scope_issues(text: str, tree: ast.Module,
     return issues
 
 
-def _tunables_node_ids(tree: ast.Module) -> frozenset[int]:
+def tunables_node_ids(tree: ast.Module) -> frozenset[int]:
     return frozenset(id(n) for stmt in tree.body if isinstance(stmt, ast.Assign)
                      and any(isinstance(t, ast.Name) and t.id == "TUNABLES" for t in stmt.targets)
                      for n in ast.walk(stmt.value))
 
 
-def _tunable_names(tree: ast.Module) -> frozenset[str]:
+def tunable_names(tree: ast.Module) -> frozenset[str]:
     """The names TUNABLES declares (string keys of the dict literal), read from the AST."""
     for stmt in tree.body:
         if (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict)
@@ -1241,6 +1249,13 @@ def undefined_name_advice(name: str, tunables: frozenset[str] = frozenset(), *, 
         return (f"{used} but is not defined{there}: it is a local variable of "
                 f"{' and '.join(locals_of)}, which {where or 'this code'} cannot see; compute "
                 "it here, or pass it as an argument")
+    if where and where != "the module":
+        # No module has it, so the import list only distracted: Qwen2.5-Coder-1.5B, told
+        # "define it, or import it from an allowed module (math, random, ...)", sent the same
+        # file back.
+        return (f"{used} but is never assigned: no line of {where} or of the module sets "
+                f"'{name}'; assign {name} = ... in {where} before this line, or use a value "
+                f"{where} already has")
     return (f"{used} but is neither defined in this file nor an allowed built-in; define it, "
             f"or import it from an allowed module ({_allowed_modules_text()})")
 

@@ -68,6 +68,9 @@ class FieldIssue:
     node: ast.AST
     construct: str
     text: str
+    # The one field the reason names as meant (``.index`` -> "replica", a single close spelling);
+    # "" when the reason leaves a choice. The proposer's mechanical repair writes it in.
+    field: str = ""
 
 
 class _Inference:
@@ -349,22 +352,41 @@ def _fields_text(view: View) -> str:
     return ", ".join(view.field_names)
 
 
-# Names a model reaches for that the API spells otherwise: a replica's index is its field
-# `replica` (Qwen2.5-Coder-1.5B wrote `best.id` in 2 of 24 proposals and, told the fields of
-# ReplicaLoad, wrote it again: told the field by name, a repair has something to do).
+# Names a model reaches for that the API spells otherwise, with what the field holds: a
+# replica's index is its field `replica` (Qwen2.5-Coder-1.5B wrote `best.id` in 2 of 24 proposals
+# and, told the fields of ReplicaLoad, wrote it again: told the field by name, a repair has
+# something to do); the requests in decode are `decodes` on the partition's replica and `running`
+# on route's entries (it wrote `r.decodes` in route, then sent the file back twice).
+_INDEX = "its index"
+_IN_DECODE = "the number of requests in decode"
 _SPELLED_OTHERWISE = {
-    ("ReplicaView", "id"): "replica", ("ReplicaView", "index"): "replica",
-    ("ReplicaLoad", "id"): "replica", ("ReplicaLoad", "index"): "replica",
-    ("ReplicaLoad", "idx"): "replica", ("ReplicaLoad", "replica_id"): "replica",
-    ("ReplicaView", "replica_id"): "replica",
+    ("ReplicaView", "id"): ("replica", _INDEX), ("ReplicaView", "index"): ("replica", _INDEX),
+    ("ReplicaLoad", "id"): ("replica", _INDEX), ("ReplicaLoad", "index"): ("replica", _INDEX),
+    ("ReplicaLoad", "idx"): ("replica", _INDEX), ("ReplicaLoad", "replica_id"): ("replica", _INDEX),
+    ("ReplicaView", "replica_id"): ("replica", _INDEX),
+    ("ReplicaLoad", "decodes"): ("running", _IN_DECODE),
+    ("ReplicaView", "running"): ("decodes", _IN_DECODE),
 }
+
+
+def meant_field(attr: str, view: View) -> str:
+    """The one field of ``view`` that ``attr`` stands for: a spelling the API writes otherwise,
+    or the single close match when no other view has ``attr``; "" when there is no one answer."""
+    spelled = _SPELLED_OTHERWISE.get((view.name, attr))
+    if spelled is not None:
+        return spelled[0]
+    if any(v.name != view.name for v in where_field(attr)):
+        return ""
+    close = difflib.get_close_matches(attr, view.field_names, n=2, cutoff=0.6)
+    return close[0] if len(close) == 1 else ""
 
 
 def _elsewhere(attr: str, view: View) -> str:
     """Where a field of that name does exist, when it is on another view."""
     spelled = _SPELLED_OTHERWISE.get((view.name, attr))
     if spelled is not None:
-        return f" (its index is the field .{spelled}: write .{spelled} instead of .{attr})"
+        field, what = spelled
+        return f" ({what} is the field .{field} here: write .{field} instead of .{attr})"
     others = [v for v in where_field(attr) if v.name != view.name]
     if not others:
         close = difflib.get_close_matches(attr, view.field_names, n=1, cutoff=0.6)
@@ -386,7 +408,8 @@ def _issue_for(node: ast.Attribute, t: _T) -> FieldIssue | None:
             return None
         return FieldIssue(node, "api-field", (
             f"'{shown}.{attr}': {shown} is a {view.name} ({view.origin}), which has no field "
-            f"'{attr}'{_elsewhere(attr, view)}. {view.name} fields: {_fields_text(view)}"))
+            f"'{attr}'{_elsewhere(attr, view)}. {view.name} fields: {_fields_text(view)}"),
+            meant_field(attr, view))
     if t.kind == "seq" and attr not in _TUPLE_METHODS:
         view = views()[t.view]
         hint = f"; '{attr}' is a field of each entry" if view.field(attr) else ""

@@ -33,6 +33,7 @@ DECISION_POINTS = ("partition", "route")
 FALLBACK_BASELINE = "fixed_chunk"
 MAX_POLICY_BYTES = 64_000
 TUNABLE_TYPES = ("int", "float")
+TUNABLE_KEYS = frozenset({"type", "low", "high", "default", "log"})  # of one TUNABLES entry
 
 # What a policy may import: pure-computation modules, and of each only the members a heuristic
 # needs (the static check refuses everything else, and the loader admits nothing else). Members
@@ -150,7 +151,7 @@ def _parse_tunable(name: Any, spec: Any, where: str) -> Tunable:
         raise PolicyFileError(f"{where}: tunable names must be identifiers, got {name!r}")
     if not isinstance(spec, dict):
         raise PolicyFileError(f"{where}: TUNABLES[{name!r}] must be a dict")
-    unknown = set(spec) - {"type", "low", "high", "default", "log"}
+    unknown = set(spec) - TUNABLE_KEYS
     if unknown:
         raise PolicyFileError(f"{where}: TUNABLES[{name!r}] has unknown keys {sorted(unknown)}")
     kind = spec.get("type")

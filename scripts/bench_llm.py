@@ -75,16 +75,19 @@ class StageLog:
     def __init__(self, dry_run: CheckFn | None) -> None:
         self.dry_run_fn = dry_run
         self.stages: list[tuple[str, bool]] = []
+        self.seen: list[tuple[str, str, list[str]]] = []  # (stage, file, reasons), for --save
 
     def check(self, code: str) -> list[str]:
         reasons = check_reasons(code)
         self.stages.append(("check", not reasons))
+        self.seen.append(("check", code, list(reasons)))
         return reasons
 
     def dry_run(self, code: str) -> list[str]:
         assert self.dry_run_fn is not None
         reasons = self.dry_run_fn(code)
         self.stages.append(("dry run", not reasons))
+        self.seen.append(("dry run", code, list(reasons)))
         return reasons
 
     def survived_dry_run(self) -> bool:
@@ -107,6 +110,20 @@ def evaluated(code: str, scenario: str, requests: int) -> tuple[bool, float | No
     return True, float(ev.metrics["goodput_rps"]), ""
 
 
+def save_dialogue(folder: Path, n: int, proposal: Proposal, stages: StageLog,
+                  why: str) -> None:
+    """One proposal's replies, each file checked and its reasons, as one JSON file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "reason": proposal.reason or why,
+        "ok": proposal.ok,
+        "replies": list(proposal.raw_replies),
+        "calls": [dataclasses.asdict(c) for c in proposal.calls],
+        "checked": [{"stage": s, "code": c, "reasons": r} for s, c, r in stages.seen],
+    }
+    (folder / f"proposal{n:02d}.json").write_text(json.dumps(record, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base-url", required=True, help="the endpoint's .../v1 URL")
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-evaluate", action="store_true", help="skip the sandboxed run")
     p.add_argument("--no-dry-run", action="store_true",
                    help="leave out the campaign's sandboxed dry run from the repair loop")
+    p.add_argument("--save", type=Path,
+                   help="folder to write each proposal's replies and what was refused, whole")
     args = p.parse_args(argv)
 
     model = args.model or served_model(args.base_url)
@@ -150,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     shown_parent = strip_docstrings(request.parent.code)
     totals = {"prompt": 0, "completion": 0, "seconds": 0.0, "parsed": 0, "checked": 0,
-              "dry": 0, "ran": 0, "repair_given": 0, "repaired": 0, "repeats": 0,
-              "after_repeat": 0}
+              "dry": 0, "ran": 0, "repair_given": 0, "repaired": 0, "by_tool": 0,
+              "by_model": 0, "by_both": 0, "repeats": 0, "after_repeat": 0}
     for n in range(1, args.proposals + 1):
-        stages.stages = []
+        stages.stages, stages.seen = [], []
         t0 = time.monotonic()
         proposal: Proposal = llm.propose(request, stages.check)
         seconds = time.monotonic() - t0
@@ -169,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if proposal.ok else 'no':>5} "
               f"{'yes' if stages.survived_dry_run() else 'no':>4} {'yes' if ran else 'no':>4} "
               f"{'' if score is None else format(score, '+.3f'):>7}  {reason[:90]}")
+        if args.save:
+            save_dialogue(args.save, n, proposal, stages, why)
         for call in proposal.calls:
             print(f"     call {call.attempt}: prompt {call.prompt_tokens} (estimate "
                   f"{call.estimated_prompt_tokens}), completion {call.completion_tokens}, "
                   f"{call.seconds:.1f} s: {call.outcome[:80]}")
+            if call.fixes:
+                print(f"       the tool fixed: {'; '.join(call.fixes)[:150]}")
         totals["prompt"] += proposal.prompt_tokens
         totals["completion"] += proposal.completion_tokens
         totals["seconds"] += seconds
@@ -181,9 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         totals["ran"] += ran
         totals["dry"] += stages.survived_dry_run()
         outcomes = [call.outcome for call in proposal.calls]
-        if outcomes and outcomes[0] != "ok" and len(outcomes) > 1:
-            totals["repair_given"] += 1  # the first reply was refused and the model was told why
-            totals["repaired"] += proposal.ok
+        calls = proposal.calls
+        if calls and (calls[0].outcome != "ok" or calls[0].fixes):
+            # The first reply was refused: the tool's fixes and then the model were given it.
+            # Recovered means it then evaluated ok, not only that it passed the check.
+            totals["repair_given"] += 1
+            totals["repaired"] += ran
+            if ran:
+                how = ("by_tool" if len(calls) == 1 else
+                       "by_both" if calls[-1].fixes else "by_model")
+                totals[how] += 1
         repeats = [i for i, o in enumerate(outcomes) if o == REPEATED]
         totals["repeats"] += len(repeats)
         totals["after_repeat"] += len(outcomes) - 1 - repeats[0] if repeats else 0
@@ -195,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{llm.spent.prompt_tokens + llm.spent.completion_tokens} tokens in "
           f"{llm.spent.calls} calls")
     print(f"repair loop: given {totals['repair_given']} proposals whose first reply was refused, "
-          f"recovered {totals['repaired']}; repeated replies {totals['repeats']}, calls paid "
-          f"after a repeat {totals['after_repeat']}")
+          f"recovered {totals['repaired']} (evaluated ok): {totals['by_tool']} by the tool's "
+          f"fixes alone, {totals['by_model']} by the model, {totals['by_both']} by the model with "
+          f"the tool's fixes; repeated replies {totals['repeats']}, calls paid after a repeat "
+          f"{totals['after_repeat']}")
     return 0
 
 

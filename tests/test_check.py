@@ -655,7 +655,7 @@ ISSUE_EXAMPLES = [
             return (512, ())
         """,
         4,
-        ["'replica.running'", "ReplicaView", "'running' is a field of ReplicaLoad", "decodes"],
+        ["'replica.running'", "ReplicaView", "write .decodes instead of .running"],
     ),
     (
         """
@@ -894,3 +894,12 @@ def test_a_tunables_reason_points_at_the_entry_it_names():
     fixed = code.replace('"low": 5, "high": 1,', '"low": 1, "high": 9,')
     (issue,) = check_policy(fixed).issues
     assert issue.line == 5 and "TUNABLES['c']['default'] must be whole" in issue.message
+
+
+def test_a_name_no_line_assigns_is_told_where_to_assign_it_not_the_import_list():
+    code = ('TUNABLES = {}\n\n\ndef partition(replica, params):\n    chunks = []\n'
+            '    return (budget, tuple(chunks))\n')
+    (reason,) = check_policy(code).reasons()
+    assert reason == ("line 6: the name 'budget' is used in partition but is never assigned: no "
+                      "line of partition or of the module sets 'budget'; assign budget = ... in "
+                      "partition before this line, or use a value partition already has")

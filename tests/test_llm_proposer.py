@@ -186,10 +186,14 @@ def test_check_rejection_is_sent_back_and_fixed(server):
     assert result.ok and result.code == fixed and result.attempts == 2
     assert result.prompt_tokens == 200 and result.completion_tokens == 100  # both calls counted
     second = server.requests[1].messages
-    assert "line 17: sorted() is not allowed here" in second[-1]["content"]
-    assert second[-2]["role"] == "assistant"
-    assert "sorted(replica.waiting" in second[-2]["content"]  # the refused file, as a file
-    assert second[:2] == server.requests[0].messages  # the opening, then only the last attempt
+    # The system message, then the refused file alone with its faulty line marked: not the
+    # opening task again, which a small model answered by sending the same file back.
+    assert [m["role"] for m in second] == ["system", "user"]
+    assert second[0] == server.requests[0].messages[0]
+    repair = second[1]["content"]
+    assert "1. line 17: sorted() is not allowed here" in repair
+    marked = NEW_FILE.splitlines()[16] + "  # <- problem 1"
+    assert marked in repair.splitlines() and "## Task" not in repair
     assert [c.outcome for c in result.calls] == ["line 17: sorted() is not allowed here", "ok"]
 
 
@@ -842,3 +846,48 @@ def test_a_refusal_goes_back_beside_the_line_it_names_and_repairs_sample_hotter(
     server.push(*[ok(fenced(code)) for code in _variants(2)])
     proposer(server, max_check_retries=1, temperature=1.5).propose(request(), no_sorting)
     assert [r.body["temperature"] for r in server.requests[3:]] == [1.5, 1.5]
+
+
+def test_a_mistake_with_one_fix_is_fixed_by_the_tool_without_another_call(server):
+    """floor without its import and a replica's index as .index: the tool writes the fixes in,
+    the same check passes the result, no second call is paid for, and the record says so."""
+    slipped = NEW_FILE.replace("take = min(req.remaining, room, kv_room)",
+                               "take = floor(min(req.remaining, room, kv_room) * 0.9)")
+    assert "floor" in slipped and passes(slipped)
+    server.push(ok(fenced(slipped)), ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), passes)
+    assert result.ok and len(server.requests) == 1 and passes(result.code) == []
+    assert "from math import floor\n" in result.code
+    assert result.fixes == ("added 'from math import floor'",)
+    assert result.calls[0].fixes == result.fixes and result.calls[0].outcome == "ok"
+
+
+def test_what_the_tool_cannot_fix_goes_back_with_its_fixes_in_and_a_repeat_still_ends(server):
+    slipped = NEW_FILE.replace("take = min(req.remaining, room, kv_room)",
+                               "take = ceil(min(req.remaining, room, kv_room) * share)")
+    reasons = passes(slipped)
+    assert any("'share'" in r for r in reasons) and any("'ceil'" in r for r in reasons)
+    server.push(ok(fenced(slipped)), ok(fenced(slipped)), ok(fenced(NEW_FILE)))
+    result = proposer(server).propose(request(), passes)
+    fix = server.requests[1].messages[-1]["content"]
+    assert "from math import ceil" in fix and "'share'" in fix and "'ceil'" not in fix
+    assert not result.ok and len(server.requests) == 2  # the same reply again: no third call
+    assert result.reason.startswith("the reply repeated the previous attempt")
+    assert result.calls[0].fixes == ("added 'from math import ceil'",)
+
+
+def test_a_file_before_the_replys_first_fence_is_read(server):
+    """Qwen2.5-Coder-1.5B went on from the prompt's fence: the file, a closing fence, prose."""
+    server.push(ok(f"{NEW_FILE}```\n\n## Task\n\nidea: shortest first\n"))
+    result = proposer(server).propose(request(), passes)
+    assert result.ok and result.code == NEW_FILE and len(server.requests) == 1
+
+
+def test_a_dry_runs_illegal_decision_goes_back_with_what_the_rule_asks():
+    """The dry run names a rule but no line: the repair message says what the code must do."""
+    reason = ("illegal decision: partition(replica 1 at t=0.682s): chunk of 0 tokens for "
+              "request 1 (1..19 allowed)")
+    repair = PromptBuilder().repair([reason], NEW_FILE)
+    assert f"1. {reason}\n   to keep the rule: every chunk is 1 to req.remaining tokens" in repair
+    assert "# <- problem" not in repair and "with as few changed lines as you can" in repair
+    assert "to keep the rule" not in PromptBuilder().repair(["line 3: no"], NEW_FILE)

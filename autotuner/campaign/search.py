@@ -199,6 +199,8 @@ def archive_proposal(state: CampaignState, outcome: Proposal | BaseException, pa
         cand = state.archive.add_candidate(code=code, status=A.PENDING, **common)
         state.event(cand, "proposed" + (f" ({proposal.attempts} attempts)"
                                         if proposal.attempts > 1 else "")
+                    + (f"; the tool fixed: {'; '.join(proposal.fixes)}" if proposal.fixes
+                       else "")
                     + (f": a copy of the reference {copy_of}, scored but never promoted"
                        if copy_of else ""))
         return

@@ -99,6 +99,7 @@ class CallRecord:
     completion_tokens: int
     seconds: float
     outcome: str  # "ok", or one short line: why the reply was not used
+    fixes: tuple[str, ...] = ()  # the tool's own mechanical fixes to this reply (autofix)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Proposal:
     model: str = ""
     fatal: bool = False
     calls: tuple[CallRecord, ...] = ()
+    fixes: tuple[str, ...] = ()  # the tool's mechanical fixes in the file returned (autofix)
 
 
 @runtime_checkable

@@ -205,7 +205,7 @@ def _whole_file(text: str) -> str | None:
 
     Prefers the last complete block that looks like a policy file (a model that shows a draft
     and then the fixed version means the last), then the largest such block, then a reply that
-    is bare Python with no fence at all.
+    is bare Python with no fence at all, then bare Python before the reply's first fence.
     """
     blocks = [(body, closed) for lang, body, closed in code_blocks(text) if lang in _PY_LANGS]
     policies = [body for body, closed in blocks if closed and looks_like_policy(body)]
@@ -220,6 +220,12 @@ def _whole_file(text: str) -> str | None:
         return cut[-1]
     if not blocks and looks_like_policy(text) and _parses(text.strip()):
         return text.strip()
+    # The file with no opening fence, then a closing one and prose (Qwen2.5-Coder-1.5B went on
+    # from the prompt's own fence): what comes before the first fence, when it alone is a file.
+    first = _FENCE_RE.search(text)
+    head = text[: first.start()].strip() if first else ""
+    if head and looks_like_policy(head) and _parses(head):
+        return head
     return None
 
 

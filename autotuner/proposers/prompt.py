@@ -126,15 +126,61 @@ def direction(diagnosis: Diagnosis | None, number: int) -> str:
 _LINE_REASON = re.compile(r"\bline (\d+)\b")
 
 
-def offending_line(reason: str, code: str | None) -> str:
-    """The source line a reason names ("line N: ..." from the check, "... at line N: ..."
-    from a dry run), stripped ("" when none)."""
+def reason_line(reason: str) -> int:
+    """The line a reason names ("line N: ..." from the check, "... at line N: ..." from a dry
+    run); 0 when none."""
     match = _LINE_REASON.search(reason)
-    if code is None or match is None:
+    return int(match.group(1)) if match else 0
+
+
+def offending_line(reason: str, code: str | None) -> str:
+    """The source line a reason names, stripped ("" when none)."""
+    number = reason_line(reason)
+    if code is None or not number:
         return ""
     lines = code.splitlines()
-    number = int(match.group(1))
     return lines[number - 1].strip() if 1 <= number <= len(lines) else ""
+
+
+# What an illegal decision's rule asks of the code. The dry run names the decision and the rule
+# but no line (partition's return value is judged after it returns), and Qwen2.5-Coder-1.5B,
+# told "chunk of 0 tokens for request 1 (1..19 allowed)", sent back a file that still made one.
+RULE_ADVICE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"chunk of -?\d+ tokens for request"),
+     "every chunk is 1 to req.remaining tokens: after computing take, `if take < 1: break` "
+     "before chunks.append"),
+    (re.compile(r"appears in two chunks"), "put each request in chunks at most once"),
+    (re.compile(r"is not waiting on this replica"),
+     "chunk only req.id of a req in replica.waiting"),
+    (re.compile(r"chunk tokens \d+ exceed the budget"),
+     "the chunks' tokens must fit in the budget you return minus replica.decodes: subtract each "
+     "take from what is left"),
+    (re.compile(r"exceed max_batch_tokens"),
+     "the chunks' tokens plus replica.decodes must fit in replica.max_batch_tokens"),
+    (re.compile(r"exceed the free KV cache"),
+     "the chunks' tokens must fit in replica.kv_free_tokens: subtract each take from it"),
+    (re.compile(r"replica -?\d+ does not exist"),
+     "route returns an index 0..len(cluster.replicas)-1, e.g. r.replica of an r in "
+     "cluster.replicas"),
+)
+
+
+def rule_advice(reason: str) -> str:
+    """What the code must do to keep the rule a reason names ("" for none known)."""
+    return next((advice for pattern, advice in RULE_ADVICE if pattern.search(reason)), "")
+
+
+def marked_file(code: str, reasons: Sequence[str]) -> str:
+    """The file with ``  # <- problem N`` after each line the N-th reason names."""
+    lines = code.splitlines()
+    marks: dict[int, list[str]] = {}
+    for n, reason in enumerate(reasons, 1):
+        number = reason_line(reason)
+        if 1 <= number <= len(lines):
+            marks.setdefault(number, []).append(str(n))
+    for number, which in marks.items():
+        lines[number - 1] += f"  # <- problem {', '.join(which)}"
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Any) -> str:
@@ -306,9 +352,16 @@ class PromptBuilder:
             msgs = self.messages(request, notes, number, idea)
         return FittedPrompt(msgs, messages_tokens(msgs), tuple(dropped))
 
+    def repair(self, reasons: Sequence[str], code: str) -> str:
+        """The message that asks for a refused file to be fixed, and nothing else: the file
+        with the lines the reasons name marked, and the reasons beside those lines."""
+        return self._env.get_template("repair.j2").render(
+            marked=marked_file(code, reasons),
+            reasons=[(r, offending_line(r, code), rule_advice(r)) for r in reasons])
+
     def fix(self, reasons: Sequence[str], code: str | None) -> str:
         """The message that sends an unusable reply or a refused file back with the reasons,
         each beside the line of the file it names: a small model told only "line 34" rewrote
         other lines, or sent the same file back."""
         return self._env.get_template("fix.j2").render(
-            reasons=[(r, offending_line(r, code)) for r in reasons], code=code)
+            reasons=[(r, offending_line(r, code), rule_advice(r)) for r in reasons], code=code)
