@@ -41,6 +41,9 @@ TINY = {
     "budget.trials": 2, "budget.proposals": 3, "search.seeds": ["least_outstanding"],
     "search.islands": 2, "search.finalists": 1, "gate.bootstrap": 500,
     "gate.capacity_rel_tol": 0.05, "parallelism": 1,
+    # campaign mechanics on tiny instances: capacities unchecked on longer runs, which
+    # tests/test_gaming.py, test_gate.py and test_scoring.py exercise (it doubles a gate's cost)
+    "gate.capacity_max_multiple": 1,
 }
 
 

@@ -41,6 +41,9 @@ TINY = {
     "budget.trials": 2, "budget.proposals": 2, "search.seeds": [],
     "search.islands": 1, "search.finalists": 2, "gate.bootstrap": 500,
     "gate.capacity_rel_tol": 0.05, "parallelism": 1,
+    # campaign mechanics on tiny instances: capacities unchecked on longer runs, which
+    # tests/test_gaming.py, test_gate.py and test_scoring.py exercise (it doubles a gate's cost)
+    "gate.capacity_max_multiple": 1,
 }
 
 # least_outstanding with another docstring, a chunk-size tunable (another default) and the
