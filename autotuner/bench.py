@@ -14,7 +14,7 @@ share stays high, so its "capacity" fell from +56 % over the baseline at 2,000 r
 40,000. ``capacity_against_length`` measures each policy's capacity at a short and a long run of
 the same scenario and seeds: under the sustainable-capacity yardstick their ratio should stay
 within 5 % of 1, for the baseline and for the starvation policies in ``baselines/audit/``. With
-several seeds each length's capacity pools them (``autotuner.sim.metrics.capacity_pooled``), which
+several seeds each length's capacity pools them (``autotuner.sim.metrics.PooledRun``), which
 the bursty and mixed workloads need (its docstring says why).
 """
 
@@ -218,7 +218,7 @@ def capacity_against_length(sources: Sequence[PolicySource], scenarios: Sequence
     ratio long/short (``on_row`` sees each row as it is measured: they take minutes).
 
     With several ``seeds``, each length's capacity pools one run per seed at every probed rate
-    (``capacity_pooled``), so the ratio compares run lengths rather than two samples of a
+    (``PooledRun``), so the ratio compares run lengths rather than two samples of a
     workload whose rare heavy requests or bursts differ by seed; ``per_seed`` instead finds each
     seed's capacity on its own and takes their geometric mean, as the gate judges each held-out
     instance on its own. ``max_multiple`` > 1 checks each capacity on a run twice as long, as
