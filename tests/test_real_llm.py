@@ -34,7 +34,7 @@ from autotuner.proposers.base import (
     WorkloadInfo,
 )
 from autotuner.proposers.llm import LLMConfig, LLMProposer
-from autotuner.proposers.prompt import PromptBuilder
+from autotuner.proposers.prompt import PromptBuilder, messages_tokens
 from autotuner.resources import baseline_path
 
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
@@ -158,9 +158,14 @@ def test_a_real_model_goes_through_parse_check_and_repair_with_exact_accounting(
     assert llm.spent.completion_tokens == proposal.completion_tokens
     assert llm.spent.calls == proposal.attempts and proposal.cost_usd == 0.0
     assert proposal.calls[0].prompt_tokens <= 2000  # the first prompt, by the server's count
-    if proposal.attempts == 2:  # the repair prompt: the opening, the last reply, the reasons
-        assert proposal.calls[1].prompt_tokens > proposal.calls[0].prompt_tokens
-        assert proposal.calls[1].prompt_tokens < 2 * proposal.calls[0].prompt_tokens
+    if proposal.attempts == 2:
+        # the second prompt: the system message and either the refused file with its reasons
+        # (a repair, which may be shorter than the opening) or the opening, the unusable reply
+        # and the reasons; never a growing history
+        system_tokens = messages_tokens(first.messages[:1])
+        assert proposal.calls[1].prompt_tokens > 0.8 * system_tokens
+        assert proposal.calls[1].prompt_tokens < (proposal.calls[0].prompt_tokens
+                                                  + proposal.calls[0].completion_tokens + 600)
     # progress: every call announced, then the end
     states = [e.state for e in events]
     assert states.count("asking") == proposal.attempts and states[-1] == "done"
