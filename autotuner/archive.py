@@ -458,15 +458,6 @@ class Archive:
                 (key, candidate_id, code_sha, canonical(params), workload, rate,
                  canonical(result), seconds, time.time()))
 
-    def evaluation_costs(self, candidate_prefix: str) -> list[tuple[str, str, bool, float]]:
-        """(candidate id, workload, whether a capacity search, seconds) of each stored evaluation
-        of the candidates whose id starts with ``candidate_prefix`` (``campaign.reserve``)."""
-        rows = self.conn.execute(
-            "SELECT candidate_id, workload, json_extract(result, '$.probes') IS NOT NULL, seconds"
-            " FROM evaluations WHERE substr(candidate_id, 1, ?) = ?", (len(candidate_prefix),
-                                                                        candidate_prefix))
-        return [(str(c), str(w), bool(cap), float(s)) for c, w, cap, s in rows]
-
     def evaluation_count(self, candidate_id: str | None = None) -> int:
         sql, args = ("", ()) if candidate_id is None else (" WHERE candidate_id=?", (candidate_id,))
         return int(self.conn.execute("SELECT COUNT(*) FROM evaluations" + sql, args).fetchone()[0])

@@ -8,6 +8,7 @@ the report all tune through here, so "tuned like the baseline" means one thing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,20 @@ def capacities(evaluator: Evaluator, cfg: CampaignConfig, policy: PolicyRef,
     if zero := zero_capacity(caps, cfg.gate.min_baseline_capacity):
         raise YardstickError(refusal_line(zero[0], caps[zero[0]], who, cfg))
     return caps
+
+
+def family_hints(caps: Mapping[str, float], measured: Sequence[Instance],
+                 instances: Sequence[Instance]) -> dict[str, float]:
+    """Where each of ``instances``' capacity searches starts: the capacity ``caps`` found on an
+    instance of the same family (``measured``; their geometric mean if several). On the grid
+    the search finds the same rate from any start; from the instance's own rate it climbs five
+    doublings on chat before it brackets anything."""
+    by_family: dict[str, list[float]] = {}
+    for inst in measured:
+        if caps.get(inst.label, 0.0) > 0:
+            by_family.setdefault(inst.family, []).append(caps[inst.label])
+    return {inst.label: math.exp(sum(map(math.log, found)) / len(found))
+            for inst in instances if (found := by_family.get(inst.family))}
 
 
 def tune_against_baseline(

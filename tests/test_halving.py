@@ -221,24 +221,16 @@ def test_the_evaluation_budget_is_validated():
         load_config(**{"search.prune_margin": -0.1})
 
 
-def test_a_gate_costs_what_the_references_held_out_searches_cost_in_training_runs():
-    from autotuner.campaign.reserve import predicted_finalisation, runs_per_gate
+def test_a_gate_costs_what_one_policys_held_out_searches_took_scaled_up_never_down():
+    from autotuner.campaign.reserve import GateCost, predicted_finalisation
 
-    heldout, train = ["chat@1001", "mixed@1001"], ["chat@1", "mixed@1"]
-    costs = [("reference-a", "chat@1", False, 0.2), ("reference-a", "mixed@1", False, 0.4),
-             ("reference-a", "chat@1001", True, 1.2), ("reference-b", "chat@1001", True, 1.8),
-             ("reference-a", "mixed@1001", True, 0.9), ("reference-a", "chat@101", True, 9.0)]
-    # per held-out instance the mean search (1.5 s, 0.9 s), over the mean training run (0.3 s)
-    assert runs_per_gate(costs, heldout, train) == pytest.approx((1.5 + 0.9) / 0.3)
-    # the same campaign on a machine twice as busy: every cost doubles, the ratio stays
-    busy = [(c, w, cap, 2 * s) for c, w, cap, s in costs]
-    assert runs_per_gate(busy, heldout, train) == pytest.approx(runs_per_gate(costs, heldout,
-                                                                              train))
-    assert runs_per_gate(costs, [*heldout, "bursty@1001"], train) is None  # not measured
-    assert runs_per_gate(costs[2:], heldout, train) is None  # no training run measured
-    quiet = predicted_finalisation(0.1, 30, 2, 8.0)
-    assert quiet == pytest.approx(1.2 * 0.1 * (30 + 2 * 8.0))
-    assert predicted_finalisation(0.2, 30, 2, 8.0) == pytest.approx(2 * quiet)
+    measured = GateCost(seconds=40.0, wall_per_run=0.1)
+    assert measured.now(0.1) == 40.0
+    assert measured.now(0.25) == pytest.approx(100.0)  # the machine got 2.5x slower since
+    assert measured.now(0.05) == 40.0  # quieter now: it may turn busy again before the end
+    assert measured.now(None) == 40.0 and GateCost(40.0, None).now(0.3) == 40.0
+    quiet = predicted_finalisation(0.1, 30, 2, 40.0)
+    assert quiet == pytest.approx(1.2 * (0.1 * 30 + 2 * 40.0))
 
 
 class _Measured:
@@ -255,10 +247,11 @@ class _Measured:
 
 
 def test_the_reserve_is_the_measured_cost_of_the_finalists_picked_now(tmp_path):
-    """Quiet or busy, the reserve is the finalists' validation runs and held-out capacity
-    searches at the speed of the latest runs; with no finalist yet there is nothing to keep
-    back beyond ``budget.finalize_reserve_s``."""
-    from autotuner.campaign.reserve import SAFETY, finalize_estimate, gate_cost_in_runs
+    """Quiet or busy, the reserve is the finalists' validation runs at the speed of the latest
+    runs and one gate each at what the same held-out searches took when measured (here, with no
+    references, the tuned baseline's), scaled up if the machine got slower; with no finalist
+    there is nothing to keep back beyond ``budget.finalize_reserve_s``."""
+    from autotuner.campaign.reserve import SAFETY, finalize_estimate, gate_cost
 
     codes = [marked("# scaled on multiturn by 1.6"), marked("# scaled on chat by 1.5"),
              marked("# scaled on summarize by 1.3")]
@@ -276,50 +269,19 @@ def test_the_reserve_is_the_measured_cost_of_the_finalists_picked_now(tmp_path):
             "train": state.baseline.reference["train"]})  # validation not yet run
         for cand in archive.candidates(origin="proposal"):  # as when the search stops
             archive.update(cand.id, status=A.TUNED, validation_score=None)
-        per_gate = gate_cost_in_runs(state)
-        # no references here: the tuned baseline's held-out searches, over its training runs
-        rows = archive.evaluation_costs("baseline")
-        heldout = [i.label for i in state.instances["heldout"]]
-        train = [i.label for i in state.instances["train"]]
-        searches = [sum(s for _, w, cap, s in rows if cap and w == label)
-                    / sum(1 for _, w, cap, _ in rows if cap and w == label) for label in heldout]
-        runs = [s for _, w, cap, s in rows if not cap and w in train]
-        assert per_gate == pytest.approx(sum(searches) / (sum(runs) / len(runs)))
+        cost = gate_cost(state)
+        stored = archive.get_meta("gate_cost")
+        assert cost is not None and set(stored) == {"baseline"}  # no references configured
+        assert cost.seconds > 0 and cost.wall_per_run > 0
         validation_runs = 2 * 3 * 3  # rungs x validation instances x (2 finalists + baseline)
-        for wall_per_run in (0.05, 0.5):
+        for wall_per_run in (cost.wall_per_run / 2, cost.wall_per_run * 3):
             state.evaluator = _Measured(wall_per_run)  # type: ignore[assignment]
+            gate_s = cost.seconds * max(1.0, wall_per_run / cost.wall_per_run)
             assert finalize_estimate(state) == pytest.approx(
-                SAFETY * wall_per_run * (validation_runs + 2 * per_gate))
+                SAFETY * (wall_per_run * validation_runs + 2 * gate_s))
         for cand in archive.candidates(origin="proposal"):
             archive.update(cand.id, status=A.SCREENED_OUT)
         assert finalize_estimate(state) == 0.0  # no finalist: nothing to gate
-
-
-def test_the_gate_is_weighed_by_cpu_when_this_session_measured_it(tmp_path):
-    """Wall seconds measured minutes apart on a shared machine do not compare; the trusted
-    side's CPU seconds, counted by the evaluator in this session, are preferred."""
-    from autotuner.campaign.reserve import gate_cost_in_runs, runs_per_gate
-
-    folder, _ = campaign(tmp_path, "cpu", [marked("# scaled on multiturn by 1.6")])
-    cfg = load_config(**{**SMALL, "results_dir": str(tmp_path / "results"), "name": "cpu"})
-    state = Campaign(cfg, resume=True, stream=io.StringIO(), tty=False)
-    heldout = [i.label for i in state.instances["heldout"]]
-    train = [i.label for i in state.instances["train"]]
-    rows = [("reference-a", label, False, 0.5) for label in train] + \
-        [("reference-a", label, True, 2.0) for label in heldout]
-
-    class Counted(_Measured):
-        def cpu_costs(self, prefix: str) -> list:
-            return [r for r in rows if r[0].startswith(prefix)]
-
-    with Archive(folder / "archive.sqlite") as archive:
-        state.archive = archive
-        state.evaluator = Counted(0.1)  # type: ignore[assignment]
-        assert gate_cost_in_runs(state) == pytest.approx(len(heldout) * 2.0 / 0.5)
-        assert runs_per_gate(rows, heldout, train) == gate_cost_in_runs(state)
-        rows.clear()  # nothing measured this session (a resumed campaign): the archive's
-        assert gate_cost_in_runs(state) == pytest.approx(runs_per_gate(
-            archive.evaluation_costs("baseline"), heldout, train))
 
 
 def test_the_references_are_measured_before_the_search_and_the_gate_runs_none_of_theirs(
@@ -337,8 +299,10 @@ def test_the_references_are_measured_before_the_search_and_the_gate_runs_none_of
         late = archive.conn.execute(
             "SELECT COUNT(*) FROM evaluations WHERE candidate_id LIKE 'reference-%' AND "
             "created > ?", (first_proposal_run,)).fetchone()[0]
-        searches = [w for _, w, capacity, _ in archive.evaluation_costs("reference-")
-                    if capacity]
+        searches = [w for (w,) in archive.conn.execute(
+            "SELECT workload FROM evaluations WHERE candidate_id LIKE 'reference-%' AND "
+            "json_extract(result, '$.probes') IS NOT NULL")]
+        assert set(archive.get_meta("gate_cost")) == {"baseline", "references"}
         heldout = split_instances(load_config(**SMALL))["heldout"]
         assert sorted(searches) == sorted(i.label for i in heldout)  # each held-out instance
         assert late == 0  # tuning and held-out searches all before the search

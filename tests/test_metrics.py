@@ -241,6 +241,26 @@ def test_capacity_needs_the_share_and_sustainability():
     assert 19.0 < found.rate < 20.0
 
 
+def test_the_rate_found_does_not_depend_on_the_hint():
+    """One fixed grid: however far off the start, the answer is the same grid rate (which is
+    why a capacity job's hint is not part of its cache key)."""
+    probe = _fake(accept_below=37.3, sustain_below=math.inf)
+    rates = {search_capacity(probe, start, 0.9).rate for start in (0.5, 10.0, 37.0, 38.0, 900.0)}
+    assert len(rates) == 1 and 36.5 < rates.pop() < 37.3
+
+
+def test_a_search_below_a_known_failure_walks_down_a_step_at_a_time():
+    probe = _fake(accept_below=39.0, sustain_below=math.inf)
+    first = search_capacity(_fake(accept_below=40.0, sustain_below=math.inf), 10.0, 0.9)
+    below = search_capacity(probe, first.rate, 0.9, fails_at=first.rate)
+    assert below.rate == search_capacity(probe, 10.0, 0.9).rate  # the same answer...
+    assert len(below.probes) == 1 and below.probes[0][0] < first.rate  # ...for one probe
+    far = search_capacity(_fake(accept_below=20.0, sustain_below=math.inf), first.rate, 0.9,
+                          fails_at=first.rate)
+    assert far.rate == search_capacity(_fake(20.0, math.inf), 10.0, 0.9).rate
+    assert all(rate < first.rate for rate, _, _ in far.probes)  # the known failure: not again
+
+
 def _by_length(capacity_at: dict[int, float]):
     """A probe whose capacity falls with the run's length multiple, as a bursty workload's does
     until the run outlasts its excursions; the calls made are kept."""
@@ -266,6 +286,8 @@ def test_a_capacity_a_longer_run_refuses_is_searched_again_on_it():
     assert found.settled is False  # the longest run allowed moved the rate: not verified
     assert max(m for _, m in calls) == 4  # never longer than allowed
     assert [c[0] for c in found.length_checks] == [2, 4]
+    refused = {(rate, multiple) for multiple, rate, _, _ in found.length_checks}
+    assert len(calls) == len(set(calls)) and refused <= set(calls)  # no rate probed twice
     settled = search_capacity_settled(probe, 10.0, 0.9, max_multiple=8)
     assert settled.multiple == 4 and settled.settled is True and settled.rate == found.rate
     plain = search_capacity_settled(_by_length({1: 40.0})[0], 10.0, 0.9)

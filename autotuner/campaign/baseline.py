@@ -14,11 +14,18 @@ from autotuner.archive import Candidate
 from autotuner.campaign.errors import CampaignError, WorkloadRefused
 from autotuner.campaign.lifecycle import end_setup
 from autotuner.campaign.progress import fmt_gain
+from autotuner.campaign.reserve import timed_gates
 from autotuner.campaign.state import Baseline, CampaignState
 from autotuner.config import policy_file
 from autotuner.gate import PolicyRef
 from autotuner.policy import read_policy_source
-from autotuner.yardstick import BaselineTuning, YardstickError, capacities, tune_baseline
+from autotuner.yardstick import (
+    BaselineTuning,
+    YardstickError,
+    capacities,
+    family_hints,
+    tune_baseline,
+)
 
 
 def baseline_phase(state: CampaignState) -> Baseline:
@@ -87,7 +94,14 @@ def _tune_and_measure(state: CampaignState, file_name: str, code: str
     tuned = tune_baseline(state.evaluator, cfg, file_name, code, state.instances["train"],
                           state.storage, tick=state.tick, on_result=on_result)
     state.tick("baseline: capacity on the validation and held-out workloads")
-    other = {split: capacities(state.evaluator, cfg, tuned.policy.ref(), state.instances[split],
-                               "baseline", who="tuned baseline", checked=split == "heldout")
-             for split in ("validation", "heldout")}
+    train, other = state.instances["train"], {}  # type: ignore[var-annotated]
+
+    def measure(split: str) -> None:
+        other[split] = capacities(
+            state.evaluator, cfg, tuned.policy.ref(), state.instances[split], "baseline",
+            family_hints(tuned.caps, train, state.instances[split]), who="tuned baseline",
+            checked=split == "heldout")
+
+    measure("validation")
+    timed_gates(state, "baseline", ["heldout"], measure)  # what a gate costs, if no reference
     return tuned, other

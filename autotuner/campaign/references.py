@@ -3,7 +3,7 @@ the held-out workloads once per campaign, before the search.
 
 They do not depend on what the search finds, and measuring them first means the finalisation
 the search keeps time back for is only what does depend on it (validation and each finalist's own
-held-out capacities), whose cost the references' measured held-out searches then predict
+held-out capacities), whose cost the references' held-out searches, timed here, then predict
 (``campaign.reserve``). The gate later finds every reference's tuning in the archive's meta and
 its held-out capacities in the evaluation cache (the same jobs, by key), so nothing runs twice.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from autotuner.campaign.progress import fmt_gain
+from autotuner.campaign.reserve import timed_gates
 from autotuner.campaign.state import Baseline, CampaignState
 from autotuner.gate import PolicyRef, measure_capacities, measure_references
 from autotuner.scoring import run_lengths
@@ -51,5 +52,7 @@ def measure_reference_policies(state: CampaignState) -> None:
     # the evaluation cache): the gate's reference jobs start there, so these are the same jobs
     _, base_raw, _ = measure_capacities(state.evaluator, PolicyRef(b.name, b.code, b.params),
                                         state.instances["heldout"], state.cfg, None, "baseline")
-    measure_references(state.evaluator, state.cfg, refs, state.instances["heldout"],
-                       b.caps["heldout"], run_lengths(base_raw))
+    lengths = run_lengths(base_raw)
+    timed_gates(state, "references", refs, lambda ref: measure_references(
+        state.evaluator, state.cfg, [ref], state.instances["heldout"], b.caps["heldout"],
+        lengths))

@@ -50,7 +50,6 @@ Simulator = Callable[[str, Mapping[str, Any], ClusterSpec, Workload, SLO, float,
                       str], RunMetrics]
 
 
-CPU_KEY = "cpu_s"  # a result's CPU seconds on the trusted side, counted, never archived
 RECENT_CALLS = 200  # evaluate() calls kept for the recent speed (a trial is one call)
 # Decisions per line of a session worker's log. The trusted replay starts on the first line, so
 # it runs beside the worker's simulation (on another core, or for a larger share of a busy one)
@@ -168,13 +167,11 @@ def run_at(job: Job, rate: float | None, simulator: Simulator, multiple: int = 1
 
 def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
     """Run one job (in a pool worker) and return its archive row: the typed result
-    (``RunMetrics``, or ``CapacityResult`` for a capacity job) as plain data, plus ``seconds``
-    and ``cpu_s`` (this thread's CPU for it: the trusted replay and metrics, a cost the
-    machine's load barely moves; the ``Evaluator`` keeps it out of the archive).
+    (``RunMetrics``, or ``CapacityResult`` for a capacity job) as plain data, plus ``seconds``.
     Never raises for a policy's failure: the reason is the result's ``error``. Infrastructure
     failures (the sandbox itself broken) do raise."""
     simulator = simulator or simulator_for()
-    t0, cpu0 = time.perf_counter(), time.thread_time()
+    t0 = time.perf_counter()
     if job.kind == "run":
         out = run_at(job, job.rate, simulator).to_dict()
     elif job.kind == "capacity":
@@ -189,7 +186,6 @@ def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
     out["seconds"] = time.perf_counter() - t0
-    out[CPU_KEY] = time.thread_time() - cpu0
     return out
 
 
@@ -350,8 +346,6 @@ class Evaluator:
         # (wall seconds, runs) of the latest calls that ran single runs (a ladder, a trial): the
         # speed now, on a machine whose load changes (``campaign.reserve``)
         self.recent: deque[tuple[float, int]] = deque(maxlen=RECENT_CALLS)
-        # (candidate id, workload label, capacity search?) -> [jobs, trusted-side CPU seconds]
-        self.cpu: dict[tuple[str, str, bool], list[float]] = {}
 
     def wall_per_sim(self, default: float = 0.3) -> float:
         """Measured wall seconds per simulation at this parallelism (for budgeting)."""
@@ -366,14 +360,6 @@ class Evaluator:
             if sims >= at_least:
                 return wall / sims
         return None
-
-    def cpu_costs(self, candidate_prefix: str) -> list[tuple[str, str, bool, float]]:
-        """(candidate id, workload label, capacity search?, mean CPU seconds) of what this
-        session ran for candidates whose id starts with ``candidate_prefix``: the shape of
-        ``Archive.evaluation_costs``, in CPU rather than wall seconds."""
-        return [(cid, label, capacity, cpu / n)
-                for (cid, label, capacity), (n, cpu) in self.cpu.items()
-                if cid.startswith(candidate_prefix) and n]
 
     def start(self) -> None:
         """Start the workers now (before any threads exist in this process)."""
@@ -401,7 +387,6 @@ class Evaluator:
         def store(i: int, result: dict[str, Any]) -> None:
             if results[i] is not None:
                 return  # an executor that reported a job twice: the first result stands
-            self._count_cpu(jobs[i], candidate_id, result.pop(CPU_KEY, None))
             self._store(jobs[i], keys[i], result, candidate_id)
             results[i] = result
             if on_result:
@@ -417,13 +402,6 @@ class Evaluator:
             if all(jobs[i].kind == "run" for i in run):  # capacity probes differ in size
                 self.recent.append((time.perf_counter() - t_start, self.sims - sims0))
         return [r if r is not None else {} for r in results]
-
-    def _count_cpu(self, job: Job, candidate_id: str | None, cpu: Any) -> None:
-        if isinstance(cpu, (int, float)) and candidate_id:
-            row = self.cpu.setdefault((candidate_id, job.instance.label,
-                                       job.kind == "capacity"), [0, 0.0])
-            row[0] += 1
-            row[1] += float(cpu)
 
     def _store(self, job: Job, key: str, result: dict[str, Any],
                candidate_id: str | None) -> None:

@@ -157,7 +157,10 @@ class Job:
 
     def key(self) -> str:
         """Identity for the evaluation cache: everything that changes the result, and nothing
-        that does not (the sandbox backend and the display name do not)."""
+        that does not (the sandbox backend and the display name do not, nor a capacity search's
+        hint: the bisection's fixed grid makes the rate found independent of where it starts,
+        so the baseline's held-out search hinted by its training capacity and the gate's
+        unhinted one are one job, run once)."""
         context = {"kind": self.kind, "cluster": asdict(self.cluster),
                    "slo": asdict(self.slo)}
         if self.kind == "capacity":
@@ -166,7 +169,6 @@ class Job:
                 context["max_multiple"] = self.max_multiple
             if self.first_multiple > 1:
                 context["first_multiple"] = self.first_multiple
-            context["hint"] = None if self.rate is None else round(float(self.rate), 6)
         return evaluation_key(sha256(self.code), dict(self.params), self.instance.key(),
                               self.rate if self.kind == "run" else None, context)
 

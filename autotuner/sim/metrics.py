@@ -652,6 +652,7 @@ def search_capacity(
     share: float,
     rel_tol: float = 0.02,
     max_probes: int = 24,
+    fails_at: float | None = None,
 ) -> CapacityResult:
     """Geometric bisection for the highest rate whose run ``meets(share)``.
 
@@ -661,7 +662,9 @@ def search_capacity(
     policy identical to the baseline gains exactly 0. Starts from a bracket around ``start`` (a
     good hint, such as the baseline's capacity, saves probes); the probes are returned so a
     reader can see the curve. A probe that fails (an illegal decision) ends the search with
-    capacity 0 and the reason.
+    capacity 0 and the reason. ``fails_at``: a grid rate already known to fail (a length
+    check's): the search walks down from the grid rate below it in steps that double (1, 2, 4
+    ... grid steps), since a longer run usually moves a capacity by a step or two, then bisects.
     """
     if not 0 <= share <= 1:  # 0: sustainability alone decides (the highest sustainable rate)
         raise ValueError(f"the capacity share must be in [0, 1], got {share!r}")
@@ -689,8 +692,14 @@ def search_capacity(
     double = max(1, round(math.log(2.0) / unit))
     floor_k = math.floor(math.log(1e-4) / unit)
     try:
-        k0 = round(math.log(max(start, 1e-4)) / unit)
-        if ok(k0):
+        if fails_at is not None:
+            hi = round(math.log(max(fails_at, 1e-4)) / unit)
+            lo, down = hi - 1, 1
+            while not ok(lo):
+                hi, lo, down = lo, lo - down, 2 * down
+                if lo < floor_k or len(probes) >= max_probes:
+                    return done(None)
+        elif ok(k0 := round(math.log(max(start, 1e-4)) / unit)):
             lo, hi = k0, k0 + step
             while ok(hi):
                 lo, hi = hi, hi + double
@@ -751,9 +760,8 @@ def search_capacity_settled(
             return replace(found, probes=tuple(probes), multiple=multiple, settled=True,
                            length_checks=tuple(checks))
         multiple *= 2
-        step = 1.0 + max(4 * rel_tol, 0.1)
-        found = search_capacity(lambda rate, m=multiple: probe_at(rate, m), found.rate / step,
-                                share, rel_tol, max_probes)
+        found = search_capacity(lambda rate, m=multiple: probe_at(rate, m), found.rate, share,
+                                rel_tol, max_probes, fails_at=found.rate)
         probes += found.probes
     unverified = max_multiple >= 2 and found.rate > 0 and not found.error
     settled = False if unverified else None  # the longest run allowed, not checked past it
