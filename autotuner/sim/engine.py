@@ -21,7 +21,7 @@ import os
 import sysconfig
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -116,11 +116,33 @@ def raised(exc: BaseException) -> str:
 
 
 class Policy(Protocol):
-    """What the simulator drives. ``autotuner.policy.load_policy`` builds one from a file."""
+    """What the simulator drives. ``autotuner.policy.load_policy`` builds one from a file.
+
+    A policy whose class sets ``reads_views = False`` (a replay of recorded decisions, which
+    answers from its log) is asked the same questions in the same order and judged alike, but
+    gets a ``Moment`` instead of a ReplicaView and None instead of the ClusterView: building
+    views it never reads was a large share of a replay's time.
+    """
 
     def partition(self, replica: ReplicaView) -> Any: ...
 
     def route(self, request: RequestView, cluster: ClusterView) -> Any: ...
+
+
+class Moment(NamedTuple):
+    """Where and when a partition is asked for: what a policy that reads no views gets."""
+
+    replica: int  # the replica about to run an iteration
+    now: float  # seconds
+
+
+def _partition_decision(replica: int, now: float) -> str:
+    """How a refusal names a partition decision (formatted only when one is refused)."""
+    return f"partition(replica {replica} at t={now:.3f}s)"
+
+
+def _route_decision(request: int, now: float) -> str:
+    return f"route(request {request} at t={now:.3f}s)"
 
 
 @dataclass
@@ -239,6 +261,7 @@ class _Simulation:
         self.max_seqs = cluster.max_num_seqs  # 0: no limit
         self.wl = wl
         self.policy = policy
+        self.views = getattr(policy, "reads_views", True) is not False
         self.cost = cost
         n = len(wl)
         self.arrival = wl.arrival.tolist()
@@ -341,6 +364,30 @@ class _Simulation:
     # ------------------------------------------------------------------ arrivals and routing
     def _arrive(self, i: int, now: float) -> None:
         ids = self.prefix[i] if self.prefix is not None else ()
+        view = RequestView(i, now, self.prompt[i], len(ids))
+        cluster = ClusterView(now, self._loads(i, ids, now)) if self.views else None
+        self.policy_calls += 1
+        try:
+            raw = self.policy.route(view, cluster)
+        except PolicyError:
+            raise
+        except Exception as exc:  # the policy's own bug: a result, not a crash
+            raise PolicyError(_route_decision(i, now), raised(exc)) from None
+        try:
+            r = coerce_route(raw, len(self.reps), "")
+        except PolicyError as exc:
+            raise PolicyError(_route_decision(i, now), exc.rule) from None
+        rep = self.reps[r]
+        self.where[i] = r
+        self._enqueue(rep, i, front=False)
+        if not rep.busy:
+            rep.busy = True
+            self._push(now, r)
+        elif rep.pending is not None and rep.pending[0] == 0 and rep.pending[1] > 1:
+            self._cut_stretch(rep, now)
+
+    def _loads(self, i: int, ids: tuple[int, ...], now: float) -> tuple[ReplicaLoad, ...]:
+        """Every replica's load as request i, carrying prefix blocks ``ids``, arrives."""
         loads = []
         for rep in self.reps:
             waiting = len(rep.waiting)
@@ -360,24 +407,7 @@ class _Simulation:
                     self._hit_tokens(rep, ids, self.prompt[i]) if ids else 0,
                 )
             )
-        view = RequestView(i, now, self.prompt[i], len(ids))
-        self.policy_calls += 1
-        decision = f"route(request {i} at t={now:.3f}s)"
-        try:
-            raw = self.policy.route(view, ClusterView(now, tuple(loads)))
-        except PolicyError:
-            raise
-        except Exception as exc:  # the policy's own bug: a result, not a crash
-            raise PolicyError(decision, raised(exc)) from None
-        r = coerce_route(raw, len(self.reps), decision)
-        rep = self.reps[r]
-        self.where[i] = r
-        self._enqueue(rep, i, front=False)
-        if not rep.busy:
-            rep.busy = True
-            self._push(now, r)
-        elif rep.pending is not None and rep.pending[0] == 0 and rep.pending[1] > 1:
-            self._cut_stretch(rep, now)
+        return tuple(loads)
 
     def _cut_stretch(self, rep: _Replica, now: float) -> None:
         """End rep's decode stretch at the first iteration boundary at or after ``now``, so the
@@ -462,56 +492,45 @@ class _Simulation:
     def _plan_partition(self, rep: _Replica, now: float) -> None:
         n = rep.n
         ctx = rep.ctx_off + n * rep.steps
-        free = self._free(rep) - n
-        view = ReplicaView(
-            rep.idx,
-            now,
-            n,
-            ctx,
-            self._waiting_views(rep, self._schedulable(rep) if self.max_seqs else rep.waiting),
-            len(rep.waiting),
-            rep.wtok,
-            free,
-            rep.kv_cap,
-            self.cluster.max_batch_tokens,
-            rep.last_iter,
-        )
-        decision = f"partition(replica {rep.idx} at t={now:.3f}s)"
+        free = rep.kv_cap - rep.kv_used - rep.pinned_tokens - n
+        if self.views:
+            view: Any = ReplicaView(
+                rep.idx,
+                now,
+                n,
+                ctx,
+                self._waiting_views(rep, self._schedulable(rep) if self.max_seqs else rep.waiting),
+                len(rep.waiting),
+                rep.wtok,
+                free,
+                rep.kv_cap,
+                self.cluster.max_batch_tokens,
+                rep.last_iter,
+            )
+        else:
+            view = Moment(rep.idx, now)
         self.policy_calls += 1
         try:
             raw = self.policy.partition(view)
         except PolicyError:
             raise
         except Exception as exc:
-            raise PolicyError(decision, raised(exc)) from None
-        budget, chunks = coerce_partition(raw, decision)
-        total = self._validate_chunks(rep, chunks, decision)
-        if total and total > budget - n:
-            raise PolicyError(
-                decision,
-                f"chunk tokens {total} exceed the budget {budget} minus {n} decodes",
-            )
-        if total + n > self.cluster.max_batch_tokens:
-            raise PolicyError(
-                decision,
-                f"{n} decodes + {total} chunk tokens exceed max_batch_tokens "
-                f"{self.cluster.max_batch_tokens}",
-            )
-        if total > free:
-            raise PolicyError(
-                decision, f"chunk tokens {total} exceed the free KV cache ({free} tokens)"
-            )
+            raise PolicyError(_partition_decision(rep.idx, now), raised(exc)) from None
+        try:
+            # Checked under a blank name, named only when refused: formatting the name of every
+            # decision was a measurable share of a replay.
+            chunks, total, pairs = self._check_partition(rep, raw, n, free)
+        except PolicyError as exc:
+            raise PolicyError(_partition_decision(rep.idx, now), exc.rule) from None
         if not chunks and not n:
             # Nothing to run: idle until the next arrival routed here wakes the replica.
             self.counters["stalls"] += 1
             rep.busy = False
             return
-        pairs = 0.0
-        prefilled = self.prefilled
-        for rid, tokens in chunks:
-            pairs += tokens * (prefilled[rid] + (tokens + 1) * 0.5)
-            if math.isnan(self.start[rid]):
-                self.start[rid] = now
+        start = self.start
+        for rid, _ in chunks:
+            if math.isnan(start[rid]):
+                start[rid] = now
         dur = self.cost.iteration_time(total, pairs, n, ctx)
         self._evict(rep, total)
         rep.kv_used += total
@@ -528,32 +547,60 @@ class _Simulation:
         fresh = [i for i in rep.waiting if self.prefilled[i] <= self.hit[i]][:room]
         return started + fresh if started else fresh
 
-    def _validate_chunks(self, rep: _Replica, chunks: list[tuple[int, int]], decision: str) -> int:
-        seen = set()
-        total = 0
+    def _check_partition(
+        self, rep: _Replica, raw: Any, n: int, free: int
+    ) -> tuple[Any, int, float]:
+        """A partition() answer judged against this replica's state, as (chunks, their tokens,
+        their attention pairs); a PolicyError with a blank decision name when refused."""
+        budget, chunks = coerce_partition(raw, "")
+        total, pairs = self._validate_chunks(rep, chunks)
+        if total and total > budget - n:
+            raise PolicyError(
+                "", f"chunk tokens {total} exceed the budget {budget} minus {n} decodes"
+            )
+        max_batch = self.cluster.max_batch_tokens
+        if total + n > max_batch:
+            raise PolicyError(
+                "", f"{n} decodes + {total} chunk tokens exceed max_batch_tokens {max_batch}"
+            )
+        if total > free:
+            raise PolicyError("", f"chunk tokens {total} exceed the free KV cache ({free} tokens)")
+        return chunks, total, pairs
+
+    def _validate_chunks(self, rep: _Replica, chunks: Any) -> tuple[int, float]:
+        """Each chunk's request and size checked; (total tokens, attention pairs)."""
+        prefilled = self.prefilled
         if self.max_seqs:
-            fresh = sum(1 for rid, _ in chunks if self.prefilled[rid] <= self.hit[rid])
-            started = sum(1 for i in rep.waiting if self.prefilled[i] > self.hit[i])
+            hit = self.hit
+            fresh = sum(1 for rid, _ in chunks if prefilled[rid] <= hit[rid])
+            started = sum(1 for i in rep.waiting if prefilled[i] > hit[i])
             if fresh and rep.n + started + fresh > self.max_seqs:
                 raise PolicyError(
-                    decision,
+                    "",
                     f"starting {fresh} more requests would run {rep.n + started + fresh}, "
                     f"over max_num_seqs={self.max_seqs}",
                 )
-        nreq = len(self.phase)
+        seen = set()
+        total = 0
+        pairs = 0.0
+        where, phase, target = self.where, self.phase, self.target
+        nreq = len(phase)
+        idx = rep.idx
         for rid, tokens in chunks:
-            if not 0 <= rid < nreq or self.where[rid] != rep.idx or self.phase[rid] != _WAITING:
-                raise PolicyError(decision, f"request {rid} is not waiting on this replica")
+            if not 0 <= rid < nreq or where[rid] != idx or phase[rid] != _WAITING:
+                raise PolicyError("", f"request {rid} is not waiting on this replica")
             if rid in seen:
-                raise PolicyError(decision, f"request {rid} appears in two chunks")
+                raise PolicyError("", f"request {rid} appears in two chunks")
             seen.add(rid)
-            left = self.target[rid] - self.prefilled[rid]
+            done = prefilled[rid]
+            left = target[rid] - done
             if not 1 <= tokens <= left:
                 raise PolicyError(
-                    decision, f"chunk of {tokens} tokens for request {rid} (1..{left} allowed)"
+                    "", f"chunk of {tokens} tokens for request {rid} (1..{left} allowed)"
                 )
             total += tokens
-        return total
+            pairs += tokens * (done + (tokens + 1) * 0.5)
+        return total, pairs
 
     def _waiting_views(self, rep: _Replica, ids: list[int]) -> tuple[WaitingView, ...]:
         views = self.view_cache
