@@ -325,34 +325,38 @@ class _Simulation:
     def _loop(self, horizon: float) -> float:
         arrival = self.arrival
         events = self.events
+        reps = self.reps
+        arrive, complete, plan, pop = self._arrive, self._complete, self._plan, heapq.heappop
+        inf = math.inf
         nreq = len(arrival)
         nxt = 0
         now = 0.0
         while True:
-            t_arr = arrival[nxt] if nxt < nreq else math.inf
-            t_evt = events[0][0] if events else math.inf
+            t_arr = arrival[nxt] if nxt < nreq else inf
+            t_evt = events[0][0] if events else inf
             if t_arr <= t_evt:
-                if t_arr == math.inf or t_arr > horizon:
+                if t_arr == inf or t_arr > horizon:
                     break
                 now = t_arr
-                self._arrive(nxt, now)
+                arrive(nxt, now)
                 nxt += 1
             else:
                 if t_evt > horizon:
                     break
-                now, seq, r = heapq.heappop(events)
-                rep = self.reps[r]
+                now, seq, r = pop(events)
+                rep = reps[r]
                 if seq != rep.event_seq:
                     continue  # superseded: its stretch was cut short by an arrival
                 if rep.pending is not None:
-                    self._complete(rep, now)
-                self._plan(rep, now)
+                    complete(rep, now)
+                plan(rep, now)
         return now
 
-    def _push(self, t: float, r: int) -> None:
-        self.seq += 1
-        self.reps[r].event_seq = self.seq
-        heapq.heappush(self.events, (t, self.seq, r))
+    def _push(self, t: float, rep: _Replica) -> None:
+        """rep's one live event: at time t (any earlier one of it is superseded)."""
+        seq = self.seq = self.seq + 1
+        rep.event_seq = seq
+        heapq.heappush(self.events, (t, seq, rep.idx))
 
     def _stretch_progress(self, rep: _Replica, now: float) -> tuple[int, int]:
         """For a replica in a decode stretch at time ``now``: (iterations finished strictly
@@ -382,7 +386,7 @@ class _Simulation:
         self._enqueue(rep, i, front=False)
         if not rep.busy:
             rep.busy = True
-            self._push(now, r)
+            self._push(now, rep)
         elif rep.pending is not None and rep.pending[0] == 0 and rep.pending[1] > 1:
             self._cut_stretch(rep, now)
 
@@ -418,7 +422,7 @@ class _Simulation:
             return
         dur = m * d_first + b * rep.n * m * (m - 1) * 0.5
         rep.pending = (0, m, dur, d_first, a + b * (ctx0 + (m - 1) * rep.n), t0, ctx0, a, b)
-        self._push(t0 + dur, rep.idx)
+        self._push(t0 + dur, rep)
 
     def _hit_tokens(self, rep: _Replica, ids: tuple[int, ...], prompt: int) -> int:
         cache = rep.cache
@@ -478,7 +482,7 @@ class _Simulation:
     def _plan(self, rep: _Replica, now: float) -> None:
         rep.pending = None
         # Decodes need one KV token each this iteration; make room or preempt.
-        while rep.n and self._free(rep) < rep.n:
+        while rep.n and rep.kv_cap - rep.kv_used - rep.pinned_tokens < rep.n:  # _free(rep)
             self._preempt_newest(rep, now)
         if not rep.n and rep.waiting:
             self._unblock_oldest(rep)
@@ -535,7 +539,7 @@ class _Simulation:
         self._evict(rep, total)
         rep.kv_used += total
         rep.pending = (1, chunks, dur)
-        self._push(now + dur, rep.idx)
+        self._push(now + dur, rep)
 
     def _schedulable(self, rep: _Replica) -> list[int]:
         """Under max_num_seqs: the waiting requests whose prefill has started, then as many
@@ -635,7 +639,7 @@ class _Simulation:
         first = a + b * ctx0
         dur = k * first + b * n * k * (k - 1) * 0.5
         rep.pending = (0, k, dur, first, a + b * (ctx0 + (k - 1) * n), now, ctx0, a, b)
-        self._push(now + dur, rep.idx)
+        self._push(now + dur, rep)
 
     @staticmethod
     def _iterations_until(a: float, b: float, ctx0: int, n: int, dt: float) -> int:
@@ -661,11 +665,12 @@ class _Simulation:
         pending = rep.pending
         rep.pending = None
         n = rep.n
-        if pending[0] == 0:  # a stretch of k decode-only iterations
+        stretch = pending[0] == 0
+        if stretch:  # a stretch of k decode-only iterations
             _, k, dur, d_first, d_last = pending[:5]
             self.stretches += 1
             self.iterations += k
-            rep.steps += k
+            steps = rep.steps = rep.steps + k
             rep.kv_used += n * k
             rep.last_iter = d_last
             self.tbt_d.append(0.5 * (d_first + d_last))
@@ -676,26 +681,30 @@ class _Simulation:
             self.iterations += 1
             rep.last_iter = dur
             if n:
-                rep.steps += 1
+                steps = rep.steps = rep.steps + 1
                 rep.kv_used += n
                 self.tbt_d.append(dur)
                 self.tbt_n.append(n)
                 rep.gaps.append(dur)
+            else:
+                steps = rep.steps
         rep.busy_time += dur
         if rep.cache_tokens + rep.kv_used > rep.kv_cap:
             self._evict(rep, 0)
         heap = rep.heap
-        steps = rep.steps
-        while heap and heap[0][0] <= steps:
-            _, i, epoch = heapq.heappop(heap)
-            if epoch == self.preempt[i]:  # else it was preempted since: a stale entry
-                self._retire(rep, i, now)
-        if pending[0] == 1:
+        if heap and heap[0][0] <= steps:
+            preempt = self.preempt
+            while heap and heap[0][0] <= steps:
+                _, i, epoch = heapq.heappop(heap)
+                if epoch == preempt[i]:  # else it was preempted since: a stale entry
+                    self._retire(rep, i, now)
+        if not stretch:
+            prefilled, target, view_cache = self.prefilled, self.target, self.view_cache
             for rid, tokens in chunks:
                 rep.wtok -= tokens
-                self.prefilled[rid] += tokens
-                self.view_cache[rid] = None
-                if self.prefilled[rid] == self.target[rid]:
+                done = prefilled[rid] = prefilled[rid] + tokens
+                view_cache[rid] = None
+                if done == target[rid]:
                     self._join_decode(rep, rid, now)
 
     def _join_decode(self, rep: _Replica, i: int, now: float) -> None:
