@@ -576,7 +576,10 @@ class _Simulation:
         prefilled = self.prefilled
         if self.max_seqs:
             hit = self.hit
-            fresh = sum(1 for rid, _ in chunks if prefilled[rid] <= hit[rid])
+            # Only ids of requests the run has: a forged id past them is refused below as not
+            # waiting (it raised IndexError here, out of the trusted replay).
+            nreq = len(prefilled)
+            fresh = sum(1 for rid, _ in chunks if 0 <= rid < nreq and prefilled[rid] <= hit[rid])
             started = sum(1 for i in rep.waiting if prefilled[i] > hit[i])
             if fresh and rep.n + started + fresh > self.max_seqs:
                 raise PolicyError(
