@@ -259,6 +259,7 @@ class _Simulation:
     ):
         self.cluster = cluster
         self.max_seqs = cluster.max_num_seqs  # 0: no limit
+        self.max_batch = cluster.max_batch_tokens
         self.wl = wl
         self.policy = policy
         self.views = getattr(policy, "reads_views", True) is not False
@@ -393,22 +394,24 @@ class _Simulation:
     def _loads(self, i: int, ids: tuple[int, ...], now: float) -> tuple[ReplicaLoad, ...]:
         """Every replica's load as request i, carrying prefix blocks ``ids``, arrives."""
         loads = []
+        prompt = self.prompt[i]
         for rep in self.reps:
             waiting = len(rep.waiting)
+            n = rep.n
             kv_used = rep.kv_used
             pending = rep.pending
             if pending is not None and pending[0] == 0 and pending[1] > 1:
-                kv_used += rep.n * self._stretch_progress(rep, now)[0]
+                kv_used += n * self._stretch_progress(rep, now)[0]
             loads.append(
                 ReplicaLoad(
                     rep.idx,
-                    rep.n,
+                    n,
                     waiting,
                     rep.wtok,
-                    rep.n + waiting,
+                    n + waiting,
                     rep.kv_cap - kv_used - rep.pinned_tokens,
                     rep.kv_cap,
-                    self._hit_tokens(rep, ids, self.prompt[i]) if ids else 0,
+                    self._hit_tokens(rep, ids, prompt) if ids else 0,
                 )
             )
         return tuple(loads)
@@ -508,7 +511,7 @@ class _Simulation:
                 rep.wtok,
                 free,
                 rep.kv_cap,
-                self.cluster.max_batch_tokens,
+                self.max_batch,
                 rep.last_iter,
             )
         else:
@@ -562,7 +565,7 @@ class _Simulation:
             raise PolicyError(
                 "", f"chunk tokens {total} exceed the budget {budget} minus {n} decodes"
             )
-        max_batch = self.cluster.max_batch_tokens
+        max_batch = self.max_batch
         if total + n > max_batch:
             raise PolicyError(
                 "", f"{n} decodes + {total} chunk tokens exceed max_batch_tokens {max_batch}"
@@ -611,23 +614,24 @@ class _Simulation:
 
     def _waiting_views(self, rep: _Replica, ids: list[int]) -> tuple[WaitingView, ...]:
         views = self.view_cache
-        out = []
-        for i in ids[:MAX_WAITING_VIEW]:
-            v = views[i]
-            if v is None:
-                p = self.prefilled[i]
-                v = views[i] = WaitingView(
-                    i,
-                    self.arrival[i],
-                    self.target[i],
-                    p,
-                    self.target[i] - p,
-                    self.hit[i],
-                    p > self.hit[i] or self.preempt[i] > 0,
-                    self.preempt[i],
-                )
-            out.append(v)
-        return tuple(out)
+        if len(ids) > MAX_WAITING_VIEW:
+            ids = ids[:MAX_WAITING_VIEW]
+        # A cached view is a non-empty tuple; None (changed since) is built afresh.
+        return tuple([views[i] or self._waiting_view(i) for i in ids])
+
+    def _waiting_view(self, i: int) -> WaitingView:
+        p = self.prefilled[i]
+        v = self.view_cache[i] = WaitingView(
+            i,
+            self.arrival[i],
+            self.target[i],
+            p,
+            self.target[i] - p,
+            self.hit[i],
+            p > self.hit[i] or self.preempt[i] > 0,
+            self.preempt[i],
+        )
+        return v
 
     def _plan_stretch(self, rep: _Replica, now: float) -> None:
         n = rep.n
