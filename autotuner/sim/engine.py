@@ -539,7 +539,8 @@ class _Simulation:
             if math.isnan(start[rid]):
                 start[rid] = now
         dur = self.cost.iteration_time(total, pairs, n, ctx)
-        self._evict(rep, total)
+        if rep.cache_tokens + rep.kv_used + total > rep.kv_cap:  # _evict's own test, first
+            self._evict(rep, total)
         rep.kv_used += total
         rep.pending = (1, chunks, dur)
         self._push(now + dur, rep)
