@@ -615,24 +615,24 @@ class _Simulation:
 
     def _waiting_views(self, rep: _Replica, ids: list[int]) -> tuple[WaitingView, ...]:
         views = self.view_cache
-        if len(ids) > MAX_WAITING_VIEW:
-            ids = ids[:MAX_WAITING_VIEW]
-        # A cached view is a non-empty tuple; None (changed since) is built afresh.
-        return tuple([views[i] or self._waiting_view(i) for i in ids])
-
-    def _waiting_view(self, i: int) -> WaitingView:
-        p = self.prefilled[i]
-        v = self.view_cache[i] = WaitingView(
-            i,
-            self.arrival[i],
-            self.target[i],
-            p,
-            self.target[i] - p,
-            self.hit[i],
-            p > self.hit[i] or self.preempt[i] > 0,
-            self.preempt[i],
-        )
-        return v
+        prefilled, target, hit, preempt = self.prefilled, self.target, self.hit, self.preempt
+        out = []
+        for i in ids[:MAX_WAITING_VIEW] if len(ids) > MAX_WAITING_VIEW else ids:
+            v = views[i]
+            if v is None:  # changed since its last view (most are: a chunk ran for it)
+                p = prefilled[i]
+                v = views[i] = WaitingView(
+                    i,
+                    self.arrival[i],
+                    target[i],
+                    p,
+                    target[i] - p,
+                    hit[i],
+                    p > hit[i] or preempt[i] > 0,
+                    preempt[i],
+                )
+            out.append(v)
+        return tuple(out)
 
     def _plan_stretch(self, rep: _Replica, now: float) -> None:
         n = rep.n

@@ -46,7 +46,7 @@ class RecordingPolicy:
         except PolicyError as exc:
             raise PolicyError(f"partition(replica {view.replica} at t={view.now:.3f}s)",
                               exc.rule) from None
-        self.log.append(["p", budget, [[rid, tokens] for rid, tokens in chunks]])
+        self.log.append(["p", budget, list(map(list, chunks))])  # [[id, tokens], ...]
         return raw
 
     def route(self, request: RequestView, cluster: ClusterView) -> Any:
