@@ -110,6 +110,7 @@ MAX_RULE_CHARS = 1000
 # Every integer in a decision must fit in 64 bits: nothing real is larger, and a larger one can
 # neither be logged (Python refuses to print ints over 4,300 digits) nor named in a short reason.
 INT_LIMIT = 2**63
+MAX_CHUNKS = 100_000  # chunks in one partition; a list of more is refused before it is read
 
 
 def show_int(value: int) -> str:
@@ -154,26 +155,51 @@ def _as_int64(value: Any, what: str, decision: str) -> int:
     return number
 
 
+def _well_formed(raw: Any) -> tuple[int, Any] | None:
+    """``coerce_partition``'s answer for the common, well-formed shapes, checked fast: a tuple of
+    int pairs (returned as is: nothing in it can change), or a list of int pairs, as a recorded
+    log holds them or a policy builds them (copied, so that changing the list later cannot
+    change a decision already checked). None for anything else, which the full checks judge."""
+    if not (isinstance(raw, tuple) or type(raw) is list) or len(raw) != 2:
+        return None
+    budget, chunks = raw
+    low, high = -INT_LIMIT, INT_LIMIT
+    if type(budget) is not int or not 0 <= budget < high:
+        return None
+    if type(chunks) is tuple:
+        for c in chunks:
+            if type(c) is not tuple or len(c) != 2:
+                return None
+            rid, tokens = c
+            if type(rid) is not int or type(tokens) is not int or not (
+                low < rid < high and low < tokens < high
+            ):
+                return None
+        return budget, chunks
+    if type(chunks) is not list or len(chunks) > MAX_CHUNKS:
+        return None
+    pairs = []
+    for c in chunks:
+        if type(c) is not list and type(c) is not tuple or len(c) != 2:
+            return None
+        rid, tokens = c
+        if type(rid) is not int or type(tokens) is not int or not (
+            low < rid < high and low < tokens < high
+        ):
+            return None
+        pairs.append((rid, tokens))
+    return budget, pairs
+
+
 def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]]]:
     """Turn a partition() return value into (budget, [(id, tokens), ...]); shape checks only.
 
     Accepts a Partition or any 2-sequence ``(budget, chunks)``. The simulator checks the
     rules that need its state (ids, remaining, budget, KV) itself.
     """
-    if isinstance(raw, tuple) and len(raw) == 2:  # the common, well-formed case, checked fast
-        budget, chunks = raw
-        low, high = -INT_LIMIT, INT_LIMIT
-        if type(budget) is int and 0 <= budget < high and type(chunks) is tuple:
-            for c in chunks:
-                if type(c) is not tuple or len(c) != 2:
-                    break
-                rid, tokens = c
-                if type(rid) is not int or type(tokens) is not int or not (
-                    low < rid < high and low < tokens < high
-                ):
-                    break
-            else:
-                return budget, chunks  # type: ignore[return-value]
+    fast = _well_formed(raw)
+    if fast is not None:
+        return fast
     if not isinstance(raw, (tuple, list)) or len(raw) != 2:
         raise PolicyError(
             decision, f"must return Partition(budget, chunks), got {type(raw).__name__}"
@@ -187,7 +213,7 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
             decision,
             f"chunks must be a tuple of (request id, tokens), got {type(chunks_raw).__name__}",
         )
-    if len(chunks_raw) > 100_000:
+    if len(chunks_raw) > MAX_CHUNKS:
         raise PolicyError(decision, f"too many chunks ({len(chunks_raw):,})")
     chunks: list[tuple[int, int]] = []
     for pos, item in enumerate(chunks_raw):
@@ -201,6 +227,8 @@ def coerce_partition(raw: Any, decision: str) -> tuple[int, list[tuple[int, int]
 
 def coerce_route(raw: Any, num_replicas: int, decision: str) -> int:
     """Check a route() return value: an existing replica index."""
+    if type(raw) is int and 0 <= raw < num_replicas:  # the common case, checked fast
+        return raw
     replica = _as_int(raw, "replica", decision)
     if not 0 <= replica < num_replicas:
         raise PolicyError(

@@ -104,6 +104,9 @@ COMM_EFF = 0.75
 # profiling run for a default 8k-token batch lands near this for 7-70B models).
 ACTIVATION_RESERVE_BYTES = 1 * GIB
 
+# Most token (or logit) counts a cost model keeps its per-count sums for: far above any batch.
+_MEMO_ENTRIES = 1 << 17
+
 
 def gemm_time(
     row_s: float,
@@ -222,6 +225,10 @@ class CostModel:
         # LM head over the tokens that produce logits, plus the final norm.
         self._lm_head = lin(h, m.vocab / tp)
         self._final_norm_per_token = p["norm"] * 2 * h * d / bew
+        # What _fixed_part computes from the token count alone (or the logit count alone), kept
+        # per count: the same floats, computed once. Bounded: counts are at most a batch's.
+        self._layer_by_tokens: dict[int, float] = {}
+        self._head_by_logits: dict[int, float] = {}
 
     # ----------------------------------------------------------------------------------------
     # Memory
@@ -251,12 +258,9 @@ class CostModel:
     # ----------------------------------------------------------------------------------------
     # Time
 
-    def _fixed_part(
-        self, tokens: int, prefill_tokens: int, prefill_pairs: float, decodes: int
-    ) -> float:
-        """Everything except the decode KV read (which is ``_b_ctx * decode_context``)."""
-        if tokens <= 0:
-            return 0.0
+    def _layer_gemms(self, tokens: int) -> float:
+        """One layer's fixed cost, elementwise and all-reduce traffic and GEMMs for a batch of
+        ``tokens``: the part of ``_fixed_part``'s layer sum that depends on nothing else."""
         T = float(tokens)
         tile, ramp, knee = self._gemm_shape
         # gemm_time, inlined: every GEMM of the layer shares the batch's padded row count.
@@ -277,21 +281,37 @@ class CostModel:
                 layer += ct * (1.0 + (mt / ct) ** knee) ** self._inv_knee
             else:
                 layer += mt * (1.0 + (ct / mt) ** knee) ** self._inv_knee
+        return layer
+
+    def _fixed_part(
+        self, tokens: int, prefill_tokens: int, prefill_pairs: float, decodes: int
+    ) -> float:
+        """Everything except the decode KV read (which is ``_b_ctx * decode_context``)."""
+        if tokens <= 0:
+            return 0.0
+        layer = self._layer_by_tokens.get(tokens)
+        if layer is None:
+            layer = self._layer_gemms(tokens)
+            if len(self._layer_by_tokens) < _MEMO_ENTRIES:
+                self._layer_by_tokens[tokens] = layer
         if prefill_tokens > 0:
             ct = self._attn_pair_s * prefill_pairs
             mt = (self._kv_layer_gpu * prefill_pairs / prefill_tokens) / self._bm + (
                 self._attn_qo_per_token * prefill_tokens
             )
             layer += ct if ct > mt else mt
+            logits = decodes + 1
+        else:
+            logits = decodes
         if decodes > 0:
             layer += self._attn_qo_per_token * decodes
-        logits = decodes + (1 if prefill_tokens > 0 else 0)
-        c, w, a = self._lm_head
-        once = (
-            gemm_time(c, w, a, logits, tile, ramp, knee)
-            + (self._emb_per_token + self._final_norm_per_token) * T
-            + self._ovh
-        )
+        head = self._head_by_logits.get(logits)
+        if head is None:
+            c, w, a = self._lm_head
+            head = gemm_time(c, w, a, logits, *self._gemm_shape)
+            if len(self._head_by_logits) < _MEMO_ENTRIES:
+                self._head_by_logits[logits] = head
+        once = head + (self._emb_per_token + self._final_norm_per_token) * float(tokens) + self._ovh
         return self._layers * layer + once
 
     def iteration_time(

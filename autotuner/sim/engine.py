@@ -21,7 +21,7 @@ import os
 import sysconfig
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -116,11 +116,33 @@ def raised(exc: BaseException) -> str:
 
 
 class Policy(Protocol):
-    """What the simulator drives. ``autotuner.policy.load_policy`` builds one from a file."""
+    """What the simulator drives. ``autotuner.policy.load_policy`` builds one from a file.
+
+    A policy whose class sets ``reads_views = False`` (a replay of recorded decisions, which
+    answers from its log) is asked the same questions in the same order and judged alike, but
+    gets a ``Moment`` instead of a ReplicaView and None instead of the ClusterView: building
+    views it never reads was a large share of a replay's time.
+    """
 
     def partition(self, replica: ReplicaView) -> Any: ...
 
     def route(self, request: RequestView, cluster: ClusterView) -> Any: ...
+
+
+class Moment(NamedTuple):
+    """Where and when a partition is asked for: what a policy that reads no views gets."""
+
+    replica: int  # the replica about to run an iteration
+    now: float  # seconds
+
+
+def _partition_decision(replica: int, now: float) -> str:
+    """How a refusal names a partition decision (formatted only when one is refused)."""
+    return f"partition(replica {replica} at t={now:.3f}s)"
+
+
+def _route_decision(request: int, now: float) -> str:
+    return f"route(request {request} at t={now:.3f}s)"
 
 
 @dataclass
@@ -237,8 +259,10 @@ class _Simulation:
     ):
         self.cluster = cluster
         self.max_seqs = cluster.max_num_seqs  # 0: no limit
+        self.max_batch = cluster.max_batch_tokens
         self.wl = wl
         self.policy = policy
+        self.views = getattr(policy, "reads_views", True) is not False
         self.cost = cost
         n = len(wl)
         self.arrival = wl.arrival.tolist()
@@ -302,34 +326,38 @@ class _Simulation:
     def _loop(self, horizon: float) -> float:
         arrival = self.arrival
         events = self.events
+        reps = self.reps
+        arrive, complete, plan, pop = self._arrive, self._complete, self._plan, heapq.heappop
+        inf = math.inf
         nreq = len(arrival)
         nxt = 0
         now = 0.0
         while True:
-            t_arr = arrival[nxt] if nxt < nreq else math.inf
-            t_evt = events[0][0] if events else math.inf
+            t_arr = arrival[nxt] if nxt < nreq else inf
+            t_evt = events[0][0] if events else inf
             if t_arr <= t_evt:
-                if t_arr == math.inf or t_arr > horizon:
+                if t_arr == inf or t_arr > horizon:
                     break
                 now = t_arr
-                self._arrive(nxt, now)
+                arrive(nxt, now)
                 nxt += 1
             else:
                 if t_evt > horizon:
                     break
-                now, seq, r = heapq.heappop(events)
-                rep = self.reps[r]
+                now, seq, r = pop(events)
+                rep = reps[r]
                 if seq != rep.event_seq:
                     continue  # superseded: its stretch was cut short by an arrival
                 if rep.pending is not None:
-                    self._complete(rep, now)
-                self._plan(rep, now)
+                    complete(rep, now)
+                plan(rep, now)
         return now
 
-    def _push(self, t: float, r: int) -> None:
-        self.seq += 1
-        self.reps[r].event_seq = self.seq
-        heapq.heappush(self.events, (t, self.seq, r))
+    def _push(self, t: float, rep: _Replica) -> None:
+        """rep's one live event: at time t (any earlier one of it is superseded)."""
+        seq = self.seq = self.seq + 1
+        rep.event_seq = seq
+        heapq.heappush(self.events, (t, seq, rep.idx))
 
     def _stretch_progress(self, rep: _Replica, now: float) -> tuple[int, int]:
         """For a replica in a decode stretch at time ``now``: (iterations finished strictly
@@ -341,43 +369,52 @@ class _Simulation:
     # ------------------------------------------------------------------ arrivals and routing
     def _arrive(self, i: int, now: float) -> None:
         ids = self.prefix[i] if self.prefix is not None else ()
-        loads = []
-        for rep in self.reps:
-            waiting = len(rep.waiting)
-            kv_used = rep.kv_used
-            pending = rep.pending
-            if pending is not None and pending[0] == 0 and pending[1] > 1:
-                kv_used += rep.n * self._stretch_progress(rep, now)[0]
-            loads.append(
-                ReplicaLoad(
-                    rep.idx,
-                    rep.n,
-                    waiting,
-                    rep.wtok,
-                    rep.n + waiting,
-                    rep.kv_cap - kv_used - rep.pinned_tokens,
-                    rep.kv_cap,
-                    self._hit_tokens(rep, ids, self.prompt[i]) if ids else 0,
-                )
-            )
         view = RequestView(i, now, self.prompt[i], len(ids))
+        cluster = ClusterView(now, self._loads(i, ids, now)) if self.views else None
         self.policy_calls += 1
-        decision = f"route(request {i} at t={now:.3f}s)"
         try:
-            raw = self.policy.route(view, ClusterView(now, tuple(loads)))
+            raw = self.policy.route(view, cluster)
         except PolicyError:
             raise
         except Exception as exc:  # the policy's own bug: a result, not a crash
-            raise PolicyError(decision, raised(exc)) from None
-        r = coerce_route(raw, len(self.reps), decision)
+            raise PolicyError(_route_decision(i, now), raised(exc)) from None
+        try:
+            r = coerce_route(raw, len(self.reps), "")
+        except PolicyError as exc:
+            raise PolicyError(_route_decision(i, now), exc.rule) from None
         rep = self.reps[r]
         self.where[i] = r
         self._enqueue(rep, i, front=False)
         if not rep.busy:
             rep.busy = True
-            self._push(now, r)
+            self._push(now, rep)
         elif rep.pending is not None and rep.pending[0] == 0 and rep.pending[1] > 1:
             self._cut_stretch(rep, now)
+
+    def _loads(self, i: int, ids: tuple[int, ...], now: float) -> tuple[ReplicaLoad, ...]:
+        """Every replica's load as request i, carrying prefix blocks ``ids``, arrives."""
+        loads = []
+        prompt = self.prompt[i]
+        for rep in self.reps:
+            waiting = len(rep.waiting)
+            n = rep.n
+            kv_used = rep.kv_used
+            pending = rep.pending
+            if pending is not None and pending[0] == 0 and pending[1] > 1:
+                kv_used += n * self._stretch_progress(rep, now)[0]
+            loads.append(
+                ReplicaLoad(
+                    rep.idx,
+                    n,
+                    waiting,
+                    rep.wtok,
+                    n + waiting,
+                    rep.kv_cap - kv_used - rep.pinned_tokens,
+                    rep.kv_cap,
+                    self._hit_tokens(rep, ids, prompt) if ids else 0,
+                )
+            )
+        return tuple(loads)
 
     def _cut_stretch(self, rep: _Replica, now: float) -> None:
         """End rep's decode stretch at the first iteration boundary at or after ``now``, so the
@@ -388,7 +425,7 @@ class _Simulation:
             return
         dur = m * d_first + b * rep.n * m * (m - 1) * 0.5
         rep.pending = (0, m, dur, d_first, a + b * (ctx0 + (m - 1) * rep.n), t0, ctx0, a, b)
-        self._push(t0 + dur, rep.idx)
+        self._push(t0 + dur, rep)
 
     def _hit_tokens(self, rep: _Replica, ids: tuple[int, ...], prompt: int) -> int:
         cache = rep.cache
@@ -448,7 +485,7 @@ class _Simulation:
     def _plan(self, rep: _Replica, now: float) -> None:
         rep.pending = None
         # Decodes need one KV token each this iteration; make room or preempt.
-        while rep.n and self._free(rep) < rep.n:
+        while rep.n and rep.kv_cap - rep.kv_used - rep.pinned_tokens < rep.n:  # _free(rep)
             self._preempt_newest(rep, now)
         if not rep.n and rep.waiting:
             self._unblock_oldest(rep)
@@ -462,61 +499,51 @@ class _Simulation:
     def _plan_partition(self, rep: _Replica, now: float) -> None:
         n = rep.n
         ctx = rep.ctx_off + n * rep.steps
-        free = self._free(rep) - n
-        view = ReplicaView(
-            rep.idx,
-            now,
-            n,
-            ctx,
-            self._waiting_views(rep, self._schedulable(rep) if self.max_seqs else rep.waiting),
-            len(rep.waiting),
-            rep.wtok,
-            free,
-            rep.kv_cap,
-            self.cluster.max_batch_tokens,
-            rep.last_iter,
-        )
-        decision = f"partition(replica {rep.idx} at t={now:.3f}s)"
+        free = rep.kv_cap - rep.kv_used - rep.pinned_tokens - n
+        if self.views:
+            view: Any = ReplicaView(
+                rep.idx,
+                now,
+                n,
+                ctx,
+                self._waiting_views(rep, self._schedulable(rep) if self.max_seqs else rep.waiting),
+                len(rep.waiting),
+                rep.wtok,
+                free,
+                rep.kv_cap,
+                self.max_batch,
+                rep.last_iter,
+            )
+        else:
+            view = Moment(rep.idx, now)
         self.policy_calls += 1
         try:
             raw = self.policy.partition(view)
         except PolicyError:
             raise
         except Exception as exc:
-            raise PolicyError(decision, raised(exc)) from None
-        budget, chunks = coerce_partition(raw, decision)
-        total = self._validate_chunks(rep, chunks, decision)
-        if total and total > budget - n:
-            raise PolicyError(
-                decision,
-                f"chunk tokens {total} exceed the budget {budget} minus {n} decodes",
-            )
-        if total + n > self.cluster.max_batch_tokens:
-            raise PolicyError(
-                decision,
-                f"{n} decodes + {total} chunk tokens exceed max_batch_tokens "
-                f"{self.cluster.max_batch_tokens}",
-            )
-        if total > free:
-            raise PolicyError(
-                decision, f"chunk tokens {total} exceed the free KV cache ({free} tokens)"
-            )
+            raise PolicyError(_partition_decision(rep.idx, now), raised(exc)) from None
+        try:
+            # Checked under a blank name, named only when refused: formatting the name of every
+            # decision was a measurable share of a replay.
+            chunks, total, pairs = self._check_partition(rep, raw, n, free)
+        except PolicyError as exc:
+            raise PolicyError(_partition_decision(rep.idx, now), exc.rule) from None
         if not chunks and not n:
             # Nothing to run: idle until the next arrival routed here wakes the replica.
             self.counters["stalls"] += 1
             rep.busy = False
             return
-        pairs = 0.0
-        prefilled = self.prefilled
-        for rid, tokens in chunks:
-            pairs += tokens * (prefilled[rid] + (tokens + 1) * 0.5)
-            if math.isnan(self.start[rid]):
-                self.start[rid] = now
+        start = self.start
+        for rid, _ in chunks:
+            if math.isnan(start[rid]):
+                start[rid] = now
         dur = self.cost.iteration_time(total, pairs, n, ctx)
-        self._evict(rep, total)
+        if rep.cache_tokens + rep.kv_used + total > rep.kv_cap:  # _evict's own test, first
+            self._evict(rep, total)
         rep.kv_used += total
         rep.pending = (1, chunks, dur)
-        self._push(now + dur, rep.idx)
+        self._push(now + dur, rep)
 
     def _schedulable(self, rep: _Replica) -> list[int]:
         """Under max_num_seqs: the waiting requests whose prefill has started, then as many
@@ -528,49 +555,81 @@ class _Simulation:
         fresh = [i for i in rep.waiting if self.prefilled[i] <= self.hit[i]][:room]
         return started + fresh if started else fresh
 
-    def _validate_chunks(self, rep: _Replica, chunks: list[tuple[int, int]], decision: str) -> int:
-        seen = set()
-        total = 0
+    def _check_partition(
+        self, rep: _Replica, raw: Any, n: int, free: int
+    ) -> tuple[Any, int, float]:
+        """A partition() answer judged against this replica's state, as (chunks, their tokens,
+        their attention pairs); a PolicyError with a blank decision name when refused."""
+        budget, chunks = coerce_partition(raw, "")
+        total, pairs = self._validate_chunks(rep, chunks)
+        if total and total > budget - n:
+            raise PolicyError(
+                "", f"chunk tokens {total} exceed the budget {budget} minus {n} decodes"
+            )
+        max_batch = self.max_batch
+        if total + n > max_batch:
+            raise PolicyError(
+                "", f"{n} decodes + {total} chunk tokens exceed max_batch_tokens {max_batch}"
+            )
+        if total > free:
+            raise PolicyError("", f"chunk tokens {total} exceed the free KV cache ({free} tokens)")
+        return chunks, total, pairs
+
+    def _validate_chunks(self, rep: _Replica, chunks: Any) -> tuple[int, float]:
+        """Each chunk's request and size checked; (total tokens, attention pairs)."""
+        prefilled = self.prefilled
         if self.max_seqs:
-            fresh = sum(1 for rid, _ in chunks if self.prefilled[rid] <= self.hit[rid])
-            started = sum(1 for i in rep.waiting if self.prefilled[i] > self.hit[i])
+            hit = self.hit
+            # Only ids of requests the run has: a forged id past them is refused below as not
+            # waiting (it raised IndexError here, out of the trusted replay).
+            nreq = len(prefilled)
+            fresh = sum(1 for rid, _ in chunks if 0 <= rid < nreq and prefilled[rid] <= hit[rid])
+            started = sum(1 for i in rep.waiting if prefilled[i] > hit[i])
             if fresh and rep.n + started + fresh > self.max_seqs:
                 raise PolicyError(
-                    decision,
+                    "",
                     f"starting {fresh} more requests would run {rep.n + started + fresh}, "
                     f"over max_num_seqs={self.max_seqs}",
                 )
-        nreq = len(self.phase)
+        seen = set()
+        total = 0
+        pairs = 0.0
+        where, phase, target = self.where, self.phase, self.target
+        nreq = len(phase)
+        idx = rep.idx
         for rid, tokens in chunks:
-            if not 0 <= rid < nreq or self.where[rid] != rep.idx or self.phase[rid] != _WAITING:
-                raise PolicyError(decision, f"request {rid} is not waiting on this replica")
+            if not 0 <= rid < nreq or where[rid] != idx or phase[rid] != _WAITING:
+                raise PolicyError("", f"request {rid} is not waiting on this replica")
             if rid in seen:
-                raise PolicyError(decision, f"request {rid} appears in two chunks")
+                raise PolicyError("", f"request {rid} appears in two chunks")
             seen.add(rid)
-            left = self.target[rid] - self.prefilled[rid]
+            done = prefilled[rid]
+            left = target[rid] - done
             if not 1 <= tokens <= left:
                 raise PolicyError(
-                    decision, f"chunk of {tokens} tokens for request {rid} (1..{left} allowed)"
+                    "", f"chunk of {tokens} tokens for request {rid} (1..{left} allowed)"
                 )
             total += tokens
-        return total
+            pairs += tokens * (done + (tokens + 1) * 0.5)
+        return total, pairs
 
     def _waiting_views(self, rep: _Replica, ids: list[int]) -> tuple[WaitingView, ...]:
         views = self.view_cache
+        prefilled, target, hit, preempt = self.prefilled, self.target, self.hit, self.preempt
         out = []
-        for i in ids[:MAX_WAITING_VIEW]:
+        for i in ids[:MAX_WAITING_VIEW] if len(ids) > MAX_WAITING_VIEW else ids:
             v = views[i]
-            if v is None:
-                p = self.prefilled[i]
+            if v is None:  # changed since its last view (most are: a chunk ran for it)
+                p = prefilled[i]
                 v = views[i] = WaitingView(
                     i,
                     self.arrival[i],
-                    self.target[i],
+                    target[i],
                     p,
-                    self.target[i] - p,
-                    self.hit[i],
-                    p > self.hit[i] or self.preempt[i] > 0,
-                    self.preempt[i],
+                    target[i] - p,
+                    hit[i],
+                    p > hit[i] or preempt[i] > 0,
+                    preempt[i],
                 )
             out.append(v)
         return tuple(out)
@@ -588,7 +647,7 @@ class _Simulation:
         first = a + b * ctx0
         dur = k * first + b * n * k * (k - 1) * 0.5
         rep.pending = (0, k, dur, first, a + b * (ctx0 + (k - 1) * n), now, ctx0, a, b)
-        self._push(now + dur, rep.idx)
+        self._push(now + dur, rep)
 
     @staticmethod
     def _iterations_until(a: float, b: float, ctx0: int, n: int, dt: float) -> int:
@@ -614,11 +673,12 @@ class _Simulation:
         pending = rep.pending
         rep.pending = None
         n = rep.n
-        if pending[0] == 0:  # a stretch of k decode-only iterations
+        stretch = pending[0] == 0
+        if stretch:  # a stretch of k decode-only iterations
             _, k, dur, d_first, d_last = pending[:5]
             self.stretches += 1
             self.iterations += k
-            rep.steps += k
+            steps = rep.steps = rep.steps + k
             rep.kv_used += n * k
             rep.last_iter = d_last
             self.tbt_d.append(0.5 * (d_first + d_last))
@@ -629,26 +689,30 @@ class _Simulation:
             self.iterations += 1
             rep.last_iter = dur
             if n:
-                rep.steps += 1
+                steps = rep.steps = rep.steps + 1
                 rep.kv_used += n
                 self.tbt_d.append(dur)
                 self.tbt_n.append(n)
                 rep.gaps.append(dur)
+            else:
+                steps = rep.steps
         rep.busy_time += dur
         if rep.cache_tokens + rep.kv_used > rep.kv_cap:
             self._evict(rep, 0)
         heap = rep.heap
-        steps = rep.steps
-        while heap and heap[0][0] <= steps:
-            _, i, epoch = heapq.heappop(heap)
-            if epoch == self.preempt[i]:  # else it was preempted since: a stale entry
-                self._retire(rep, i, now)
-        if pending[0] == 1:
+        if heap and heap[0][0] <= steps:
+            preempt = self.preempt
+            while heap and heap[0][0] <= steps:
+                _, i, epoch = heapq.heappop(heap)
+                if epoch == preempt[i]:  # else it was preempted since: a stale entry
+                    self._retire(rep, i, now)
+        if not stretch:
+            prefilled, target, view_cache = self.prefilled, self.target, self.view_cache
             for rid, tokens in chunks:
                 rep.wtok -= tokens
-                self.prefilled[rid] += tokens
-                self.view_cache[rid] = None
-                if self.prefilled[rid] == self.target[rid]:
+                done = prefilled[rid] = prefilled[rid] + tokens
+                view_cache[rid] = None
+                if done == target[rid]:
                     self._join_decode(rep, rid, now)
 
     def _join_decode(self, rep: _Replica, i: int, now: float) -> None:

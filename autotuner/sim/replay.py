@@ -32,30 +32,47 @@ class RecordingPolicy:
         self.log: list[list[Any]] = []
         self.max_entries = max_entries
 
-    def _room(self, decision: str) -> None:
-        if len(self.log) >= self.max_entries:
-            raise PolicyError(decision, f"more than {self.max_entries} decisions in one run")
+    def recorded(self) -> int:
+        """Decisions recorded so far in this run."""
+        return len(self.log)
 
     def partition(self, view: ReplicaView) -> Any:
         raw = self.policy.partition(view)
-        decision = f"partition(replica {view.replica} at t={view.now:.3f}s)"
-        self._room(decision)
-        budget, chunks = coerce_partition(raw, decision)
-        self.log.append(["p", budget, [[rid, tokens] for rid, tokens in chunks]])
+        # Checked under a blank name and named only when refused (as the simulator does).
+        try:
+            if self.recorded() >= self.max_entries:
+                raise PolicyError("", f"more than {self.max_entries} decisions in one run")
+            budget, chunks = coerce_partition(raw, "")
+        except PolicyError as exc:
+            raise PolicyError(f"partition(replica {view.replica} at t={view.now:.3f}s)",
+                              exc.rule) from None
+        self.log.append(["p", budget, list(map(list, chunks))])  # [[id, tokens], ...]
         return raw
 
     def route(self, request: RequestView, cluster: ClusterView) -> Any:
         raw = self.policy.route(request, cluster)
-        decision = f"route(request {request.id} at t={request.arrival:.3f}s)"
-        self._room(decision)
         # Judged here by the rule the simulator applies (and applies again to the log), so what
         # is logged is a plain int and a refusal names what the policy really returned.
-        self.log.append(["r", coerce_route(raw, len(cluster.replicas), decision)])
+        try:
+            if self.recorded() >= self.max_entries:
+                raise PolicyError("", f"more than {self.max_entries} decisions in one run")
+            replica = coerce_route(raw, len(cluster.replicas), "")
+        except PolicyError as exc:
+            raise PolicyError(f"route(request {request.id} at t={request.arrival:.3f}s)",
+                              exc.rule) from None
+        self.log.append(["r", replica])
         return raw
 
 
 class ReplayPolicy:
-    """Answers each decision from a recorded log, in order, and refuses a log that does not fit."""
+    """Answers each decision from a recorded log, in order, and refuses a log that does not fit.
+
+    It answers from the log alone, so it tells the simulator it reads no views (which then
+    passes where and when instead of building them); every answer is still judged as a live
+    policy's would be.
+    """
+
+    reads_views = False
 
     def __init__(self, log: list[Any]):
         if not isinstance(log, list):
@@ -75,12 +92,24 @@ class ReplayPolicy:
         return entry
 
     def partition(self, view: ReplicaView) -> Any:
+        pos = self.pos
+        if pos < len(self.log):  # the common case, checked fast: a well-formed entry at hand
+            entry = self.log[pos]
+            if type(entry) is list and len(entry) == 3 and entry[0] == "p":
+                self.pos = pos + 1
+                return (entry[1], entry[2])
         entry = self._next("p", f"partition(replica {view.replica} at t={view.now:.3f}s)")
         if len(entry) != 3:
             raise PolicyError("partition", f"malformed log entry {self.pos - 1}")
         return (entry[1], entry[2])
 
-    def route(self, request: RequestView, cluster: ClusterView) -> Any:
+    def route(self, request: RequestView, cluster: ClusterView | None) -> Any:
+        pos = self.pos
+        if pos < len(self.log):
+            entry = self.log[pos]
+            if type(entry) is list and len(entry) == 2 and entry[0] == "r":
+                self.pos = pos + 1
+                return entry[1]
         entry = self._next("r", f"route(request {request.id})")
         if len(entry) != 2:
             raise PolicyError("route", f"malformed log entry {self.pos - 1}")

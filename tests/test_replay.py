@@ -1,0 +1,173 @@
+"""The trusted replay's fast paths: it reads no views and checks well-formed entries fast, and
+must judge every log exactly as the full path does (same run, same refusal, word for word)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+
+import numpy as np
+import pytest
+
+from autotuner.policy import load_policy, read_policy_file
+from autotuner.resources import baseline_path
+from autotuner.sim.engine import ClusterSpec, simulate
+from autotuner.sim.metrics import SLO, run_metrics
+from autotuner.sim.replay import RecordingPolicy, ReplayPolicy
+from autotuner.sim.workload import make_workload
+
+
+class ViewReadingReplay(ReplayPolicy):
+    """The same replay, but the simulator builds every view for it (the path before views were
+    skipped): what the view-skipping path must equal."""
+
+    reads_views = True
+
+
+def _record(name: str, cluster: ClusterSpec, wl) -> list:
+    rec = RecordingPolicy(load_policy(read_policy_file(baseline_path(name)), {}))
+    assert simulate(cluster, wl, rec).error is None
+    return rec.log
+
+
+def _same_run(a, b) -> None:
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), \
+                f.name
+        elif isinstance(x, tuple):
+            assert all(np.array_equal(p, q, equal_nan=p.dtype.kind == "f")
+                       for p, q in zip(x, y, strict=True)), f.name
+        else:
+            assert x == y, f.name
+
+
+@pytest.mark.parametrize("name", ["fixed_chunk", "sarathi_shrinking", "prefix_aware"])
+@pytest.mark.parametrize("cluster", [ClusterSpec(replicas=2),
+                                     ClusterSpec(replicas=2, max_num_seqs=6),
+                                     ClusterSpec(replicas=2, gpu_memory_utilization=0.25)],
+                         ids=["default", "max_num_seqs", "kv_pressure"])
+def test_replay_without_views_equals_replay_with_views_and_the_live_run(name, cluster):
+    wl = make_workload("multiturn", 300, rate=12.0, seed=3)
+    log = _record(name, cluster, wl)
+    live = simulate(cluster, wl, load_policy(read_policy_file(baseline_path(name)), {}))
+    skipped = simulate(cluster, wl, ReplayPolicy(copy.deepcopy(log)))
+    viewed = simulate(cluster, wl, ViewReadingReplay(copy.deepcopy(log)))
+    assert skipped.error is None and skipped.policy_calls == len(log)
+    _same_run(skipped, viewed)
+    _same_run(skipped, live)
+    slo = SLO()
+    assert repr(run_metrics(wl, skipped, slo)) == repr(run_metrics(wl, viewed, slo))
+
+
+# What the replay said of each malformed entry before its fast paths existed, word for word
+# (fixed_chunk's log of 40 chat requests on two replicas; entry 0 routes, entry 1 partitions).
+REFUSALS = {
+    "budget a bool": "partition(replica 0 at t=0.016s): budget must be an integer, got bool",
+    "budget a float": "partition(replica 0 at t=0.016s): budget must be a whole number, got 512.5",
+    "budget a string": "partition(replica 0 at t=0.016s): budget must be an integer, got str",
+    "budget negative": "partition(replica 0 at t=0.016s): budget must be >= 0, got -1",
+    "budget past 64 bits": "partition(replica 0 at t=0.016s): budget (a 22-digit number) does "
+                           "not fit in 64 bits",
+    "chunks not a list": "partition(replica 0 at t=0.016s): chunks must be a tuple of (request "
+                         "id, tokens), got NoneType",
+    "chunks a dict": "partition(replica 0 at t=0.016s): chunks must be a tuple of (request id, "
+                     "tokens), got dict",
+    "chunk not a pair": "partition(replica 0 at t=0.016s): chunks[0] must be a (request id, "
+                        "tokens) pair",
+    "chunk a string": "partition(replica 0 at t=0.016s): chunks[0] must be a (request id, "
+                      "tokens) pair",
+    "chunk id a bool": "partition(replica 0 at t=0.016s): chunks[0] request id must be an "
+                       "integer, got bool",
+    "chunk tokens a fraction": "partition(replica 0 at t=0.016s): chunks[0] tokens must be a "
+                               "whole number, got 2.5",
+    "chunk tokens past 64 bits": "partition(replica 0 at t=0.016s): chunks[0] tokens (minus a "
+                                 "20-digit number) does not fit in 64 bits",
+    "chunk id unknown": "partition(replica 0 at t=0.016s): request 1000000 is not waiting on "
+                        "this replica",
+    "chunk of no tokens": "partition(replica 0 at t=0.016s): chunk of 0 tokens for request 0 "
+                          "(1..2605 allowed)",
+    "chunk too long": "partition(replica 0 at t=0.016s): chunk of 10000000 tokens for request 0 "
+                      "(1..2605 allowed)",
+    "chunk twice": "partition(replica 0 at t=0.016s): request 0 appears in two chunks",
+    "too many chunks": "partition(replica 0 at t=0.016s): too many chunks (100,001)",
+    "over the budget": "partition(replica 0 at t=0.016s): chunk tokens 512 exceed the budget 1 "
+                       "minus 0 decodes",
+    "route past the replicas": "route(request 0 at t=0.016s): replica 99 does not exist (the "
+                               "cluster has 0..1)",
+    "route a bool": "route(request 0 at t=0.016s): replica must be an integer, got bool",
+    "route a string": "route(request 0 at t=0.016s): replica must be an integer, got str",
+    "route negative": "route(request 0 at t=0.016s): replica -1 does not exist (the cluster "
+                      "has 0..1)",
+    "route a fraction": "route(request 0 at t=0.016s): replica must be a whole number, got 0.5",
+    "partition entry too long": "partition: malformed log entry 1",
+    "partition entry too short": "partition: malformed log entry 1",
+    "partition where a route is due": "route(request 0): the worker's decision log is out of "
+                                      "step at entry 0",
+    "route where a partition is due": "partition(replica 0 at t=0.016s): the worker's decision "
+                                      "log is out of step at entry 1",
+    "entry not a list": "partition(replica 0 at t=0.016s): the worker's decision log is out of "
+                        "step at entry 1",
+    "entry empty": "partition(replica 0 at t=0.016s): the worker's decision log is out of step "
+                   "at entry 1",
+    "route entry too long": "route: malformed log entry 0",
+    "log ends early": "partition(replica 0 at t=2.233s): the worker's decision log ended early",
+}
+
+P, R = 1, 0  # the log's first partition (one chunk: [0, 512]) and first route
+VALUES = {
+    "budget a bool": (P, 1, True), "budget a float": (P, 1, 512.5),
+    "budget a string": (P, 1, "512"), "budget negative": (P, 1, -1),
+    "budget past 64 bits": (P, 1, 2**70), "chunks not a list": (P, 2, None),
+    "chunks a dict": (P, 2, {}), "chunk not a pair": (P, 2, [[0, 1, 2]]),
+    "chunk a string": (P, 2, ["ab"]), "chunk id a bool": (P, 2, [[False, 1]]),
+    "chunk tokens a fraction": (P, 2, [[0, 2.5]]),
+    "chunk tokens past 64 bits": (P, 2, [[0, -2**64]]),
+    "chunk id unknown": (P, 2, [[10**6, 1]]), "chunk of no tokens": (P, 2, [[0, 0]]),
+    "chunk too long": (P, 2, [[0, 10**7]]), "chunk twice": (P, 2, [[0, 1], [0, 1]]),
+    "too many chunks": (P, 2, [[0, 1]] * 100_001), "over the budget": (P, 1, 1),
+    "route past the replicas": (R, 1, 99), "route a bool": (R, 1, True),
+    "route a string": (R, 1, "1"), "route negative": (R, 1, -1), "route a fraction": (R, 1, 0.5),
+}
+SHAPES = {
+    "partition entry too long": lambda log: log[P].append(0),
+    "partition entry too short": lambda log: log[P].pop(),
+    "partition where a route is due": lambda log: log.__setitem__(R, ["p", 1, []]),
+    "route where a partition is due": lambda log: log.__setitem__(P, ["r", 0]),
+    "entry not a list": lambda log: log.__setitem__(P, {"p": 1}),
+    "entry empty": lambda log: log.__setitem__(P, []),
+    "route entry too long": lambda log: log[R].append(1),
+    "log ends early": lambda log: log.__delitem__(slice(len(log) // 2, None)),
+}
+
+
+@pytest.fixture(scope="module")
+def chat_log():
+    cluster, wl = ClusterSpec(replicas=2), make_workload("chat", 40, seed=2)
+    log = _record("fixed_chunk", cluster, wl)
+    assert log[R] == ["r", 0] and log[P] == ["p", 512, [[0, 512]]]
+    return cluster, wl, log
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+@pytest.mark.parametrize("replay", [ReplayPolicy, ViewReadingReplay], ids=["no_views", "views"])
+def test_every_malformed_entry_is_refused_in_the_same_words(case, replay, chat_log):
+    cluster, wl, log = chat_log
+    forged = copy.deepcopy(log)
+    if case in VALUES:
+        entry, field, value = VALUES[case]
+        forged[entry][field] = value
+    else:
+        SHAPES[case](forged)
+    assert simulate(cluster, wl, replay(forged)).error == REFUSALS[case]
+
+
+def test_a_forged_request_id_under_max_num_seqs_is_refused_not_a_crash():
+    """It raised IndexError out of the trusted replay when the cluster limits running requests."""
+    cluster, wl = ClusterSpec(replicas=2, max_num_seqs=4), make_workload("chat", 40, seed=2)
+    log = _record("fixed_chunk", cluster, wl)
+    first = next(i for i, e in enumerate(log) if e[0] == "p" and e[2])
+    log[first][2] = [[10**6, 1]]
+    error = simulate(cluster, wl, ReplayPolicy(log)).error
+    assert error is not None and error.endswith("request 1000000 is not waiting on this replica")
