@@ -131,6 +131,14 @@ def test_multiturn_longer_run_of_a_seed_continues_the_shorter_one():
         "multiturn", 6000, seed=1005, rate=4.0).head(3000)
 
 
+@pytest.mark.parametrize("shares", [None, {"chat": 0.5, "bursty": 0.3, "summarize": 0.2}])
+def test_mixed_longer_run_of_a_seed_continues_the_shorter_one(shares):
+    opts = {} if shares is None else {"shares": shares}
+    long_ = make_workload("mixed", 20_000, seed=1003, **opts)
+    for n in (1, 5000, 10_000):  # past the 4,096-request chunks of the renewal classes
+        assert make_workload("mixed", n, seed=1003, **opts) == long_.head(n)
+
+
 def test_multiturn_warmup_outlasts_the_sessions():
     # A run opens with every session in progress that a window of a stationary stream would
     # hold: turns arriving more than the warm-up after their session's start are lost from the

@@ -454,7 +454,9 @@ def _gen_mixed(
     """Classes generated independently at ``rate * share`` and interleaved by arrival.
 
     All requests carry prefix ids (unshared content gets fresh ids), so prefix-aware routing sees
-    multiturn sessions among one-off chat and summarization requests.
+    multiturn sessions among one-off chat and summarization requests. Like multiturn's, a seed
+    is one endless stream per class (``_class_stream``), each class with its own id space, so a
+    longer run of a seed continues the shorter one.
     """
     shares = dict(MIXED_SHARES if shares is None else shares)
     unknown = set(shares) - {"chat", "summarize", "multiturn", "bursty"}
@@ -469,7 +471,7 @@ def _gen_mixed(
     scale = 1.1
     while True:
         parts = [
-            _GENERATORS[k](int(n * s * scale) + 50, rate * s, np.random.default_rng(int(seed)))
+            _class_stream(k, int(n * s * scale) + 50, rate * s, int(seed))
             for (k, s), seed in zip(classes, seeds, strict=True)
         ]
         cutoff = min(float(p.arrival[-1]) for p in parts)
@@ -479,16 +481,12 @@ def _gen_mixed(
         scale *= 2
     block = fitted.BLOCK_TOKENS
     prefix: list[tuple[int, ...]] = []
-    next_id = 0
-    for p in parts:
+    for c, p in enumerate(parts):
+        offset = c * _MIXED_ID_SPACE
         if p.prefix is None:
-            ids = _fresh_ids(_blocks(p.prompt, block), next_id)
-            next_id += int(_blocks(p.prompt, block).sum())
+            prefix.extend(_fresh_ids(_blocks(p.prompt, block), offset))
         else:
-            hi = max((max(x) for x in p.prefix if x), default=-1) + 1
-            ids = [tuple(i + next_id for i in x) for x in p.prefix] if next_id else list(p.prefix)
-            next_id += hi
-        prefix.extend(ids)
+            prefix.extend(tuple(i + offset for i in x) for x in p.prefix)
     order = np.argsort(arrival, kind="stable")[:n]
     prompt = np.concatenate([p.prompt for p in parts])
     output = np.concatenate([p.output for p in parts])
@@ -500,6 +498,29 @@ def _gen_mixed(
         tuple(prefix[i] for i in order.tolist()),
         block,
     )
+
+
+# Mixed gives each class ids from its own range (no class of a million requests comes near it).
+_MIXED_ID_SPACE = 1 << 40
+# Renewal classes (chat, summarize, bursty) are drawn in chunks of this many requests.
+_CLASS_CHUNK = 4096
+
+
+def _class_stream(name: str, count: int, rate: float, seed: int) -> Workload:
+    """The first ``count`` requests of one class's endless stream for ``seed``. Multiturn is one
+    already; a renewal class (independent gaps and lengths) is drawn in chunks of
+    ``_CLASS_CHUNK``, each from its own stream and starting where the previous one ended, which
+    continues the same process (the next gap is as independent of the past as every other)."""
+    if name == "multiturn":
+        return _gen_multiturn(count, rate, np.random.default_rng(seed))
+    chunks = [_GENERATORS[name](_CLASS_CHUNK, rate, np.random.default_rng([seed, j]))
+              for j in range(-(-count // _CLASS_CHUNK))]
+    ends = np.cumsum([float(c.arrival[-1]) for c in chunks])
+    arrival = np.concatenate([c.arrival + (ends[j - 1] if j else 0.0)
+                              for j, c in enumerate(chunks)])
+    return Workload(name, arrival[:count],
+                    np.concatenate([c.prompt for c in chunks])[:count],
+                    np.concatenate([c.output for c in chunks])[:count], None)
 
 
 _GENERATORS: dict[str, Callable[..., Workload]] = {
