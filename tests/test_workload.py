@@ -9,9 +9,11 @@ import pytest
 
 from autotuner.sim import fitted
 from autotuner.sim.workload import (
+    MULTITURN_WARMUP_S,
     SCENARIOS,
     UnknownWorkloadError,
     Workload,
+    _draw_sessions,
     make_workload,
 )
 
@@ -116,6 +118,40 @@ def test_multiturn_turns_extend_earlier_turns():
             starts[p[:k]] = True
     share = extends / len(wl)
     assert 0.2 < share < 0.6  # trace: 4658 of 12031 requests continue a conversation
+
+
+def test_multiturn_longer_run_of_a_seed_continues_the_shorter_one():
+    # The length check (search_capacity_settled) probes a run twice as long of the same seed: it
+    # must be this run continued, not a fresh sample of heavy sessions.
+    long_ = make_workload("multiturn", 12_000, seed=1005)
+    for n in (1, 3000, 6000):
+        short = make_workload("multiturn", n, seed=1005)
+        assert short == long_.head(n)
+    assert make_workload("multiturn", 3000, seed=1005, rate=4.0) == make_workload(
+        "multiturn", 6000, seed=1005, rate=4.0).head(3000)
+
+
+@pytest.mark.parametrize("shares", [None, {"chat": 0.5, "bursty": 0.3, "summarize": 0.2}])
+def test_mixed_longer_run_of_a_seed_continues_the_shorter_one(shares):
+    opts = {} if shares is None else {"shares": shares}
+    long_ = make_workload("mixed", 20_000, seed=1003, **opts)
+    for n in (1, 5000, 10_000):  # past the 4,096-request chunks of the renewal classes
+        assert make_workload("mixed", n, seed=1003, **opts) == long_.head(n)
+
+
+def test_multiturn_warmup_outlasts_the_sessions():
+    # A run opens with every session in progress that a window of a stationary stream would
+    # hold: turns arriving more than the warm-up after their session's start are lost from the
+    # run's first hours (with a 30 min warm-up, 2.9 % of turns, the longest histories).
+    d = _draw_sessions(np.random.default_rng(0), 200_000, 1.0)
+    turns = d["turns"]
+    first = np.concatenate(([0], np.cumsum(turns)[:-1]))
+    session = np.repeat(np.arange(len(turns)), turns)
+    gap = np.where(np.arange(len(session)) == first[session], 0.0, d["think"])
+    csum = np.cumsum(gap)
+    age = csum - csum[first[session]]
+    assert np.mean(age > 1800.0) > 0.02  # why 30 minutes was too short
+    assert np.mean(age > MULTITURN_WARMUP_S) < 1e-4
 
 
 def test_bursty_cv():

@@ -266,8 +266,15 @@ MULTITURN_MEAN_TURNS = float(np.dot(np.arange(1, len(_MT_TURNS) + 1), _MT_TURNS)
 # prompt is 126,195).
 MULTITURN_MAX_PROMPT = 131_072
 # Sessions start this long before time 0 and only arrivals at >= 0 are kept, so the workload
-# opens mid-conversation at a steady rate, as a window of a real trace does.
-MULTITURN_WARMUP_S = 1800.0
+# opens mid-conversation at a steady rate, as a window of a real trace does. It must outlast the
+# sessions: with the fitted turns and think times 2.9 % of turns (5.7 % of prompt tokens: the
+# long histories of long sessions) come more than 30 min after their session's start, 0.08 %
+# more than 2 h, none in 300,000 sessions more than 4 h (the longest: 4.9 h). Thirty minutes
+# left a run's first two hours short of those late turns, so a 6,000-request run (1.7 h at 1
+# req/s) was lighter than a 40,000-request one.
+MULTITURN_WARMUP_S = 14_400.0
+# Sessions are drawn in blocks of this many, each block from its own stream of the seed.
+_SESSION_BLOCK = 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +338,23 @@ def _gen_bursty(n: int, rate: float, rng: np.random.Generator, cv: float = 4.0) 
     return Workload("bursty", arrival, prompt, output, None)
 
 
+def _draw_sessions(rng: np.random.Generator, count: int, session_rate: float
+                   ) -> dict[str, np.ndarray]:
+    """``count`` sessions' random figures, drawn from ``rng`` alone: start gaps, turn counts,
+    system prompt; per turn think gap, first-turn text, output and history delta."""
+    turns = rng.choice(len(_MT_TURNS), size=count, p=_MT_TURNS) + 1
+    total = int(turns.sum())
+    return {
+        "start_gap": rng.exponential(1.0 / session_rate, count),
+        "turns": turns,
+        "system": rng.integers(0, int(_MT["system_prompts"]), count),
+        "think": _MT_THINK.sample(rng, total),
+        "first": np.rint(_MT_FIRST.sample(rng, total)),
+        "output": _tokens(_MT_OUTPUT.sample(rng, total)),
+        "delta": np.rint(_MT_DELTA.sample(rng, total)),
+    }
+
+
 def _gen_multiturn(
     n: int,
     rate: float,
@@ -344,34 +368,47 @@ def _gen_multiturn(
     trace's turns: history trimmed or edited; the prompt then shrinks), sharing the previous
     prompt's full blocks (or, when it shrinks, the full blocks of the shorter prompt). Sessions
     start as a Poisson process at ``rate / mean turns``; turns follow fitted gaps.
+
+    A seed is one endless stream of sessions, drawn in blocks of ``_SESSION_BLOCK`` sessions
+    each from its own stream; ``n`` only says where to stop. So the first ``n`` requests of a
+    longer run of the same seed (and rate) are this run, request for request: a capacity checked
+    on a run twice as long (``search_capacity_settled``) is checked on this run continued, not
+    on a fresh sample whose heavy sessions differ (which made the check a minimum over samples
+    and read multiturn's 6,000-request capacity 7 % below the 40,000-request one).
     """
+    if not (math.isfinite(warmup_s) and warmup_s >= 0):
+        raise ValueError(f"multiturn: warmup_s must be >= 0 seconds, got {warmup_s!r}")
     block = fitted.BLOCK_TOKENS
     sys_n, sys_blocks = int(_MT["system_prompts"]), int(_MT["system_blocks"])
     min_prompt = sys_blocks * block + 1
     session_rate = rate / MULTITURN_MEAN_TURNS
+    stream = int(rng.integers(0, 2**63 - 1))
     horizon = n / rate * 1.2 + 10.0 / session_rate
+    drawn: list[dict[str, np.ndarray]] = []
     while True:
-        n_sess = int(math.ceil(session_rate * (horizon + warmup_s) * 1.1)) + 20
-        starts = np.cumsum(rng.exponential(1.0 / session_rate, n_sess)) - warmup_s
-        last_start = float(starts[-1])
-        turns = rng.choice(len(_MT_TURNS), size=n_sess, p=_MT_TURNS) + 1
-        total = int(turns.sum())
+        want = int(math.ceil((session_rate * (horizon + warmup_s) * 1.1 + 20) / _SESSION_BLOCK))
+        while len(drawn) < want:
+            drawn.append(_draw_sessions(np.random.default_rng([stream, len(drawn)]),
+                                        _SESSION_BLOCK, session_rate))
+        s = {k: np.concatenate([d[k] for d in drawn]) for k in drawn[0]}
+        starts = np.cumsum(s["start_gap"]) - warmup_s
+        turns = s["turns"]
+        n_sess, total = len(turns), int(turns.sum())
         first = np.concatenate(([0], np.cumsum(turns)[:-1]))
         session = np.repeat(np.arange(n_sess), turns)
         turn = np.arange(total) - first[session]
-        gap = np.where(turn == 0, 0.0, _MT_THINK.sample(rng, total))
+        gap = np.where(turn == 0, 0.0, s["think"])
         # arrival = session start + cumulative gaps within the session
         csum = np.cumsum(gap)
         arrival = starts[session] + csum - csum[first[session]]
-        keep_mask = (arrival >= 0) & (arrival <= last_start)
+        # Every arrival up to the last session start is drawn (later sessions start after it).
+        keep_mask = (arrival >= 0) & (arrival <= float(starts[-1]))
         if int(keep_mask.sum()) >= n:
             break
         horizon *= 2
-    output = _tokens(_MT_OUTPUT.sample(rng, total))
-    delta = np.rint(_MT_DELTA.sample(rng, total))
-    prompt = np.rint(_MT_FIRST.sample(rng, total))
-    system = rng.integers(0, sys_n, n_sess)
-    prompt = np.clip(prompt, min_prompt, MULTITURN_MAX_PROMPT)
+    output = s["output"]
+    delta = s["delta"]
+    prompt = np.clip(s["first"], min_prompt, MULTITURN_MAX_PROMPT)
     shared = np.full(total, sys_blocks, dtype=np.int64)
     for t in range(1, int(turns.max())):
         idx = first[turns > t] + t
@@ -384,21 +421,21 @@ def _gen_multiturn(
     kept = np.flatnonzero(keep_mask)
     kept = kept[np.argsort(arrival[kept], kind="stable")][:n]
     # Build ids for every turn of a session up to its last kept turn (a kept turn's prefix needs
-    # its ancestors' ids, even those before time 0).
+    # its ancestors' ids, even those before time 0). Fresh ids are numbered over every drawn
+    # turn in stream order, so a turn's ids do not depend on ``n`` either.
     last_kept = np.full(n_sess, -1)
     np.maximum.at(last_kept, session[kept], turn[kept])
-    need = turn <= last_kept[session]
-    nblocks = _blocks(prompt, block)
-    fresh_count = np.where(need, nblocks - shared, 0)
-    fresh = _fresh_ids(fresh_count, sys_n * sys_blocks)
+    need = np.flatnonzero(turn <= last_kept[session])
+    fresh_count = _blocks(prompt, block) - shared
+    fresh_start = sys_n * sys_blocks + np.concatenate(([0], np.cumsum(fresh_count)[:-1]))
     ids: list[tuple[int, ...] | None] = [None] * total
-    sys_ids = [tuple(range(s * sys_blocks, (s + 1) * sys_blocks)) for s in range(sys_n)]
-    shared_l = shared.tolist()
-    turn_l = turn.tolist()
-    session_l = system[session].tolist()
-    for r in np.flatnonzero(need).tolist():
-        base = sys_ids[session_l[r]] if turn_l[r] == 0 else ids[r - 1][: shared_l[r]]  # type: ignore[index]
-        ids[r] = base + fresh[r]
+    sys_ids = [tuple(range(k * sys_blocks, (k + 1) * sys_blocks)) for k in range(sys_n)]
+    shared_l, turn_l = shared.tolist(), turn.tolist()
+    system_l = s["system"][session].tolist()
+    start_l, count_l = fresh_start.tolist(), fresh_count.tolist()
+    for r in need.tolist():
+        base = sys_ids[system_l[r]] if turn_l[r] == 0 else ids[r - 1][: shared_l[r]]  # type: ignore[index]
+        ids[r] = base + tuple(range(start_l[r], start_l[r] + count_l[r]))
     prefix = tuple(ids[r] for r in kept.tolist())  # type: ignore[misc]
     return Workload(
         "multiturn", arrival[kept], prompt[kept], output[kept], prefix, block
@@ -417,7 +454,9 @@ def _gen_mixed(
     """Classes generated independently at ``rate * share`` and interleaved by arrival.
 
     All requests carry prefix ids (unshared content gets fresh ids), so prefix-aware routing sees
-    multiturn sessions among one-off chat and summarization requests.
+    multiturn sessions among one-off chat and summarization requests. Like multiturn's, a seed
+    is one endless stream per class (``_class_stream``), each class with its own id space, so a
+    longer run of a seed continues the shorter one.
     """
     shares = dict(MIXED_SHARES if shares is None else shares)
     unknown = set(shares) - {"chat", "summarize", "multiturn", "bursty"}
@@ -432,7 +471,7 @@ def _gen_mixed(
     scale = 1.1
     while True:
         parts = [
-            _GENERATORS[k](int(n * s * scale) + 50, rate * s, np.random.default_rng(int(seed)))
+            _class_stream(k, int(n * s * scale) + 50, rate * s, int(seed))
             for (k, s), seed in zip(classes, seeds, strict=True)
         ]
         cutoff = min(float(p.arrival[-1]) for p in parts)
@@ -442,16 +481,12 @@ def _gen_mixed(
         scale *= 2
     block = fitted.BLOCK_TOKENS
     prefix: list[tuple[int, ...]] = []
-    next_id = 0
-    for p in parts:
+    for c, p in enumerate(parts):
+        offset = c * _MIXED_ID_SPACE
         if p.prefix is None:
-            ids = _fresh_ids(_blocks(p.prompt, block), next_id)
-            next_id += int(_blocks(p.prompt, block).sum())
+            prefix.extend(_fresh_ids(_blocks(p.prompt, block), offset))
         else:
-            hi = max((max(x) for x in p.prefix if x), default=-1) + 1
-            ids = [tuple(i + next_id for i in x) for x in p.prefix] if next_id else list(p.prefix)
-            next_id += hi
-        prefix.extend(ids)
+            prefix.extend(tuple(i + offset for i in x) for x in p.prefix)
     order = np.argsort(arrival, kind="stable")[:n]
     prompt = np.concatenate([p.prompt for p in parts])
     output = np.concatenate([p.output for p in parts])
@@ -463,6 +498,29 @@ def _gen_mixed(
         tuple(prefix[i] for i in order.tolist()),
         block,
     )
+
+
+# Mixed gives each class ids from its own range (no class of a million requests comes near it).
+_MIXED_ID_SPACE = 1 << 40
+# Renewal classes (chat, summarize, bursty) are drawn in chunks of this many requests.
+_CLASS_CHUNK = 4096
+
+
+def _class_stream(name: str, count: int, rate: float, seed: int) -> Workload:
+    """The first ``count`` requests of one class's endless stream for ``seed``. Multiturn is one
+    already; a renewal class (independent gaps and lengths) is drawn in chunks of
+    ``_CLASS_CHUNK``, each from its own stream and starting where the previous one ended, which
+    continues the same process (the next gap is as independent of the past as every other)."""
+    if name == "multiturn":
+        return _gen_multiturn(count, rate, np.random.default_rng(seed))
+    chunks = [_GENERATORS[name](_CLASS_CHUNK, rate, np.random.default_rng([seed, j]))
+              for j in range(-(-count // _CLASS_CHUNK))]
+    ends = np.cumsum([float(c.arrival[-1]) for c in chunks])
+    arrival = np.concatenate([c.arrival + (ends[j - 1] if j else 0.0)
+                              for j, c in enumerate(chunks)])
+    return Workload(name, arrival[:count],
+                    np.concatenate([c.prompt for c in chunks])[:count],
+                    np.concatenate([c.output for c in chunks])[:count], None)
 
 
 _GENERATORS: dict[str, Callable[..., Workload]] = {
