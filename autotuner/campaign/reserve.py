@@ -6,8 +6,11 @@ finalists and gating each one, predicted from what this campaign measured the sa
   reference before the search (``campaign.references``); where no reference is configured, the
   tuned baseline's own held-out searches stand in (started from its training capacity on the
   instances' own lengths: a little dearer). What one took, in wall seconds at this parallelism,
-  is what a gate takes, scaled up when the machine has since got slower (the wall seconds of a
-  training run now over then) and never down: a machine that turned quiet can turn busy again.
+  is what a gate takes. It is not rescaled by the search's speed: a training run's wall seconds
+  during the search mix in the proposals' own costlier policies and evaluations of two proposals
+  in flight at once (a busy default campaign's search ran 0.30 s a run against the references'
+  0.16, and scaling by that kept back 3:37 for a 1:41 finalisation whose gates each took what a
+  reference's held-out searches had).
 - validation: one ladder (rungs x validation instances) per finalist, and the tuned baseline's
   once, at the wall seconds of the latest training runs (a validation run is their size).
 
@@ -49,17 +52,9 @@ class CampaignState(Protocol):
 
 @dataclass(frozen=True)
 class GateCost:
-    """One policy's held-out capacity searches as measured: their wall seconds, and the wall
-    seconds of a training run just before (the machine's speed then; None if unknown)."""
+    """One policy's held-out capacity searches as measured: their wall seconds."""
 
     seconds: float
-    wall_per_run: float | None
-
-    def now(self, wall_per_run: float | None) -> float:
-        """The seconds the same searches take at ``wall_per_run`` (never fewer than then)."""
-        if not wall_per_run or not self.wall_per_run:
-            return self.seconds
-        return self.seconds * max(1.0, wall_per_run / self.wall_per_run)
 
 
 def timed_gates(state: CampaignState, kind: str, policies: Sequence[T],
@@ -68,7 +63,6 @@ def timed_gates(state: CampaignState, kind: str, policies: Sequence[T],
     that ran (a resumed campaign finds some in the cache) as this campaign's ``kind`` of gate
     cost ("references" or "baseline")."""
     evaluator, archive = state.evaluator, state.archive
-    speed = wall_per_run(evaluator)  # the training runs just before: the speed then
     seconds = []
     for policy in policies:
         ran0, t0 = evaluator.ran, time.perf_counter()
@@ -76,7 +70,7 @@ def timed_gates(state: CampaignState, kind: str, policies: Sequence[T],
         if evaluator.ran > ran0:
             seconds.append(time.perf_counter() - t0)
     if seconds and archive is not None:
-        cost = GateCost(sum(seconds) / len(seconds), speed)
+        cost = GateCost(sum(seconds) / len(seconds))
         stored = dict(archive.get_meta(GATE_COST_META, {}) or {})
         archive.set_meta(GATE_COST_META, stored | {kind: asdict(cost)})
 
@@ -86,7 +80,7 @@ def gate_cost(state: CampaignState) -> GateCost | None:
     stored = state.archive.get_meta(GATE_COST_META, {}) or {}
     for kind in ("references", "baseline"):
         if kind in stored:
-            return GateCost(**stored[kind])
+            return GateCost(float(stored[kind]["seconds"]))
     return None
 
 
@@ -110,14 +104,9 @@ def finalize_estimate(state: CampaignState) -> float:
     n_val = len(state.instances["validation"])
     unvalidated = sum(1 for c in finalists if c.validation_score is None)
     baseline_left = 0 if "validation" in state.baseline.reference else 1
-    speed = wall_per_run(state.evaluator)
+    speed = state.evaluator.recent_wall_per_sim() or state.evaluator.wall_per_sim()
     cost = gate_cost(state)
-    per_gate = cost.now(speed) if cost is not None else \
+    per_gate = cost.seconds if cost is not None else \
         speed * RULE_OF_THUMB_RUNS * len(state.instances["heldout"])
     return predicted_finalisation(speed, rungs * n_val * (unvalidated + baseline_left),
                                   len(finalists), per_gate)
-
-
-def wall_per_run(evaluator: Any) -> float:
-    """Wall seconds of a training run now: the latest runs', else the session's mean."""
-    return evaluator.recent_wall_per_sim() or evaluator.wall_per_sim()
