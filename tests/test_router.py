@@ -645,8 +645,12 @@ def test_real_llama_servers_round_robin_vs_policy(llama_urls):
     from autotuner.router.loadgen import chat_workload
 
     shots = chat_workload(6, rate=1.5, seed=7, max_tokens=4, shared_prefix_share=0.3)
-    rows = [measure(baseline_path("fixed_chunk"), "round robin", llama_urls, shots, SANDBOX),
-            measure(LEAST, "least_outstanding", llama_urls, shots, SANDBOX)]
+    # Routing, not decision latency (bench_router measures that): on 2 cores running two
+    # llama.cpp servers and a test suite, one decision once waited past the 50 ms default.
+    rows = [measure(baseline_path("fixed_chunk"), "round robin", llama_urls, shots, SANDBOX,
+                    policy_timeout_s=1.0),
+            measure(LEAST, "least_outstanding", llama_urls, shots, SANDBOX,
+                    policy_timeout_s=1.0)]
     print("\n" + table(rows))
     for row in rows:
         assert row.ok == row.requests == 6 and row.fallbacks == 0

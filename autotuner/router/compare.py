@@ -134,8 +134,11 @@ class Row:
 
 
 def measure(policy: str | Path, label: str, urls: list[str], shots: list[Shot],
-            sandbox: str | None = None) -> Row:
-    router = build_router(policy, RouterConfig(tuple(urls)), sandbox=sandbox)
+            sandbox: str | None = None, policy_timeout_s: float | None = None) -> Row:
+    """``policy_timeout_s``: the router's decision deadline (None: its default)."""
+    config = RouterConfig(tuple(urls)) if policy_timeout_s is None else \
+        RouterConfig(tuple(urls), policy_timeout_s=policy_timeout_s)
+    router = build_router(policy, config, sandbox=sandbox)
     with RouterThread(router) as thread:
         outcomes = replay(thread.url, shots)
         decided = router.metrics.decisions
