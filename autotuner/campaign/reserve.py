@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 from autotuner.config import CampaignConfig
 from autotuner.scoring import Instance
 
 SAFETY = 1.2  # a batch of a few long capacity searches waits for its slowest (two processes)
-GATE_COST_META = "gate_cost"  # archive meta: {"references" | "baseline": GateCost as a dict}
+GATE_COST_META = "gate_cost"  # archive meta: {"references" | "baseline": wall seconds}
 RULE_OF_THUMB_RUNS = 9.0  # training-run-sized probes per held-out instance, when nothing measured
 
 T = TypeVar("T")
@@ -50,13 +49,6 @@ class CampaignState(Protocol):
     def finalists(self) -> tuple[list[Any], list[str]]: ...
 
 
-@dataclass(frozen=True)
-class GateCost:
-    """One policy's held-out capacity searches as measured: their wall seconds."""
-
-    seconds: float
-
-
 def timed_gates(state: CampaignState, kind: str, policies: Sequence[T],
                 measure: Callable[[T], None]) -> None:
     """``measure`` each policy's held-out capacities, and keep the mean wall seconds of those
@@ -70,17 +62,17 @@ def timed_gates(state: CampaignState, kind: str, policies: Sequence[T],
         if evaluator.ran > ran0:
             seconds.append(time.perf_counter() - t0)
     if seconds and archive is not None:
-        cost = GateCost(sum(seconds) / len(seconds))
         stored = dict(archive.get_meta(GATE_COST_META, {}) or {})
-        archive.set_meta(GATE_COST_META, stored | {kind: asdict(cost)})
+        archive.set_meta(GATE_COST_META, stored | {kind: sum(seconds) / len(seconds)})
 
 
-def gate_cost(state: CampaignState) -> GateCost | None:
-    """The references' measured gate cost, else the baseline's, else None."""
+def gate_cost(state: CampaignState) -> float | None:
+    """Wall seconds of one gate: the references' measured held-out searches, else the
+    baseline's, else None."""
     stored = state.archive.get_meta(GATE_COST_META, {}) or {}
     for kind in ("references", "baseline"):
         if kind in stored:
-            return GateCost(float(stored[kind]["seconds"]))
+            return float(stored[kind])
     return None
 
 
@@ -106,7 +98,7 @@ def finalize_estimate(state: CampaignState) -> float:
     baseline_left = 0 if "validation" in state.baseline.reference else 1
     speed = state.evaluator.recent_wall_per_sim() or state.evaluator.wall_per_sim()
     cost = gate_cost(state)
-    per_gate = cost.seconds if cost is not None else \
+    per_gate = cost if cost is not None else \
         speed * RULE_OF_THUMB_RUNS * len(state.instances["heldout"])
     return predicted_finalisation(speed, rungs * n_val * (unvalidated + baseline_left),
                                   len(finalists), per_gate)
