@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import time
+from array import array
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -135,13 +136,13 @@ def untrusted_text(text: Any, limit: int = MAX_REASON_CHARS) -> str:
 
 def _replay_class() -> type:
     from autotuner.sim.api import PolicyError
-    from autotuner.sim.replay import ReplayPolicy
+    from autotuner.sim.replay import FlatReplay
 
-    class StreamReplay(ReplayPolicy):
-        """ReplayPolicy fed from the worker's stdout while the worker is still running."""
+    class StreamReplay(FlatReplay):
+        """The replay fed from the worker's stdout while the worker is still running."""
 
         def __init__(self, handle: Any, fingerprint: str, session: bool = False):
-            super().__init__([])
+            super().__init__()
             self.session = session  # a session's stream goes on after this run's end line
             self.handle = handle
             self.fingerprint = fingerprint
@@ -149,7 +150,6 @@ def _replay_class() -> type:
             self.greeted = False  # a valid hello came: from here on the policy may have run
             self.end: dict[str, Any] | None = None
             self.fault: str | None = None
-            self.ran_out = False
 
         def pull(self) -> None:
             t0 = time.perf_counter()
@@ -173,8 +173,13 @@ def _replay_class() -> type:
                     raise WorkerFault("the worker built a different workload than the trusted "
                                       "side (fingerprints differ): results would not replay")
                 self.state, self.greeted = "decisions", True
-            elif self.state == "decisions" and kind == "d" and isinstance(body, list):
-                self.log.extend(body)
+            elif self.state == "decisions" and kind == "f" and isinstance(body, list):
+                try:
+                    array("q", body)  # plain (or boolean) 64-bit ints, checked in C
+                except (TypeError, OverflowError):
+                    raise WorkerFault("garbage output: the worker's decision log holds "
+                                      "something other than 64-bit integers") from None
+                self.buf.extend(body)
             elif self.state == "decisions" and kind == "end" and isinstance(body, dict):
                 self.end = body
                 self.state = "end"
@@ -194,16 +199,15 @@ def _replay_class() -> type:
             while self.state != "eof" and not (self.session and self.state == "end"):
                 self.pull()
 
-        def _next(self, kind: str, decision: str) -> list[Any]:
-            while self.pos >= len(self.log) and self.state in ("hello", "decisions"):
+        def more(self, decision: str) -> bool:
+            had = len(self.buf)
+            while len(self.buf) == had and self.state in ("hello", "decisions"):
                 try:
                     self.pull()
                 except WorkerFault as exc:
                     self.fault = str(exc)
                     raise PolicyError(decision, "the sandbox worker failed") from None
-            if self.pos >= len(self.log):
-                self.ran_out = True
-            return super()._next(kind, decision)
+            return len(self.buf) > had
 
     return StreamReplay
 

@@ -11,9 +11,10 @@ else. It reads ONE JSON request, one line on stdin, then:
    counts only the worker's own tasks) before any policy code exists;
 2. moves the result channel off fd 1, so anything the policy prints lands on stderr (noise);
 3. builds the workload itself (from a scenario spec) or takes it as data, and the cluster;
-4. loads the policy and simulates with every decision recorded (``RecordingPolicy``), streaming
-   the log as JSON lines ``{"d": [...]}`` while it runs, so the trusted side can replay them on
-   another core at the same time; then one ``{"end": {...}}`` line and ``os._exit``.
+4. loads the policy and simulates with every decision recorded (``FlatRecording``), streaming
+   the log as JSON lines ``{"f": [...]}`` (``autotuner.sim.replay``'s flat wire form) while it
+   runs, so the trusted side can replay them on another core at the same time; then one
+   ``{"end": {...}}`` line and ``os._exit``.
 
 A session request (``"session": true``, no workload) keeps the worker for many runs of the same
 policy file: each further stdin line ``{"workload": ..., "horizon": ..., "params": ...}`` is one
@@ -35,7 +36,7 @@ import sys
 
 MAX_REQUEST = 256 << 20
 MAX_ERROR_CHARS = 2000  # the trusted side shows 400; never send it a huge message
-FLUSH_ITEMS = 200_000  # decisions plus chunks per log line: keeps lines far below the cap
+FLUSH_ITEMS = 400_000  # integers per log line: keeps lines far below the cap
 
 
 def _emit(fd, obj):
@@ -161,37 +162,30 @@ def _session_reader(lines, fd):
 
 
 def _recorder_class(out, batch):
-    from autotuner.sim.replay import RecordingPolicy
+    from autotuner.sim.replay import FlatRecording
 
-    class StreamingRecorder(RecordingPolicy):
-        """RecordingPolicy that ships its log in batches instead of keeping it."""
+    class StreamingRecorder(FlatRecording):
+        """FlatRecording that ships its log in batches instead of keeping it."""
 
         def __init__(self, policy):
             super().__init__(policy)
-            self.sent = 0
-            self.items = 0  # decisions plus chunks not yet sent: what a line's size grows with
-
-        def recorded(self):
-            return self.sent + len(self.log)
+            self.sent = 0  # decisions in the lines sent so far
 
         def flush(self):
             if self.log:
-                _emit(out, {"d": self.log})
-                self.sent += len(self.log)
+                _emit(out, {"f": self.log})
+                self.sent = self.decisions
                 self.log = []
-                self.items = 0
 
         def partition(self, view):
             raw = super().partition(view)
-            self.items += 1 + len(self.log[-1][2])
-            if len(self.log) >= batch or self.items >= FLUSH_ITEMS:
+            if self.decisions - self.sent >= batch or len(self.log) >= FLUSH_ITEMS:
                 self.flush()
             return raw
 
         def route(self, request, cluster):
             raw = super().route(request, cluster)
-            self.items += 1
-            if len(self.log) >= batch or self.items >= FLUSH_ITEMS:
+            if self.decisions - self.sent >= batch or len(self.log) >= FLUSH_ITEMS:
                 self.flush()
             return raw
 
@@ -291,7 +285,7 @@ def main():
 
     from autotuner.policy import load_policy, read_policy_source  # noqa: F401
     from autotuner.sim.engine import ClusterSpec, simulate  # noqa: F401
-    from autotuner.sim.replay import RecordingPolicy  # noqa: F401
+    from autotuner.sim.replay import FlatRecording  # noqa: F401
     from autotuner.simulation import WorkloadSpec  # noqa: F401 - warm the workload code too
 
     lines = _Lines(0)

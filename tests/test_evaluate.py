@@ -29,7 +29,7 @@ from autotuner.policy import load_policy, read_policy_file
 from autotuner.resources import asset_dir, baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
 from autotuner.sim.metrics import SLO
-from autotuner.sim.replay import RecordingPolicy
+from autotuner.sim.replay import RecordingPolicy, flatten
 from autotuner.sim.workload import make_workload
 from autotuner.simulation import WorkloadSpec, metrics_of, run_policy
 
@@ -162,8 +162,8 @@ def run_canned(lines: list[bytes], status: int = 0):
 
 def test_an_honest_log_from_anyone_scores_as_the_policy():
     log, fp = honest_lines()
-    ev = run_canned([msg({"hello": {"workload": fp}}), msg({"d": log[:100]}),
-                     msg({"d": log[100:]}), msg({"end": {"error": None}})])
+    ev = run_canned([msg({"hello": {"workload": fp}}), msg({"f": flatten(log[:100])}),
+                     msg({"f": flatten(log[100:])}), msg({"end": {"error": None}})])
     assert ev.verdict == "ok", ev.reasons
     assert ev.metrics == trusted("fixed_chunk", SPEC)
 
@@ -176,6 +176,9 @@ def test_an_honest_log_from_anyone_scores_as_the_policy():
     ("after_end", "wrote more after its result"),
     ("reordered", "illegal decision"),
     ("bad_entry", "illegal decision"),
+    ("not_ints", "garbage output"),
+    ("fraction", "garbage output"),
+    ("past_64_bits", "garbage output"),
     ("claims_error", "policy error: it says so"),
     ("exit_status", "status 3"),
     ("nested", "garbage output"),
@@ -185,15 +188,18 @@ def test_a_lying_worker_never_scores(case, reason):
     hello, end = msg({"hello": {"workload": fp}}), msg({"end": {"error": None}})
     status = 0
     lines = {
-        "extra": [hello, msg({"d": log + [["r", 0]]}), end],
-        "short": [hello, msg({"d": log[:-5]}), end],
-        "short_no_end": [hello, msg({"d": log[:-5]})],
+        "extra": [hello, msg({"f": flatten(log + [["r", 0]])}), end],
+        "short": [hello, msg({"f": flatten(log[:-5])}), end],
+        "short_no_end": [hello, msg({"f": flatten(log[:-5])})],
         "garbage": [hello, b"{not json\n", end],
-        "after_end": [hello, msg({"d": log}), end, msg({"d": []})],
-        "reordered": [hello, msg({"d": log[1:2] + log[:1] + log[2:]}), end],
-        "bad_entry": [hello, msg({"d": [["p", "lots", "of"]] + log}), end],
-        "claims_error": [hello, msg({"d": log}), msg({"end": {"error": "it says so"}})],
-        "exit_status": [hello, msg({"d": log}), end],
+        "after_end": [hello, msg({"f": flatten(log)}), end, msg({"f": []})],
+        "reordered": [hello, msg({"f": flatten(log[1:2] + log[:1] + log[2:])}), end],
+        "bad_entry": [hello, msg({"f": flatten([["p", 1, [[0, 1]]]] + log)}), end],
+        "not_ints": [hello, msg({"f": ["lots", "of"] + flatten(log)}), end],
+        "fraction": [hello, msg({"f": flatten(log)[:7] + [0.5] + flatten(log)[8:]}), end],
+        "past_64_bits": [hello, msg({"f": [-2**64] + flatten(log)}), end],
+        "claims_error": [hello, msg({"f": flatten(log)}), msg({"end": {"error": "it says so"}})],
+        "exit_status": [hello, msg({"f": flatten(log)}), end],
         "nested": [hello, b"[" * 100_000 + b"\n", end],
     }[case]
     if case == "exit_status":
@@ -214,8 +220,8 @@ def test_a_worker_broken_before_its_hello_is_the_sandboxs_fault(case, reason):
     log, fp = honest_lines()
     end = msg({"end": {"error": None}})
     lines = {
-        "no_hello": [msg({"d": log}), end],
-        "fingerprint": [msg({"hello": {"workload": "0" * 32}}), msg({"d": log}), end],
+        "no_hello": [msg({"f": flatten(log)}), end],
+        "fingerprint": [msg({"hello": {"workload": "0" * 32}}), msg({"f": flatten(log)}), end],
         "silent": [],
     }[case]
     with pytest.raises(SandboxBroken, match=reason):

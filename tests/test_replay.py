@@ -13,7 +13,13 @@ from autotuner.policy import load_policy, read_policy_file
 from autotuner.resources import baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
 from autotuner.sim.metrics import SLO, run_metrics
-from autotuner.sim.replay import RecordingPolicy, ReplayPolicy
+from autotuner.sim.replay import (
+    FlatRecording,
+    FlatReplay,
+    RecordingPolicy,
+    ReplayPolicy,
+    flatten,
+)
 from autotuner.sim.workload import make_workload
 
 
@@ -54,9 +60,11 @@ def test_replay_without_views_equals_replay_with_views_and_the_live_run(name, cl
     live = simulate(cluster, wl, load_policy(read_policy_file(baseline_path(name)), {}))
     skipped = simulate(cluster, wl, ReplayPolicy(copy.deepcopy(log)))
     viewed = simulate(cluster, wl, ViewReadingReplay(copy.deepcopy(log)))
+    flat = simulate(cluster, wl, FlatReplay(flatten(log)))
     assert skipped.error is None and skipped.policy_calls == len(log)
     _same_run(skipped, viewed)
     _same_run(skipped, live)
+    _same_run(skipped, flat)
     slo = SLO()
     assert repr(run_metrics(wl, skipped, slo)) == repr(run_metrics(wl, viewed, slo))
 
@@ -171,3 +179,71 @@ def test_a_forged_request_id_under_max_num_seqs_is_refused_not_a_crash():
     log[first][2] = [[10**6, 1]]
     error = simulate(cluster, wl, ReplayPolicy(log)).error
     assert error is not None and error.endswith("request 1000000 is not waiting on this replica")
+
+
+def test_the_flat_recording_is_the_flattened_log():
+    """What the sandbox worker sends (``FlatRecording``) is the nested log, flattened."""
+    cluster, wl = ClusterSpec(replicas=2), make_workload("mixed", 200, seed=4)
+    flat = FlatRecording(load_policy(read_policy_file(baseline_path("prefix_aware")), {}))
+    assert simulate(cluster, wl, flat).error is None
+    assert flat.log == flatten(_record("prefix_aware", cluster, wl))
+    assert flat.recorded() == len(_record("prefix_aware", cluster, wl))
+
+
+# The flat wire form of the same forgeries (sandbox/worker.py sends it; anything but 64-bit
+# integers is refused before the replay, as garbage output): the words the replay says.
+# The chat log starts: route 0 (-1), then partition 512 with one chunk [0, 512].
+FLAT_FORGERIES = {
+    "budget a bool": ([-1, True, 1, 0, 512], REFUSALS["budget a bool"]),
+    "chunk id a bool": ([-1, 512, 1, False, 1], REFUSALS["chunk id a bool"]),
+    "chunk id unknown": ([-1, 512, 1, 10**6, 1], REFUSALS["chunk id unknown"]),
+    "chunk of no tokens": ([-1, 512, 1, 0, 0], REFUSALS["chunk of no tokens"]),
+    "chunk too long": ([-1, 512, 1, 0, 10**7], REFUSALS["chunk too long"]),
+    "chunk twice": ([-1, 512, 2, 0, 1, 0, 1], REFUSALS["chunk twice"]),
+    "over the budget": ([-1, 1, 1, 0, 512], REFUSALS["over the budget"]),
+    "route past the replicas": ([-100], REFUSALS["route past the replicas"]),
+    "route past 64 bits": ([-2**63], "route(request 0 at t=0.016s): replica (a 19-digit "
+                                     "number) does not exist (the cluster has 0..1)"),
+    "partition where a route is due": ([512, 0], REFUSALS["partition where a route is due"]),
+    "route where a partition is due": ([-1, -1], REFUSALS["route where a partition is due"]),
+    "too many chunks": ([-1, 512, 100_001], "partition: malformed log entry 1"),
+    "chunk count negative": ([-1, 512, -1, 0, 512], "partition: malformed log entry 1"),
+    "entry cut short": ([-1, 512, 1, 0], "partition: malformed log entry 1"),
+    "budget alone": ([-1, 512], "partition: malformed log entry 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLAT_FORGERIES))
+def test_every_forged_flat_log_is_refused_in_words(case, chat_log):
+    cluster, wl, log = chat_log
+    head, words = FLAT_FORGERIES[case]
+    assert flatten(log)[:5] == [-1, 512, 1, 0, 512]
+    forged = head if case in ("entry cut short", "budget alone") else head + flatten(log)[5:]
+    assert simulate(cluster, wl, FlatReplay(forged)).error == words
+
+
+def test_a_garbled_flat_log_never_crashes_the_replay(chat_log):
+    """Any list of 64-bit ints (what the stream lets through) replays to a run or a refusal:
+    ints changed, inserted or dropped anywhere, never an exception out of the simulator."""
+    cluster, wl, log = chat_log
+    flat = flatten(log)
+    rng = np.random.default_rng(12)
+    values = [0, 1, -1, 2, 511, 512, 10**6, -(2**63), 2**63 - 1, 100_000, 100_001]
+    refused = 0
+    for _ in range(300):
+        forged = list(flat)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, len(forged)))
+            how = int(rng.integers(0, 3))
+            value = values[int(rng.integers(0, len(values)))]
+            if how == 0:
+                forged[at] = value
+            elif how == 1:
+                forged.insert(at, value)
+            else:
+                del forged[at]
+        replay = FlatReplay(forged)
+        result = simulate(cluster, wl, replay)  # raises nothing
+        refused += result.error is not None
+        assert replay.unused >= 0
+    assert refused > 200  # most garbling is caught; the rest scores as the decisions it holds

