@@ -74,6 +74,8 @@ class Session:
         self.params: dict[str, Any] = {}
         self.source: Any = None
         self._resolved: dict[str, dict[str, Any] | Evaluation] = {}
+        self._expected: tuple[Any, float | None, Mapping[str, Any] | None] | None = None
+        self._ahead: tuple[str, float | None, str] | None = None  # the run the worker has queued
         self._check()
 
     def _check(self) -> None:
@@ -120,6 +122,15 @@ class Session:
                                                 dict(params_in))
         return self._resolved[key]
 
+    def expect(self, workload: Any, *, horizon: float | None = None,
+               params: Mapping[str, Any] | None = None) -> None:
+        """Name the run that the next ``run`` call will ask for: that call sends it to the
+        worker right after its own, so the worker starts it the moment the current run ends
+        instead of idling while the trusted side replays the current run's last decisions and
+        scores it (a tenth of a small run's wall time). Only the very next call uses it; if
+        that call asks for another run, the worker, busy with this one, is replaced."""
+        self._expected = (workload, horizon, params)
+
     def run(self, workload: Any, *, slo: Any = None, horizon: float | None = None,
             params: Mapping[str, Any] | None = None) -> Evaluation:
         """One run on ``workload`` (a built ``Workload``) with ``params`` (None: the session's),
@@ -127,6 +138,7 @@ class Session:
         from autotuner.sim.metrics import SLO
 
         t0 = time.perf_counter()
+        expected, self._expected = self._expected, None
         slo = slo or SLO()
         params_in = self.params_in if params is None else dict(params)
         if self.source is None and self.rejected is not None:  # the file itself is refused
@@ -136,7 +148,7 @@ class Session:
             return replace(resolved, wall_s=0.0)
         if getattr(self.backend, "sessions", True):
             try:
-                return self._in_session(workload, slo, horizon, t0, resolved)
+                return self._in_session(workload, slo, horizon, t0, resolved, expected)
             except (_SessionLost, WorkerFault):
                 self.close()
         TIMINGS["alone"] += 1
@@ -145,7 +157,7 @@ class Session:
                         limits=self.limits, skip_check=self.skip_check, batch=self.batch)
 
     def _worker(self) -> Any:
-        if self.handle is not None and self.runs >= SESSION_RUNS:
+        if self.handle is not None and self.runs >= SESSION_RUNS and self._ahead is None:
             self.close()
         if self.handle is None:
             request = {"session": True, "code": self.code, "name": self.name,
@@ -169,14 +181,23 @@ class Session:
         return self.handle
 
     def _in_session(self, wl: Any, slo: Any, horizon: float | None, t0: float,
-                    params: dict[str, Any]) -> Evaluation:
+                    params: dict[str, Any], expected: tuple[Any, ...] | None) -> Evaluation:
         from autotuner.simulation import metrics_of
 
+        fingerprint = workload_fingerprint(wl)
+        key = _run_key(fingerprint, horizon, params)
+        if self._ahead is not None and self._ahead != key:
+            self.close()  # its worker is running a run nobody will ask for
         handle = self._worker()
-        self.runs += 1
-        line = {"workload": {"data": _workload_data(wl)}, "horizon": horizon, "params": params}
-        handle.send_more((json.dumps(line, allow_nan=False) + "\n").encode())
-        replay = _replay_class()(handle, workload_fingerprint(wl), session=True)
+        if self._ahead == key:  # sent ahead by the previous run: the worker has it already
+            self._ahead = None
+            handle.begin_run()
+        else:
+            self.runs += 1
+            handle.send_more(_run_line(wl, horizon, params))
+        if expected is not None:
+            self._send_ahead(handle, *expected)
+        replay = _replay_class()(handle, fingerprint, session=True)
         result = _timed_replay(self.cluster, wl, replay, horizon)
 
         def failed(reason: str, phase: str, decisions: int, keep: bool) -> Evaluation:
@@ -209,7 +230,19 @@ class Session:
         return Evaluation(OK, [], metrics, replay.pos, time.perf_counter() - t0,
                           self.backend.name, self.name, dict(params), [], "done", result)
 
+    def _send_ahead(self, handle: Any, wl: Any, horizon: float | None,
+                    params_in: Mapping[str, Any] | None) -> None:
+        """Queue the expected run on the worker behind the current one (not when its params
+        are refused, or the worker is due to be replaced)."""
+        params = self._params_for(self.params_in if params_in is None else dict(params_in))
+        if isinstance(params, Evaluation) or self.runs >= SESSION_RUNS:
+            return
+        handle.send_more(_run_line(wl, horizon, params), ahead=True)
+        self.runs += 1
+        self._ahead = _run_key(workload_fingerprint(wl), horizon, params)
+
     def close(self) -> None:
+        self._ahead = None
         if self.handle is not None:
             self.handle.close()
             self.handle = None
@@ -219,3 +252,15 @@ class Session:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _run_line(wl: Any, horizon: float | None, params: Mapping[str, Any]) -> bytes:
+    """One run's request line to a session worker."""
+    line = {"workload": {"data": _workload_data(wl)}, "horizon": horizon, "params": dict(params)}
+    return (json.dumps(line, allow_nan=False) + "\n").encode()
+
+
+def _run_key(fingerprint: str, horizon: float | None, params: Mapping[str, Any]
+             ) -> tuple[str, float | None, str]:
+    """What makes two run requests the same run."""
+    return fingerprint, horizon, json.dumps(dict(params), sort_keys=True, default=repr)

@@ -126,6 +126,70 @@ def test_session_simulator_keeps_one_worker_across_a_candidates_trials() -> None
         simulator.close()
 
 
+def _run_expecting(session: Session, wls: list[Any], params: list[Any] | None = None
+                   ) -> list[Any]:
+    """Each run with the next one expected (sent to the worker ahead), as the evaluator's
+    sequential path does."""
+    params = params or [None] * len(wls)
+    out = []
+    for n, (wl, p) in enumerate(zip(wls, params, strict=True)):
+        if n + 1 < len(wls):
+            session.expect(wls[n + 1], params=params[n + 1])
+        out.append(session.run(wl, params=p))
+    return out
+
+
+@pytest.mark.parametrize("code", [FIXED, STATEFUL], ids=["fixed_chunk", "stateful"])
+def test_runs_sent_ahead_equal_lone_runs_byte_for_byte(backend: Any, code: str) -> None:
+    wls = workloads()
+    sets = [{"chunk_size": 64}, {"chunk_size": 4096}, {"chunk_size": 256}]
+    alone = [evaluate(code, workload=wl, sandbox=backend, params=p)
+             for wl, p in zip(wls, sets, strict=True)]
+    with Session(code, sandbox=backend) as session:
+        session.expect(wls[1], params=sets[1])
+        ahead = [session.run(wls[0], params=sets[0])]
+        assert session._ahead is not None  # the worker holds the next run already
+        ahead += _run_expecting(session, wls[1:], sets[1:])
+        assert session.handle is not None and session.runs == len(wls)  # one worker, no waste
+        assert session._ahead is None
+    for wl, a, b in zip(wls, alone, ahead, strict=True):
+        assert metrics_bytes(a, wl) == metrics_bytes(b, wl)
+        assert (a.verdict, a.decisions, a.params) == (b.verdict, b.decisions, b.params)
+
+
+def test_a_run_other_than_the_expected_one_gets_a_fresh_worker(backend: Any) -> None:
+    """The worker started the expected run; asked for another, the session replaces it and
+    the run asked for is judged as alone (so is the expected one when it comes later)."""
+    wls = workloads()
+    with Session(FIXED, sandbox=backend) as session:
+        session.expect(wls[1])
+        first = session.run(wls[0])  # sends wls[1] ahead
+        worker = session.handle
+        other = session.run(wls[2])  # not what was expected
+        assert session.handle is not worker and session.runs == 1
+        late = session.run(wls[1])
+    for wl, ev in zip(wls, (first, late, other), strict=True):
+        assert metrics_bytes(evaluate(FIXED, workload=wl, sandbox=backend), wl) == \
+            metrics_bytes(ev, wl)
+
+
+def test_a_policy_error_before_a_run_sent_ahead_leaves_it_judged_as_alone(backend: Any) -> None:
+    code = FIXED.replace("    budget = params[\"chunk_size\"]",
+                         "    if replica.decodes > 3 and params['chunk_size'] < 100:\n"
+                         "        raise ValueError('boom')\n    budget = params[\"chunk_size\"]")
+    wls = workloads()
+    sets = [{"chunk_size": 64}, {"chunk_size": 512}, {"chunk_size": 64}]
+    alone = [evaluate(code, workload=wl, sandbox=backend, params=p)
+             for wl, p in zip(wls, sets, strict=True)]
+    with Session(code, sandbox=backend) as session:
+        ahead = _run_expecting(session, wls, sets)
+        assert session.runs == len(wls)  # the policy's error did not cost the worker
+    assert [a.verdict for a in alone] == ["failed", "ok", "failed"]
+    for a, b in zip(alone, ahead, strict=True):
+        assert (a.verdict, a.reasons, a.decisions, a.phase, a.metrics) == \
+            (b.verdict, b.reasons, b.decisions, b.phase, b.metrics)
+
+
 class _KillOnce:
     """Kills the session's worker (SIGKILL to its process group, as from outside) when the
     trusted side has read ``after`` decision lines of the session, once."""
@@ -166,6 +230,23 @@ def test_a_worker_killed_mid_batch_loses_nothing(backend: Any,
     assert killer.done
     assert TIMINGS["alone"] == before + 1  # the run in flight was judged again, alone
     for wl, a, b in zip(wls, alone, batched, strict=True):
+        assert metrics_bytes(a, wl) == metrics_bytes(b, wl)
+
+
+def test_a_worker_killed_with_a_run_sent_ahead_loses_nothing(
+        backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run in flight is judged again alone; the one queued behind it on the dead worker
+    goes to a fresh one."""
+    wls = workloads()
+    alone = [evaluate(FIXED, workload=wl, sandbox=backend) for wl in wls]
+    killer = _KillOnce(after=3)
+    killer.install(monkeypatch)
+    before = TIMINGS["alone"]
+    with Session(FIXED, sandbox=backend, batch=64) as session:
+        ahead = _run_expecting(session, wls)
+    assert killer.done
+    assert TIMINGS["alone"] == before + 1
+    for wl, a, b in zip(wls, alone, ahead, strict=True):
         assert metrics_bytes(a, wl) == metrics_bytes(b, wl)
 
 

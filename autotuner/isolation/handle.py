@@ -127,14 +127,21 @@ class WorkerHandle:
 
     supports_sessions = False  # whether send_more works (a session: several runs per worker)
 
-    def send_more(self, request: bytes) -> None:
-        """A session's next run request, after its previous run's end line was read. The
-        wall-time limit and the output cap count afresh from here, per run."""
+    def send_more(self, request: bytes, ahead: bool = False) -> None:
+        """A session's next run request. Sent after the previous run's end line was read, the
+        wall-time limit and the output cap count afresh from here, per run; sent ``ahead``
+        (while the previous run is still being read, so that the worker starts it the moment
+        the previous one ends) they do from ``begin_run()``, when its output is first wanted."""
         if not self.sent:
             raise RuntimeError("send the session request first")
+        if not ahead:
+            self.begin_run()
+        self._send_more(request)
+
+    def begin_run(self) -> None:
+        """A session's next run is read from here: its wall-time limit and output cap start."""
         self.deadline = time.monotonic() + self.limits.wall_s
         self.out_bytes = 0
-        self._send_more(request)
 
     def _send_more(self, request: bytes) -> None:
         raise NotImplementedError

@@ -107,12 +107,26 @@ class SessionSimulator:
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._session: Session | None = None
+        self._next: tuple[tuple[Any, ...], Workload, float, Mapping[str, Any]] | None = None
         self.sessions_started = 0  # workers' policy files taken up (tests count them)
+
+    @staticmethod
+    def _key_of(code: str, cluster: ClusterSpec, sandbox: SandboxConfig, name: str
+                ) -> tuple[Any, ...]:
+        return (sha256(code), repr(cluster), repr(sandbox), name)
+
+    def expect(self, job: Job) -> None:
+        """``job``, a run job, is what the call after the next one runs: the next call queues
+        it on the worker behind its own run (``Session.expect``) when both share a worker."""
+        wl, _, horizon = run_inputs(job, job.rate)
+        self._next = (self._key_of(job.code, job.cluster.spec(), job.sandbox, job.name), wl,
+                      horizon, job.params)
 
     def __call__(self, code: str, params: Mapping[str, Any], cluster: ClusterSpec,
                  wl: Workload, slo: SLO, horizon: float, sandbox: SandboxConfig,
                  name: str) -> RunMetrics:
-        key = (sha256(code), repr(cluster), repr(sandbox), name)
+        key = self._key_of(code, cluster, sandbox, name)
+        expected, self._next = self._next, None
         if self._session is None or key != self._key:
             self.close()
             self._session = Session(code, name=name, params=params, cluster=cluster,
@@ -121,6 +135,8 @@ class SessionSimulator:
                                     batch=SESSION_BATCH)
             self._key = key
             self.sessions_started += 1
+        if expected is not None and expected[0] == key:
+            self._session.expect(expected[1], horizon=expected[2], params=expected[3])
         ev = self._session.run(wl, slo=slo, horizon=horizon, params=params)
         if not ev.ok:
             return RunMetrics.failed(wl, "; ".join(ev.reasons) or ev.verdict, slo.kind)
@@ -151,18 +167,24 @@ def simulator_for() -> Simulator:
     return sandboxed
 
 
-def run_at(job: Job, rate: float | None, simulator: Simulator, multiple: int = 1
-           ) -> RunMetrics:
-    """The job's policy on its instance at ``rate`` (None: the instance's own), the instance
-    extended to ``multiple`` times its requests."""
+def run_inputs(job: Job, rate: float | None, multiple: int = 1) -> tuple[Workload, SLO, float]:
+    """(workload, SLO, horizon) of the job's policy on its instance at ``rate`` (None: the
+    instance's own), the instance extended to ``multiple`` times its requests."""
     inst = extended(job.instance, multiple)
     if inst is None:
         raise ValueError(f"{job.instance.label}: a trace window cannot be extended")
     base = build_workload(inst)
     wl = base if rate is None else base.with_rate(rate)
     slo = job.slo.slo()
-    return simulator(job.code, job.params, job.cluster.spec(), wl, slo, horizon_for(wl, slo),
-                     job.sandbox, job.name)
+    return wl, slo, horizon_for(wl, slo)
+
+
+def run_at(job: Job, rate: float | None, simulator: Simulator, multiple: int = 1
+           ) -> RunMetrics:
+    """The job's policy run as ``run_inputs`` says."""
+    wl, slo, horizon = run_inputs(job, rate, multiple)
+    return simulator(job.code, job.params, job.cluster.spec(), wl, slo, horizon, job.sandbox,
+                     job.name)
 
 
 def execute_job(job: Job, simulator: Simulator | None = None) -> dict[str, Any]:
@@ -297,7 +319,12 @@ class LocalPool(Executor):
     def run(self, jobs: Sequence[Job], indices: Sequence[int], store: Store) -> None:
         pool = self._get_pool()
         if pool is None or len(indices) <= 1:
-            for i in indices:
+            sessions = self._local_sessions
+            for n, i in enumerate(indices):
+                after = jobs[indices[n + 1]] if n + 1 < len(indices) else None
+                if (sessions is not None and self._simulator_here is sessions and after
+                        is not None and jobs[i].kind == "run" and after.kind == "run"):
+                    sessions.expect(after)  # one simulator call each: the next runs ahead
                 store(i, execute_job(jobs[i], self._simulator_here))
             return
         done: set[int] = set()
