@@ -35,7 +35,7 @@ from autotuner.config import CampaignConfig
 from autotuner.resources import baseline_path
 from autotuner.scoring import Evaluator, Job, NoCache, build_workload, split_instances
 from dataclasses import replace
-requests, trials, parallelism = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+requests, trials, parallelism, repeat = (int(a) for a in sys.argv[1:5])
 cfg = CampaignConfig()
 insts = [replace(i, requests=min(i.requests, requests)) for i in split_instances(cfg)["train"]]
 code = baseline_path("fixed_chunk").read_text()
@@ -46,7 +46,7 @@ jobs = [Job(code, {"chunk_size": 256 * (n + 1)}, i, "run", rates[i.label] * f, c
 ev = Evaluator(NoCache(), parallelism=parallelism)
 t0 = time.perf_counter()
 try:
-    results = ev.evaluate(jobs)
+    results = [r for _ in range(repeat) for r in ev.evaluate(jobs)]  # no cache: each runs
 finally:
     wall = time.perf_counter() - t0
     close = getattr(ev, "close", None)
@@ -70,8 +70,8 @@ def checkout(revision: str, into: Path) -> Path:
 def one_pass(tree: Path, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run([sys.executable, "-c", DRIVER, str(args.requests), str(args.trials),
-                           str(args.parallelism)], cwd=tree, env=env, capture_output=True,
-                          text=True, check=False)
+                           str(args.parallelism), str(args.repeat)], cwd=tree, env=env,
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         sys.exit(f"bench_before: the pass in {tree} failed: {tail}")
@@ -86,6 +86,10 @@ def main() -> None:
                         help="each training instance capped at this many requests")
     parser.add_argument("--trials", type=int, default=3, help="chunk sizes (256, 512, ...)")
     parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="each pass evaluates the job mix this many times (nothing is cached, "
+                             "so every run runs): a longer window, in which a tree's one-time "
+                             "start-up weighs as little as in a campaign")
     args = parser.parse_args()
     totals = {"before": [0.0, 0, 0], "now": [0.0, 0, 0]}
     with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
