@@ -11,7 +11,7 @@ else. It reads ONE JSON request, one line on stdin, then:
    counts only the worker's own tasks) before any policy code exists;
 2. moves the result channel off fd 1, so anything the policy prints lands on stderr (noise);
 3. builds the workload itself (from a scenario spec) or takes it as data, and the cluster;
-4. loads the policy and simulates with every decision recorded (``FlatRecording``), streaming
+4. loads the policy and simulates with every decision recorded (``DecisionLog``), streaming
    the log as JSON lines ``{"f": [...]}`` (``autotuner.sim.replay``'s flat wire form) while it
    runs, so the trusted side can replay them on another core at the same time; then one
    ``{"end": {...}}`` line and ``os._exit``.
@@ -37,6 +37,7 @@ import sys
 MAX_REQUEST = 256 << 20
 MAX_ERROR_CHARS = 2000  # the trusted side shows 400; never send it a huge message
 FLUSH_ITEMS = 400_000  # integers per log line: keeps lines far below the cap
+MAX_DECISIONS = 5_000_000  # in one run: past it the run is refused
 
 
 def _emit(fd, obj):
@@ -161,35 +162,23 @@ def _session_reader(lines, fd):
     return requests
 
 
-def _recorder_class(out, batch):
-    from autotuner.sim.replay import FlatRecording
+def _log_class(out, batch):
+    """The decision log a run's simulator writes (``autotuner.sim.engine.DecisionLog``), sent
+    as a line of about ``batch`` decisions whenever it holds that many."""
+    from autotuner.sim.api import PolicyError
 
-    class StreamingRecorder(FlatRecording):
-        """FlatRecording that ships its log in batches instead of keeping it."""
+    class StreamingLog:
+        def __init__(self):
+            self.ints = []
+            self.flush_at = min(4 * batch, FLUSH_ITEMS)  # a partition is about four ints
 
-        def __init__(self, policy):
-            super().__init__(policy)
-            self.sent = 0  # decisions in the lines sent so far
+        def flush(self, decisions):
+            if decisions > MAX_DECISIONS:
+                raise PolicyError("run", f"more than {MAX_DECISIONS} decisions")
+            _emit(out, {"f": self.ints})
+            self.ints = []
 
-        def flush(self):
-            if self.log:
-                _emit(out, {"f": self.log})
-                self.sent = self.decisions
-                self.log = []
-
-        def partition(self, view):
-            raw = super().partition(view)
-            if self.decisions - self.sent >= batch or len(self.log) >= FLUSH_ITEMS:
-                self.flush()
-            return raw
-
-        def route(self, request, cluster):
-            raw = super().route(request, cluster)
-            if self.decisions - self.sent >= batch or len(self.log) >= FLUSH_ITEMS:
-                self.flush()
-            return raw
-
-    return StreamingRecorder
+    return StreamingLog
 
 
 _CPU_REPORTED = [0.0]
@@ -203,7 +192,7 @@ def _cpu_since_last():
     return spent
 
 
-def _run_one(out, recorder_class, request, cluster, wl, horizon):
+def _run_one(out, log_class, request, cluster, wl, horizon):
     """One simulation of the request's policy on ``wl``: hello, the decision log, then the end
     message (also the only place timing is reported; the trusted side uses it for benchmarks
     only). Returns False when the log could not be sent (the result is then missing)."""
@@ -214,24 +203,24 @@ def _run_one(out, recorder_class, request, cluster, wl, horizon):
 
     _emit(out, {"hello": {"workload": fingerprint(wl), "requests": len(wl)}})
     end = {"error": None, "phase": "load", "decisions": 0}
-    recorder = None
+    log = None
     t0 = time.process_time()
     try:
         # A fresh module per run: a session's runs share no policy state, as separate workers.
         source = read_policy_source(request["code"], request.get("name") or "<policy>")
         policy = load_policy(source, request.get("params") or {})
-        recorder = recorder_class(policy)
+        log = log_class()
         end["phase"] = "simulate"
-        result = simulate(cluster, wl, recorder, horizon=horizon)
+        result = simulate(cluster, wl, policy, horizon=horizon, log=log)
+        end["decisions"] = result.policy_calls
         if result.error:
             end["error"] = result.error[:MAX_ERROR_CHARS]
     except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are results too
         where = "while loading" if end["phase"] == "load" else "during the simulation"
         end["error"] = f"the policy raised {_describe(exc)} {where}"[:MAX_ERROR_CHARS]
     try:
-        if recorder is not None:
-            recorder.flush()
-            end["decisions"] = recorder.sent
+        if log is not None and log.ints:
+            _emit(out, {"f": log.ints})
         end["sim_s"] = time.process_time() - t0  # CPU: wall would count a loaded machine
         end["cpu_s"] = _cpu_since_last()
         _emit(out, {"end": end})
@@ -284,8 +273,8 @@ def main():
     import numpy
 
     from autotuner.policy import load_policy, read_policy_source  # noqa: F401
+    from autotuner.sim.api import PolicyError  # noqa: F401
     from autotuner.sim.engine import ClusterSpec, simulate  # noqa: F401
-    from autotuner.sim.replay import FlatRecording  # noqa: F401
     from autotuner.simulation import WorkloadSpec  # noqa: F401 - warm the workload code too
 
     lines = _Lines(0)
@@ -322,10 +311,10 @@ def main():
         import autotuner.policy as loader
 
         loader._policy_builtins = lambda: dict(vars(builtins))
-    recorder_class = _recorder_class(out, max(1, int(request.get("batch", 2048))))
+    log_class = _log_class(out, max(1, int(request.get("batch", 2048))))
     cluster = ClusterSpec(**request["cluster"])
     if session is None:
-        ok = _run_one(out, recorder_class, request, cluster, _workload(request["workload"]),
+        ok = _run_one(out, log_class, request, cluster, _workload(request["workload"]),
                       request.get("horizon"))
         os._exit(0 if ok else 3)
     # A session: one run per further line ({"workload": ..., "horizon": ..., "params": ...}),
@@ -333,7 +322,7 @@ def main():
     while True:
         run = json.loads(session.get())
         this = request if run.get("params") is None else {**request, "params": run["params"]}
-        if not _run_one(out, recorder_class, this, cluster, _workload(run["workload"]),
+        if not _run_one(out, log_class, this, cluster, _workload(run["workload"]),
                         run.get("horizon")):
             os._exit(3)
 

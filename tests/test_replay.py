@@ -9,17 +9,11 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from autotuner.policy import load_policy, read_policy_file
+from autotuner.policy import load_policy, read_policy_file, read_policy_source
 from autotuner.resources import baseline_path
 from autotuner.sim.engine import ClusterSpec, simulate
 from autotuner.sim.metrics import SLO, run_metrics
-from autotuner.sim.replay import (
-    FlatRecording,
-    FlatReplay,
-    RecordingPolicy,
-    ReplayPolicy,
-    flatten,
-)
+from autotuner.sim.replay import FlatReplay, KeptLog, RecordingPolicy, ReplayPolicy, flatten
 from autotuner.sim.workload import make_workload
 
 
@@ -181,13 +175,33 @@ def test_a_forged_request_id_under_max_num_seqs_is_refused_not_a_crash():
     assert error is not None and error.endswith("request 1000000 is not waiting on this replica")
 
 
-def test_the_flat_recording_is_the_flattened_log():
-    """What the sandbox worker sends (``FlatRecording``) is the nested log, flattened."""
+@pytest.mark.parametrize("name", ["fixed_chunk", "prefix_aware"])
+def test_the_simulators_own_log_is_the_recorded_log_flattened(name):
+    """What the sandbox worker sends (the simulator's ``DecisionLog``) is what wrapping the
+    policy records, in the flat form, and it replays to the same run."""
     cluster, wl = ClusterSpec(replicas=2), make_workload("mixed", 200, seed=4)
-    flat = FlatRecording(load_policy(read_policy_file(baseline_path("prefix_aware")), {}))
-    assert simulate(cluster, wl, flat).error is None
-    assert flat.log == flatten(_record("prefix_aware", cluster, wl))
-    assert flat.recorded() == len(_record("prefix_aware", cluster, wl))
+    kept = KeptLog()
+    live = simulate(cluster, wl, load_policy(read_policy_file(baseline_path(name)), {}),
+                    log=kept)
+    assert live.error is None and kept.ints == flatten(_record(name, cluster, wl))
+    _same_run(live, simulate(cluster, wl, FlatReplay(kept.ints)))
+
+
+def test_an_illegal_decision_is_in_the_simulators_log_for_the_replay_to_refuse():
+    """Logged as shaped, before the state checks: the trusted replay sees it and refuses it in
+    the words the live run used (an unshapely one is not logged, as wrapping did not)."""
+    cluster, wl = ClusterSpec(replicas=2), make_workload("chat", 40, seed=2)
+    code = baseline_path("fixed_chunk").read_text().replace(
+        "    return (budget, tuple(chunks))",
+        "    if replica.now > 1.0:\n        return (budget, ((10**6, 1),))\n"
+        "    return (budget, tuple(chunks))")
+    policy = load_policy(read_policy_source(code, "forger.py"), {})
+    kept, recorded = KeptLog(), RecordingPolicy(load_policy(read_policy_source(code, "f.py"), {}))
+    live = simulate(cluster, wl, policy, log=kept)
+    assert live.error is not None and "request 1000000 is not waiting" in live.error
+    assert simulate(cluster, wl, recorded).error == live.error
+    assert kept.ints == flatten(recorded.log)
+    assert simulate(cluster, wl, FlatReplay(kept.ints)).error == live.error
 
 
 # The flat wire form of the same forgeries (sandbox/worker.py sends it; anything but 64-bit

@@ -129,6 +129,20 @@ class Policy(Protocol):
     def route(self, request: RequestView, cluster: ClusterView) -> Any: ...
 
 
+class DecisionLog(Protocol):
+    """Where a simulation records its decisions as it takes them, for the trusted replay
+    (``autotuner.sim.replay``, which also defines the flat form): ``ints`` grows by one entry per
+    decision (a partition as shaped by ``coerce_partition``, before the checks against this
+    simulator's state, so that an illegal one is in the log for the replay to refuse; a route
+    as checked), and ``flush(decisions)`` is called, with the decisions taken so far, whenever
+    ``ints`` holds ``flush_at`` integers or more (it may replace ``ints``)."""
+
+    ints: list[int]
+    flush_at: int
+
+    def flush(self, decisions: int) -> None: ...
+
+
 class Moment(NamedTuple):
     """Where and when a partition is asked for: what a policy that reads no views gets."""
 
@@ -237,6 +251,7 @@ def simulate(
     horizon: float | None = None,
     cost_model: CostModel | StepCostModel | None = None,
     fast_forward: bool = True,
+    log: DecisionLog | None = None,
 ) -> SimResult:
     """Run ``workload`` on ``cluster`` under ``policy``. Deterministic: same inputs, same result.
 
@@ -244,10 +259,12 @@ def simulate(
     missed. None runs until all work drains. fast_forward=False steps decode-only iterations one
     at a time: the slow reference that tests and the benchmark compare the closed form against.
     An illegal decision stops the run: the result carries ``error`` (the decision and the rule).
+    log: where the run records its decisions for a trusted replay (``DecisionLog``).
     """
     if horizon is not None and not horizon > 0:
         raise ValueError(f"the horizon must be a positive number of seconds, got {horizon!r}")
     sim = _Simulation(cluster, workload, policy, cost_model or cluster.cost_model())
+    sim.log = log
     sim.max_stretch = math.inf if fast_forward else 1
     sim.horizon = math.inf if horizon is None else float(horizon)
     return sim.run(sim.horizon)
@@ -263,6 +280,7 @@ class _Simulation:
         self.wl = wl
         self.policy = policy
         self.views = getattr(policy, "reads_views", True) is not False
+        self.log: DecisionLog | None = None
         self.cost = cost
         n = len(wl)
         self.arrival = wl.arrival.tolist()
@@ -382,6 +400,11 @@ class _Simulation:
             r = coerce_route(raw, len(self.reps), "")
         except PolicyError as exc:
             raise PolicyError(_route_decision(i, now), exc.rule) from None
+        log = self.log
+        if log is not None:  # DecisionLog's flat form
+            log.ints.append(-1 - r)
+            if len(log.ints) >= log.flush_at:
+                log.flush(self.policy_calls)
         rep = self.reps[r]
         self.where[i] = r
         self._enqueue(rep, i, front=False)
@@ -561,6 +584,15 @@ class _Simulation:
         """A partition() answer judged against this replica's state, as (chunks, their tokens,
         their attention pairs); a PolicyError with a blank decision name when refused."""
         budget, chunks = coerce_partition(raw, "")
+        log = self.log
+        if log is not None:  # as shaped, before the checks below: the replay judges it too
+            ints = log.ints
+            ints.append(budget)
+            ints.append(len(chunks))
+            for pair in chunks:
+                ints += pair
+            if len(ints) >= log.flush_at:
+                log.flush(self.policy_calls)
         total, pairs = self._validate_chunks(rep, chunks)
         if total and total > budget - n:
             raise PolicyError(
