@@ -129,9 +129,9 @@ CAMPAIGN_PATHS = (
     # name, warm-worker sessions, early rejection in screening, pruned trials; what the path is
     ("one_worker_per_run", False, False, False,
      "main when issue 12 was filed: a fresh sandbox worker per run, every trial in full"),
-    ("sessions", True, False, False, "today's main: warm-worker sessions, every trial in full"),
+    ("sessions", True, False, False, "warm-worker sessions, every trial in full"),
     ("sessions_halving", True, True, False,
-     "this branch's default: sessions and early rejection in screening"),
+     "the default: sessions and early rejection in screening"),
     ("sessions_halving_pruning", True, True, True,
      "opt-in: also prune trials (search.prune_trials; changes tuned results)"),
 )

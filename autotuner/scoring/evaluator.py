@@ -319,12 +319,12 @@ class LocalPool(Executor):
     def run(self, jobs: Sequence[Job], indices: Sequence[int], store: Store) -> None:
         pool = self._get_pool()
         if pool is None or len(indices) <= 1:
-            sessions = self._local_sessions
+            expect = getattr(self._simulator_here, "expect", None)  # a SessionSimulator's
             for n, i in enumerate(indices):
                 after = jobs[indices[n + 1]] if n + 1 < len(indices) else None
-                if (sessions is not None and self._simulator_here is sessions and after
-                        is not None and jobs[i].kind == "run" and after.kind == "run"):
-                    sessions.expect(after)  # one simulator call each: the next runs ahead
+                if (expect is not None and after is not None and jobs[i].kind == "run"
+                        and after.kind == "run"):
+                    expect(after)  # one simulator call each: the next one runs ahead
                 store(i, execute_job(jobs[i], self._simulator_here))
             return
         done: set[int] = set()
