@@ -136,9 +136,9 @@ def untrusted_text(text: Any, limit: int = MAX_REASON_CHARS) -> str:
 
 def _replay_class() -> type:
     from autotuner.sim.api import PolicyError
-    from autotuner.sim.replay import FlatReplay
+    from autotuner.sim.replay import ReplayPolicy
 
-    class StreamReplay(FlatReplay):
+    class StreamReplay(ReplayPolicy):
         """The replay fed from the worker's stdout while the worker is still running."""
 
         def __init__(self, handle: Any, fingerprint: str, session: bool = False):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from decision_logs import decisions, joined, record
 
 from autotuner.policy import load_policy, read_policy_file, read_policy_source
 from autotuner.resources import baseline_path
 from autotuner.sim.api import Partition
 from autotuner.sim.engine import ClusterSpec, simulate
 from autotuner.sim.metrics import SLO, slo_met, summarize
-from autotuner.sim.replay import RecordingPolicy, ReplayPolicy
+from autotuner.sim.replay import KeptLog, ReplayPolicy
 from autotuner.sim.workload import SCENARIOS, Workload, make_workload
 
 CLUSTER = ClusterSpec(model="llama-3-8b", gpu="h100", tp=1, replicas=2)
@@ -259,9 +260,9 @@ def test_horizon_leaves_unfinished_requests_as_missed():
 
 def test_recorded_decisions_replay_to_identical_run():
     wl = make_workload("multiturn", 200, seed=2)
-    rec = RecordingPolicy(baseline("prefix_aware"))
-    direct = simulate(CLUSTER, wl, rec)
-    replay = ReplayPolicy(rec.log)
+    kept = KeptLog()
+    direct = simulate(CLUSTER, wl, baseline("prefix_aware"), log=kept)
+    replay = ReplayPolicy(kept.ints)
     again = simulate(CLUSTER, wl, replay)
     assert replay.unused == 0 and again.error is None
     assert np.array_equal(direct.finish, again.finish)
@@ -269,14 +270,12 @@ def test_recorded_decisions_replay_to_identical_run():
 
 def test_tampered_log_fails_or_changes_nothing_trusted():
     wl = make_workload("chat", 100, seed=2)
-    rec = RecordingPolicy(baseline())
-    simulate(CLUSTER, wl, rec)
-    log = [list(e) for e in rec.log]
-    first_p = next(i for i, e in enumerate(log) if e[0] == "p")
-    log[first_p] = ["p", 10**9, [[0, 10**9]]]
-    res = simulate(CLUSTER, wl, ReplayPolicy(log))
+    entries = decisions(record(CLUSTER, wl, baseline()))
+    first_p = next(i for i, e in enumerate(entries) if e[0] >= 0)
+    forged = [*entries[:first_p], [10**9, 1, 0, 10**9], *entries[first_p + 1:]]
+    res = simulate(CLUSTER, wl, ReplayPolicy(joined(forged)))
     assert res.error and "allowed" in res.error
-    short = simulate(CLUSTER, wl, ReplayPolicy(rec.log[:10]))
+    short = simulate(CLUSTER, wl, ReplayPolicy(joined(entries[:10])))
     assert short.error and "ended early" in short.error
 
 

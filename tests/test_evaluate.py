@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from decision_logs import decisions, joined, record
 from sandbox_support import assert_no_leftovers, backend_params, make_subreaper
 
 from autotuner.commands.common import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
@@ -27,9 +28,8 @@ from autotuner.isolation.handle import PopenWorker
 from autotuner.isolation.limits import WORKER_ENV
 from autotuner.policy import load_policy, read_policy_file
 from autotuner.resources import asset_dir, baseline_path
-from autotuner.sim.engine import ClusterSpec, simulate
+from autotuner.sim.engine import ClusterSpec
 from autotuner.sim.metrics import SLO
-from autotuner.sim.replay import RecordingPolicy, flatten
 from autotuner.sim.workload import make_workload
 from autotuner.simulation import WorkloadSpec, metrics_of, run_policy
 
@@ -145,10 +145,10 @@ class CannedBackend(Backend):
 
 
 def honest_lines(spec=SPEC, name="fixed_chunk") -> tuple[list, str]:
+    """The policy's log, cut into its decisions, and the workload's fingerprint."""
     wl = spec.build()
-    recorder = RecordingPolicy(load_policy(read_policy_file(baseline_path(name))))
-    simulate(CLUSTER, wl, recorder)
-    return recorder.log, workload_fingerprint(wl)
+    log = record(CLUSTER, wl, load_policy(read_policy_file(baseline_path(name))))
+    return decisions(log), workload_fingerprint(wl)
 
 
 def msg(obj) -> bytes:
@@ -162,8 +162,8 @@ def run_canned(lines: list[bytes], status: int = 0):
 
 def test_an_honest_log_from_anyone_scores_as_the_policy():
     log, fp = honest_lines()
-    ev = run_canned([msg({"hello": {"workload": fp}}), msg({"f": flatten(log[:100])}),
-                     msg({"f": flatten(log[100:])}), msg({"end": {"error": None}})])
+    ev = run_canned([msg({"hello": {"workload": fp}}), msg({"f": joined(log[:100])}),
+                     msg({"f": joined(log[100:])}), msg({"end": {"error": None}})])
     assert ev.verdict == "ok", ev.reasons
     assert ev.metrics == trusted("fixed_chunk", SPEC)
 
@@ -188,18 +188,18 @@ def test_a_lying_worker_never_scores(case, reason):
     hello, end = msg({"hello": {"workload": fp}}), msg({"end": {"error": None}})
     status = 0
     lines = {
-        "extra": [hello, msg({"f": flatten(log + [["r", 0]])}), end],
-        "short": [hello, msg({"f": flatten(log[:-5])}), end],
-        "short_no_end": [hello, msg({"f": flatten(log[:-5])})],
+        "extra": [hello, msg({"f": joined(log + [[-1]])}), end],
+        "short": [hello, msg({"f": joined(log[:-5])}), end],
+        "short_no_end": [hello, msg({"f": joined(log[:-5])})],
         "garbage": [hello, b"{not json\n", end],
-        "after_end": [hello, msg({"f": flatten(log)}), end, msg({"f": []})],
-        "reordered": [hello, msg({"f": flatten(log[1:2] + log[:1] + log[2:])}), end],
-        "bad_entry": [hello, msg({"f": flatten([["p", 1, [[0, 1]]]] + log)}), end],
-        "not_ints": [hello, msg({"f": ["lots", "of"] + flatten(log)}), end],
-        "fraction": [hello, msg({"f": flatten(log)[:7] + [0.5] + flatten(log)[8:]}), end],
-        "past_64_bits": [hello, msg({"f": [-2**64] + flatten(log)}), end],
-        "claims_error": [hello, msg({"f": flatten(log)}), msg({"end": {"error": "it says so"}})],
-        "exit_status": [hello, msg({"f": flatten(log)}), end],
+        "after_end": [hello, msg({"f": joined(log)}), end, msg({"f": []})],
+        "reordered": [hello, msg({"f": joined(log[1:2] + log[:1] + log[2:])}), end],
+        "bad_entry": [hello, msg({"f": joined([[1, 1, 0, 1]] + log)}), end],
+        "not_ints": [hello, msg({"f": ["lots", "of"] + joined(log)}), end],
+        "fraction": [hello, msg({"f": joined(log)[:7] + [0.5] + joined(log)[8:]}), end],
+        "past_64_bits": [hello, msg({"f": [-2**64] + joined(log)}), end],
+        "claims_error": [hello, msg({"f": joined(log)}), msg({"end": {"error": "it says so"}})],
+        "exit_status": [hello, msg({"f": joined(log)}), end],
         "nested": [hello, b"[" * 100_000 + b"\n", end],
     }[case]
     if case == "exit_status":
@@ -220,8 +220,8 @@ def test_a_worker_broken_before_its_hello_is_the_sandboxs_fault(case, reason):
     log, fp = honest_lines()
     end = msg({"end": {"error": None}})
     lines = {
-        "no_hello": [msg({"f": flatten(log)}), end],
-        "fingerprint": [msg({"hello": {"workload": "0" * 32}}), msg({"f": flatten(log)}), end],
+        "no_hello": [msg({"f": joined(log)}), end],
+        "fingerprint": [msg({"hello": {"workload": "0" * 32}}), msg({"f": joined(log)}), end],
         "silent": [],
     }[case]
     with pytest.raises(SandboxBroken, match=reason):

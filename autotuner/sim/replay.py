@@ -1,80 +1,29 @@
 """Recording a policy's decisions, and replaying them: the trust boundary's two halves.
 
-Inside the sandbox, ``RecordingPolicy`` wraps the untrusted policy and logs every decision as
-plain JSON-able data. Outside, the trusted side feeds that log to ``ReplayPolicy`` in its own
-simulator, which validates each decision against its own state and computes every metric itself.
-The simulator is deterministic and asks for decisions in a fixed order, so an honest log replays
-to exactly the same run; a forged or tampered log either fails validation or simply produces
-whatever the trusted simulator makes of it. Nothing else the worker says is believed.
+Inside the sandbox, the worker's simulator records every decision as it takes it
+(``simulate(log=...)``, a ``DecisionLog``) and the worker streams that log out. Outside, the
+trusted side feeds it to ``ReplayPolicy`` in its own simulator, which validates each decision
+against its own state and computes every metric itself. The simulator is deterministic and asks
+for decisions in a fixed order, so an honest log replays to exactly the same run; a forged or
+tampered log either fails validation or simply produces whatever the trusted simulator makes of
+it. Nothing else the worker says is believed.
+
+The log is one flat list of integers: a partition as ``budget, k, id_1, tokens_1, ..., id_k,
+tokens_k`` (budget >= 0, as ``coerce_partition`` shaped it, before the checks against the
+simulator's state, so that an illegal one is in the log for the replay to refuse), a route as
+``-1 - replica`` (negative). JSON decodes a flat list of ints ~15x faster than the same log as
+nested entries (a list per entry and per chunk): that decoding was a third of the replay's CPU.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .api import (
-    MAX_CHUNKS,
-    ClusterView,
-    PolicyError,
-    ReplicaView,
-    RequestView,
-    coerce_partition,
-    coerce_route,
-)
-
-# One log entry: ["p", budget, [[id, tokens], ...]] or ["r", replica]
-
-# The wire form of a log (the simulator writes it, ``simulate(log=...)``; ``FlatReplay`` reads
-# it): one flat list of integers, a partition as ``budget, k, id_1, tokens_1, ..., id_k,
-# tokens_k`` (budget >= 0) and a route as ``-1 - replica`` (negative). JSON decodes a flat list
-# of ints ~15x faster than the same log as nested entries (a list per entry and per chunk): that
-# decoding was a third of the trusted replay's CPU.
-
-
-class RecordingPolicy:
-    """Wraps a policy; ``log`` grows by one plain entry per decision (as returned, unjudged)."""
-
-    def __init__(self, policy: Any, max_entries: int = 5_000_000):
-        self.policy = policy
-        self.log: list[list[Any]] = []
-        self.max_entries = max_entries
-
-    def recorded(self) -> int:
-        """Decisions recorded so far in this run."""
-        return len(self.log)
-
-    def partition(self, view: ReplicaView) -> Any:
-        raw = self.policy.partition(view)
-        # Checked under a blank name and named only when refused (as the simulator does).
-        try:
-            if self.recorded() >= self.max_entries:
-                raise PolicyError("", f"more than {self.max_entries} decisions in one run")
-            budget, chunks = coerce_partition(raw, "")
-        except PolicyError as exc:
-            raise PolicyError(f"partition(replica {view.replica} at t={view.now:.3f}s)",
-                              exc.rule) from None
-        self.log.append(["p", budget, list(map(list, chunks))])  # [[id, tokens], ...]
-        return raw
-
-    def route(self, request: RequestView, cluster: ClusterView) -> Any:
-        raw = self.policy.route(request, cluster)
-        # Judged here by the rule the simulator applies (and applies again to the log), so what
-        # is logged is a plain int and a refusal names what the policy really returned.
-        try:
-            if self.recorded() >= self.max_entries:
-                raise PolicyError("", f"more than {self.max_entries} decisions in one run")
-            replica = coerce_route(raw, len(cluster.replicas), "")
-        except PolicyError as exc:
-            raise PolicyError(f"route(request {request.id} at t={request.arrival:.3f}s)",
-                              exc.rule) from None
-        self.log.append(["r", replica])
-        return raw
+from .api import MAX_CHUNKS, ClusterView, PolicyError, ReplicaView, RequestView
 
 
 class KeptLog:
-    """A ``DecisionLog`` (``simulate(log=...)``) that keeps every decision in ``ints``: the
-    simulator writes the flat form itself, which costs less than wrapping the policy (a second
-    shape check and two calls per decision: about 7 % of a sandboxed run's simulation). The
+    """A ``DecisionLog`` (``simulate(log=...)``) that keeps every decision in ``ints``. The
     sandbox worker's own sends its ints in batches instead (``sandbox/worker.py``)."""
 
     def __init__(self) -> None:
@@ -85,73 +34,6 @@ class KeptLog:
         """Nothing to do: the ints are kept."""
 
 
-def flatten(log: list[list[Any]]) -> list[int]:
-    """A ``RecordingPolicy`` log (well-formed entries) in the flat wire form."""
-    flat: list[int] = []
-    for entry in log:
-        if entry[0] == "r":
-            flat.append(-1 - entry[1])
-        else:
-            flat += [entry[1], len(entry[2]), *(x for chunk in entry[2] for x in chunk)]
-    return flat
-
-
-class ReplayPolicy:
-    """Answers each decision from a recorded log, in order, and refuses a log that does not fit.
-
-    It answers from the log alone, so it tells the simulator it reads no views (which then
-    passes where and when instead of building them); every answer is still judged as a live
-    policy's would be.
-    """
-
-    reads_views = False
-
-    def __init__(self, log: list[Any]):
-        if not isinstance(log, list):
-            raise ValueError("decision log must be a list")
-        self.log = log
-        self.pos = 0
-
-    def _next(self, kind: str, decision: str) -> list[Any]:
-        if self.pos >= len(self.log):
-            raise PolicyError(decision, "the worker's decision log ended early")
-        entry = self.log[self.pos]
-        self.pos += 1
-        if not isinstance(entry, list) or not entry or entry[0] != kind:
-            raise PolicyError(
-                decision, f"the worker's decision log is out of step at entry {self.pos - 1}"
-            )
-        return entry
-
-    def partition(self, view: ReplicaView) -> Any:
-        pos = self.pos
-        if pos < len(self.log):  # the common case, checked fast: a well-formed entry at hand
-            entry = self.log[pos]
-            if type(entry) is list and len(entry) == 3 and entry[0] == "p":
-                self.pos = pos + 1
-                return (entry[1], entry[2])
-        entry = self._next("p", f"partition(replica {view.replica} at t={view.now:.3f}s)")
-        if len(entry) != 3:
-            raise PolicyError("partition", f"malformed log entry {self.pos - 1}")
-        return (entry[1], entry[2])
-
-    def route(self, request: RequestView, cluster: ClusterView | None) -> Any:
-        pos = self.pos
-        if pos < len(self.log):
-            entry = self.log[pos]
-            if type(entry) is list and len(entry) == 2 and entry[0] == "r":
-                self.pos = pos + 1
-                return entry[1]
-        entry = self._next("r", f"route(request {request.id})")
-        if len(entry) != 2:
-            raise PolicyError("route", f"malformed log entry {self.pos - 1}")
-        return entry[1]
-
-    @property
-    def unused(self) -> int:
-        return len(self.log) - self.pos
-
-
 def _chunks(buf: list[int], start: int, end: int) -> tuple[tuple[int, int], ...]:
     """A flat partition's chunks, ``buf[start:end]``, as the (id, tokens) pairs a policy returns."""
     if end == start + 2:  # most partitions: one chunk
@@ -159,14 +41,16 @@ def _chunks(buf: list[int], start: int, end: int) -> tuple[tuple[int, int], ...]
     return tuple(zip(buf[start:end:2], buf[start + 1:end:2], strict=True))
 
 
-class FlatReplay:
-    """``ReplayPolicy`` over the flat wire form: the same answers, judged the same way, from a
-    list of plain ints (whoever fills ``buf`` from outside checks that much first: the sandbox
-    stream does, ``array("q")`` refusing anything else).
+class ReplayPolicy:
+    """Answers each decision from a recorded log, in order, and refuses a log that does not fit.
+    The log is a list of plain ints (whoever fills ``buf`` from outside checks that much first:
+    the sandbox stream does, ``array("q")`` refusing anything else).
 
-    ``pos`` counts the decisions answered, ``more()`` is asked for the rest of a log that ends
-    too soon (a stream that is still arriving), and ``ran_out`` says that the log ended before
-    the simulation did.
+    It answers from the log alone, so it tells the simulator it reads no views (which then
+    passes where and when instead of building them); every answer is still judged as a live
+    policy's would be. ``pos`` counts the decisions answered, ``more()`` is asked for the rest
+    of a log that ends too soon (a stream that is still arriving), and ``ran_out`` says that the
+    log ended before the simulation did.
     """
 
     reads_views = False

@@ -1,4 +1,5 @@
-# Patches the replay module inside the worker, so any log "replays"; only the trusted copy counts.
+# Patches the simulator inside the worker so that it checks no decision; only the trusted
+# copy's checks count.
 # expect: rejected import
 # sandbox: honest
 # ruff: noqa  (hostile on purpose: the code style is part of the attack)
@@ -20,9 +21,18 @@ import sys
 
 TUNABLES = {}
 
-_rp = sys.modules["autotuner.sim.replay"]
-_rp.ReplayPolicy.unused = property(lambda self: 0)
-_rp.RecordingPolicy.max_entries = 10**12
+_engine = sys.modules["autotuner.sim.engine"]
+
+
+def _unchecked(self, rep, chunks):
+    total, pairs = 0, 0.0
+    for rid, tokens in chunks:
+        total += tokens
+        pairs += tokens * (self.prefilled[rid] + (tokens + 1) * 0.5)
+    return total, pairs
+
+
+_engine._Simulation._validate_chunks = _unchecked
 
 
 def partition(replica, params):
